@@ -1,0 +1,1 @@
+"""amilab builder: recipe → rootfs → kernel/modules/ramdisk → disk → formats → registry."""

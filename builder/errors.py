@@ -1,0 +1,39 @@
+"""Error classes that map to the CLI's exit codes (DESIGN.md: 2 bad input, 3 environment)."""
+
+from __future__ import annotations
+
+
+class AmilabError(Exception):
+    """Base class: carries the exit code the CLI should return."""
+
+    exit_code = 1
+
+
+class BadInput(AmilabError):
+    """A recipe, argument or disk file is wrong: exit code 2, one-line message."""
+
+    exit_code = 2
+
+
+class RecipeError(BadInput):
+    """A recipe problem located at file:line and naming the key."""
+
+    def __init__(self, path: str, line: int | None, key: str, message: str) -> None:
+        self.path = path
+        self.line = line
+        self.key = key
+        self.detail = message
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {key}: {message}")
+
+
+class EnvironmentProblem(AmilabError):
+    """A tool is missing or the machine cannot do what was asked: exit code 3."""
+
+    exit_code = 3
+
+
+class BuildFailed(AmilabError):
+    """A build step failed (e.g. an element script exited non-zero)."""
+
+    exit_code = 1

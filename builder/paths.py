@@ -1,0 +1,46 @@
+"""Where amilab keeps its state, caches and shipped data (DESIGN.md: State)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def amilab_home() -> Path:
+    if home := os.environ.get("AMILAB_HOME"):
+        return Path(home)
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
+    return Path(xdg) / "amilab"
+
+
+def cache_dir() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "amilab"
+
+
+def artifacts_dir() -> Path:
+    return amilab_home() / "artifacts"
+
+
+def work_root() -> Path:
+    """Build work directories live beside the artifacts so results are moved, not copied."""
+    return amilab_home() / "work"
+
+
+def logs_dir() -> Path:
+    return amilab_home() / "logs"
+
+
+def kernels_dirs() -> list[Path]:
+    dirs = [PROJECT_ROOT / "kernels"]
+    dirs += [Path(p) for p in os.environ.get("AMILAB_KERNELS_PATH", "").split(":") if p]
+    return dirs
+
+
+def elements_path() -> list[Path]:
+    """The project's elements first, then AMILAB_ELEMENTS_PATH (colon-separated)."""
+    dirs = [PROJECT_ROOT / "elements"]
+    dirs += [Path(p) for p in os.environ.get("AMILAB_ELEMENTS_PATH", "").split(":") if p]
+    return dirs

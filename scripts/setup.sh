@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what amilab needs on Debian 12 (as root) and creates .venv; idempotent and quick
+# when nothing changed (a stamp records what was installed).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+
+DEBS=(
+  mmdebstrap debootstrap qemu-system-x86 qemu-utils e2fsprogs fdisk dosfstools mtools
+  busybox-static kmod cpio zstd xz-utils python3-venv python3-guestfs libguestfs-tools
+  ovmf seabios sudo curl uidmap
+)
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: run as root (apt-get, chroot and mounts need it)" >&2
+  exit 3
+fi
+export DEBIAN_FRONTEND=noninteractive
+missing=()
+for p in "${DEBS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+stamp=.venv/.amilab-stamp
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: creating .venv (system site packages for python3-guestfs)"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[test,dib]'
+  echo "$want" > "$stamp"
+fi
