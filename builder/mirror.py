@@ -69,8 +69,7 @@ def host_mirror() -> Mirror:
         if any(s.endswith("-security") or s.endswith("/updates") for s in suites):
             security = security or uri
         elif any(re.fullmatch(r"[a-z]+(-updates|-backports)?", s) for s in suites):
-            if "debian" in uri.rsplit("/", 1)[-1] or debian is None:
-                debian = debian or uri
+            debian = debian or uri
     if debian is None:
         raise EnvironmentProblem(
             "no Debian mirror found in /etc/apt/sources.list or /etc/apt/sources.list.d"
