@@ -216,4 +216,3 @@ def keys_help() -> str:
         lines.append(f"  {k.ljust(width)}  {text}")
         lines.append(f"  {' ' * width}    allowed: {allowed}; default: {default}")
     return "\n".join(lines)
-
