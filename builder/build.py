@@ -25,7 +25,6 @@ from typing import Any
 from builder import chroot, elements, paths, rootfs
 from builder import disk as disk_mod
 from builder import kernel as kernel_mod
-from builder import ramdisk as ramdisk_mod
 from builder.errors import BadInput
 from builder.formats import FORMATS
 from builder.ids import file_sha256, make_id, registration_id, sparse_sha256
@@ -194,6 +193,8 @@ class Ramdisk(Step):
     name = "ramdisk"
 
     def run(self, s: BuildState) -> None:
+        from builder import ramdisk as ramdisk_mod
+
         kind = s.recipe.ramdisk
         out = s.workdir / "initrd.img"
         if kind == "generated":

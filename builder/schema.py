@@ -26,7 +26,8 @@ class Located:
     lines: dict[str, int]
 
     def line(self, key: str) -> int | None:
-        return self.lines.get(key)
+        # a key left at its default has no line of its own: point at the recipe's start
+        return self.lines.get(key) or self.lines.get("")
 
     def error(self, key: str, message: str) -> RecipeError:
         return RecipeError(self.path, self.line(key), key, message)
