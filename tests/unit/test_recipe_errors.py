@@ -27,7 +27,7 @@ CASES = [
     ("unknown-format", GOOD + "    disk:\n      formats: [vhd]\n", "disk.formats[0]", 6),
     (
         "label-too-long",
-        GOOD + "    disk:\n      label: a-very-long-label-indeed\n",
+        GOOD + "    disk:\n      label: label-longer-than-16\n",
         "disk.label",
         6,
     ),
