@@ -144,13 +144,15 @@ fail() {
     exit 1  # init exiting panics the kernel; with panic=-1 and -no-reboot QEMU exits too
 }
 
+uptime_s() { read -r up _ < /proc/uptime; echo "${up%.*}"; }
+
 wait_for_root() {
     if [ "$rootdelay" -gt 0 ]; then sleep "$rootdelay"; fi
-    tries=$((wait * 10))
+    # a deadline, not a count of tries: each probe forks, which is slow under TCG
+    deadline=$(($(uptime_s) + wait))
     while :; do
         dev=$(find_root "$root") && [ -n "$dev" ] && return 0
-        [ "$tries" -gt 0 ] || return 1
-        tries=$((tries - 1))
+        [ "$(uptime_s)" -lt "$deadline" ] || return 1
         usleep 100000
     done
 }
