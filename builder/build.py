@@ -28,7 +28,8 @@ from builder import kernel as kernel_mod
 from builder.errors import BadInput
 from builder.formats import FORMATS
 from builder.ids import file_sha256, make_id, registration_id, sparse_sha256
-from builder.progress import Stages, console
+from builder.progress import Stages
+from builder.progress import out as console
 from builder.recipe import LoadedRecipe, load_recipes, select
 from builder.registry import ImageRecord, Registry, store_artifact
 
@@ -91,9 +92,14 @@ class Workdir(Step):
         stamp = time.strftime("%Y%m%dT%H%M%S")
         s.logs = paths.logs_dir() / f"{s.recipe.name}-{stamp}-{s.workdir.name[-6:]}"
         s.logs.mkdir(parents=True, exist_ok=True)
-        s.root = s.workdir / "root"
+        scratch = paths.scratch_dir()
+        if scratch:
+            s.root = Path(tempfile.mkdtemp(prefix=f"amilab-{s.recipe.name}-", dir=scratch))
+        else:
+            s.root = s.workdir / "root"
 
     def cleanup(self, s: BuildState) -> None:
+        chroot.remove_tree(s.root)
         chroot.remove_tree(s.workdir)
 
 

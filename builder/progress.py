@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True, highlight=False)
+# reports (tables, results) go to stdout; when piped, wide enough that IDs are never cut
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 class Stages:

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-from builder.progress import console
+from builder.progress import out as console
 from builder.registry import ImageRecord, Registry
 
 

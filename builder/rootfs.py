@@ -62,9 +62,10 @@ def base_tarball(release: str, packages: list[str], log: Path) -> tuple[Path, bo
         "--skip=essential/unlink",
         "--include=" + ",".join(packages),
         '--aptopt=Acquire::Retries "3"',
+        # copies, not hard links: sync-out tars the directory, and a link count changing
+        # while it reads makes tar fail with "file changed as we read it"
         f'--setup-hook=mkdir -p "$1"/var/cache/apt/archives/ && '
-        f'cp -l {debs}/*.deb "$1"/var/cache/apt/archives/ 2>/dev/null || '
-        f'cp {debs}/*.deb "$1"/var/cache/apt/archives/ 2>/dev/null || true',
+        f'(cp {debs}/*.deb "$1"/var/cache/apt/archives/ 2>/dev/null || true)',
         f"--customize-hook=sync-out /var/cache/apt/archives {debs}",
         '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb',
         release,
