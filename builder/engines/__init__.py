@@ -1,1 +1,1 @@
-"""Alternative engines that build a recipe's root tree (the native engine lives in builder.build)."""
+"""Alternative engines that build a recipe's root tree (the native one is builder.build)."""
