@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from builder import chroot, elements, paths, rootfs
+from builder import bootloader, chroot, elements, paths, rootfs
 from builder import disk as disk_mod
 from builder import kernel as kernel_mod
 from builder.errors import BadInput
@@ -52,6 +52,7 @@ class BuildState:
     stored: list[Path] = field(default_factory=list)
     records: list[ImageRecord] = field(default_factory=list)
     base_cached: bool = False
+    root_uuid: str = ""
 
     @property
     def recipe(self):  # noqa: ANN201 - the Recipe dataclass
@@ -118,6 +119,7 @@ class Resolve(Step):
         s.packages = sorted(set(wanted))
         s.uninstall = sorted({p.name for p in installs if p.uninstall})
         s.kernel = resolve_kernel_ref(s.loaded, s.logs / "kernel.log")
+        s.root_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"amilab:{r.digest}"))
 
 
 class BaseRoot(Step):
@@ -246,19 +248,57 @@ class Finalise(Step):
         disk_mod.write_fstab(s.root, s.recipe.disk.label)
 
 
+class BootFiles(Step):
+    """HVM: the kernel, initrd and GRUB menus go into the image's /boot."""
+
+    name = "boot-files"
+
+    def run(self, s: BuildState) -> None:
+        if s.recipe.virtualization != "hvm":
+            return
+        k = s.kernel
+        s.stages.detail(f"/boot/vmlinuz-{k.release}, grub.cfg, menu.lst")
+        roles = disk_mod.plan(s.recipe.partitioning, s.recipe.boot_mode)
+        bootloader.install_boot_files(
+            s.root,
+            Path(k.vmlinuz),
+            Path(k.config),
+            k.release,
+            s.ramdisk,
+            bootloader.kernel_args(s.root_uuid, k.cmdline, s.recipe.kernel_cmdline),
+            roles.index("root") + 1,
+        )
+
+
 class Disk(Step):
     name = "disk"
 
     def run(self, s: BuildState) -> None:
         d = s.recipe.disk
-        root_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"amilab:{s.recipe.digest}"))
         s.raw = s.workdir / "disk.raw"
-        s.stages.detail(f"mkfs.ext4 -d ({d.partitioning}, {d.size >> 20} MiB)")
+        s.stages.detail(f"mkfs.ext4 -d ({s.recipe.partitioning}, {d.size >> 20} MiB)")
         s.layout = disk_mod.make_disk(
-            s.root, s.raw, d.size, d.label, root_uuid, d.partitioning, s.logs / "disk.log"
+            s.root,
+            s.raw,
+            d.size,
+            d.label,
+            s.root_uuid,
+            s.recipe.partitioning,
+            s.logs / "disk.log",
+            boot=s.recipe.boot_mode,
         )
         # the tree is in the disk now; free the space before writing formats
         chroot.remove_tree(s.root)
+
+
+class Bootloader(Step):
+    name = "bootloader"
+
+    def run(self, s: BuildState) -> None:
+        if s.layout is None or s.layout.boot is None:
+            return
+        s.stages.detail(f"GRUB for {s.layout.boot}")
+        bootloader.install(s.raw, s.layout, s.root_uuid, s.workdir, s.logs / "bootloader.log")
 
 
 class Formats(Step):
@@ -369,6 +409,7 @@ class Register(Step):
                 "build_kernel_id": k.aki_id,
                 "build_ramdisk_id": ari_id,
                 "modules": r.modules,
+                "boot": layout.boot,
                 "logs": str(s.logs),
                 "timings": s.stages.timings,
             },
@@ -404,8 +445,10 @@ PIPELINE: tuple[type[Step], ...] = (
     Elements,
     Modules,
     Ramdisk,
+    BootFiles,
     Finalise,
     Disk,
+    Bootloader,
     Formats,
     Register,
 )
@@ -452,12 +495,6 @@ def validate(loaded: LoadedRecipe) -> None:
     if not r.kernel.startswith("aki-") and r.kernel not in kernel_mod.load_catalogue():
         known = ", ".join(sorted(kernel_mod.load_catalogue()))
         raise where.error("kernel", f"unknown kernel {r.kernel!r}; known: {known}")
-    if r.virtualization == "hvm":
-        raise where.error(
-            "virtualization",
-            "hvm images need a bootloader on the disk, which amilab does not install yet; "
-            "use paravirtual",
-        )
 
 
 class _Terminated(KeyboardInterrupt):

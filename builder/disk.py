@@ -15,12 +15,27 @@ from pathlib import Path
 
 from builder.errors import BuildFailed
 
-_ALIGN = 1 << 20  # first partition at 1 MiB, as every partitioning tool aligns it
 _GPT_TAIL = 33 * 512  # backup GPT header and entries at the end of the disk
-ROOT_PART_TYPE = {
-    "gpt": "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",  # Linux root (x86-64), discoverable
-    "mbr": "83",
+_MIB = 1 << 20
+# (role, GPT type, MBR type, size); the root partition takes the rest of the disk
+_PARTS = {
+    "bios": ("21686148-6449-6E6F-744E-656564454649", None, _MIB),  # GRUB's BIOS boot partition
+    "esp": ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "ef", 100 * _MIB),
+    "root": ("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "83", None),  # discoverable x86-64 root
 }
+
+
+def plan(partitioning: str, boot: str | None) -> list[str]:
+    """Partition roles in disk order. BIOS GRUB lives in a BIOS boot partition on GPT and in
+    the gap after the MBR on MBR disks; UEFI needs an EFI system partition."""
+    if partitioning == "none":
+        return []
+    roles = []
+    if boot in ("bios", "hybrid") and partitioning == "gpt":
+        roles.append("bios")
+    if boot in ("uefi", "hybrid"):
+        roles.append("esp")
+    return roles + ["root"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,8 @@ class DiskLayout:
     fs_offset: int
     fs_size: int
     partuuid: str | None
+    parts: dict[str, tuple[int, int]]  # role -> (offset, size) in bytes
+    boot: str | None = None
 
     @property
     def root_device_name(self) -> str:
@@ -46,6 +63,8 @@ class DiskLayout:
             "fs_offset": self.fs_offset,
             "root_partuuid": self.partuuid,
             "disk_size": self.size,
+            "partitions": {k: {"offset": o, "size": n} for k, (o, n) in self.parts.items()},
+            "boot": self.boot,
         }
 
 
@@ -75,33 +94,56 @@ def _run(argv: list[str], log: Path, stdin: str | None = None, env: dict | None 
     return result.stdout.decode(errors="replace")
 
 
-def _partition(out: Path, size: int, scheme: str, log: Path) -> tuple[int, int, str]:
-    """Write the table; (offset, size, PARTUUID) of the root partition."""
-    label = "gpt" if scheme == "gpt" else "dos"
-    script = f"label: {label}\nstart=2048, type={ROOT_PART_TYPE[scheme]}"
-    script += ", name=root\n" if scheme == "gpt" else ", bootable\n"
-    _run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(out)], log, stdin=script)
+def _partition(
+    out: Path, size: int, scheme: str, roles: list[str], log: Path
+) -> tuple[dict[str, tuple[int, int]], str]:
+    """Write the table; ({role: (offset, size)}, PARTUUID of the root partition)."""
+    lines = ["label: gpt" if scheme == "gpt" else "label: dos"]
+    for role in roles:
+        gpt_type, mbr_type, part_size = _PARTS[role]
+        spec = "type=" + (gpt_type if scheme == "gpt" else str(mbr_type))
+        if part_size:
+            spec += f", size={part_size // 512}"
+        if scheme == "gpt":
+            spec += f", name={role}"
+        elif role == "root":
+            spec += ", bootable"
+        lines.append(spec)
+    lines[1] = "start=2048, " + lines[1]
+    _run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(out)], log, "\n".join(lines))
     table = json.loads(_run(["sfdisk", "--json", str(out)], log))["partitiontable"]
-    part = table["partitions"][0]
     sector = int(table.get("sectorsize", 512))
-    offset, length = part["start"] * sector, part["size"] * sector
+    parts: dict[str, tuple[int, int]] = {}
+    for role, part in zip(roles, table["partitions"], strict=True):
+        parts[role] = (part["start"] * sector, part["size"] * sector)
+    offset, length = parts["root"]
+    root_index = roles.index("root") + 1
     if scheme == "gpt":
-        length = min(length, size - _GPT_TAIL - offset)
-        partuuid = part["uuid"].lower()
+        parts["root"] = (offset, min(length, size - _GPT_TAIL - offset))
+        partuuid = table["partitions"][root_index - 1]["uuid"].lower()
     else:
-        partuuid = f"{table['id'].removeprefix('0x')}-01"
-    return offset, length, partuuid
+        partuuid = f"{table['id'].removeprefix('0x')}-{root_index:02d}"
+    return parts, partuuid
 
 
 def make_disk(
-    root: Path, out: Path, size: int, label: str, uuid: str, partitioning: str, log: Path
+    root: Path,
+    out: Path,
+    size: int,
+    label: str,
+    uuid: str,
+    partitioning: str,
+    log: Path,
+    boot: str | None = None,
 ) -> DiskLayout:
     out.unlink(missing_ok=True)
     with open(out, "wb") as f:
         f.truncate(size)
+    parts: dict[str, tuple[int, int]] = {}
     offset, fs_size, partuuid = 0, size, None
     if partitioning != "none":
-        offset, fs_size, partuuid = _partition(out, size, partitioning, log)
+        parts, partuuid = _partition(out, size, partitioning, plan(partitioning, boot), log)
+        offset, fs_size = parts["root"]
     fs_size -= fs_size % 4096
     argv = [
         "mkfs.ext4",
@@ -121,4 +163,4 @@ def make_disk(
         f"{fs_size // 1024}k",
     ]
     _run(argv, log)
-    return DiskLayout(size, label, uuid, partitioning, offset, fs_size, partuuid)
+    return DiskLayout(size, label, uuid, partitioning, offset, fs_size, partuuid, parts, boot)

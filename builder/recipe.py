@@ -51,9 +51,10 @@ class Disk:
         check=_label_ok,
     )
     partitioning: str = key(
-        Choice(("none", "mbr", "gpt")),
-        "none: the filesystem fills the disk (EC2 PV style); mbr/gpt: one root partition",
-        "none",
+        Choice(("auto", "none", "mbr", "gpt")),
+        "none: the filesystem fills the disk (EC2 PV style); mbr/gpt: partitioned; "
+        "auto: none for paravirtual, gpt for hvm",
+        "auto",
     )
     formats: tuple[str, ...] = key(
         ListOf(Choice(FORMATS)), "disk formats to write and register", ("raw",), check=_formats_ok
@@ -127,6 +128,12 @@ class Recipe:
         "extra kernel command line (root= and the serial console are added)",
         "",
     )
+    boot: str = key(
+        Choice(("bios", "uefi", "hybrid")),
+        "hvm: the firmware the disk's GRUB boots on (hybrid: both SeaBIOS and OVMF, "
+        "as cloud images ship); ignored for paravirtual",
+        "hybrid",
+    )
     disk: Disk = key(Section(Disk), "disk layout and output formats")
     engine: str = key(
         Choice(("native", "diskimage-builder")),
@@ -134,6 +141,16 @@ class Recipe:
         "native",
     )
     checks: Checks = key(Section(Checks), "what `amilab smoke` verifies in the guest")
+
+    @property
+    def partitioning(self) -> str:
+        if self.disk.partitioning != "auto":
+            return self.disk.partitioning
+        return "gpt" if self.virtualization == "hvm" else "none"
+
+    @property
+    def boot_mode(self) -> str | None:
+        return self.boot if self.virtualization == "hvm" else None
 
     @property
     def digest(self) -> str:
@@ -188,7 +205,7 @@ def load_recipes(path: Path) -> list[LoadedRecipe]:
 
 
 def _cross_check(recipe: Recipe, where: Located) -> None:
-    if recipe.virtualization == "hvm" and recipe.disk.partitioning == "none":
+    if recipe.virtualization == "hvm" and recipe.partitioning == "none":
         raise where.error(
             "disk.partitioning", "an hvm image boots its own bootloader: use mbr or gpt"
         )
