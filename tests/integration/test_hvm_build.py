@@ -1,0 +1,137 @@
+"""HVM disks: partition layout, GRUB for BIOS and UEFI written without mounts, formats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_amilab
+from tests.integration.builds import build, debugfs, exists, images
+from tests.integration.test_build import _no_leftovers, recipe_file
+
+pytestmark = pytest.mark.integration
+
+FORMATS = ["raw", "qcow2", "vmdk", "vmdk-stream"]
+
+
+def _table(raw: str) -> dict:
+    out = subprocess.run(["sfdisk", "--json", raw], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["partitiontable"]
+
+
+@pytest.fixture(scope="module")
+def hybrid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("hvm")
+    home = tmp / "home"
+    recipe = recipe_file(
+        tmp,
+        "hvm-hybrid",
+        virtualization="hvm",
+        boot="hybrid",
+        disk={"formats": FORMATS, "partitioning": "auto"},
+    )
+    return home, build(recipe, home)["Images"][0]
+
+
+def test_hybrid_gpt_layout_and_grub(hybrid) -> None:
+    home, ami = hybrid
+    assert ami["VirtualizationType"] == "hvm"
+    assert ami["KernelId"] is None and ami["RamdiskId"] is None
+    raw = ami["Locations"]["raw"]
+    table = _table(raw)
+    assert table["label"] == "gpt"
+    names = [p.get("name") for p in table["partitions"]]
+    assert names == ["bios", "esp", "root"]
+    with open(raw, "rb") as f:
+        mbr = f.read(512)
+        f.seek(table["partitions"][0]["start"] * 512)
+        core = f.read(512)
+    assert b"GRUB" in mbr and mbr[510:] == b"\x55\xaa"
+    assert core != bytes(512)
+    esp = table["partitions"][1]["start"] * 512
+    listing = subprocess.run(
+        ["mdir", "-i", f"{raw}@@{esp}", "::/EFI/BOOT"], capture_output=True, text=True
+    )
+    assert "BOOTX64" in listing.stdout, listing.stderr
+    root = table["partitions"][2]["start"] * 512
+    release = images(home, "kernel")[0]["KernelRelease"]
+    assert exists(raw, f"/boot/vmlinuz-{release}", root)
+    assert exists(raw, f"/boot/initrd.img-{release}", root)
+    assert exists(raw, f"/lib/modules/{release}/modules.dep", root)
+    cfg = debugfs(raw, "cat /boot/grub/grub.cfg", root)
+    uuid = subprocess.run(
+        ["blkid", "-p", "-o", "value", "-s", "UUID", "-O", str(root), raw],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert f"root=UUID={uuid}" in cfg and "console=ttyS0" in cfg
+    assert f"kernel /boot/vmlinuz-{release}" in debugfs(raw, "cat /boot/grub/menu.lst", root)
+
+
+def test_every_format_checks_clean_and_equals_raw(hybrid) -> None:
+    _, ami = hybrid
+    locations = ami["Locations"]
+    assert sorted(locations) == sorted(FORMATS)
+    raw = locations["raw"]
+    for fmt in ("qcow2", "vmdk", "vmdk-stream"):
+        path = locations[fmt]
+        qfmt = "qcow2" if fmt == "qcow2" else "vmdk"
+        check = subprocess.run(
+            ["qemu-img", "check", "-f", qfmt, path], capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        cmp = subprocess.run(
+            ["qemu-img", "compare", "-f", "raw", "-F", qfmt, raw, path],
+            capture_output=True,
+            text=True,
+        )
+        assert cmp.returncode == 0, f"{fmt}: {cmp.stdout}{cmp.stderr}"
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", locations["vmdk-stream"]],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert info["format-specific"]["data"]["create-type"] == "streamOptimized"
+
+
+def test_mbr_bios_layout(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    recipe = recipe_file(
+        tmp_path, "hvm-mbr", virtualization="hvm", boot="bios", disk={"partitioning": "mbr"}
+    )
+    ami = build(recipe, home)["Images"][0]
+    raw = ami["ImageLocation"]
+    table = _table(raw)
+    assert table["label"] == "dos" and len(table["partitions"]) == 1
+    with open(raw, "rb") as f:
+        head = f.read(2048 * 512)
+    assert b"GRUB" in head[:512]
+    assert head[512:1024] != bytes(512)  # core.img in the gap after the MBR
+
+
+def test_failed_bootloader_step_leaves_nothing(tmp_path: Path) -> None:
+    home, scratch = tmp_path / "home", tmp_path / "scratch"
+    scratch.mkdir()
+    loops_before = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    mounts_before = Path("/proc/mounts").read_text()
+    recipe = recipe_file(tmp_path, "hvm-broken", virtualization="hvm", disk={"partitioning": "gpt"})
+    result = run_amilab(
+        "build",
+        str(recipe),
+        env={
+            "AMILAB_HOME": str(home),
+            "AMILAB_SCRATCH": str(scratch),
+            "AMILAB_GRUB_DIR": str(tmp_path / "no-grub-here"),
+        },
+    )
+    assert result.returncode == 1, result.stderr
+    assert "bootloader: grub-mkimage for i386-pc failed" in result.stderr
+    assert subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout == loops_before
+    assert Path("/proc/mounts").read_text() == mounts_before
+    _no_leftovers(home, scratch)
