@@ -184,3 +184,34 @@ def test_generic_kernel_boots_from_ide_by_uuid(tmp_path: Path) -> None:
     )
     assert f"{MARKER} {generic.release}" in console, console[-3000:]
     assert "(/dev/sda, rw)" in console
+
+
+def test_distro_ramdisk_from_the_image_boots(cloud: Kernel, tmp_path: Path) -> None:
+    """`ramdisk: distro`: mkinitramfs inside a minimal root with initramfs-tools and the
+    kernel's modules; the result is reproducible and boots that root."""
+    if not shutil.which("mmdebstrap"):
+        pytest.skip("mmdebstrap is missing")
+    from builder.mirror import host_mirror
+
+    root = tmp_path / "root"
+    subprocess.run(
+        ["mmdebstrap", "--quiet", "--variant=minbase", "--include=initramfs-tools,busybox",
+         "bookworm", str(root), host_mirror().apt_lines("bookworm")[0]],
+        check=True,
+    )  # fmt: skip
+    shutil.copytree(cloud.modules_dir, root / "lib/modules" / cloud.release, symlinks=True)
+    (root / "sbin/amilab-test-init").write_text(
+        f'#!/bin/sh\necho "{MARKER} $(uname -r)"\nbusybox poweroff -f\n'
+    )
+    (root / "sbin/amilab-test-init").chmod(0o755)
+    log = tmp_path / "mkinitramfs.log"
+    first = ramdisk.build_distro(root, cloud, tmp_path / "a.img", log)
+    second = ramdisk.build_distro(root, cloud, tmp_path / "b.img", log)
+    assert ramdisk.ari_id(first) == ramdisk.ari_id(second)
+    assert not list((root / "tmp").iterdir()) and not list((root / "boot").iterdir())
+    disk = tmp_path / "root.img"
+    subprocess.run(["truncate", "-s", "1G", str(disk)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-L", "distro", "-d", str(root), str(disk)], check=True)
+    append = "root=LABEL=distro init=/sbin/amilab-test-init console=ttyS0 panic=-1"
+    console, _, _ = boot(cloud, first, disk, append, until=MARKER)
+    assert f"{MARKER} {cloud.release}" in console, console[-3000:]
