@@ -297,12 +297,10 @@ def resolve_kernel(
         apt.prepare()
         package, version = _resolve_exact(apt, defn.package, log)
         unpacked = kernel_dir(package, version)
-        deb = None
+        deb = _cached_deb(package, version)
         if not _complete(unpacked):
-            deb = _cached_deb(package, version) or _download(apt, package, version, log)
+            deb = deb or _download(apt, package, version, log)
             unpack(deb, unpacked, log)
-        else:
-            deb = _cached_deb(package, version)
     return _kernel_from(unpacked, defn, package, version, deb)
 
 
