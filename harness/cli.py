@@ -79,6 +79,79 @@ def _add_kernels(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_kernels)
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from builder.convert import convert
+
+        result = convert(
+            Path(args.src), Path(args.dst), args.format, args.subformat, workers=args.workers
+        )
+        if args.json:
+            _print_json(result.describe())
+        else:
+            print(
+                f"{result.output}: {result.format}"
+                f"{' ' + result.subformat if result.subformat else ''}, "
+                f"{result.output_bytes} bytes, {result.seconds:.1f} s"
+            )
+        return 0
+
+    p = sub.add_parser(
+        "convert",
+        help="validate a VMDK/OVA/OVF/qcow2/raw disk and convert it",
+        description="Validate SRC (VMDK, OVA, OVF, qcow2 or raw), then write it to DST.",
+    )
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--format", default="raw", choices=("raw", "qcow2", "vmdk"))
+    p.add_argument(
+        "--subformat",
+        choices=("monolithicSparse", "streamOptimized"),
+        help="VMDK subformat (default monolithicSparse)",
+    )
+    p.add_argument("--workers", type=int, help="compression threads (default: all cores)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from builder.inspect import inspect_disk, print_inspection
+
+        report = inspect_disk(Path(args.disk))
+        if args.json:
+            _print_json(report)
+        else:
+            print_inspection(report)
+        return 0
+
+    p = sub.add_parser(
+        "inspect",
+        help="what a disk holds: partitions, filesystems, OS, bootloader, kernels (read-only)",
+    )
+    p.add_argument("disk")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _add_import(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from builder.importer import import_disk, report_import
+
+        record = import_disk(Path(args.src), name=args.name, quiet=args.json)
+        if args.json:
+            _print_json({"Images": [record.describe()]})
+        else:
+            report_import(record)
+        return 0
+
+    p = sub.add_parser("import", help="validate, convert, inspect and register a disk as an AMI")
+    p.add_argument("src")
+    p.add_argument("--name", help="image name (default: the OVF's or the file's name)")
+    p.add_argument("--json", action="store_true", help="print describe-images JSON")
+    p.set_defaults(func=run)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own exit code is 2 as well
         self.exit(2, f"amilab: error: {message}\n")
@@ -93,6 +166,9 @@ def make_parser() -> argparse.ArgumentParser:
     _add_build(sub)
     _add_images(sub)
     _add_kernels(sub)
+    _add_convert(sub)
+    _add_inspect(sub)
+    _add_import(sub)
     return parser
 
 

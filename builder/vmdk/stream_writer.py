@@ -68,10 +68,12 @@ def write_stream_optimized(
     out: Path,
     *,
     adapter_type: str = "lsilogic",
+    name: str | None = None,
     level: int = codec.LEVEL,
     workers: int | None = None,
 ) -> StreamStats:
-    """Write the raw disk `raw` as a streamOptimized VMDK at `out`."""
+    """Write the raw disk `raw` as a streamOptimized VMDK at `out`; `name` is the file name
+    its descriptor records (the final name when `out` is a temporary file)."""
     with RawSource(raw) as src:
         capacity = -(-src.size // SECTOR) * SECTOR
         header = SparseHeader(
@@ -107,7 +109,7 @@ def write_stream_optimized(
                 w.candidates += count
                 for index, blob in grains:
                     w.grain(index, blob)
-            w.finish(adapter_type, out.name)
+            w.finish(adapter_type, name or out.name)
             f.flush()
             os.fsync(f.fileno())
         return StreamStats(
