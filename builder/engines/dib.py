@@ -11,7 +11,9 @@ packages given by `-p`. What amilab changes in a stock run, and why:
 - amilab makes the disk itself (`mkfs.ext4 -d`) from a tree. The helper element answers DIB's
   legacy `block-device.d` hook with a plain directory, so DIB creates no image file, loop
   device, partition or device-mapper node, and skips mkfs and the copy into the loop mount.
-  `-t tar` then archives the finished tree (after finalise.d and cleanup.d), which we unpack.
+  `-t tar` then archives the finished tree (after finalise.d and cleanup.d), which we unpack;
+  a last cleanup.d hook detaches the build's /proc, /sys, /dev and /dev/pts first, because
+  DIB's tar would otherwise capture the host's device nodes from its bind-mounted /dev.
 - disk-image-create runs in its own mount and PID namespace: every mount it makes (its tmpfs
   build directories, /proc, /dev, bind mounts) and every process it starts disappear when it
   ends or is killed, so a failed or interrupted build leaves nothing mounted or running.
@@ -111,6 +113,19 @@ PY
 """
 
 
+_UNMOUNT_HOOK = r"""#!/bin/bash
+# amilab: `-t tar` archives the tree while the build's /proc, /sys, /dev and /dev/pts are still
+# mounted in it, leaving out only proc and sys, so the host's device nodes would end up in the
+# image's /dev. Nothing needs them after cleanup.d: detach them before the tar is written.
+set -eu
+set -o pipefail
+root=$(readlink -e "$TARGET_ROOT")
+awk -v r="$root/" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
+    sudo umount -l "$m"
+done
+"""
+
+
 @dataclass(frozen=True)
 class Tools:
     dib: str
@@ -174,6 +189,7 @@ def write_helper_element(parent: Path) -> Path:
     element = parent / HELPER
     hooks = {
         "block-device.d/10-amilab-no-disk": _NO_DISK_HOOK,
+        "cleanup.d/99-zz-amilab-unmount": _UNMOUNT_HOOK,
         "extra-data.d/20-amilab-no-kernel": _NO_KERNEL_HOOK.replace(
             "@KERNELS@", " ".join(KERNEL_PACKAGES)
         ),

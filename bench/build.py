@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Build benchmark: the default recipe built, in one run, through the real CLI
+(`amilab build FILE --json`):
+
+  native cold             empty XDG_CACHE_HOME and AMILAB_HOME: no cached base root tree, no
+                          cached kernel package; mmdebstrap and the kernel .deb from the mirror.
+  native warm             right after, same XDG_CACHE_HOME and AMILAB_HOME, recipe unchanged:
+                          the cached base and kernel are reused (nothing is downloaded).
+  diskimage-builder cold  the same recipe with `engine: diskimage-builder`, its own empty
+                          XDG_CACHE_HOME and AMILAB_HOME: no DIB image cache (.deb files,
+                          debootstrap tarball), no cached kernel package.
+
+"Cold" is amilab's and DIB's caches only: the host's page cache, the mirror (and any proxy in
+front of it) and the Python environment are as they are. Targets (issue 2): native cold at most
+0.5 x diskimage-builder cold; native warm at most 15 s.
+
+Usage: .venv/bin/python bench/build.py [RECIPE_FILE] [--image NAME] [--json] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from builder.registry import Registry  # noqa: E402
+
+COLD_RATIO_TARGET = 0.5
+WARM_TARGET_S = 15.0
+
+
+@dataclass
+class Run:
+    name: str
+    meaning: str
+    seconds: float = 0.0
+    ok: bool = False
+    image_id: str = ""
+    stages: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+def amilab_command() -> list[str]:
+    beside = Path(sys.executable).parent / "amilab"
+    return [str(beside)] if beside.exists() else [sys.executable, "-m", "harness.cli"]
+
+
+def pick_recipe(path: Path, image: str | None) -> dict:
+    images = yaml.safe_load(path.read_text())["images"]
+    for recipe in images:
+        if image is None or recipe.get("name") == image:
+            return recipe
+    sys.exit(f"bench: {path} has no image named {image!r}")
+
+
+def write_recipe(directory: Path, recipe: dict, engine: str) -> Path:
+    """A one-image copy of the recipe (a file may hold several; we time one build)."""
+    path = directory / f"{engine}.yaml"
+    path.write_text(yaml.safe_dump({"images": [{**recipe, "engine": engine}]}, sort_keys=False))
+    return path
+
+
+def timed_build(run: Run, recipe: Path, home: Path, cache: Path) -> Run:
+    env = {**os.environ, "AMILAB_HOME": str(home), "XDG_CACHE_HOME": str(cache)}
+    start = time.monotonic()
+    result = subprocess.run(
+        [*amilab_command(), "build", str(recipe), "--json"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    run.seconds = round(time.monotonic() - start, 1)
+    run.ok = result.returncode == 0
+    if not run.ok:
+        run.error = "\n".join(result.stderr.strip().splitlines()[-15:])
+        return run
+    run.image_id = json.loads(result.stdout)["Images"][0]["ImageId"]
+    record = Registry(home).get(run.image_id)
+    if record is not None:
+        run.stages = dict(record.extra.get("timings", {}))
+    return run
+
+
+def all_runs(recipe: dict, work: Path) -> list[Run]:
+    native, dib = (
+        write_recipe(work, recipe, "native"),
+        write_recipe(work, recipe, "diskimage-builder"),
+    )
+    native_home, native_cache = work / "native-home", work / "native-cache"
+    plan = [
+        (Run("native cold", "empty caches"), native, native_home, native_cache),
+        (Run("native warm", "same caches, unchanged recipe"), native, native_home, native_cache),
+        (Run("diskimage-builder cold", "empty caches"), dib, work / "dib-home", work / "dib-cache"),
+    ]
+    runs = []
+    for run, path, home, cache in plan:
+        print(f"bench: {run.name} ...", file=sys.stderr, flush=True)
+        runs.append(timed_build(run, path, home, cache))
+        print(f"bench: {run.name}: {run.seconds:.1f} s", file=sys.stderr, flush=True)
+        if not run.ok:
+            break
+    return runs
+
+
+def verdicts(runs: dict[str, Run]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    cold, warm, dib = (
+        runs.get(k) for k in ("native cold", "native warm", "diskimage-builder cold")
+    )
+    if cold and dib and cold.ok and dib.ok:
+        ratio = cold.seconds / dib.seconds
+        out["native cold / diskimage-builder cold"] = {
+            "value": round(ratio, 2),
+            "target": f"<= {COLD_RATIO_TARGET}",
+            "met": ratio <= COLD_RATIO_TARGET,
+        }
+        rootfs = (cold.stages.get("rootfs"), dib.stages.get("rootfs"))
+        if all(rootfs):
+            out["rootfs stage: native cold / diskimage-builder cold"] = {
+                "value": round(rootfs[0] / rootfs[1], 2),
+                "target": "(information)",
+                "met": None,
+            }
+    if warm and warm.ok:
+        out["native warm seconds"] = {
+            "value": warm.seconds,
+            "target": f"<= {WARM_TARGET_S:g}",
+            "met": warm.seconds <= WARM_TARGET_S,
+        }
+        if cold and cold.ok:
+            out["native warm / native cold"] = {
+                "value": round(warm.seconds / cold.seconds, 2),
+                "target": "(information)",
+                "met": None,
+            }
+    return out
+
+
+def report(recipe: dict, source: Path, runs: list[Run], ratios: dict[str, dict]) -> str:
+    name = recipe.get("name")
+    lines = [
+        f"amilab build benchmark: recipe {name!r} from {source} "
+        f"({os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f})",
+        "",
+        f"{'build':<24}{'seconds':>9}{'rootfs':>9}  stages (s)",
+    ]
+    for run in runs:
+        if not run.ok:
+            lines.append(f"{run.name:<24}{'FAILED':>9}  after {run.seconds:.1f} s\n{run.error}")
+            continue
+        stages = " ".join(f"{k}={v:g}" for k, v in run.stages.items())
+        rootfs = run.stages.get("rootfs")
+        rootfs_text = f"{rootfs:>9.1f}" if rootfs is not None else f"{'-':>9}"
+        lines.append(f"{run.name:<24}{run.seconds:>9.1f}{rootfs_text}  {stages}")
+    lines += ["", "ratios and targets:"]
+    for label, v in ratios.items():
+        verdict = "" if v["met"] is None else ("  met" if v["met"] else "  MISSED")
+        lines.append(f"  {label:<52}{v['value']:>8}  target {v['target']}{verdict}")
+    lines += [
+        "",
+        "cold: a new, empty XDG_CACHE_HOME (amilab's base-tree and kernel caches; for",
+        "      diskimage-builder also its image cache of .deb files) and a new AMILAB_HOME;",
+        "      the host's page cache and the mirror are not reset.",
+        "warm: native only, the same caches right after its cold build, recipe unchanged.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe_file", nargs="?", default=str(ROOT / "build.yaml"))
+    parser.add_argument("--image", help="recipe name in the file (default: the first)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary homes")
+    args = parser.parse_args()
+    source = Path(args.recipe_file)
+    recipe = pick_recipe(source, args.image)
+    work = Path(tempfile.mkdtemp(prefix="amilab-bench-", dir=os.environ.get("AMILAB_BENCH_DIR")))
+    try:
+        runs = all_runs(recipe, work)
+    finally:
+        if args.keep:
+            print(f"bench: kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    ratios = verdicts({r.name: r for r in runs})
+    if args.json:
+        print(json.dumps({"runs": [asdict(r) for r in runs], "ratios": ratios}, indent=2))
+    else:
+        print(report(recipe, source, runs, ratios))
+    return 0 if runs and all(r.ok for r in runs) and len(runs) == 3 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
