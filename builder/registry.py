@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -53,6 +54,11 @@ class ImageRecord:
     kernel_release: str | None = None
     package_version: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Who registered it and who may launch it (EC2's OwnerId and launchPermission attribute).
+    # Records written before these fields existed read back with the defaults.
+    owner_id: str = ""
+    public: bool = False
+    launch_permissions: list[str] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
         """The `aws ec2 describe-images` shape."""
@@ -78,7 +84,23 @@ class ImageRecord:
             out["PackageVersion"] = self.package_version
         if self.extra.get("locations"):
             out["Locations"] = self.extra["locations"]
+        out["OwnerId"] = self.owner_id or account_id()
+        out["Public"] = self.public
+        out["LaunchPermissions"] = [{"UserId": a} for a in self.launch_permissions] + (
+            [{"Group": "all"}] if self.public else []
+        )
         return out
+
+
+def account_id() -> str:
+    """This user's 12-digit account ID: AMILAB_ACCOUNT_ID, or one derived from the uid so it
+    stays the same across sessions without configuration."""
+    if configured := os.environ.get("AMILAB_ACCOUNT_ID"):
+        if not (len(configured) == 12 and configured.isdigit()):
+            raise BadInput(f"AMILAB_ACCOUNT_ID={configured!r}: expected 12 digits")
+        return configured
+    digest = hashlib.sha256(f"amilab-account:{os.getuid()}".encode()).hexdigest()
+    return f"{int(digest, 16) % 10**12:012d}"
 
 
 def now_iso() -> str:
@@ -109,6 +131,8 @@ class Registry:
             for rec in records:
                 if not rec.creation_date:
                     rec.creation_date = now_iso()
+                if not rec.owner_id:
+                    rec.owner_id = account_id()
                 row = conn.execute(
                     "SELECT record FROM images WHERE image_id = ?", (rec.image_id,)
                 ).fetchone()
@@ -161,6 +185,59 @@ class Registry:
                 (image_type, image_type),
             ).fetchall()
         return [_from_json(r[0]) for r in rows]
+
+    def update(self, image_id: str, change: Callable[[ImageRecord], None]) -> ImageRecord:
+        """Change an image's attributes (tags, launch permissions) in one transaction; what
+        identifies the image (disk, kernel, ramdisk, launch settings) stays as it is."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute(
+                "SELECT record FROM images WHERE image_id = ?", (image_id,)
+            ).fetchone()
+            if not row:
+                raise BadInput(f"{image_id}: no such image in the registry ({self.path})")
+            rec = _from_json(row[0])
+            change(rec)
+            conn.execute(
+                "UPDATE images SET record = ? WHERE image_id = ?",
+                (json.dumps(asdict(rec), sort_keys=True), image_id),
+            )
+        return rec
+
+    def remove(self, image_id: str) -> bool:
+        """Drop an image's record (deregistration); its artifacts stay, as EBS snapshots do."""
+        with self._connect() as conn:
+            cur = conn.execute("DELETE FROM images WHERE image_id = ?", (image_id,))
+        return cur.rowcount > 0
+
+    def register_new(self, rec: ImageRecord) -> ImageRecord:
+        """Register an image under a name no other machine image of this registry has
+        (EC2's rule for register-image, copy-image and restore); BadInput if it is taken."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")  # the name check and the insert are one step
+            taken = conn.execute(
+                "SELECT image_id FROM images WHERE name = ? AND image_type = ?",
+                (rec.name, rec.image_type),
+            ).fetchone()
+            if taken:
+                raise BadInput(f"name {rec.name!r} is already in use by {taken[0]}")
+            if conn.execute("SELECT 1 FROM images WHERE image_id = ?", (rec.image_id,)).fetchone():
+                raise BadInput(f"{rec.image_id} is already registered")
+            if not rec.creation_date:
+                rec.creation_date = now_iso()
+            if not rec.owner_id:
+                rec.owner_id = account_id()
+            conn.execute(
+                "INSERT INTO images VALUES (?, ?, ?, ?, ?)",
+                (
+                    rec.image_id,
+                    rec.image_type,
+                    rec.name,
+                    rec.creation_date,
+                    json.dumps(asdict(rec), sort_keys=True),
+                ),
+            )
+        return rec
 
 
 def _from_json(text: str) -> ImageRecord:
