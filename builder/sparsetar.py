@@ -111,13 +111,17 @@ def _pad(n: int) -> bytes:
 
 
 def file_member(
-    path: Path, arcname: str, progress: Callable[[int], None] | None = None
+    path: Path,
+    arcname: str,
+    progress: Callable[[int], None] | None = None,
+    on_data: Callable[[bytes], None] | None = None,
 ) -> Iterator[bytes]:
     """The tar member for one file: headers, then its data extents, padded to a block.
 
     A file with holes becomes an old-GNU sparse member exactly as `tar --sparse` writes it
     (the map always ends with an (end-of-file, 0) entry); one without stays a plain member.
-    `progress` is told how many logical bytes (holes included) have been covered so far.
+    `progress` is told how many logical bytes (holes included) have been covered so far;
+    `on_data` sees the member's data (not its headers or padding), e.g. for a digest.
     """
     name = arcname.encode()
     st = os.stat(path)
@@ -155,6 +159,8 @@ def file_member(
                 if not chunk:
                     raise BadInput(f"{path}: shrank while being read")
                 off += len(chunk)
+                if on_data:
+                    on_data(chunk)
                 yield chunk
                 if progress:
                     progress(off)
@@ -215,6 +221,12 @@ class TarReader:
     def _step(self) -> bool:
         if self._state == "data":
             return self._data()
+        if self._state == "padding":  # the rest of the last data block
+            if len(self._buf) < self._remaining:
+                return False
+            del self._buf[: self._remaining]
+            self._state = "header"
+            return True
         if len(self._buf) < BLOCK:
             return False
         block = bytes(self._buf[:BLOCK])
@@ -225,10 +237,6 @@ class TarReader:
             self._parse_ext(block)
         elif self._state == "longname":
             self._longname_block(block)
-        elif self._state == "padding":
-            self._remaining -= BLOCK
-            if self._remaining <= 0:
-                self._state = "header"
         elif self._state == "end" and any(block):
             raise BadInput("tar stream: data after the end-of-archive marker")
         return True

@@ -42,33 +42,92 @@ _DEPTH = 8  # chunks in flight between the threads (each up to a few MiB)
 _DONE = object()
 
 
-def gzip_compressor(level: int = GZIP_LEVEL) -> Any:
-    return _gz.compressobj(level, _gz.DEFLATED, _GZIP_WBITS)
+# The gzip header amilab writes: no name, no time (so equal input gives equal output), OS
+# "unknown". Written by hand rather than by the codec, whose XFL/OS bytes differ between
+# ISA-L, zlib-ng and zlib, so that a reader of amilab's own objects can demand these exact
+# bytes and no byte of an object goes unchecked.
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+_crc32 = getattr(_gz, "crc32", zlib.crc32)
+
+
+class GzipWriter:
+    """gzip of a stream: GZIP_HEADER, raw deflate, then CRC32 and size (RFC 1952)."""
+
+    def __init__(self, level: int = GZIP_LEVEL) -> None:
+        self._c = _gz.compressobj(level, _gz.DEFLATED, -15)
+        self._crc = 0
+        self._size = 0
+        self._started = False
+
+    def compress(self, data: bytes) -> bytes:
+        self._crc = _crc32(data, self._crc)
+        self._size += len(data)
+        out = self._c.compress(data)
+        if not self._started:
+            self._started = True
+            return GZIP_HEADER + out
+        return out
+
+    def flush(self) -> bytes:
+        head = b"" if self._started else GZIP_HEADER
+        tail = self._crc.to_bytes(4, "little") + (self._size & 0xFFFFFFFF).to_bytes(4, "little")
+        return head + self._c.flush() + tail
 
 
 class GunzipStage:
-    """Decompresses one gzip member; anything after its end, or an early end, is corrupt."""
+    """Decompresses one gzip member; anything after its end, or an early end, is corrupt.
 
-    def __init__(self, what: str) -> None:
-        self._d = _gz.decompressobj(_GZIP_WBITS)
+    `strict` (amilab's own objects) demands GZIP_HEADER byte for byte and checks the CRC32
+    and size itself; otherwise any gzip header is accepted, as `gunzip` does (bundles made
+    by other tools)."""
+
+    def __init__(self, what: str, strict: bool = False) -> None:
         self._what = what
+        self._strict = strict
+        self._d = _gz.decompressobj(-15 if strict else _GZIP_WBITS)
+        self._head = bytearray()
+        self._tail = bytearray()
+        self._crc = 0
+        self._size = 0
 
     def feed(self, data: bytes) -> bytes:
+        if self._strict and len(self._head) < len(GZIP_HEADER):
+            need = len(GZIP_HEADER) - len(self._head)
+            self._head += data[:need]
+            data = data[need:]
+            if self._head != GZIP_HEADER[: len(self._head)]:
+                raise BadInput(f"{self._what}: not an amilab gzip stream (corrupt header)")
         if self._d.eof:
-            if data:
-                raise BadInput(f"{self._what}: data after the end of the compressed stream")
+            self._trailing(data)
             return b""
         try:
             out = self._d.decompress(data)
         except (zlib.error, _gz.error) as e:
             raise BadInput(f"{self._what}: corrupt compressed data ({e})") from e
-        if self._d.eof and self._d.unused_data:
-            raise BadInput(f"{self._what}: data after the end of the compressed stream")
+        if self._strict:
+            self._crc = _crc32(out, self._crc)
+            self._size += len(out)
+        if self._d.eof:
+            self._trailing(self._d.unused_data)
         return out
 
+    def _trailing(self, data: bytes) -> None:
+        if not self._strict:
+            if data:
+                raise BadInput(f"{self._what}: data after the end of the compressed stream")
+            return
+        self._tail += data
+        if len(self._tail) > 8:
+            raise BadInput(f"{self._what}: data after the end of the compressed stream")
+
     def close(self) -> bytes:
-        if not self._d.eof:
+        if not self._d.eof or (self._strict and len(self._tail) < 8):
             raise BadInput(f"{self._what}: compressed stream ends early (truncated)")
+        if self._strict:
+            crc = int.from_bytes(self._tail[:4], "little")
+            size = int.from_bytes(self._tail[4:8], "little")
+            if crc != self._crc or size != self._size & 0xFFFFFFFF:
+                raise BadInput(f"{self._what}: CRC32 or size of the data does not match (corrupt)")
         return b""
 
 
@@ -104,7 +163,7 @@ class AesCbcDecrypt:
 
 def compressed(chunks: Iterable[bytes], on_plain: Callable[[bytes], None]) -> Iterator[bytes]:
     """gzip of `chunks`, each plain chunk shown to `on_plain` first (for its digest)."""
-    comp = gzip_compressor()
+    comp = GzipWriter()
     for chunk in chunks:
         on_plain(chunk)
         out = comp.compress(chunk)

@@ -67,10 +67,30 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_images(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from builder.lifecycle import ImageFilter, describe_images
+        from builder.report import print_images
+
+        flt = ImageFilter(args.owner, args.name, args.tag, args.executable_by, args.image_id)
+        records = describe_images(args.type, flt)
+        if args.json:
+            _print_json({"Images": [r.describe() for r in records]})
+        else:
+            print_images(records)
+        return 0
+
     p = sub.add_parser("images", help="describe the registry (AMIs, AKIs, ARIs)")
     p.add_argument("--type", choices=("machine", "kernel", "ramdisk"))
     p.add_argument("--json", action="store_true", help="print describe-images JSON")
-    p.set_defaults(func=_cmd_images)
+    # describe-images --owners/--executable-users/--filters; each may be repeated
+    p.add_argument("--owner", action="append", default=[], help="account ID or 'self'")
+    p.add_argument("--name", action="append", default=[], help="name pattern (* and ?)")
+    p.add_argument("--tag", action="append", default=[], help="KEY=PATTERN, or KEY alone")
+    p.add_argument(
+        "--executable-by", action="append", default=[], help="account ID, 'self' or 'all'"
+    )
+    p.add_argument("--image-id", action="append", default=[], metavar="IMAGE_ID")
+    p.set_defaults(func=run)
 
 
 def _add_kernels(sub: argparse._SubParsersAction) -> None:
@@ -152,6 +172,231 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _ids_out(args: argparse.Namespace, payload: dict[str, Any], lines: list[str]) -> int:
+    """Lifecycle commands: AWS-shaped JSON with --json, else the IDs, one line each."""
+    if args.json:
+        _print_json(payload)
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def _add_bundle(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from builder.lifecycle import bundle_image
+
+        r = bundle_image(
+            args.image, Path(args.cert), Path(args.privatekey), Path(args.destination),
+            ec2_cert=Path(args.ec2cert) if args.ec2cert else None, prefix=args.prefix,
+            user=args.user,
+        )  # fmt: skip
+        m = r.manifest
+        payload = {
+            "ImageId": args.image, "ManifestPath": str(r.manifest_path), "Name": m.name,
+            "Digest": m.digest, "Size": m.size, "BundledSize": m.bundled_size,
+            "Parts": [p.filename for p in m.parts], "Seconds": round(r.seconds, 3),
+        }  # fmt: skip
+        return _ids_out(args, payload, [str(r.manifest_path)])
+
+    p = sub.add_parser("bundle", help="bundle an image as ec2-bundle-image did (manifest+parts)")
+    p.add_argument("image", metavar="IMAGE_ID")
+    p.add_argument("--cert", "-c", required=True, help="your X.509 certificate (PEM)")
+    p.add_argument("--privatekey", "-k", required=True, help="its RSA private key (PEM)")
+    p.add_argument("--ec2cert", help="EC2's certificate (default: amilab's own)")
+    p.add_argument("--destination", "-d", required=True, metavar="DIR")
+    p.add_argument("--prefix", "-p", help="file name prefix (default: the image's name)")
+    p.add_argument("--user", "-u", help="account ID in the manifest (default: yours)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _add_unbundle(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from builder.bundle import unbundle
+
+        out = unbundle(
+            Path(args.manifest), Path(args.privatekey), Path(args.destination),
+            source_dir=Path(args.source) if args.source else None,
+            verify_with=[Path(c) for c in args.cert] or None,
+        )  # fmt: skip
+        payload = {"ImagePath": str(out), "Size": out.stat().st_size}
+        return _ids_out(args, payload, [str(out)])
+
+    p = sub.add_parser("unbundle", help="verify a bundle and restore its image file")
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("--privatekey", "-k", required=True, help="your RSA private key (PEM)")
+    p.add_argument("--destination", "-d", required=True, metavar="DIR")
+    p.add_argument("--source", "-s", metavar="DIR", help="where the parts are (default: beside)")
+    p.add_argument("--cert", action="append", default=[], help="check the signature with it")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _add_register(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from builder.lifecycle import register_manifest
+
+        rec = register_manifest(
+            Path(args.manifest), name=args.name, description=args.description,
+            certs=[Path(c) for c in args.cert] or None, virtualization=args.virtualization_type,
+        )  # fmt: skip
+        return _ids_out(args, {"ImageId": rec.image_id, "Images": [rec.describe()]}, [rec.image_id])
+
+    p = sub.add_parser("register", help="register an AMI, AKI or ARI from a bundle manifest")
+    p.add_argument("manifest", metavar="MANIFEST")
+    p.add_argument("--name", help="default: the manifest's name")
+    p.add_argument("--description", default="")
+    p.add_argument("--cert", action="append", default=[], help="signing certificate to trust")
+    p.add_argument("--virtualization-type", choices=("paravirtual", "hvm"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _add_store(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from builder.store import store_image
+
+        t = store_image(
+            args.image, args.bucket, endpoint_url=args.endpoint_url, with_kernel=args.with_kernel
+        )
+        return _ids_out(args, {**t.describe(), "Bytes": t.bytes_stored}, [t.object_key])
+
+    p = sub.add_parser("store", help="store an AMI as one object <ami-id>.bin (dir or s3://)")
+    p.add_argument("image", metavar="AMI_ID")
+    p.add_argument("--bucket", required=True, help="DIR or s3://BUCKET[/PATH]")
+    p.add_argument("--endpoint-url", help="S3 endpoint (default: boto3's configuration)")
+    p.add_argument("--with-kernel", action="store_true", help="include its AKI and ARI")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _add_store_tasks(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from builder.store import TaskLog
+
+        tasks = [t for t in TaskLog().recent() if not args.image or t.image_id in args.image]
+        lines = [
+            f"{t.image_id} {t.state} {t.progress}% {t.bucket}/{t.object_key}"
+            + (f" ({t.failure_reason})" if t.failure_reason else "")
+            for t in tasks
+        ]
+        return _ids_out(args, {"StoreImageTaskResults": [t.describe() for t in tasks]}, lines)
+
+    p = sub.add_parser("store-tasks", help="store tasks of the last 31 days and their progress")
+    p.add_argument("--image", action="append", metavar="AMI_ID", help="only these images")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _add_restore(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from builder.store import restore_image
+
+        r = restore_image(
+            args.bucket, args.object_key, name=args.name, endpoint_url=args.endpoint_url
+        )
+        payload = {
+            "ImageId": r.image.image_id, "ObjectKey": r.object_key,
+            "KernelId": r.image.kernel_id, "RamdiskId": r.image.ramdisk_id,
+            "Images": [x.describe() for x in (r.image, r.kernel, r.ramdisk) if x],
+        }  # fmt: skip
+        return _ids_out(args, payload, [r.image.image_id])
+
+    p = sub.add_parser("restore", help="register a stored <ami-id>.bin under a new ID")
+    p.add_argument("--bucket", required=True, help="DIR or s3://BUCKET[/PATH]")
+    p.add_argument("--object-key", required=True)
+    p.add_argument("--name", help="default: the stored image's name (must be free)")
+    p.add_argument("--endpoint-url", help="S3 endpoint (default: boto3's configuration)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _add_copy_image(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from builder.lifecycle import copy_image
+
+        rec = copy_image(
+            args.source, args.name, description=args.description, copy_tags=args.copy_image_tags
+        )
+        return _ids_out(args, {"ImageId": rec.image_id}, [rec.image_id])
+
+    p = sub.add_parser("copy-image", help="copy an AMI under a new ID and name")
+    p.add_argument("source", metavar="SOURCE_IMAGE_ID")
+    p.add_argument("--name", required=True)
+    p.add_argument("--description")
+    p.add_argument("--copy-image-tags", action="store_true", help="copy its tags too")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _add_deregister(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from builder.lifecycle import deregister
+
+        gone = [deregister(ref, force=args.force).image_id for ref in args.image]
+        return _ids_out(args, {"Deregistered": [{"ImageId": i} for i in gone]}, gone)
+
+    p = sub.add_parser("deregister", help="deregister images (refused while others use them)")
+    p.add_argument("image", nargs="+", metavar="IMAGE_ID")
+    p.add_argument("--force", action="store_true", help="even if registered AMIs use it")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _tags_out(args: argparse.Namespace, records: list[Any]) -> int:
+    payload = {"Images": [{"ImageId": r.image_id, "Tags": r.describe()["Tags"]} for r in records]}
+    return _ids_out(args, payload, [r.image_id for r in records])
+
+
+def _add_tag(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from builder.lifecycle import parse_tags, tag
+
+        return _tags_out(args, tag([args.image], parse_tags(args.tags)))
+
+    p = sub.add_parser("tag", help="add or change an image's tags")
+    p.add_argument("image", metavar="IMAGE_ID")
+    p.add_argument("tags", nargs="+", metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _add_untag(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from builder.lifecycle import untag
+
+        return _tags_out(args, untag([args.image], args.tags))
+
+    p = sub.add_parser("untag", help="remove tags (KEY, or KEY=VALUE only with that value)")
+    p.add_argument("image", metavar="IMAGE_ID")
+    p.add_argument("tags", nargs="+", metavar="KEY[=VALUE]")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _add_launch_permission(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from builder.lifecycle import set_launch_permission
+
+        rec = set_launch_permission(
+            args.image, add=args.add, remove=args.remove, public=args.public, reset=args.reset
+        )
+        d = rec.describe()
+        payload = {k: d[k] for k in ("ImageId", "Public", "LaunchPermissions")}
+        return _ids_out(args, payload, [rec.image_id])
+
+    p = sub.add_parser("launch-permission", help="who may launch an image (accounts, public)")
+    p.add_argument("image", metavar="IMAGE_ID")
+    p.add_argument("--add", action="append", default=[], metavar="ACCOUNT_ID")
+    p.add_argument("--remove", action="append", default=[], metavar="ACCOUNT_ID")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--public", dest="public", action="store_true", default=None)
+    g.add_argument("--private", dest="public", action="store_false")
+    p.add_argument("--reset", action="store_true", help="private, no accounts (before the rest)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own exit code is 2 as well
         self.exit(2, f"amilab: error: {message}\n")
@@ -169,6 +414,17 @@ def make_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_inspect(sub)
     _add_import(sub)
+    _add_bundle(sub)
+    _add_unbundle(sub)
+    _add_register(sub)
+    _add_store(sub)
+    _add_store_tasks(sub)
+    _add_restore(sub)
+    _add_copy_image(sub)
+    _add_deregister(sub)
+    _add_tag(sub)
+    _add_untag(sub)
+    _add_launch_permission(sub)
     return parser
 
 
