@@ -350,6 +350,7 @@ class BundleResult:
     manifest_path: Path
     manifest: Manifest
     seconds: float = 0.0
+    image_id: str = ""  # the registered image it was made from, when it was one
 
 
 class _PartWriter:

@@ -196,6 +196,7 @@ def bundle_image(
     )
     # as uploading a signing certificate to AWS: `register` checks signatures against it
     bundle_mod.remember_signing_cert(account, cert)
+    result.image_id = rec.image_id
     return result
 
 

@@ -136,7 +136,7 @@ def file_member(
             longname = name + b"\x00"
             yield bytes(_header(b"././@LongLink", b"L", len(longname), 0o644, 0))
             yield longname + _pad(len(longname))
-            name = name[:99]
+            name = name[:100]
         stored = sum(n for _, n in extents)
         if sparse:
             smap = [*extents, (size, 0)]

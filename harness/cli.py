@@ -192,7 +192,7 @@ def _add_bundle(sub: argparse._SubParsersAction) -> None:
         )  # fmt: skip
         m = r.manifest
         payload = {
-            "ImageId": args.image, "ManifestPath": str(r.manifest_path), "Name": m.name,
+            "ImageId": r.image_id, "ManifestPath": str(r.manifest_path), "Name": m.name,
             "Digest": m.digest, "Size": m.size, "BundledSize": m.bundled_size,
             "Parts": [p.filename for p in m.parts], "Seconds": round(r.seconds, 3),
         }  # fmt: skip
