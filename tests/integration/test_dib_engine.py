@@ -73,7 +73,7 @@ def test_dib_disk_has_the_recipes_packages_and_element_files(dib_build) -> None:
     assert exists(disk, "/usr/local/sbin/first-nic-network")
     assert exists(disk, "/etc/systemd/system/multi-user.target.wants/ec2-fetch-ssh-key.service")
     assert exists(disk, f"/lib/modules/{release}/modules.dep")  # the AKI's, put in by amilab
-    assert debugfs(disk, "cat /etc/hostname").strip().endswith("dib-pv")  # IMAGE_NAME
+    assert debugfs(disk, "cat /etc/hostname").splitlines()[0] == "dib-pv"  # IMAGE_NAME
     assert "LABEL=cloudimg-rootfs" in debugfs(disk, "cat /etc/fstab")
     assert exists(disk, "/etc/dib-manifests")  # diskimage-builder really built it
 
