@@ -1,0 +1,95 @@
+"""Watching the serial console log: boot failures and where the boot time goes.
+
+The console says at once what a timeout would only hint at: a kernel panic, a root that
+cannot be mounted, amilab's ramdisk not finding the root, init failing. `ConsoleWatcher`
+reads what QEMU appended since the last poll, notes the host time at which boot milestones
+first appear, and reports the most specific failure it has seen.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# (reason, pattern), most specific first: amilab's ramdisk says ROOT NOT FOUND and then exits,
+# which the kernel reports as "Attempted to kill init", so the first match in this order wins.
+FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("ramdisk could not find the root", re.compile(r"amilab-ramdisk: ROOT NOT FOUND:.*")),
+    ("ramdisk failed", re.compile(r"amilab-ramdisk: [A-Z][A-Z ]+:.*")),
+    (
+        "unable to mount root",
+        re.compile(r"VFS: Unable to mount root fs.*|[Uu]nable to mount root.*"),
+    ),
+    (
+        "root device not found",
+        re.compile(r"ALERT!\s+\S+ does not exist\..*|Gave up waiting for root.*"),
+    ),
+    (
+        "init failed",
+        re.compile(
+            r"No working init found.*|Requested init \S+ failed.*"
+            r"|Attempted to kill init!.*|systemd\[1\]: Freezing execution\..*"
+            r"|You are in emergency mode.*|Entering emergency mode.*"
+        ),
+    ),  # fmt: skip
+    ("kernel panic", re.compile(r"Kernel panic - not syncing:.*")),
+)
+
+# Milestones whose first appearance (host time) splits the boot into phases.
+MILESTONES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("kernel", re.compile(r"Linux version \d")),
+    ("ramdisk", re.compile(r"Run /init as init process|Freeing unused kernel")),
+    ("init", re.compile(r"systemd\[1\]|Welcome to |Run /sbin/init as init|switch_root")),
+    ("network", re.compile(r"ec2-fetch-ssh-key|Reached target .*Network|systemd-networkd")),
+)
+
+
+@dataclass(frozen=True)
+class ConsoleFailure:
+    reason: str
+    line: str
+
+    def describe(self) -> str:
+        return f"{self.reason}: {self.line.strip()}"
+
+
+class ConsoleWatcher:
+    def __init__(self, path: Path, started_at: float | None = None) -> None:
+        self.path = path
+        self.started_at = time.monotonic() if started_at is None else started_at
+        self._offset = 0
+        self._text = ""
+        self.milestones: dict[str, float] = {}  # name -> seconds after start
+
+    def poll(self) -> ConsoleFailure | None:
+        """Read what is new; the failure seen so far, if any."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                new = f.read()
+        except FileNotFoundError:
+            return None
+        if new:
+            self._offset += len(new)
+            # serial output has CRLF line ends and the odd NUL; only the text matters here
+            self._text += new.decode("utf-8", errors="replace").replace("\r", "")
+            now = time.monotonic() - self.started_at
+            for name, pattern in MILESTONES:
+                if name not in self.milestones and pattern.search(self._text):
+                    self.milestones[name] = round(now, 2)
+        return self.failure()
+
+    def failure(self) -> ConsoleFailure | None:
+        for reason, pattern in FAILURES:
+            if m := pattern.search(self._text):
+                return ConsoleFailure(reason, m.group(0))
+        return None
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(self._text.rstrip().splitlines()[-lines:])

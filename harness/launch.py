@@ -1,0 +1,255 @@
+"""The launch pipeline: instance directory, key pair, metadata, QEMU, SSH.
+
+`boot` and `smoke` run these steps (smoke adds its checks after `WaitForSsh`); each step
+undoes its own work in `cleanup`, so QEMU is stopped and the instance directory removed on
+every way out (see `pipeline.py` and, for SIGKILL, `process.py`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from builder.errors import EnvironmentProblem
+from harness import instance as instances
+from harness import keys
+from harness.accel import Accelerator
+from harness.console import ConsoleWatcher
+from harness.machine import GUEST_IP, MachineSpec, command_line
+from harness.metadata import InstanceMetadata, write_document
+from harness.pipeline import Step
+from harness.plan import LaunchPlan
+from harness.process import QemuProcess
+from harness.ssh import BootFailed, SshLogin, wait_for_ssh
+
+IMDS_SCRIPT = Path(__file__).with_name("imds_cgi.py")
+PORT_RETRIES = 3
+
+
+@dataclass
+class LaunchOptions:
+    accelerator: Accelerator
+    keep: bool = False
+    open_network: bool = False
+    ssh_timeout: float = 300.0
+    interactive: bool = False  # console on a socket the harness attaches the terminal to
+    memory_mib: int | None = None
+    smp: int | None = None
+    say: Any = None  # callable(str) for progress lines; None: quiet
+
+
+@dataclass
+class Instance:
+    """The state one launch's steps share."""
+
+    plan: LaunchPlan
+    options: LaunchOptions
+    dir: instances.InstanceDir | None = None
+    key_path: Path | None = None
+    public_key: str = ""
+    metadata: InstanceMetadata | None = None
+    spec: MachineSpec | None = None
+    argv: list[str] = field(default_factory=list)
+    qemu: QemuProcess | None = None
+    watcher: ConsoleWatcher | None = None
+    login: SshLogin | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    qemu_started_at: float | None = None
+    seconds_to_ssh: float | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def instance_id(self) -> str:
+        return self.dir.instance_id if self.dir else ""
+
+    @property
+    def ssh(self) -> paramiko.SSHClient:
+        assert self.login is not None
+        return self.login.client
+
+    def say(self, text: str) -> None:
+        if self.options.say:
+            self.options.say(text)
+
+
+class CreateInstance(Step[Instance]):
+    name = "instance"
+
+    def run(self, s: Instance) -> None:
+        s.dir = instances.create()
+        s.say(f"instance {s.dir.instance_id} ({s.dir.path})")
+
+    def cleanup(self, s: Instance) -> None:
+        if s.dir is None:
+            return
+        if s.options.keep:
+            s.say(f"kept {s.dir.path}")
+        else:
+            s.dir.remove()
+
+
+class MakeKeyPair(Step[Instance]):
+    name = "key pair"
+
+    def run(self, s: Instance) -> None:
+        assert s.dir is not None
+        s.key_path, s.public_key = keys.make_key_pair(s.dir.path, f"amilab-{s.dir.instance_id}")
+
+
+class WriteMetadata(Step[Instance]):
+    name = "metadata"
+
+    def run(self, s: Instance) -> None:
+        assert s.dir is not None
+        s.metadata = InstanceMetadata(
+            ami_id=s.plan.image.image_id,
+            instance_id=s.dir.instance_id,
+            public_key=s.public_key,
+            key_name=f"amilab-{s.dir.instance_id}",
+            kernel_id=s.plan.kernel_id,
+            ramdisk_id=s.plan.ramdisk_id,
+            local_ipv4=GUEST_IP,
+        )
+        write_document(s.metadata, s.dir.metadata_doc)
+        # the service runs with QEMU's working directory (the instance's): relative paths
+        # keep slirp's space-split command line safe whatever $AMILAB_HOME is
+        shutil.copy(IMDS_SCRIPT, s.dir.path / IMDS_SCRIPT.name)
+
+
+def free_port() -> int:
+    """An ephemeral loopback port; QEMU binds it a moment later (a clash is retried)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def imds_command(doc: Path) -> str:
+    python = sys.executable if " " not in sys.executable else "python3"
+    # -I -S: no site-packages scan and no user/env paths; each guest request pays start-up
+    return f"{python} -I -S {IMDS_SCRIPT.name} {doc.name}"
+
+
+class ComposeCommand(Step[Instance]):
+    name = "command"
+
+    def run(self, s: Instance) -> None:
+        assert s.dir is not None
+        p, o = s.plan, s.options
+        s.spec = MachineSpec(
+            profile=p.profile,
+            accelerator=o.accelerator,
+            disk=p.disk,
+            kernel=Path(p.kernel.image_location) if p.kernel else None,
+            ramdisk=Path(p.ramdisk.image_location) if p.ramdisk else None,
+            cmdline=p.cmdline,
+            ssh_port=free_port(),
+            imds_command=imds_command(s.dir.metadata_doc),
+            console_log=s.dir.console_log,
+            console_socket=s.dir.console_socket if o.interactive else None,
+            qmp_socket=s.dir.qmp_socket.name,
+            open_network=o.open_network,
+            memory_mib=o.memory_mib,
+            smp=o.smp,
+        )
+        s.argv = command_line(s.spec)
+
+
+class StartQemu(Step[Instance]):
+    name = "qemu"
+
+    def run(self, s: Instance) -> None:
+        assert s.dir is not None and s.spec is not None
+        for attempt in range(PORT_RETRIES):
+            s.dir.console_log.unlink(missing_ok=True)
+            s.qemu = QemuProcess(s.argv, s.dir.path, s.dir.qemu_log)
+            s.qemu.start()
+            s.qemu_started_at = s.qemu.started_at
+            (s.dir.path / "qemu.pid").write_text(f"{s.qemu.pid}\n")
+            try:
+                # the greeting comes once QEMU's devices (and port forwards) are set up
+                s.qemu.qmp(s.dir.qmp_socket)
+                break
+            except Exception:  # noqa: BLE001 - QEMU gone or silent: its stderr says why
+                s.qemu.kill()
+                err = s.qemu.stderr_tail()
+                port_taken = "hostfwd" in err or "host forwarding" in err
+                if port_taken and attempt + 1 < PORT_RETRIES:
+                    s.spec.ssh_port = free_port()  # taken since we picked it
+                    s.argv = command_line(s.spec)
+                    continue
+                raise EnvironmentProblem(f"QEMU did not start: {err or 'no message'}") from None
+        s.watcher = ConsoleWatcher(s.dir.console_log, s.qemu.started_at)
+        s.say(f"QEMU {s.qemu.pid} started ({s.options.accelerator.describe()})")
+
+    def cleanup(self, s: Instance) -> None:
+        if s.qemu is not None and s.dir is not None:
+            s.qemu.stop(s.dir.qmp_socket)
+
+
+class WaitForSsh(Step[Instance]):
+    name = "ssh"
+
+    def run(self, s: Instance) -> None:
+        assert s.qemu is not None and s.watcher is not None and s.spec is not None
+        assert s.key_path is not None and s.spec.ssh_port is not None
+        qemu, watcher = s.qemu, s.watcher
+
+        def check() -> None:
+            failure = watcher.poll()
+            if failure is not None:
+                raise BootFailed(failure.describe(), watcher.tail())
+            if not qemu.alive():
+                watcher.poll()
+                failure = watcher.failure()
+                why = failure.describe() if failure else "QEMU exited before SSH came up"
+                err = qemu.stderr_tail(3)
+                detail = f" (exit status {qemu.exit_status()}{': ' + err if err else ''})"
+                raise BootFailed(why + detail, watcher.tail())
+
+        pkey = keys.load_private_key(s.key_path)
+        s.login = wait_for_ssh(s.spec.ssh_port, pkey, s.options.ssh_timeout, check)
+        assert s.qemu_started_at is not None
+        now = time.monotonic()
+        s.seconds_to_ssh = round(now - s.qemu_started_at, 2)
+        watcher.poll()
+        s.phases = boot_phases(
+            watcher.milestones, s.login.banner_at - s.qemu_started_at, s.seconds_to_ssh
+        )
+        s.say(f"SSH after {s.seconds_to_ssh:.1f} s")
+
+    def cleanup(self, s: Instance) -> None:
+        if s.login is not None:
+            s.login.client.close()
+
+
+def boot_phases(milestones: dict[str, float], banner: float, login: float) -> dict[str, float]:
+    """Seconds spent in each part of the boot, from the host times of console milestones:
+    firmware (QEMU start to the kernel's first line), kernel (to the ramdisk's /init),
+    ramdisk (to init's first line), init (to sshd's banner), login (key exchange and auth).
+    A milestone that never showed (e.g. `quiet`) folds its phase into the next one."""
+    marks = [("firmware", milestones.get("kernel")), ("kernel", milestones.get("ramdisk")),
+             ("ramdisk", milestones.get("init")), ("init", banner), ("login", login)]  # fmt: skip
+    out: dict[str, float] = {}
+    previous = 0.0
+    for name, at in marks:
+        if at is None or at < previous:
+            continue
+        out[name] = round(at - previous, 2)
+        previous = at
+    return out
+
+
+LAUNCH_STEPS: tuple[type[Step[Instance]], ...] = (
+    CreateInstance,
+    MakeKeyPair,
+    WriteMetadata,
+    ComposeCommand,
+    StartQemu,
+)

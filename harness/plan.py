@@ -1,0 +1,165 @@
+"""From an AMI record (and --kernel/--ramdisk overrides) to what one launch boots.
+
+Paravirtual images boot their AKI directly with their ARI and a kernel command line that
+names the root by label (or UUID); HVM images boot their own bootloader from firmware. The
+AMI's ramdisk carries drivers for the AMI's kernel only, so booting another kernel without
+naming a ramdisk takes the registered ramdisk of the same kind built for that kernel, as
+the EC2 user would have had to pick the matching ARI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder.errors import BadInput
+from builder.registry import ImageRecord, Registry
+from harness.machine import Disk
+
+# Always on the command line: a panic ends QEMU at once (with -no-reboot) instead of hanging.
+HARNESS_CMDLINE = "panic=-1"
+FORMAT_PREFERENCE = ("raw", "qcow2", "vmdk", "vmdk-stream")
+_FORMAT_FOR_QEMU = {"vmdk-stream": "vmdk"}
+
+
+@dataclass
+class LaunchPlan:
+    image: ImageRecord
+    profile: str  # paravirtual | hvm-bios | hvm-uefi
+    disk: Disk
+    kernel: ImageRecord | None = None
+    ramdisk: ImageRecord | None = None
+    cmdline: str = ""
+    expected_release: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def virtualization(self) -> str:
+        return "paravirtual" if self.profile == "paravirtual" else "hvm"
+
+    @property
+    def kernel_id(self) -> str | None:
+        return self.kernel.image_id if self.kernel else None
+
+    @property
+    def ramdisk_id(self) -> str | None:
+        return self.ramdisk.image_id if self.ramdisk else None
+
+
+def sniff_format(path: Path) -> str:
+    """The disk format from its first bytes (qcow2/vmdk magic), raw otherwise."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read the disk: {e.strerror}") from None
+    if head.startswith(b"QFI\xfb"):
+        return "qcow2"
+    if head.startswith(b"KDMV") or head.startswith(b"# Disk DescriptorFile"):
+        return "vmdk"
+    return "raw"
+
+
+def choose_disk(image: ImageRecord, fmt: str | None = None, bus: str = "virtio") -> Disk:
+    locations: dict[str, str] = dict(image.extra.get("locations") or {})
+    if fmt is not None:
+        if fmt not in locations:
+            have = ", ".join(sorted(locations)) or "none"
+            raise BadInput(f"{image.image_id} has no {fmt} disk (formats: {have})")
+        chosen = [(fmt, locations[fmt])]
+    else:
+        chosen = [(f, locations[f]) for f in FORMAT_PREFERENCE if f in locations]
+    if not chosen:  # an image registered without locations: its one disk, format sniffed
+        path = Path(image.image_location)
+        chosen = [(sniff_format(path), str(path))]
+    name, location = chosen[0]
+    path = Path(location)
+    if not path.exists():
+        raise BadInput(f"{image.image_id}: disk {path} is missing")
+    return Disk(path, _FORMAT_FOR_QEMU.get(name, name), bus)
+
+
+def root_argument(image: ImageRecord) -> str:
+    if label := image.extra.get("root_label"):
+        return f"root=LABEL={label}"
+    if uuid := image.extra.get("root_uuid"):
+        return f"root=UUID={uuid}"
+    return f"root={_root_from_device_name(image.root_device_name)}"
+
+
+def _root_from_device_name(name: str | None) -> str:
+    # EC2's /dev/sda1 is the guest's first virtio disk; without a label this is a guess
+    return "/dev/vda"
+
+
+def _ramdisk_for_kernel(
+    registry: Registry, kernel: ImageRecord, like: ImageRecord | None
+) -> ImageRecord | None:
+    kind = like.extra.get("kind") if like else None
+    matches = [
+        r
+        for r in registry.list("ramdisk")
+        if r.extra.get("kernel_id") == kernel.image_id
+        and (kind is None or r.extra.get("kind") == kind)
+    ]
+    return matches[-1] if matches else None
+
+
+def make_plan(
+    image: ImageRecord,
+    kernel_ref: str | None = None,
+    ramdisk_ref: str | None = None,
+    firmware: str | None = None,
+    disk_format: str | None = None,
+    disk_bus: str = "virtio",
+    registry: Registry | None = None,
+) -> LaunchPlan:
+    registry = registry or Registry()
+    if image.image_type != "machine":
+        raise BadInput(f"{image.image_id} is a {image.image_type} image, not a machine image")
+    disk = choose_disk(image, disk_format, disk_bus)
+    if image.virtualization_type == "hvm":
+        if kernel_ref or ramdisk_ref:
+            raise BadInput("--kernel/--ramdisk apply to paravirtual images; this one is hvm")
+        boot = firmware or ("uefi" if image.extra.get("boot") == "uefi" else "bios")
+        if boot not in ("bios", "uefi"):
+            raise BadInput(f"--firmware {boot}: expected bios or uefi")
+        release = image.extra.get("kernel_release") or ""
+        return LaunchPlan(image, f"hvm-{boot}", disk, expected_release=release)
+
+    notes: list[str] = []
+    kernel_ref = kernel_ref or image.kernel_id
+    if not kernel_ref:
+        raise BadInput(f"{image.image_id} is paravirtual but names no kernel: use --kernel AKI")
+    kernel = registry.find(kernel_ref, "kernel")
+    own_ramdisk = registry.get(image.ramdisk_id) if image.ramdisk_id else None
+    ramdisk: ImageRecord | None
+    if ramdisk_ref == "none":
+        ramdisk = None
+    elif ramdisk_ref:
+        ramdisk = registry.find(ramdisk_ref, "ramdisk")
+    elif kernel.image_id != image.kernel_id and own_ramdisk is not None:
+        ramdisk = _ramdisk_for_kernel(registry, kernel, own_ramdisk)
+        if ramdisk is None:
+            ramdisk = own_ramdisk
+            notes.append(
+                f"no ramdisk is registered for {kernel.image_id}; booting the image's own "
+                f"{own_ramdisk.image_id}, built for {own_ramdisk.kernel_release}"
+            )
+        else:
+            notes.append(f"ramdisk {ramdisk.image_id} is the one built for {kernel.image_id}")
+    else:
+        ramdisk = own_ramdisk
+    parts = [root_argument(image), str(kernel.extra.get("cmdline") or "console=ttyS0")]
+    parts += [str(image.extra.get("kernel_cmdline") or ""), HARNESS_CMDLINE]
+    cmdline = " ".join(p for p in parts if p)
+    return LaunchPlan(
+        image,
+        "paravirtual",
+        disk,
+        kernel=kernel,
+        ramdisk=ramdisk,
+        cmdline=cmdline,
+        expected_release=kernel.kernel_release or "",
+        notes=notes,
+    )
