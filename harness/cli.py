@@ -397,6 +397,136 @@ def _add_launch_permission(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_boot(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from harness.boot import BootRequest, boot
+
+        return boot(
+            BootRequest(
+                image=args.image,
+                kernel=args.kernel,
+                ramdisk=args.ramdisk,
+                accel=args.accel,
+                console=args.console,
+                runner=args.runner,
+                keep=args.keep,
+                open_network=args.open_network,
+                firmware=args.firmware,
+                disk_format=args.format,
+                ssh_timeout=args.ssh_timeout,
+            )
+        )
+
+    p = sub.add_parser(
+        "boot",
+        help="boot an AMI under QEMU (SSH or the serial console), or write its runner",
+        description="Boot one instance of an AMI. Without --console: wait for SSH, print how "
+        "to log in, run until Ctrl-C. With --console: the serial console (Ctrl-] leaves).",
+    )
+    p.add_argument("image", help="AMI ID or image name")
+    p.add_argument("--kernel", metavar="AKI", help="boot with this kernel (aki- ID or name)")
+    _launch_arguments(p)
+    p.add_argument("--console", action="store_true", help="attach the serial console")
+    p.add_argument(
+        "--runner",
+        type=Path,
+        metavar="FILE.pyz",
+        help="write a qemu-runner runner for this image instead of booting",
+    )
+    p.set_defaults(func=run)
+
+
+def _launch_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ramdisk", metavar="ARI", help="another ramdisk (ari- ID or name), or none")
+    p.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="auto: KVM only where a probe guest runs under it, else TCG",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the instance directory")
+    p.add_argument(
+        "--open-network",
+        action="store_true",
+        help="lift restrict=on: let the guest reach the host's network",
+    )
+    p.add_argument("--firmware", choices=("bios", "uefi"), help="hvm: override the firmware")
+    p.add_argument(
+        "--format",
+        choices=("raw", "qcow2", "vmdk", "vmdk-stream"),
+        help="which of the image's disk formats to boot (default: raw first)",
+    )
+    p.add_argument("--ssh-timeout", type=float, default=300.0, metavar="SECONDS")
+
+
+def _add_smoke(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from harness.smoke import SmokeRequest, smoke
+
+        _, code = smoke(
+            SmokeRequest(
+                target=args.target,
+                image=args.image,
+                kernels=args.kernel or [],
+                ramdisk=args.ramdisk,
+                accel=args.accel,
+                keep=args.keep,
+                open_network=args.open_network,
+                ssh_timeout=args.ssh_timeout,
+                json=args.json,
+                junit=args.junit,
+                firmware=args.firmware,
+                disk_format=args.format,
+            )
+        )
+        return code
+
+    p = sub.add_parser(
+        "smoke",
+        help="build if needed, boot, check kernel/modules/metadata, report",
+        description="Smoke-test images: a recipe file is built first (default build.yaml); "
+        "an AMI ID or name is booted as registered. Exit 1 when a check fails.",
+    )
+    p.add_argument(
+        "target",
+        nargs="?",
+        metavar="RECIPE_FILE | AMI_ID",
+        help="recipe file (default build.yaml), or an AMI ID or name",
+    )
+    p.add_argument("--image", metavar="NAME", help="only this recipe of the file")
+    p.add_argument(
+        "--kernel",
+        metavar="AKI",
+        action="append",
+        help="boot with this kernel instead (repeat: one instance per kernel)",
+    )
+    _launch_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report")
+    p.set_defaults(func=run)
+
+
+def _add_imds(sub: argparse._SubParsersAction) -> None:
+    def run(args: argparse.Namespace) -> int:
+        from harness.imds_serve import serve
+
+        serve(port=args.port, config=args.config, bind=args.bind)
+        return 0
+
+    p = sub.add_parser("imds", help="the instance metadata service")
+    imds_sub = p.add_subparsers(dest="imds_command", required=True, parser_class=_Parser)
+    s = imds_sub.add_parser("serve", help="serve an instance's metadata on the host")
+    s.add_argument("--port", type=int, default=1338, help="default 1338")
+    s.add_argument("--bind", default="127.0.0.1", help="default 127.0.0.1")
+    s.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="YAML: ami_id, instance_id, kernel_id, public_key_file, ...",
+    )
+    s.set_defaults(func=run)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own exit code is 2 as well
         self.exit(2, f"amilab: error: {message}\n")
@@ -425,6 +555,9 @@ def make_parser() -> argparse.ArgumentParser:
     _add_tag(sub)
     _add_untag(sub)
     _add_launch_permission(sub)
+    _add_boot(sub)
+    _add_smoke(sub)
+    _add_imds(sub)
     return parser
 
 

@@ -17,19 +17,21 @@ from dataclasses import dataclass
 
 import paramiko
 
+from builder.errors import AmilabError
+
 BANNER_WAIT = 1.5  # per attempt; silent longer than this means the SYN is still in flight
 POLL = 0.2
 
 
-class SshTimeout(Exception):
-    pass
+class SshTimeout(AmilabError):
+    """No login before the deadline, and the console named no reason (exit code 1)."""
 
 
-class BootFailed(Exception):
+class BootFailed(AmilabError):
     """The guest will not come up; `reason` says why, `tail` is the console's end."""
 
     def __init__(self, reason: str, tail: str = "") -> None:
-        super().__init__(reason)
+        super().__init__(reason + (f"\nconsole tail:\n{tail}" if tail else ""))
         self.reason = reason
         self.tail = tail
 
