@@ -50,6 +50,7 @@ class Run:
     image_id: str = ""
     stages: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    load: float = 0.0  # 1-minute load average when it started: other work skews timings
 
 
 def amilab_command() -> list[str]:
@@ -74,6 +75,7 @@ def write_recipe(directory: Path, recipe: dict, engine: str) -> Path:
 
 def timed_build(run: Run, recipe: Path, home: Path, cache: Path) -> Run:
     env = {**os.environ, "AMILAB_HOME": str(home), "XDG_CACHE_HOME": str(cache)}
+    run.load = round(os.getloadavg()[0], 2)
     start = time.monotonic()
     result = subprocess.run(
         [*amilab_command(), "build", str(recipe), "--json"],
@@ -154,19 +156,18 @@ def verdicts(runs: dict[str, Run]) -> dict[str, dict]:
 def report(recipe: dict, source: Path, runs: list[Run], ratios: dict[str, dict]) -> str:
     name = recipe.get("name")
     lines = [
-        f"amilab build benchmark: recipe {name!r} from {source} "
-        f"({os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f})",
+        f"amilab build benchmark: recipe {name!r} from {source} ({os.cpu_count()} cores)",
         "",
-        f"{'build':<24}{'seconds':>9}{'rootfs':>9}  stages (s)",
+        f"{'build':<24}{'seconds':>9}{'rootfs':>9}{'load':>7}  stages (s)",
     ]
     for run in runs:
         if not run.ok:
             lines.append(f"{run.name:<24}{'FAILED':>9}  after {run.seconds:.1f} s\n{run.error}")
             continue
-        stages = " ".join(f"{k}={v:g}" for k, v in run.stages.items())
+        stages = " ".join(f"{k}={v:g}" for k, v in run.stages.items() if v >= 0.05)
         rootfs = run.stages.get("rootfs")
         rootfs_text = f"{rootfs:>9.1f}" if rootfs is not None else f"{'-':>9}"
-        lines.append(f"{run.name:<24}{run.seconds:>9.1f}{rootfs_text}  {stages}")
+        lines.append(f"{run.name:<24}{run.seconds:>9.1f}{rootfs_text}{run.load:>7.2f}  {stages}")
     lines += ["", "ratios and targets:"]
     for label, v in ratios.items():
         verdict = "" if v["met"] is None else ("  met" if v["met"] else "  MISSED")
@@ -177,6 +178,8 @@ def report(recipe: dict, source: Path, runs: list[Run], ratios: dict[str, dict])
         "      diskimage-builder also its image cache of .deb files) and a new AMILAB_HOME;",
         "      the host's page cache and the mirror are not reset.",
         "warm: native only, the same caches right after its cold build, recipe unchanged.",
+        "load: the 1-minute load average as the build started; on a busy machine the",
+        "      diskimage-builder build, with many more processes, slows down the most.",
     ]
     return "\n".join(lines)
 
