@@ -148,6 +148,7 @@ def build_root_dib(
     interrupted.
     """
     tools = find_tools()
+    made_workdir = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="dib-", dir=workdir))
     try:
@@ -165,6 +166,9 @@ def build_root_dib(
         unpack(out_dir / f"{recipe.name}.tar", target)
     finally:
         remove_tree(run_dir)
+        if made_workdir:
+            with contextlib.suppress(OSError):
+                workdir.rmdir()
 
 
 def find_tools() -> Tools:
