@@ -43,7 +43,7 @@ class InstanceDir:
 
     @property
     def metadata_doc(self) -> Path:
-        return self.path / "metadata.json"
+        return self.path / "metadata.marshal"
 
     @property
     def qmp_socket(self) -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from qemu_runner.layer import Layer, build_command_line, parse_layer
 
-from builder.errors import EnvironmentProblem
+from builder.errors import BadInput, EnvironmentProblem
 from harness.accel import Accelerator
 
 ENGINE = "qemu-system-x86_64"
@@ -68,6 +68,12 @@ class MachineSpec:
 
 
 def layer_text(name: str) -> str:
+    """A layer shipped in harness/layers/, or a user's layer file given by path."""
+    if "/" in name:
+        try:
+            return Path(name).read_text(encoding="utf-8")
+        except OSError as e:
+            raise BadInput(f"layer {name}: {e.strerror}") from None
     try:
         return resources.files("harness").joinpath("layers", name).read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -9,6 +9,7 @@ too (issue 5) without touching the per-request code.
 from __future__ import annotations
 
 import json
+import marshal
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,14 @@ def document(md: InstanceMetadata) -> dict[str, Any]:
 
 
 def write_document(md: InstanceMetadata, path: Path) -> Path:
-    """Write atomically: the service may be answering a request while a launch rewrites it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document(md), separators=(",", ":")), encoding="utf-8")
-    tmp.replace(path)
+    """Write the document for `imds_cgi` (marshal, see there) at `path`, and the same as JSON
+    beside it for people and tools. Atomically: the service may be answering a request."""
+    doc = document(md)
+    for target, data in (
+        (path, marshal.dumps(doc)),
+        (path.with_suffix(".json"), json.dumps(doc, indent=1).encode()),
+    ):
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
     return path

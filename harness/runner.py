@@ -52,7 +52,7 @@ def write_runner(
         ramdisk_id=plan.ramdisk_id,
         local_ipv4=GUEST_IP,
     )
-    doc = write_document(md, side / "metadata.json")
+    doc = write_document(md, side / "metadata.marshal")
     cgi = side / "imds_cgi.py"
     shutil.copy(Path(__file__).with_name("imds_cgi.py"), cgi)
     spec = MachineSpec(
