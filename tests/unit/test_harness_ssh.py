@@ -1,0 +1,80 @@
+"""SSH readiness against slirp's behaviours: reset, silent, banner; early failure."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from harness import ssh
+from harness.ssh import BootFailed, SshTimeout, _banner_ready, wait_for_ssh
+
+
+def _server(behaviour: str) -> tuple[int, threading.Event]:
+    """A listener that resets, stays silent, or sends an SSH banner on each connection."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    stop = threading.Event()
+
+    def loop() -> None:
+        srv.settimeout(0.2)
+        held = []
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            if behaviour == "reset":
+                conn.close()
+            elif behaviour == "silent":
+                held.append(conn)
+            else:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+                held.append(conn)
+        srv.close()
+
+    threading.Thread(target=loop, daemon=True).start()
+    return srv.getsockname()[1], stop
+
+
+@pytest.mark.parametrize("behaviour,ready", [("reset", False), ("silent", False), ("banner", True)])
+def test_banner_probe(behaviour: str, ready: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ssh, "BANNER_WAIT", 0.3)
+    port, stop = _server(behaviour)
+    try:
+        sock = _banner_ready(port)
+        assert (sock is not None) == ready
+        if sock:
+            assert sock.recv(4) == b"SSH-"  # peeked, not consumed
+            sock.close()
+    finally:
+        stop.set()
+
+
+def test_console_failure_ends_the_wait_at_once() -> None:
+    port, stop = _server("reset")
+    t0 = time.monotonic()
+
+    def check() -> None:
+        if time.monotonic() - t0 > 0.5:
+            raise BootFailed("kernel panic: Fatal exception", "tail")
+
+    try:
+        with pytest.raises(BootFailed, match="kernel panic"):
+            wait_for_ssh(port, None, 60, check)  # type: ignore[arg-type]
+    finally:
+        stop.set()
+    assert time.monotonic() - t0 < 5
+
+
+def test_timeout_names_the_last_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ssh, "BANNER_WAIT", 0.2)
+    port, stop = _server("silent")
+    try:
+        with pytest.raises(SshTimeout, match="no SSH banner yet"):
+            wait_for_ssh(port, None, 1.0, lambda: None)  # type: ignore[arg-type]
+    finally:
+        stop.set()
