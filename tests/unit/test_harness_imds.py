@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import marshal
+import resource
+import statistics
 import socket
 import subprocess
 import sys
@@ -100,14 +102,21 @@ def test_http_answers(tree: dict) -> None:
 
 
 def _cgi(doc: Path, request: bytes) -> tuple[bytes, float]:
-    t0 = time.monotonic()
+    """Run the service once; its output and the CPU time it used (user + system: unlike wall
+    time, hardly affected by whatever else the machine is running)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [sys.executable, "-I", "-S", imds_cgi.__file__, str(doc)],
         input=request,
         capture_output=True,
         timeout=30,
     )
-    return out.stdout + out.stderr, time.monotonic() - t0
+    return out.stdout + out.stderr, _cpu_since(before)
+
+
+def _cpu_since(before: resource.struct_rusage) -> float:
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def test_per_connection_process(tmp_path: Path) -> None:
@@ -121,22 +130,17 @@ def test_per_connection_process(tmp_path: Path) -> None:
 
 
 def test_per_connection_process_is_cheap(tmp_path: Path) -> None:
-    """Every guest request pays this start-up: it must stay near the interpreter's own.
-    Minimums over several runs, interleaved, so that other load on the machine cancels out."""
+    """Every guest request pays this start-up: it must cost little more than the bare
+    interpreter's (measured ~3 ms of CPU more; json instead of marshal added ~5 ms)."""
     doc = write_document(_md(), tmp_path / "metadata.marshal")
     service, bare = [], []
-    for _ in range(9):
+    for _ in range(15):
         service.append(_cgi(doc, b"GET /latest/meta-data/ HTTP/1.1\r\n\r\n")[1])
-        bare.append(_timed([sys.executable, "-I", "-S", "-c", "pass"]))
-    assert min(service) < min(bare) + 0.010, (
-        f"service {min(service):.3f} s, python {min(bare):.3f} s"
-    )
-
-
-def _timed(argv: list[str]) -> float:
-    t0 = time.monotonic()
-    subprocess.run(argv, check=True)
-    return time.monotonic() - t0
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-I", "-S", "-c", "pass"], input=b"", capture_output=True)
+        bare.append(_cpu_since(before))
+    extra = statistics.median(service) - statistics.median(bare)
+    assert extra < 0.010, f"the service costs {extra * 1000:.1f} ms of CPU more than python"
 
 
 def test_cgi_imports_nothing_heavy() -> None:
