@@ -35,6 +35,7 @@ class BootRequest:
     open_network: bool = False
     firmware: str | None = None
     disk_format: str | None = None
+    disk_bus: str = "virtio"
     ssh_timeout: float = 300.0
 
 
@@ -97,7 +98,7 @@ def boot(req: BootRequest) -> int:
     err = Console(stderr=True)
 
     def say(text: str) -> None:
-        err.print(f"[dim]amilab:[/] {text}", highlight=False)
+        err.print(f"[dim]amilab:[/] {text}", highlight=False, soft_wrap=True)
 
     with sigterm_as_interrupt():
         chosen = accel.choose(req.accel)
@@ -108,6 +109,7 @@ def boot(req: BootRequest) -> int:
             ramdisk_ref=req.ramdisk,
             firmware=req.firmware,
             disk_format=req.disk_format,
+            disk_bus=req.disk_bus,
         )
         for note in plan.notes:
             say(f"note: {note}")

@@ -413,6 +413,7 @@ def _add_boot(sub: argparse._SubParsersAction) -> None:
                 open_network=args.open_network,
                 firmware=args.firmware,
                 disk_format=args.format,
+                disk_bus=args.disk_bus,
                 ssh_timeout=args.ssh_timeout,
             )
         )
@@ -456,6 +457,12 @@ def _launch_arguments(p: argparse.ArgumentParser) -> None:
         choices=("raw", "qcow2", "vmdk", "vmdk-stream"),
         help="which of the image's disk formats to boot (default: raw first)",
     )
+    p.add_argument(
+        "--disk-bus",
+        choices=("virtio", "nvme", "ide", "scsi"),
+        default="virtio",
+        help="how the root disk is attached (nvme: the cloud kernel's built-in driver)",
+    )
     p.add_argument("--ssh-timeout", type=float, default=300.0, metavar="SECONDS")
 
 
@@ -477,6 +484,7 @@ def _add_smoke(sub: argparse._SubParsersAction) -> None:
                 junit=args.junit,
                 firmware=args.firmware,
                 disk_format=args.format,
+                disk_bus=args.disk_bus,
             )
         )
         return code

@@ -80,16 +80,27 @@ def choose_disk(image: ImageRecord, fmt: str | None = None, bus: str = "virtio")
 
 
 def root_argument(image: ImageRecord) -> str:
+    """For a ramdisk, which resolves labels and UUIDs as cloud images expect."""
     if label := image.extra.get("root_label"):
         return f"root=LABEL={label}"
     if uuid := image.extra.get("root_uuid"):
         return f"root=UUID={uuid}"
-    return f"root={_root_from_device_name(image.root_device_name)}"
+    return "root=/dev/vda"
 
 
-def _root_from_device_name(name: str | None) -> str:
-    # EC2's /dev/sda1 is the guest's first virtio disk; without a label this is a guess
-    return "/dev/vda"
+# Without a ramdisk the kernel itself finds the root: it knows device names and PARTUUID=,
+# not labels, and it must wait for the (built-in) disk driver to probe.
+_WHOLE_DISK = {"virtio": "/dev/vda", "nvme": "/dev/nvme0n1", "ide": "/dev/sda", "scsi": "/dev/sda"}
+_FIRST_PARTITION = {"virtio": "/dev/vda1", "nvme": "/dev/nvme0n1p1", "ide": "/dev/sda1",
+                    "scsi": "/dev/sda1"}  # fmt: skip
+
+
+def kernel_root_argument(image: ImageRecord, bus: str) -> str:
+    if partuuid := image.extra.get("root_partuuid"):
+        return f"root=PARTUUID={partuuid} rootwait"
+    if image.extra.get("partitioning") in ("mbr", "gpt"):
+        return f"root={_FIRST_PARTITION[bus]} rootwait"
+    return f"root={_WHOLE_DISK[bus]} rootwait"
 
 
 def _ramdisk_for_kernel(
@@ -150,7 +161,8 @@ def make_plan(
             notes.append(f"ramdisk {ramdisk.image_id} is the one built for {kernel.image_id}")
     else:
         ramdisk = own_ramdisk
-    parts = [root_argument(image), str(kernel.extra.get("cmdline") or "console=ttyS0")]
+    root = root_argument(image) if ramdisk else kernel_root_argument(image, disk.bus)
+    parts = [root, str(kernel.extra.get("cmdline") or "console=ttyS0")]
     parts += [str(image.extra.get("kernel_cmdline") or ""), HARNESS_CMDLINE]
     cmdline = " ".join(p for p in parts if p)
     return LaunchPlan(

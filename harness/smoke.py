@@ -47,6 +47,7 @@ class SmokeRequest:
     junit: Path | None = None
     firmware: str | None = None
     disk_format: str | None = None
+    disk_bus: str = "virtio"
 
 
 class RunChecks(Step[Instance]):
@@ -92,6 +93,7 @@ def smoke_instance(
         ramdisk_ref=req.ramdisk,
         firmware=req.firmware,
         disk_format=req.disk_format,
+        disk_bus=req.disk_bus,
     )
     for note in plan.notes:
         say(f"note: {note}")
@@ -138,7 +140,7 @@ def smoke(req: SmokeRequest) -> tuple[list[SmokeReport], int]:
     err = Console(stderr=True)
 
     def say(text: str) -> None:
-        err.print(f"[dim]amilab:[/] {text}", highlight=False)
+        err.print(f"[dim]amilab:[/] {text}", highlight=False, soft_wrap=True)
 
     with sigterm_as_interrupt():
         chosen = accel.choose(req.accel)

@@ -152,3 +152,14 @@ def test_sniff(tmp_path: Path) -> None:
         p = tmp_path / "d"
         p.write_bytes(head + b"\0" * 64)
         assert sniff_format(p) == fmt
+
+
+def test_no_ramdisk_lets_the_kernel_find_the_root(registry: Registry) -> None:
+    image = registry.find("pv")
+    plan = make_plan(image, ramdisk_ref="none", disk_bus="nvme", registry=registry)
+    assert plan.cmdline.startswith("root=/dev/nvme0n1 rootwait ")
+    plan = make_plan(image, ramdisk_ref="none", registry=registry)
+    assert plan.cmdline.startswith("root=/dev/vda rootwait ")
+    image.extra.update(partitioning="gpt", root_partuuid="5eed1234-01")
+    plan = make_plan(image, ramdisk_ref="none", registry=registry)
+    assert plan.cmdline.startswith("root=PARTUUID=5eed1234-01 rootwait ")
