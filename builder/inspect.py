@@ -94,7 +94,7 @@ def inspect_guest(g: Any) -> dict[str, Any]:
     report: dict[str, Any] = {
         "partitioning": _partitioning(g),
         "filesystems": _filesystems(g),
-        "bootloader": {"mbr": _mbr_code(g), "efi": _efi_loaders(g)},
+        "bootloader": {"mbr": mbr_code(g), "efi": _efi_loaders(g)},
         "os": None,
         "kernels": [],
         "problems": [],
@@ -113,7 +113,7 @@ def inspect_guest(g: Any) -> dict[str, Any]:
                         "/boot/loader/loader.conf")
             if g.is_file(p)
         ]
-        report["kernels"] = _kernels(g)
+        report["kernels"] = list_kernels(g)
     finally:
         g.umount_all()
     report["problems"] += boot_problems(report)
@@ -121,7 +121,10 @@ def inspect_guest(g: Any) -> dict[str, Any]:
 
 
 def mount_os(g: Any, root: str, readonly: bool) -> None:
-    mounts = g.inspect_get_mountpoints(root)
+    mount_all(g, g.inspect_get_mountpoints(root), readonly)
+
+
+def mount_all(g: Any, mounts: dict[str, str], readonly: bool) -> None:
     for mp in sorted(mounts, key=len):
         # e.g. an fstab entry that does not mount: inspect what can be mounted
         with contextlib.suppress(RuntimeError):
@@ -162,7 +165,7 @@ def _filesystems(g: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _mbr_code(g: Any) -> str | None:
+def mbr_code(g: Any) -> str | None:
     dev = g.list_devices()[0]
     mbr = g.pread_device(dev, 512, 0)
     if len(mbr) < 512 or mbr[510:512] != b"\x55\xaa":
@@ -223,7 +226,7 @@ def _safe(fn: Any, *args: Any) -> Any:
         return None
 
 
-def _kernels(g: Any) -> list[dict[str, Any]]:
+def list_kernels(g: Any) -> list[dict[str, Any]]:
     boot = g.ls("/boot") if g.is_dir("/boot") else []
     modules_root = next((d for d in ("/lib/modules", "/usr/lib/modules") if g.is_dir(d)), None)
     releases = set(g.ls(modules_root)) if modules_root else set()
