@@ -1,0 +1,164 @@
+"""`amilab smoke` booting real guests under QEMU (TCG on machines where KVM does not work):
+the default image passes, a module mismatch and broken boots fail clearly, and the guest sees
+its launch's metadata at 169.254.169.254."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builder.ids import make_id
+from builder.registry import ImageRecord, Registry
+from tests.conftest import ROOT, run_amilab
+from tests.integration.builds import build
+
+pytestmark = pytest.mark.integration
+
+BOOT_TIMEOUT = 900  # a whole smoke on a loaded CI machine, far above the ~20 s it takes idle
+
+
+@pytest.fixture(scope="module")
+def pv(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The default paravirtual image, built once for this module."""
+    home = tmp_path_factory.mktemp("home")
+    images = build(ROOT / "build.yaml", home)["Images"]
+    ami = next(i for i in images if i["VirtualizationType"] == "paravirtual")
+    reg = Registry(home)
+    return {
+        "home": home,
+        "ami": ami["ImageId"],
+        "aki": ami["KernelId"],
+        "ari": ami["RamdiskId"],
+        "release": reg.get(ami["KernelId"]).kernel_release,  # type: ignore[union-attr]
+    }
+
+
+def smoke(home: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    result = run_amilab("smoke", *args, "--json", env={"AMILAB_HOME": str(home)},
+                        timeout=BOOT_TIMEOUT)  # fmt: skip
+    try:
+        report = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"no JSON report:\n{result.stdout}\n{result.stderr}") from None
+    return result, report
+
+
+def checks(report: dict) -> dict[str, dict]:
+    return {c["Name"]: c for c in report["Checks"]}
+
+
+def test_default_image_passes(pv: dict, tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    # the recipe file: built again (warm, nothing downloaded), then booted
+    result, report = smoke(pv["home"], str(ROOT / "build.yaml"), "--junit", str(junit))
+    assert result.returncode == 0, f"{result.stderr[-3000:]}\n{json.dumps(report, indent=1)}"
+    assert report["Passed"] is True
+    assert report["ImageId"] == pv["ami"]
+    assert report["KernelId"] == pv["aki"] and report["RamdiskId"] == pv["ari"]
+    assert report["KernelRelease"] == pv["release"]
+    assert report["Accelerator"] in ("tcg", "kvm") and report["AcceleratorReason"]
+    assert report["SecondsToSsh"] > 0 and report["Seconds"] >= report["SecondsToSsh"]
+    assert report["InstanceId"].startswith("i-") and Path(report["ConsoleLog"]).exists()
+    assert "-kernel" in report["QemuCommand"]
+    got = checks(report)
+    for name in ("kernel-release", "modules-tree", "metadata-kernel-id", "metadata-ramdisk-id"):
+        assert got[name]["Passed"], got[name]
+    assert got["kernel-release"]["Actual"] == pv["release"]
+    assert got["metadata-kernel-id"]["Actual"] == pv["aki"]
+    assert "testcase" in junit.read_text()
+    # the instance directory is gone; the console log stays for the report
+    assert not any((pv["home"] / "instances").iterdir())
+
+
+def test_modules_omitted_fails_naming_release_and_trees(pv: dict, tmp_path: Path) -> None:
+    data = yaml.safe_load((ROOT / "build.yaml").read_text())
+    recipe = dict(data["images"][0], name="no-modules", modules="omit")
+    recipe["checks"] = {"modules": [], "metadata": True, "commands": []}
+    path = tmp_path / "omit.yaml"
+    path.write_text(yaml.safe_dump({"images": [recipe]}))
+    result, report = smoke(pv["home"], str(path))
+    assert result.returncode == 1, result.stderr[-3000:]
+    got = checks(report)
+    assert got["kernel-release"]["Passed"]
+    tree = got["modules-tree"]
+    assert not tree["Passed"]
+    assert f"booted {pv['release']}" in tree["Detail"]
+    assert "module trees in the image: none" in tree["Detail"]
+
+
+def _ramdisk_without(pv: dict, tmp_path: Path, module: str) -> str:
+    """Register a copy of the image's ramdisk with one module file removed."""
+    reg = Registry(pv["home"])
+    ari = reg.get(pv["ari"])
+    assert ari is not None
+    tree = tmp_path / "initrd"
+    tree.mkdir()
+    subprocess.run(["cpio", "-idm", "--quiet"], cwd=tree, check=True,
+                   input=gzip.decompress(Path(ari.image_location).read_bytes()))  # fmt: skip
+    removed = [p for p in tree.rglob(f"{module}.ko*")]
+    assert removed, f"{module} is not in the ramdisk"
+    for p in removed:
+        p.unlink()
+    files = subprocess.run(["find", "."], cwd=tree, capture_output=True, check=True).stdout
+    cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=tree, input=files,
+                          capture_output=True, check=True).stdout  # fmt: skip
+    out = tmp_path / "broken.initrd"
+    out.write_bytes(gzip.compress(cpio))
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    record = ImageRecord(
+        make_id("ari", digest),
+        "ramdisk",
+        f"broken-no-{module}",
+        image_location=str(out),
+        kernel_release=ari.kernel_release,
+        extra={"kind": "test", "kernel_id": pv["aki"]},
+    )
+    reg.register([record])
+    shutil.rmtree(tree)
+    return record.image_id
+
+
+def test_ramdisk_without_the_disk_driver_fails_fast(pv: dict, tmp_path: Path) -> None:
+    broken = _ramdisk_without(pv, tmp_path, "virtio_blk")
+    t0 = time.monotonic()
+    result, report = smoke(pv["home"], pv["ami"], "--ramdisk", broken)
+    assert time.monotonic() - t0 < 60 + 20, "should end with the console's reason, not a timeout"
+    assert result.returncode == 1
+    assert report["Passed"] is False and report["RamdiskId"] == broken
+    assert "could not find the root" in report["Failure"]
+    assert "ROOT NOT FOUND" in report["ConsoleTail"]
+
+
+def test_no_ramdisk_and_no_driver_fails_with_the_kernels_reason(pv: dict) -> None:
+    result, report = smoke(pv["home"], pv["ami"], "--ramdisk", "none")
+    assert result.returncode == 1
+    assert "unable to mount root" in report["Failure"]
+    assert "VFS" in report["ConsoleTail"]
+
+
+def test_no_ramdisk_on_nvme_boots_and_metadata_has_no_ramdisk_id(pv: dict) -> None:
+    """The cloud kernel drives NVMe itself: this launch has no ARI, and the guest's metadata
+    says so with a 404 (the smoke check for ramdisk-id expects exactly that)."""
+    result, report = smoke(pv["home"], pv["ami"], "--ramdisk", "none", "--disk-bus", "nvme")
+    assert result.returncode == 0, f"{result.stderr[-3000:]}\n{json.dumps(report, indent=1)}"
+    assert report["RamdiskId"] is None
+    got = checks(report)
+    assert got["metadata-ramdisk-id"]["Passed"] and got["metadata-ramdisk-id"]["Actual"] == "404"
+    assert got["metadata-kernel-id"]["Actual"] == pv["aki"]
+
+
+def test_bad_input_and_environment_exit_codes(pv: dict) -> None:
+    home = {"AMILAB_HOME": str(pv["home"])}
+    assert run_amilab("smoke", "ami-fffffffffffffffff", env=home).returncode == 2
+    assert run_amilab("smoke", pv["ami"], "--kernel", "ari-x", env=home).returncode == 2
+    kvm = run_amilab("smoke", pv["ami"], "--accel", "kvm", env=home)
+    if "KVM does not work" in kvm.stderr:  # machines like this one
+        assert kvm.returncode == 3
