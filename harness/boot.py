@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -36,6 +36,8 @@ class BootRequest:
     firmware: str | None = None
     disk_format: str | None = None
     disk_bus: str = "virtio"
+    layers: list[str] = field(default_factory=list)
+    append: str | None = None
     ssh_timeout: float = 300.0
 
 
@@ -110,6 +112,7 @@ def boot(req: BootRequest) -> int:
             firmware=req.firmware,
             disk_format=req.disk_format,
             disk_bus=req.disk_bus,
+            append=req.append,
         )
         for note in plan.notes:
             say(f"note: {note}")
@@ -123,6 +126,7 @@ def boot(req: BootRequest) -> int:
             keep=req.keep,
             open_network=req.open_network,
             ssh_timeout=req.ssh_timeout,
+            extra_layers=[str(Path(x).resolve()) for x in req.layers],
             interactive=req.console,
             say=say,
         )

@@ -414,6 +414,8 @@ def _add_boot(sub: argparse._SubParsersAction) -> None:
                 firmware=args.firmware,
                 disk_format=args.format,
                 disk_bus=args.disk_bus,
+                layers=[str(p) for p in args.layer or []],
+                append=args.append,
                 ssh_timeout=args.ssh_timeout,
             )
         )
@@ -464,6 +466,14 @@ def _launch_arguments(p: argparse.ArgumentParser) -> None:
         help="how the root disk is attached (nvme: the cloud kernel's built-in driver)",
     )
     p.add_argument("--ssh-timeout", type=float, default=300.0, metavar="SECONDS")
+    p.add_argument(
+        "--layer",
+        action="append",
+        type=Path,
+        metavar="FILE.ini",
+        help="a qemu-runner layer applied over the machine profile (repeatable)",
+    )
+    p.add_argument("--append", metavar="ARGS", help="paravirtual: more kernel command line")
 
 
 def _add_smoke(sub: argparse._SubParsersAction) -> None:
@@ -485,6 +495,8 @@ def _add_smoke(sub: argparse._SubParsersAction) -> None:
                 firmware=args.firmware,
                 disk_format=args.format,
                 disk_bus=args.disk_bus,
+                layers=[str(p) for p in args.layer or []],
+                append=args.append,
             )
         )
         return code

@@ -42,6 +42,7 @@ class LaunchOptions:
     interactive: bool = False  # console on a socket the harness attaches the terminal to
     memory_mib: int | None = None
     smp: int | None = None
+    extra_layers: list[str] = field(default_factory=list)  # user layers, applied last
     say: Any = None  # callable(str) for progress lines; None: quiet
 
 
@@ -157,6 +158,7 @@ class ComposeCommand(Step[Instance]):
             open_network=o.open_network,
             memory_mib=o.memory_mib,
             smp=o.smp,
+            extra_layers=list(o.extra_layers),
         )
         s.argv = command_line(s.spec)
 

@@ -124,14 +124,17 @@ def make_plan(
     disk_format: str | None = None,
     disk_bus: str = "virtio",
     registry: Registry | None = None,
+    append: str | None = None,
 ) -> LaunchPlan:
     registry = registry or Registry()
     if image.image_type != "machine":
         raise BadInput(f"{image.image_id} is a {image.image_type} image, not a machine image")
     disk = choose_disk(image, disk_format, disk_bus)
     if image.virtualization_type == "hvm":
-        if kernel_ref or ramdisk_ref:
-            raise BadInput("--kernel/--ramdisk apply to paravirtual images; this one is hvm")
+        if kernel_ref or ramdisk_ref or append:
+            raise BadInput(
+                "--kernel/--ramdisk/--append apply to paravirtual images; this one is hvm"
+            )
         boot = firmware or ("uefi" if image.extra.get("boot") == "uefi" else "bios")
         if boot not in ("bios", "uefi"):
             raise BadInput(f"--firmware {boot}: expected bios or uefi")
@@ -163,7 +166,7 @@ def make_plan(
         ramdisk = own_ramdisk
     root = root_argument(image) if ramdisk else kernel_root_argument(image, disk.bus)
     parts = [root, str(kernel.extra.get("cmdline") or "console=ttyS0")]
-    parts += [str(image.extra.get("kernel_cmdline") or ""), HARNESS_CMDLINE]
+    parts += [str(image.extra.get("kernel_cmdline") or ""), HARNESS_CMDLINE, append or ""]
     cmdline = " ".join(p for p in parts if p)
     return LaunchPlan(
         image,

@@ -48,6 +48,8 @@ class SmokeRequest:
     firmware: str | None = None
     disk_format: str | None = None
     disk_bus: str = "virtio"
+    layers: list[str] = field(default_factory=list)
+    append: str | None = None
 
 
 class RunChecks(Step[Instance]):
@@ -94,6 +96,7 @@ def smoke_instance(
         firmware=req.firmware,
         disk_format=req.disk_format,
         disk_bus=req.disk_bus,
+        append=req.append,
     )
     for note in plan.notes:
         say(f"note: {note}")
@@ -113,6 +116,7 @@ def smoke_instance(
         keep=req.keep,
         open_network=req.open_network,
         ssh_timeout=req.ssh_timeout,
+        extra_layers=[str(Path(x).resolve()) for x in req.layers],
         say=say,
     )
     inst = Instance(plan, options)
