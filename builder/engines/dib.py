@@ -18,7 +18,12 @@ packages given by `-p`. What amilab changes in a stock run, and why:
   build directories, /proc, /dev, bind mounts) and every process it starts disappear when it
   ends or is killed, so a failed or interrupted build leaves nothing mounted or running.
 - Its temporary directories (TMP_DIR, TMPDIR) are under the work directory we are given; its
-  caches (debootstrap and .deb files) under amilab's cache directory instead of ~/.cache.
+  cache of .deb files (DIB_IMAGE_CACHE) and lock files under amilab's cache directory instead
+  of ~/.cache.
+- The stock debootstrap element's ifupdown files for eth0/eth1 are off
+  (DIB_APT_MINIMAL_CREATE_INTERFACES=0): the recipe's elements configure networking, as with
+  the native engine. DIB's other defaults stay, e.g. `base` installs open-iscsi and
+  software-properties-common; a recipe may set DIB_SKIP_BASE_PACKAGE_INSTALL=1.
 """
 
 from __future__ import annotations
