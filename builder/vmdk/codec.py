@@ -22,7 +22,7 @@ class InflateError(ValueError):
     """A compressed grain is not a valid zlib stream or inflates past its limit."""
 
 
-def compress(data: bytes, level: int = LEVEL) -> bytes:
+def compress(data: bytes | memoryview, level: int = LEVEL) -> bytes:
     if _libdeflate is not None:
         return _libdeflate.zlib_compress(data, level)
     return zlib.compress(data, level)

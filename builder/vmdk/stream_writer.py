@@ -97,11 +97,11 @@ def write_stream_optimized(
                 first, count = batch
                 gb = header.grain_bytes
                 data = src.pread(count * gb, first * gb)
+                view = memoryview(data)  # grains are compressed in place, never copied
                 out = []
                 for k in range(count):
-                    grain = data[k * gb : (k + 1) * gb]
-                    if grain.count(0) != gb:
-                        out.append((first + k, codec.compress(grain, level)))
+                    if data.count(0, k * gb, (k + 1) * gb) != gb:
+                        out.append((first + k, codec.compress(view[k * gb : (k + 1) * gb], level)))
                 return count, out
 
             batches = _grain_batches(src, header.grain_bytes)
