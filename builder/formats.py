@@ -66,5 +66,16 @@ class VmdkStream(_QemuImgFormat):
     qemu_format = "vmdk"
     options = ("subformat=streamOptimized",)
 
+    def write(self, raw: Path, out: Path) -> None:
+        # amilab's writer: VMware's marker layout (which ESXi and VM Import expect and
+        # qemu-img does not write), all cores, output no larger (bench/convert.py).
+        from builder.vmdk.stream_writer import write_stream_optimized
+
+        try:
+            write_stream_optimized(raw, out)
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+
 
 FORMATS: dict[str, DiskFormat] = {f.name: f() for f in (Raw, Qcow2, Vmdk, VmdkStream)}
