@@ -181,14 +181,21 @@ def convert(
         raise BadInput(f"{dst}: the output would overwrite the input")
     if not dst.parent.is_dir():
         raise BadInput(f"{dst.parent}: no such directory for the output")
+    if dst.is_dir():
+        raise BadInput(f"{dst}: is a directory")
     start = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    except OSError as e:
+        raise EnvironmentProblem(f"{dst.parent}: {e.strerror}") from None
     tmp_out = work / "out"
     try:
         with open_source(src, work) as source:
             data = _write(source, tmp_out, fmt, subformat, dst.name, work, workers)
             described = source.describe()
         os.replace(tmp_out, dst)
+    except OSError as e:  # a full disk, an unreadable file: the machine, not the input
+        raise EnvironmentProblem(f"{e.filename or dst}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ConvertResult(
@@ -223,7 +230,10 @@ def _to_raw(source: Source, out: Path, workers: int | None) -> int | None:
     if source.image is not None:
         return write_raw(source.image, out, workers)
     if source.format == "raw":
-        subprocess.run(["cp", "--sparse=always", str(source.path), str(out)], check=True)
+        result = subprocess.run(["cp", "--sparse=always", str(source.path), str(out)],
+                                capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise BuildFailed(f"copying {source.path.name}: {result.stderr.strip()}")
         return None
     qemu_img_convert(source.path, source.format, out, "raw", [])
     return None
