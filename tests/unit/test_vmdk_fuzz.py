@@ -5,6 +5,7 @@ BadInput or a disk, never another exception, never a hang. Runs for AMILAB_FUZZ_
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import struct
@@ -178,8 +179,11 @@ def test_fuzz_reader(seeds: tuple[Path, list[tuple[str, bytes]]]) -> None:
                 assert "\n" not in msg and msg, msg
                 counts["rejected"] += 1
 
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     end = time.monotonic() + FUZZ_SECONDS
     while time.monotonic() < end:
         one()
-    print(f"fuzz: {counts} in {FUZZ_SECONDS:.0f} s")
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    print(f"fuzz: {counts} in {FUZZ_SECONDS:.0f} s, peak memory grew {grown_mib:.0f} MiB")
     assert counts["examples"] > 0 and counts["rejected"] > 0
+    assert grown_mib < 256  # bounded memory: no mutated header makes the reader allocate big
