@@ -54,6 +54,7 @@ class Smoke:
     ok: bool
     seconds_to_ssh: float | None = None
     seconds: float = 0.0
+    cpu_to_ssh: float | None = None  # QEMU's CPU seconds until SSH: robust to other load
     phases: dict[str, float] = field(default_factory=dict)
     accelerator: str = ""
     reason: str = ""
@@ -99,6 +100,7 @@ def smoke(ami: str, variant: Variant, home: Path) -> Smoke:
         bool(report["Passed"]),
         report["SecondsToSsh"],
         report["Seconds"],
+        report.get("QemuCpuSecondsToSsh"),
         report.get("BootPhases", {}),
         report["Accelerator"],
         report.get("AcceleratorReason", ""),
@@ -115,6 +117,8 @@ def medians(runs: list[Smoke]) -> dict[str, float | None]:
         "ssh": round(statistics.median(r.seconds_to_ssh for r in ok), 2),  # type: ignore[misc]
         "smoke": round(statistics.median(r.seconds for r in ok), 2),
     }
+    cpu = [r.cpu_to_ssh for r in ok if r.cpu_to_ssh is not None]
+    out["cpu"] = round(statistics.median(cpu), 2) if cpu else None
     for phase in PHASES:
         values = [r.phases[phase] for r in ok if phase in r.phases]
         out[phase] = round(statistics.median(values), 2) if values else None
@@ -131,7 +135,7 @@ def report(ami: str, variants: list[Variant], runs: list[Smoke]) -> tuple[str, d
         f"{os.cpu_count()} cores",
         f"accelerator: {accel.accelerator.upper() + ' (' + accel.reason + ')' if accel else '?'}",
         "",
-        f"{'configuration':<16}{'run':>4}{'ssh s':>8}{'smoke s':>9}{'load':>7}  "
+        f"{'configuration':<16}{'run':>4}{'ssh s':>8}{'smoke s':>9}{'cpu s':>7}{'load':>7}  "
         + " ".join(f"{p:>8}" for p in PHASES),
     ]
     for name, rs in by_name.items():
@@ -140,8 +144,10 @@ def report(ami: str, variants: list[Variant], runs: list[Smoke]) -> tuple[str, d
                 lines.append(f"{name:<16}{i:>4}  FAILED {r.error.strip().splitlines()[-1:]}")
                 continue
             phases = " ".join(f"{r.phases.get(p, 0):>8.2f}" for p in PHASES)
+            cpu = f"{r.cpu_to_ssh:>7.1f}" if r.cpu_to_ssh is not None else f"{'-':>7}"
             lines.append(
-                f"{name:<16}{i:>4}{r.seconds_to_ssh:>8.2f}{r.seconds:>9.2f}{r.load:>7.2f}  {phases}"
+                f"{name:<16}{i:>4}{r.seconds_to_ssh:>8.2f}{r.seconds:>9.2f}{cpu}{r.load:>7.2f}  "
+                + phases
             )
     lines += ["", "medians:"]
     for name, m in meds.items():
@@ -149,7 +155,10 @@ def report(ami: str, variants: list[Variant], runs: list[Smoke]) -> tuple[str, d
             lines.append(f"  {name:<14} no successful run")
             continue
         phases = " ".join(f"{p}={m[p]}" for p in PHASES if m.get(p) is not None)
-        lines.append(f"  {name:<14} ssh {m['ssh']:.2f} s  smoke {m['smoke']:.2f} s  ({phases})")
+        lines.append(
+            f"  {name:<14} ssh {m['ssh']:.2f} s  smoke {m['smoke']:.2f} s  "
+            f"QEMU CPU to SSH {m['cpu']} s  ({phases})"
+        )
     verdicts: dict[str, dict] = {}
     if base["ssh"] is not None:
         verdicts["time to SSH (s)"] = {
@@ -169,6 +178,12 @@ def report(ami: str, variants: list[Variant], runs: list[Smoke]) -> tuple[str, d
                     "target": "(information)",
                     "met": None,
                 }
+                if m["cpu"] and base["cpu"]:
+                    verdicts[f"{name} / default, QEMU CPU to SSH"] = {
+                        "value": round(m["cpu"] / base["cpu"], 2),
+                        "target": "(information)",
+                        "met": None,
+                    }
     lines += ["", "targets and ratios:"]
     for label, v in verdicts.items():
         mark = "" if v["met"] is None else ("  met" if v["met"] else "  MISSED")
@@ -178,6 +193,7 @@ def report(ami: str, variants: list[Variant], runs: list[Smoke]) -> tuple[str, d
         "phases come from the host times at which console lines first appear (polled every",
         "0.2 s); `quiet` hides the kernel's lines, and its phases then fold into `init`.",
         "load: the 1-minute load average as each smoke started; TCG slows down with it.",
+        "cpu: QEMU's CPU seconds (all threads) until SSH, which other load hardly changes.",
     ]
     data = {
         "ImageId": ami,

@@ -127,3 +127,11 @@ def choose(requested: str = "auto") -> Accelerator:
     if problem:
         return Accelerator("tcg", f"KVM unusable: {problem}")
     return Accelerator("kvm", "vmx/svm advertised, /dev/kvm opens and a probe guest ran")
+
+
+def libguestfs_environment(chosen: Accelerator) -> dict[str, str]:
+    """What libguestfs needs to run on this machine: left alone it picks KVM for its
+    appliance and hangs just like our guests would; with TCG chosen it must be told."""
+    if chosen.name == "kvm":
+        return {}
+    return {"LIBGUESTFS_BACKEND": "direct", "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"}

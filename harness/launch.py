@@ -64,6 +64,7 @@ class Instance:
     started_at: float = field(default_factory=time.monotonic)
     qemu_started_at: float | None = None
     seconds_to_ssh: float | None = None
+    cpu_seconds_to_ssh: float | None = None
     phases: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -220,6 +221,7 @@ class WaitForSsh(Step[Instance]):
         assert s.qemu_started_at is not None
         now = time.monotonic()
         s.seconds_to_ssh = round(now - s.qemu_started_at, 2)
+        s.cpu_seconds_to_ssh = qemu.cpu_seconds()
         watcher.poll()
         s.phases = boot_phases(
             watcher.milestones, s.login.banner_at - s.qemu_started_at, s.seconds_to_ssh

@@ -91,6 +91,18 @@ class QemuProcess:
     def exit_status(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time QEMU has used so far (all threads, user + system). Unlike wall time it
+        hardly depends on what else the machine runs, so boots compare on a busy host too."""
+        if self.proc is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return round(ticks / os.sysconf("SC_CLK_TCK"), 2)
+
     def stderr_tail(self, lines: int = 10) -> str:
         try:
             text = self.stderr_log.read_text(errors="replace")

@@ -26,6 +26,7 @@ class SmokeReport:
     kernel_release: str = ""
     qemu_command: list[str] = field(default_factory=list)
     seconds_to_ssh: float | None = None
+    qemu_cpu_seconds_to_ssh: float | None = None
     seconds: float = 0.0
     console_log: str = ""
     checks: list[CheckResult] = field(default_factory=list)
@@ -51,6 +52,7 @@ class SmokeReport:
             "AcceleratorReason": self.accelerator_reason,
             "QemuCommand": self.qemu_command,
             "SecondsToSsh": self.seconds_to_ssh,
+            "QemuCpuSecondsToSsh": self.qemu_cpu_seconds_to_ssh,
             "Seconds": self.seconds,
             "BootPhases": self.boot_phases,
             "Passed": self.passed,

@@ -133,6 +133,7 @@ def smoke_instance(
         report.instance_id = inst.instance_id
         report.qemu_command = inst.argv
         report.seconds_to_ssh = inst.seconds_to_ssh
+        report.qemu_cpu_seconds_to_ssh = inst.cpu_seconds_to_ssh
         report.boot_phases = inst.phases
         report.seconds = round(time.monotonic() - inst.started_at, 2)
         report.console_log = str(inst.dir.console_log) if inst.dir else ""

@@ -58,3 +58,9 @@ def test_auto_takes_working_kvm(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unknown_accelerator() -> None:
     with pytest.raises(BadInput):
         accel.choose("hax")
+
+
+def test_libguestfs_environment() -> None:
+    env = accel.libguestfs_environment(accel.Accelerator("tcg", "x"))
+    assert env == {"LIBGUESTFS_BACKEND": "direct", "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"}
+    assert accel.libguestfs_environment(accel.Accelerator("kvm", "x")) == {}
