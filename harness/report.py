@@ -133,7 +133,7 @@ def print_summary(reports: list[SmokeReport], console: Console) -> None:
                 console.print(r.console_tail, markup=False, highlight=False)
             console.print(f"console log: {r.console_log}")
         for c in r.checks:
-            if not c.passed:
+            if not c.passed and not (r.failure and c.name == "boot"):
                 console.print(
                     f"[red]{r.image_name} {c.name}[/]: expected {c.expected!r}, "
                     f"got {c.actual!r}" + (f" — {c.detail}" if c.detail else ""),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import paramiko
 from rich.console import Console
 
 from builder.errors import BadInput
@@ -65,7 +66,13 @@ class RunChecks(Step[Instance]):
         )
         token = checks.new_token()
         t0 = time.monotonic()
-        result = run(s.ssh, checks.script(todo, token), timeout=CHECKS_TIMEOUT)
+        try:
+            result = run(s.ssh, checks.script(todo, token), timeout=CHECKS_TIMEOUT)
+        except (TimeoutError, paramiko.SSHException, EOFError, OSError) as e:
+            # a hung check or a guest that dropped the session: the report says which
+            self.report.failure = f"the checks did not complete: {e}"
+            self.report.console_tail = s.watcher.tail() if s.watcher else ""
+            return
         self.report.checks = checks.parse(todo, result.output, token)
         s.say(f"{len(todo)} checks in {time.monotonic() - t0:.1f} s")
 
@@ -130,6 +137,9 @@ def smoke_instance(
         report.failure = str(e)
         report.console_tail = inst.watcher.tail() if inst.watcher else ""
     finally:
+        if report.failure and not report.checks:
+            # the boot itself is the failed check, so that check lists show why
+            report.checks = [checks.CheckResult("boot", False, "SSH login", "none", report.failure)]
         report.instance_id = inst.instance_id
         report.qemu_command = inst.argv
         report.seconds_to_ssh = inst.seconds_to_ssh
