@@ -35,6 +35,8 @@ FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = (
         ),
     ),  # fmt: skip
     ("kernel panic", re.compile(r"Kernel panic - not syncing:.*")),
+    # the image's boot agent (elements/ec2-key-agent) gave up: no login will ever work
+    ("the image's key agent got no key", re.compile(r"ec2-fetch-ssh-key: no key from.*")),
 )
 
 # Milestones whose first appearance (host time) splits the boot into phases.

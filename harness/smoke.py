@@ -20,6 +20,7 @@ from rich.console import Console
 from builder.errors import BadInput
 from builder.registry import ImageRecord, Registry
 from harness import accel, checks
+from harness.diagnose import modules_tree_from_outside
 from harness.launch import (
     LAUNCH_STEPS,
     Instance,
@@ -140,6 +141,12 @@ def smoke_instance(
         if report.failure and not report.checks:
             # the boot itself is the failed check, so that check lists show why
             report.checks = [checks.CheckResult("boot", False, "SSH login", "none", report.failure)]
+            if inst.watcher is not None:
+                outside = modules_tree_from_outside(
+                    inst.watcher.text, plan.disk, int(image.extra.get("fs_offset") or 0)
+                )
+                if outside is not None and not outside.passed:
+                    report.checks.append(outside)
         report.instance_id = inst.instance_id
         report.qemu_command = inst.argv
         report.seconds_to_ssh = inst.seconds_to_ssh
