@@ -46,6 +46,7 @@ from builder.chroot import remove_tree
 from builder.errors import BuildFailed, EnvironmentProblem
 from builder.mirror import host_mirror
 from builder.recipe import Recipe
+from builder.rootfs import BASE_PACKAGES
 
 HELPER = "amilab-dib-tree"
 # package-installs is named because recipe elements use package-installs.yaml without
@@ -259,10 +260,17 @@ def dib_argv(tools: Tools, recipe: Recipe, element_names: list[str]) -> list[str
     """The command line; run in the output directory so that IMAGE_NAME, which elements see
     (ec2-base writes it to /etc/hostname), is the recipe's name as with the native engine."""
     argv = [tools.dib, "-a", DEB_ARCH[recipe.architecture], "-t", "tar", "-o", recipe.name]
-    if recipe.packages:
-        argv += ["-p", ",".join(recipe.packages)]
+    argv += ["-p", ",".join(image_packages(recipe))]
     names = list(STOCK_ELEMENTS) + [e for e in element_names if e not in STOCK_ELEMENTS]
     return [*namespace_prefix(tools), *argv, *names]
+
+
+def image_packages(recipe: Recipe) -> list[str]:
+    """The recipe's packages plus those every amilab image gets with either engine: with the
+    kernel outside the image, nothing else brings kmod (modprobe) and udev, which DIB's
+    kernel package did; `ramdisk: distro` runs the image's own mkinitramfs afterwards."""
+    extra = ["initramfs-tools"] if recipe.ramdisk == "distro" else []
+    return list(dict.fromkeys([*BASE_PACKAGES, *recipe.packages, *extra]))
 
 
 def namespace_prefix(tools: Tools) -> list[str]:

@@ -69,6 +69,7 @@ def test_dib_disk_has_the_recipes_packages_and_element_files(dib_build) -> None:
     release = images(home, "kernel")[0]["KernelRelease"]
     assert exists(disk, "/usr/sbin/sshd")  # from an element's package-installs.yaml
     assert exists(disk, "/usr/bin/less")  # from the recipe's packages (-p)
+    assert exists(disk, "/usr/bin/kmod")  # every image's base packages, as with native
     assert exists(disk, "/usr/local/sbin/ec2-fetch-ssh-key")  # files elements install
     assert exists(disk, "/usr/local/sbin/first-nic-network")
     assert exists(disk, "/etc/systemd/system/multi-user.target.wants/ec2-fetch-ssh-key.service")
