@@ -56,6 +56,7 @@ class Smoke:
     seconds: float = 0.0
     cpu_to_ssh: float | None = None  # QEMU's CPU seconds until SSH: robust to other load
     phases: dict[str, float] = field(default_factory=dict)
+    cpu_phases: dict[str, float] = field(default_factory=dict)  # QEMU CPU seconds per phase
     accelerator: str = ""
     reason: str = ""
     load: float = 0.0  # 1-minute load average as it started: other work skews timings
@@ -102,6 +103,7 @@ def smoke(ami: str, variant: Variant, home: Path) -> Smoke:
         report["Seconds"],
         report.get("QemuCpuSecondsToSsh"),
         report.get("BootPhases", {}),
+        report.get("BootPhasesQemuCpu", {}),
         report["Accelerator"],
         report.get("AcceleratorReason", ""),
         load,
@@ -122,6 +124,8 @@ def medians(runs: list[Smoke]) -> dict[str, float | None]:
     for phase in PHASES:
         values = [r.phases[phase] for r in ok if phase in r.phases]
         out[phase] = round(statistics.median(values), 2) if values else None
+        cpu_values = [r.cpu_phases[phase] for r in ok if phase in r.cpu_phases]
+        out[f"cpu {phase}"] = round(statistics.median(cpu_values), 2) if cpu_values else None
     return out
 
 
@@ -155,9 +159,13 @@ def report(ami: str, variants: list[Variant], runs: list[Smoke]) -> tuple[str, d
             lines.append(f"  {name:<14} no successful run")
             continue
         phases = " ".join(f"{p}={m[p]}" for p in PHASES if m.get(p) is not None)
+        cpu_phases = " ".join(
+            f"{p}={m[f'cpu {p}']}" for p in PHASES if m.get(f"cpu {p}") is not None
+        )
         lines.append(
             f"  {name:<14} ssh {m['ssh']:.2f} s  smoke {m['smoke']:.2f} s  "
-            f"QEMU CPU to SSH {m['cpu']} s  ({phases})"
+            f"QEMU CPU to SSH {m['cpu']} s\n  {'':<14} wall s: {phases}\n"
+            f"  {'':<14} QEMU CPU s: {cpu_phases} (init includes login)"
         )
     verdicts: dict[str, dict] = {}
     if base["ssh"] is not None:

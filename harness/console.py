@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,12 +59,19 @@ class ConsoleFailure:
 
 
 class ConsoleWatcher:
-    def __init__(self, path: Path, started_at: float | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        started_at: float | None = None,
+        cpu: Callable[[], float | None] | None = None,
+    ) -> None:
         self.path = path
         self.started_at = time.monotonic() if started_at is None else started_at
+        self._cpu = cpu
         self._offset = 0
         self._text = ""
         self.milestones: dict[str, float] = {}  # name -> seconds after start
+        self.cpu_milestones: dict[str, float] = {}  # name -> QEMU's CPU seconds by then
 
     def poll(self) -> ConsoleFailure | None:
         """Read what is new; the failure seen so far, if any."""
@@ -81,6 +89,9 @@ class ConsoleWatcher:
             for name, pattern in MILESTONES:
                 if name not in self.milestones and pattern.search(self._text):
                     self.milestones[name] = round(now, 2)
+                    cpu = self._cpu() if self._cpu else None
+                    if cpu is not None:
+                        self.cpu_milestones[name] = cpu
         return self.failure()
 
     def failure(self) -> ConsoleFailure | None:

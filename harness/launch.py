@@ -66,6 +66,7 @@ class Instance:
     seconds_to_ssh: float | None = None
     cpu_seconds_to_ssh: float | None = None
     phases: dict[str, float] = field(default_factory=dict)
+    cpu_phases: dict[str, float] = field(default_factory=dict)  # QEMU CPU seconds per phase
 
     @property
     def instance_id(self) -> str:
@@ -188,7 +189,7 @@ class StartQemu(Step[Instance]):
                     s.argv = command_line(s.spec)
                     continue
                 raise EnvironmentProblem(f"QEMU did not start: {err or 'no message'}") from None
-        s.watcher = ConsoleWatcher(s.dir.console_log, s.qemu.started_at)
+        s.watcher = ConsoleWatcher(s.dir.console_log, s.qemu.started_at, s.qemu.cpu_seconds)
         s.say(f"QEMU {s.qemu.pid} started ({s.options.accelerator.describe()})")
 
     def cleanup(self, s: Instance) -> None:
@@ -226,6 +227,11 @@ class WaitForSsh(Step[Instance]):
         s.phases = boot_phases(
             watcher.milestones, s.login.banner_at - s.qemu_started_at, s.seconds_to_ssh
         )
+        if s.cpu_seconds_to_ssh is not None:
+            # the banner's CPU time is not known exactly: init and login share one number
+            cpu_marks = dict(watcher.cpu_milestones)
+            s.cpu_phases = boot_phases(cpu_marks, s.cpu_seconds_to_ssh, s.cpu_seconds_to_ssh)
+            s.cpu_phases.pop("login", None)
         s.say(f"SSH after {s.seconds_to_ssh:.1f} s")
 
     def cleanup(self, s: Instance) -> None:

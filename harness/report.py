@@ -33,6 +33,7 @@ class SmokeReport:
     failure: str | None = None  # why the instance never got to its checks
     console_tail: str = ""
     boot_phases: dict[str, float] = field(default_factory=dict)
+    boot_phases_cpu: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -55,6 +56,7 @@ class SmokeReport:
             "QemuCpuSecondsToSsh": self.qemu_cpu_seconds_to_ssh,
             "Seconds": self.seconds,
             "BootPhases": self.boot_phases,
+            "BootPhasesQemuCpu": self.boot_phases_cpu,
             "Passed": self.passed,
             "Failure": self.failure,
             "ConsoleLog": self.console_log,

@@ -152,6 +152,7 @@ def smoke_instance(
         report.seconds_to_ssh = inst.seconds_to_ssh
         report.qemu_cpu_seconds_to_ssh = inst.cpu_seconds_to_ssh
         report.boot_phases = inst.phases
+        report.boot_phases_cpu = inst.cpu_phases
         report.seconds = round(time.monotonic() - inst.started_at, 2)
         report.console_log = str(inst.dir.console_log) if inst.dir else ""
     return report
