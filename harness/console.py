@@ -40,6 +40,16 @@ FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("the image's key agent got no key", re.compile(r"ec2-fetch-ssh-key: no key from.*")),
 )
 
+# Waits that never end by themselves: a wait message with nothing after it that shows progress
+# (the `progress` pattern) and a silent console for STALL_SECONDS means the boot is stuck
+# there (e.g. `rootwait` for a disk whose driver is neither built in nor in a ramdisk).
+STALLS: tuple[tuple[str, re.Pattern[str], re.Pattern[str]], ...] = (
+    ("the kernel waits for a root device that does not appear",
+     re.compile(r"Waiting for root device \S+"),
+     re.compile(r"mounted filesystem|VFS: Mounted root|Run /sbin/init|systemd\[1\]")),
+)  # fmt: skip
+STALL_SECONDS = 20.0
+
 # Milestones whose first appearance (host time) splits the boot into phases.
 MILESTONES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("kernel", re.compile(r"Linux version \d")),
@@ -72,6 +82,7 @@ class ConsoleWatcher:
         self._text = ""
         self.milestones: dict[str, float] = {}  # name -> seconds after start
         self.cpu_milestones: dict[str, float] = {}  # name -> QEMU's CPU seconds by then
+        self._last_output = time.monotonic()
 
     def poll(self) -> ConsoleFailure | None:
         """Read what is new; the failure seen so far, if any."""
@@ -82,6 +93,7 @@ class ConsoleWatcher:
         except FileNotFoundError:
             return None
         if new:
+            self._last_output = time.monotonic()
             self._offset += len(new)
             # serial output has CRLF line ends and the odd NUL; only the text matters here
             self._text += new.decode("utf-8", errors="replace").replace("\r", "")
@@ -98,6 +110,11 @@ class ConsoleWatcher:
         for reason, pattern in FAILURES:
             if m := pattern.search(self._text):
                 return ConsoleFailure(reason, m.group(0))
+        if time.monotonic() - self._last_output >= STALL_SECONDS:
+            for reason, waiting, progress in STALLS:
+                if (m := waiting.search(self._text)) and not progress.search(self._text, m.end()):
+                    return ConsoleFailure(f"{reason} (no progress for {STALL_SECONDS:.0f} s)",
+                                          m.group(0))  # fmt: skip
         return None
 
     @property

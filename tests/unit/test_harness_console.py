@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from harness.console import ConsoleWatcher
 from harness.launch import boot_phases
 
@@ -86,3 +88,17 @@ def test_boot_phases() -> None:
     assert phases == {"firmware": 1.0, "kernel": 3.0, "ramdisk": 2.0, "init": 8.0, "login": 0.5}
     quiet = boot_phases({}, 9.0, 9.25)
     assert quiet == {"init": 9.0, "login": 0.25}
+
+
+def test_a_wait_that_never_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import console
+
+    w = _watch(tmp_path, "[    5.1] Waiting for root device /dev/vda...\n")
+    assert w.failure() is None  # it may still come
+    monkeypatch.setattr(console, "STALL_SECONDS", 0.0)
+    failure = w.failure()
+    assert failure is not None and "/dev/vda" in failure.describe()
+    with open(tmp_path / "console.log", "a") as f:
+        f.write("[    6.0] EXT4-fs (vda): mounted filesystem\n")
+    w.poll()
+    assert w.failure() is None  # it came after all
