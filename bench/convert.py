@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -36,14 +37,19 @@ MIN_SIZE = 1 << 30
 MIN_DATA = 300_000_000
 
 
-def run(argv: list[str], env: dict[str, str] | None = None) -> float:
+def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, all threads). On a loaded machine the
+    wall time depends on what else runs; the CPU time much less so."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(argv, cwd=ROOT, env={**os.environ, **(env or {})},
                             capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise SystemExit(f"bench: {' '.join(argv)} failed:\n{result.stderr[-2000:]}")
-    return seconds
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu
 
 
 def allocated(path: Path) -> int:
@@ -69,7 +75,7 @@ def default_disk(work: Path) -> Path:
 
 def pair(name: str, ours: list[str], theirs: list[str], repeat: int,
          outputs: tuple[Path, Path]) -> dict:
-    best_ours = best_theirs = float("inf")
+    best_ours = best_theirs = (float("inf"), float("inf"))
     for _ in range(repeat):
         for out in outputs:
             out.unlink(missing_ok=True)
@@ -77,9 +83,11 @@ def pair(name: str, ours: list[str], theirs: list[str], repeat: int,
         best_ours = min(best_ours, run(ours))
     return {
         "case": name,
-        "amilab_s": round(best_ours, 2),
-        "qemu_img_s": round(best_theirs, 2),
-        "speedup": round(best_theirs / best_ours, 2),
+        "amilab_s": round(best_ours[0], 2),
+        "qemu_img_s": round(best_theirs[0], 2),
+        "speedup": round(best_theirs[0] / best_ours[0], 2),
+        "amilab_cpu_s": round(best_ours[1], 2),
+        "qemu_img_cpu_s": round(best_theirs[1], 2),
         "amilab_bytes": outputs[0].stat().st_size,
         "qemu_img_bytes": outputs[1].stat().st_size,
     }
@@ -148,10 +156,12 @@ def main() -> int:
                   f"{summary['data_bytes'] // 1_000_000} MB of data, {summary['cores']} cores, "
                   f"load {summary['load_average'][0]:.1f}")
             print(f"{'case':36} {'amilab':>9} {'qemu-img':>9} {'speedup':>8} "
-                  f"{'amilab bytes':>13} {'qemu-img bytes':>15}")
+                  f"{'cpu s (amilab/qemu-img)':>24} {'amilab bytes':>13} {'qemu-img bytes':>15}")
             for r in results:
+                cpu = f"{r['amilab_cpu_s']:.1f}/{r['qemu_img_cpu_s']:.1f}"
                 print(f"{r['case']:36} {r['amilab_s']:8.2f}s {r['qemu_img_s']:8.2f}s "
-                      f"{r['speedup']:7.2f}x {r['amilab_bytes']:13} {r['qemu_img_bytes']:15}")
+                      f"{r['speedup']:7.2f}x {cpu:>24} {r['amilab_bytes']:13} "
+                      f"{r['qemu_img_bytes']:15}")
             print(f"write target (>= {WRITE_TARGET}x, no larger): "
                   f"{'met' if summary['write_target_met'] else 'NOT met'}; read target "
                   f"(no slower): {'met' if summary['read_target_met'] else 'NOT met'}; "
