@@ -52,6 +52,20 @@ IMAGE_ORDER = ("name", "user", "type", "kernel_name?", "ancestry?", "digest", "s
                "user_encrypted_iv", "parts")  # fmt: skip
 IMAGE_TYPES = ("machine", "kernel", "ramdisk")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# what ec2-ami-tools (REXML), amilab and other bundlers put before <manifest>
+_DECLARATIONS = (
+    "",
+    "<?xml version='1.0'?>",
+    '<?xml version="1.0"?>',
+    '<?xml version="1.0" ?>',
+    '<?xml version="1.0" encoding="UTF-8"?>',
+    "<?xml version='1.0' encoding='UTF-8'?>",
+)
+_BUNDLER_FIELDS = {  # unsigned as well: at least their shape is checked
+    "name": re.compile(r"[A-Za-z][A-Za-z0-9._-]*"),
+    "version": re.compile(r"[0-9][0-9A-Za-z._-]*"),
+    "release": re.compile(r"[0-9A-Za-z._-]*"),
+}
 
 
 # ----------------------------------------------------------------------------- keys
@@ -261,6 +275,10 @@ def parse_manifest(path: Path) -> Manifest:
         raise BadInput(f"{path}: cannot read the manifest ({e.strerror})") from e
     try:
         text = raw.decode("utf-8")
+        # the declaration is outside the signature: only the forms bundlers write pass
+        decl = text[: text.find("<manifest>")] if "<manifest>" in text else text
+        if decl.strip() not in _DECLARATIONS:
+            raise BadInput(f"{path}: unexpected XML declaration {decl.strip()[:60]!r}")
         root = ET.fromstring(text)
     except (UnicodeDecodeError, ET.ParseError) as e:
         raise BadInput(f"{path}: not a well-formed manifest ({e})") from e
@@ -305,6 +323,11 @@ def parse_manifest(path: Path) -> Manifest:
     except ValueError as e:
         raise BadInput(f"{path}: size or bundled_size is not a number") from e
     bundler = root.find("bundler")
+    if bundler is not None:
+        for key, shape in _BUNDLER_FIELDS.items():
+            value = bundler.findtext(key) or ""
+            if not shape.fullmatch(value):
+                raise BadInput(f"{path}: <bundler><{key}> {value[:40]!r} is not well-formed")
     m = Manifest(
         name=_text(image, "name") or "",
         user=_text(image, "user") or "",
@@ -465,8 +488,9 @@ def bundle_file(
     writer = _PartWriter(dest, prefix)
     aes = transfer.AesCbcEncrypt(bytes.fromhex(key_hex.decode()), bytes.fromhex(iv_hex.decode()))
     try:
+        # three stages, each in its own thread: read+SHA1, gzip, encrypt+split+write
         transfer.pipe(
-            transfer.compressed(tar_stream(), tar_sha1.update),
+            transfer.compressed(transfer.threaded(tar_stream()), tar_sha1.update),
             lambda chunk: writer.write(aes.update(chunk)),
         )
         writer.write(aes.finalize())
@@ -612,14 +636,14 @@ def restore_parts(
     gunzip = transfer.GunzipStage(what)
     reader = sparsetar.TarReader(on_member)
 
-    def sink(chunk: bytes) -> None:
-        plain = gunzip.feed(chunk)
-        if plain:
-            tar_sha1.update(plain)
-            reader.feed(plain)
+    def sink(plain: bytes) -> None:
+        tar_sha1.update(plain)
+        reader.feed(plain)
 
     try:
-        transfer.pipe(decrypted(), sink)
+        # the worker reads, checks, decrypts and inflates; this thread hashes and writes
+        plain = transfer.decompressed(transfer.threaded(decrypted()), gunzip)
+        transfer.pipe(plain, sink)
         gunzip.close()
         reader.close()
         out.close()

@@ -210,36 +210,37 @@ class TarReader:
         self.ended = False
 
     def feed(self, data: bytes | memoryview) -> None:
-        if self.ended:
-            if any(data):
-                raise BadInput("tar stream: data after the end of the archive")
-            return
-        self._buf += data
-        while self._step():
-            pass
-
-    def _step(self) -> bool:
-        if self._state == "data":
-            return self._data()
-        if self._state == "padding":  # the rest of the last data block
-            if len(self._buf) < self._remaining:
-                return False
-            del self._buf[: self._remaining]
-            self._state = "header"
-            return True
-        if len(self._buf) < BLOCK:
-            return False
-        block = bytes(self._buf[:BLOCK])
-        del self._buf[:BLOCK]
-        if self._state == "header":
-            self._parse_header(block)
-        elif self._state == "sparse-ext":
-            self._parse_ext(block)
-        elif self._state == "longname":
-            self._longname_block(block)
-        elif self._state == "end" and any(block):
-            raise BadInput("tar stream: data after the end-of-archive marker")
-        return True
+        # Member data goes to the writer as slices of what was fed, never copied: only
+        # header blocks that arrive split between two feeds are buffered.
+        view = memoryview(data)
+        while view:
+            if self.ended:
+                if any(view):
+                    raise BadInput("tar stream: data after the end-of-archive marker")
+                return
+            if self._state == "data":
+                view = view[self._data(view) :]
+                continue
+            if self._state == "padding":  # the rest of the member's last block
+                take = min(self._remaining, len(view))
+                self._remaining -= take
+                view = view[take:]
+                if not self._remaining:
+                    self._state = "header"
+                continue
+            need = BLOCK - len(self._buf)
+            self._buf += view[:need]
+            view = view[need:]
+            if len(self._buf) < BLOCK:
+                return
+            block = bytes(self._buf)
+            self._buf.clear()
+            if self._state == "header":
+                self._parse_header(block)
+            elif self._state == "sparse-ext":
+                self._parse_ext(block)
+            elif self._state == "longname":
+                self._longname_block(block)
 
     def _parse_header(self, h: bytes) -> None:
         if not any(h):
@@ -251,7 +252,7 @@ class TarReader:
             raise BadInput("tar stream: header checksum mismatch (corrupt data)")
         typeflag = h[156:157]
         size = _parse_num(h[124:136])
-        if typeflag == b"L":
+        if typeflag == b"L":  # GNU long name: the next member's name, in data blocks
             self._longname_buf = bytearray()
             self._remaining = size
             self._state = "longname"
@@ -305,16 +306,16 @@ class TarReader:
         if not m.stored:
             self._writer(m.size, b"")
 
-    def _data(self) -> bool:
-        if not self._buf:
-            return False
+    def _data(self, view: memoryview) -> int:
+        """Hands the writer as much of `view` as the member's data still needs; returns
+        how many bytes it used."""
         assert self._writer is not None and self._member is not None
-        while self._buf and self._segments:
+        used = 0
+        while used < len(view) and self._segments:
             off, n = self._segments[0]
-            take = min(n, len(self._buf))
-            chunk = bytes(self._buf[:take])
-            del self._buf[:take]
-            self._writer(off, chunk)
+            take = min(n, len(view) - used)
+            self._writer(off, view[used : used + take])
+            used += take
             self._remaining -= take
             if take == n:
                 self._segments.pop(0)
@@ -325,7 +326,7 @@ class TarReader:
             pad = -self._member.stored % BLOCK
             self._remaining = pad
             self._state = "padding" if pad else "header"
-        return bool(self._buf)
+        return used
 
     def close(self) -> None:
         if not self.ended or self._state != "end":

@@ -477,10 +477,8 @@ def store_image(
 
         writer = target.writer(key, _object_metadata(rec, store_time))
         try:
-            transfer.pipe(
-                transfer.compressed(_tar(members, report, done_before), lambda _: None),
-                writer.write,
-            )
+            tar = transfer.threaded(_tar(members, report, done_before))
+            transfer.pipe(transfer.compressed(tar, lambda _: None), writer.write)
             task.bytes_stored = writer.commit()
         except BaseException:
             writer.abort()
@@ -611,10 +609,8 @@ def restore_image(
         reader = sparsetar.TarReader(on_member)
         checked_name = [False]
 
-        def sink(chunk: bytes) -> None:
-            plain = gunzip.feed(chunk)
-            if plain:
-                reader.feed(plain)
+        def sink(plain: bytes) -> None:
+            reader.feed(plain)
             if not checked_name[0] and META_MEMBER in sinks and DISK_MEMBER in sinks:
                 # the metadata is whole once the next member began: refuse a taken name now
                 checked_name[0] = True
@@ -624,7 +620,9 @@ def restore_image(
         try:
             if name:
                 _check_free(registry, name)
-            transfer.pipe(target.reader(object_key), sink)
+            # the worker downloads and inflates; this thread parses, hashes and writes
+            download = transfer.threaded(target.reader(object_key))
+            transfer.pipe(transfer.decompressed(download, gunzip), sink)
             gunzip.close()
             reader.close()
         finally:

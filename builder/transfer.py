@@ -172,11 +172,25 @@ def compressed(chunks: Iterable[bytes], on_plain: Callable[[bytes], None]) -> It
     yield comp.flush()
 
 
-def pipe(source: Iterable[bytes], sink: Callable[[bytes], None]) -> None:
-    """Runs `source` in a worker thread and feeds what it yields to `sink` in this one.
+_INFLATE_STEP = 1 << 20  # compressed bytes per inflate call: keeps its output cache-sized
 
-    An error on either side stops both and is raised here; the worker never outlives the
-    call (it is told to stop and joined)."""
+
+def decompressed(chunks: Iterable[bytes], gunzip: GunzipStage) -> Iterator[bytes]:
+    """The plain stream of compressed `chunks` (gunzip.close() is the caller's, at the end)."""
+    for chunk in chunks:
+        view = memoryview(chunk)
+        for i in range(0, len(view), _INFLATE_STEP):
+            out = gunzip.feed(view[i : i + _INFLATE_STEP])
+            if out:
+                yield out
+
+
+def threaded(source: Iterable[bytes]) -> Iterator[bytes]:
+    """What `source` yields, produced ahead in a worker thread of its own.
+
+    Stacking these gives one thread per stage (e.g. read+decrypt, inflate, write), which
+    is what lets a two-core machine overlap them. An error in the worker is raised here;
+    closing this generator (or an error downstream) stops the worker and joins it."""
     q: queue.Queue[Any] = queue.Queue(maxsize=_DEPTH)
     stop = threading.Event()
     failure: list[BaseException] = []
@@ -195,18 +209,18 @@ def pipe(source: Iterable[bytes], sink: Callable[[bytes], None]) -> None:
             for chunk in source:
                 if not put(chunk):
                     return
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+        except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
             failure.append(e)
         put(_DONE)
 
-    worker = threading.Thread(target=work, name="amilab-pipe", daemon=True)
+    worker = threading.Thread(target=work, name="amilab-stage", daemon=True)
     worker.start()
     try:
         while True:
             item = q.get()
             if item is _DONE:
                 break
-            sink(item)
+            yield item
     finally:
         stop.set()
         worker.join()
@@ -215,3 +229,14 @@ def pipe(source: Iterable[bytes], sink: Callable[[bytes], None]) -> None:
             close()
     if failure:
         raise failure[0]
+
+
+def pipe(source: Iterable[bytes], sink: Callable[[bytes], None]) -> None:
+    """Runs `source` in a worker thread and feeds what it yields to `sink` in this one;
+    an error on either side stops both and is raised here."""
+    stage = threaded(source)
+    try:
+        for item in stage:
+            sink(item)
+    finally:
+        stage.close()
