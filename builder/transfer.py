@@ -164,11 +164,14 @@ class AesCbcDecrypt:
 def compressed(chunks: Iterable[bytes], on_plain: Callable[[bytes], None]) -> Iterator[bytes]:
     """gzip of `chunks`, each plain chunk shown to `on_plain` first (for its digest)."""
     comp = GzipWriter()
-    for chunk in chunks:
-        on_plain(chunk)
-        out = comp.compress(chunk)
-        if out:
-            yield out
+    try:
+        for chunk in chunks:
+            on_plain(chunk)
+            out = comp.compress(chunk)
+            if out:
+                yield out
+    finally:
+        _close(chunks)
     yield comp.flush()
 
 
@@ -177,12 +180,22 @@ _INFLATE_STEP = 1 << 20  # compressed bytes per inflate call: keeps its output c
 
 def decompressed(chunks: Iterable[bytes], gunzip: GunzipStage) -> Iterator[bytes]:
     """The plain stream of compressed `chunks` (gunzip.close() is the caller's, at the end)."""
-    for chunk in chunks:
-        view = memoryview(chunk)
-        for i in range(0, len(view), _INFLATE_STEP):
-            out = gunzip.feed(view[i : i + _INFLATE_STEP])
-            if out:
-                yield out
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            for i in range(0, len(view), _INFLATE_STEP):
+                out = gunzip.feed(view[i : i + _INFLATE_STEP])
+                if out:
+                    yield out
+    finally:
+        _close(chunks)
+
+
+def _close(stage: object) -> None:
+    """Stop an upstream stage now (its worker thread with it), not whenever it is collected."""
+    close = getattr(stage, "close", None)
+    if close:
+        close()
 
 
 def threaded(source: Iterable[bytes]) -> Iterator[bytes]:
@@ -224,9 +237,7 @@ def threaded(source: Iterable[bytes]) -> Iterator[bytes]:
     finally:
         stop.set()
         worker.join()
-        close = getattr(source, "close", None)
-        if close:
-            close()
+        _close(source)
     if failure:
         raise failure[0]
 
