@@ -54,9 +54,10 @@ STALL_SECONDS = 20.0
 MILESTONES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("kernel", re.compile(r"Linux version \d")),
     ("ramdisk", re.compile(r"Run /init as init process|Freeing unused kernel")),
-    ("init", re.compile(
-        r"systemd\[1\]|Welcome to |Run /sbin/init as init|amilab-ramdisk: switching"
-    )),  # fmt: skip
+    (
+        "init",
+        re.compile(r"systemd\[1\]|Welcome to |Run /sbin/init as init|amilab-ramdisk: switching"),
+    ),
     ("network", re.compile(r"ec2-fetch-ssh-key|Reached target .*Network|systemd-networkd")),
 )
 
