@@ -88,7 +88,7 @@ def main() -> int:
     args = ap.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="amilab-bench-lifecycle-"))
-    env = {**os.environ}
+    env = {**os.environ, "AMILAB_EC2_KEYS": str(scratch / "ec2")}
     try:
         if args.home:
             env["AMILAB_HOME"] = args.home

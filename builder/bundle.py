@@ -9,7 +9,7 @@ signature is RSA-SHA1 over the `<machine_configuration>` and `<image>` elements 
 they stand in the file. So a bundle made here unbundles with the real tools' pipeline
 (`cat parts | openssl enc -d | gunzip | tar -x`) and the other way round.
 
-amilab plays EC2's part with a key pair of its own under $AMILAB_HOME/ec2: `--ec2cert`
+amilab plays EC2's part with a key pair of its own (see ec2_key_pair): `--ec2cert`
 defaults to its certificate, and `amilab register` decrypts with its private key. Signing
 certificates that `bundle` used are remembered per account (as uploading an X.509 signing
 certificate to AWS did) so that `register` can check a manifest's signature.
@@ -18,6 +18,7 @@ certificate to AWS did) so that `register` can check a manifest's signature.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import hashlib
 import os
 import re
@@ -122,15 +123,29 @@ def make_key_pair(cert_path: Path, key_path: Path, common_name: str, days: int =
             )
         )
     os.rename(tmp, key_path)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    tmp_cert = cert_path.with_name(cert_path.name + f".tmp{os.getpid()}")
+    tmp_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    os.rename(tmp_cert, cert_path)
 
 
 def ec2_key_pair() -> tuple[Path, Path]:
-    """amilab's stand-in for EC2's certificate and key: (cert, key), made on first use."""
-    d = paths.amilab_home() / "ec2"
+    """amilab's stand-in for EC2's certificate and key: (cert, key), made on first use.
+
+    Like EC2's, it is one per user rather than one per registry: bundles made against one
+    AMILAB_HOME register in another ($AMILAB_EC2_KEYS, else $XDG_CONFIG_HOME/amilab/ec2)."""
+    if configured := os.environ.get("AMILAB_EC2_KEYS"):
+        d = Path(configured)
+    else:
+        config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+        d = Path(config) / "amilab" / "ec2"
     cert, key = d / "ec2-cert.pem", d / "ec2-pk.pem"
-    if not (cert.exists() and key.exists()):
-        make_key_pair(cert, key, "amilab-ec2")
+    if cert.exists() and key.exists():
+        return cert, key
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / ".lock", "w") as lock:  # two first uses at once make one key pair
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (cert.exists() and key.exists()):
+            make_key_pair(cert, key, "amilab-ec2")
     return cert, key
 
 

@@ -27,7 +27,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     make_key_pair(keys / "cert.pem", keys / "pk.pem", "user")
     make_key_pair(keys / "other-cert.pem", keys / "other-pk.pem", "other")
     ami = out["Images"][0]
-    return {"home": home, "ami": ami, "keys": keys, "env": {"AMILAB_HOME": str(home)}}
+    env = {"AMILAB_HOME": str(home), "AMILAB_EC2_KEYS": str(keys / "ec2")}
+    return {"home": home, "ami": ami, "keys": keys, "env": env}
 
 
 def cli(built: dict, *args: str, check: bool = True):

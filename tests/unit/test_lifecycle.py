@@ -66,6 +66,12 @@ def register_fake(home: Path, name: str = "img", seed: int = 1) -> dict[str, Ima
     return {"aki": aki, "ari": ari, "ami": ami, "disk": disk}  # type: ignore[dict-item]
 
 
+@pytest.fixture(autouse=True)
+def own_ec2_keys(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """amilab's EC2 key pair for these tests only, not the user's."""
+    monkeypatch.setenv("AMILAB_EC2_KEYS", str(tmp_path_factory.getbasetemp() / "ec2-keys"))
+
+
 @pytest.fixture
 def fake(amilab_home: Path) -> dict:
     return register_fake(amilab_home)
@@ -362,3 +368,44 @@ def test_two_concurrent_stores_both_complete(amilab_home: Path, s3) -> None:
     assert sorted(t["AmiId"] for t in states["StoreImageTaskResults"]) == sorted(
         [a.image_id, b.image_id]
     )
+
+
+# ------------------------------------------------------------ bundles of AKIs and ARIs
+
+
+def test_kernel_and_ramdisk_bundles_register_elsewhere_under_the_same_ids(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from builder.bundle import make_key_pair
+
+    make_key_pair(tmp_path / "cert.pem", tmp_path / "pk.pem", "user")
+    monkeypatch.setenv("AMILAB_HOME", str(tmp_path / "home1"))
+    fake = register_fake(tmp_path / "home1")
+    made = {
+        kind: lifecycle.bundle_image(
+            fake[kind].image_id, tmp_path / "cert.pem", tmp_path / "pk.pem", tmp_path / kind
+        )
+        for kind in ("aki", "ari", "ami")
+    }
+    assert made["aki"].manifest.image_type == "kernel"
+    assert made["aki"].manifest.kernel_name == "6.1.0-test"
+    monkeypatch.setenv("AMILAB_HOME", str(tmp_path / "home2"))  # another registry
+    certs = [tmp_path / "cert.pem"]
+    # the AMI first: its kernel is not registered here yet
+    with pytest.raises(BadInput, match="not registered"):
+        lifecycle.register_manifest(made["ami"].manifest_path, certs=certs)
+    for kind in ("aki", "ari"):
+        rec = lifecycle.register_manifest(made[kind].manifest_path, certs=certs)
+        assert rec.image_id == fake[kind].image_id  # AKI/ARI IDs derive from the bytes
+        assert Path(rec.extra["locations"]["raw"]).read_bytes() == (
+            Path(fake[kind].image_location).read_bytes()
+        )
+    ami = lifecycle.register_manifest(made["ami"].manifest_path, certs=certs)
+    assert ami.image_id != fake["ami"].image_id
+    assert (ami.kernel_id, ami.ramdisk_id) == (fake["aki"].image_id, fake["ari"].image_id)
+    assert Path(ami.extra["locations"]["raw"]).read_bytes() == fake["disk"].read_bytes()
+    assert ami.image_location == str(made["ami"].manifest_path)
+    # without the signer's certificate it is not trusted
+    monkeypatch.setenv("AMILAB_HOME", str(tmp_path / "home3"))
+    with pytest.raises(BadInput, match="no signing certificate"):
+        lifecycle.register_manifest(made["aki"].manifest_path)
