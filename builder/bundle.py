@@ -23,6 +23,7 @@ import hashlib
 import os
 import re
 import secrets
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -475,8 +476,6 @@ def bundle_file(
 ) -> BundleResult:
     """Bundle one image file into DEST: parts first, the manifest last (its presence means
     the bundle is whole). Nothing is left behind when it fails."""
-    import time
-
     started = time.monotonic()
     if not _SAFE_NAME.match(prefix):
         raise BadInput(f"prefix {prefix!r}: use letters, digits, '.', '_', '+', '-'")

@@ -231,7 +231,7 @@ def register_manifest(
     virt = virtualization or ("paravirtual" if kernel_id else "hvm")
     if m.image_type == "machine":
         _check_launch_refs(registry, kernel_id, ramdisk_id)
-        _check_name_free(registry, name, "machine")
+        check_name_free(registry, name)
     ec2_key = bundle_mod.load_private_key(bundle_mod.ec2_key_pair()[1])
     aes_key, iv = bundle_mod.decrypt_key_iv(m, ec2_key, "amilab's EC2 key")
     work = work_dir("register")
@@ -341,7 +341,8 @@ def _check_launch_refs(registry: Registry, kernel_id: str | None, ramdisk_id: st
             raise BadInput(f"{kind} {ref} is not registered: register it first")
 
 
-def _check_name_free(registry: Registry, name: str, image_type: str) -> None:
+def check_name_free(registry: Registry, name: str, image_type: str = "machine") -> None:
+    """Early refusal of a taken name, before any long work (register_new checks again)."""
     for rec in registry.list(image_type):
         if rec.name == name:
             raise BadInput(f"name {name!r} is already in use by {rec.image_id}")

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from builder import sparsetar, transfer
 from builder.errors import BadInput, EnvironmentProblem
 from builder.ids import file_sha256, sparse_sha256
-from builder.lifecycle import image_file, new_image_id, work_dir
+from builder.lifecycle import check_name_free, image_file, new_image_id, work_dir
 from builder.registry import ImageRecord, Registry, account_id, now_iso, store_artifact
 
 FORMAT = "amilab-store-image/1"
@@ -615,11 +615,11 @@ def restore_image(
                 # the metadata is whole once the next member began: refuse a taken name now
                 checked_name[0] = True
                 meta = _json(sinks[META_MEMBER].mem, where)
-                _check_free(registry, name or meta["Image"]["name"])
+                check_name_free(registry, name or meta["Image"]["name"])
 
         try:
             if name:
-                _check_free(registry, name)
+                check_name_free(registry, name)
             # the worker downloads and inflates; this thread parses, hashes and writes
             download = transfer.threaded(target.reader(object_key))
             transfer.pipe(transfer.decompressed(download, gunzip), sink)
@@ -656,12 +656,6 @@ def _json(data: bytes | bytearray, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadInput(f"{where}: metadata is not an object")
     return value
-
-
-def _check_free(registry: Registry, name: str) -> None:
-    for rec in registry.list("machine"):
-        if rec.name == name:
-            raise BadInput(f"name {name!r} is already in use by {rec.image_id}")
 
 
 def _register_restored(
