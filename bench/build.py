@@ -14,7 +14,11 @@
 front of it) and the Python environment are as they are. Targets (issue 2): native cold at most
 0.5 x diskimage-builder cold; native warm at most 15 s.
 
-Usage: .venv/bin/python bench/build.py [RECIPE_FILE] [--image NAME] [--json] [--keep]
+With --rounds N the three builds are repeated N times (each round with new, empty homes and
+caches, so the builds of a round see the same machine load) and the ratios use the medians: this
+machine is shared, and one sample can be off by a factor of two.
+
+Usage: .venv/bin/python bench/build.py [RECIPE_FILE] [--image NAME] [--rounds N] [--json] [--keep]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +55,7 @@ class Run:
     image_id: str = ""
     stages: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    round: int = 1
     load: float = 0.0  # 1-minute load average when it started: other work skews timings
 
 
@@ -98,11 +104,9 @@ def timed_build(run: Run, recipe: Path, home: Path, cache: Path) -> Run:
     return run
 
 
-def all_runs(recipe: dict, work: Path) -> list[Run]:
-    native, dib = (
-        write_recipe(work, recipe, "native"),
-        write_recipe(work, recipe, "diskimage-builder"),
-    )
+def one_round(recipe: dict, work: Path, number: int) -> list[Run]:
+    native = write_recipe(work, recipe, "native")
+    dib = write_recipe(work, recipe, "diskimage-builder")
     native_home, native_cache = work / "native-home", work / "native-cache"
     plan = [
         (Run("native cold", "empty caches"), native, native_home, native_cache),
@@ -111,12 +115,31 @@ def all_runs(recipe: dict, work: Path) -> list[Run]:
     ]
     runs = []
     for run, path, home, cache in plan:
-        print(f"bench: {run.name} ...", file=sys.stderr, flush=True)
+        run.round = number
+        print(f"bench: round {number}: {run.name} ...", file=sys.stderr, flush=True)
         runs.append(timed_build(run, path, home, cache))
-        print(f"bench: {run.name}: {run.seconds:.1f} s", file=sys.stderr, flush=True)
+        print(f"bench: round {number}: {run.name}: {run.seconds:.1f} s", file=sys.stderr)
         if not run.ok:
             break
     return runs
+
+
+def medians(runs: list[Run]) -> dict[str, Run]:
+    """Per build: the median seconds and median rootfs stage over the successful rounds."""
+    out: dict[str, Run] = {}
+    for name in dict.fromkeys(r.name for r in runs):
+        done = [r for r in runs if r.name == name and r.ok]
+        if not done:
+            continue
+        rootfs = [r.stages["rootfs"] for r in done if "rootfs" in r.stages]
+        out[name] = Run(
+            name,
+            done[0].meaning,
+            seconds=round(statistics.median(r.seconds for r in done), 1),
+            ok=True,
+            stages={"rootfs": round(statistics.median(rootfs), 1)} if rootfs else {},
+        )
+    return out
 
 
 def verdicts(runs: dict[str, Run]) -> dict[str, dict]:
@@ -153,22 +176,30 @@ def verdicts(runs: dict[str, Run]) -> dict[str, dict]:
     return out
 
 
+def run_line(run: Run, label: str) -> str:
+    if not run.ok:
+        return f"{label:<32}{'FAILED':>9}  after {run.seconds:.1f} s\n{run.error}"
+    stages = " ".join(f"{k}={v:g}" for k, v in run.stages.items() if v >= 0.05)
+    rootfs = run.stages.get("rootfs")
+    rootfs_text = f"{rootfs:>9.1f}" if rootfs is not None else f"{'-':>9}"
+    load = f"{run.load:>7.2f}" if run.load else f"{'':>7}"
+    return f"{label:<32}{run.seconds:>9.1f}{rootfs_text}{load}  {stages}"
+
+
 def report(recipe: dict, source: Path, runs: list[Run], ratios: dict[str, dict]) -> str:
     name = recipe.get("name")
+    rounds = max((r.round for r in runs), default=1)
     lines = [
         f"amilab build benchmark: recipe {name!r} from {source} ({os.cpu_count()} cores)",
         "",
-        f"{'build':<24}{'seconds':>9}{'rootfs':>9}{'load':>7}  stages (s)",
+        f"{'build':<32}{'seconds':>9}{'rootfs':>9}{'load':>7}  stages (s)",
     ]
     for run in runs:
-        if not run.ok:
-            lines.append(f"{run.name:<24}{'FAILED':>9}  after {run.seconds:.1f} s\n{run.error}")
-            continue
-        stages = " ".join(f"{k}={v:g}" for k, v in run.stages.items() if v >= 0.05)
-        rootfs = run.stages.get("rootfs")
-        rootfs_text = f"{rootfs:>9.1f}" if rootfs is not None else f"{'-':>9}"
-        lines.append(f"{run.name:<24}{run.seconds:>9.1f}{rootfs_text}{run.load:>7.2f}  {stages}")
-    lines += ["", "ratios and targets:"]
+        lines.append(run_line(run, f"{run.name} (round {run.round})" if rounds > 1 else run.name))
+    if rounds > 1:
+        lines.append("")
+        lines += [run_line(m, f"{m.name} (median)") for m in medians(runs).values()]
+    lines += ["", "ratios and targets" + (" (medians):" if rounds > 1 else ":")]
     for label, v in ratios.items():
         verdict = "" if v["met"] is None else ("  met" if v["met"] else "  MISSED")
         lines.append(f"  {label:<52}{v['value']:>8}  target {v['target']}{verdict}")
@@ -178,8 +209,8 @@ def report(recipe: dict, source: Path, runs: list[Run], ratios: dict[str, dict])
         "      diskimage-builder also its image cache of .deb files) and a new AMILAB_HOME;",
         "      the host's page cache and the mirror are not reset.",
         "warm: native only, the same caches right after its cold build, recipe unchanged.",
-        "load: the 1-minute load average as the build started; on a busy machine the",
-        "      diskimage-builder build, with many more processes, slows down the most.",
+        "load: the 1-minute load average as the build started; other work on a shared",
+        "      machine skews single samples (use --rounds N for medians).",
     ]
     return "\n".join(lines)
 
@@ -189,24 +220,31 @@ def main() -> int:
     parser.add_argument("recipe_file", nargs="?", default=str(ROOT / "build.yaml"))
     parser.add_argument("--image", help="recipe name in the file (default: the first)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the three builds N times")
     parser.add_argument("--keep", action="store_true", help="keep the temporary homes")
     args = parser.parse_args()
     source = Path(args.recipe_file)
     recipe = pick_recipe(source, args.image)
-    work = Path(tempfile.mkdtemp(prefix="amilab-bench-", dir=os.environ.get("AMILAB_BENCH_DIR")))
-    try:
-        runs = all_runs(recipe, work)
-    finally:
-        if args.keep:
-            print(f"bench: kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    ratios = verdicts({r.name: r for r in runs})
+    base = os.environ.get("AMILAB_BENCH_DIR")
+    runs: list[Run] = []
+    for number in range(1, max(args.rounds, 1) + 1):
+        work = Path(tempfile.mkdtemp(prefix=f"amilab-bench-{number}-", dir=base))
+        try:
+            done = one_round(recipe, work, number)
+        finally:
+            if args.keep:
+                print(f"bench: kept {work}", file=sys.stderr)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+        runs += done
+        if len(done) < 3 or not all(r.ok for r in done):
+            break
+    ratios = verdicts(medians(runs))
     if args.json:
         print(json.dumps({"runs": [asdict(r) for r in runs], "ratios": ratios}, indent=2))
     else:
         print(report(recipe, source, runs, ratios))
-    return 0 if runs and all(r.ok for r in runs) and len(runs) == 3 else 1
+    return 0 if runs and all(r.ok for r in runs) else 1
 
 
 if __name__ == "__main__":
