@@ -19,7 +19,8 @@ import paramiko
 
 from builder.errors import AmilabError
 
-BANNER_WAIT = 1.5  # per attempt; silent longer than this means the SYN is still in flight
+BANNER_SLICE = 0.5  # how often a silent connection is checked on
+BANNER_WAIT = 20.0  # silence after which a connection is replaced
 POLL = 0.2
 
 
@@ -62,16 +63,30 @@ class _AnyHostKey(paramiko.MissingHostKeyPolicy):
         self.seen = f"{key.get_name()} {key.fingerprint}"
 
 
-def _banner_ready(port: int) -> socket.socket | None:
-    """A connected socket whose peer has started talking, or None (reset or silent)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=BANNER_WAIT)
+def _banner_ready(port: int, check: Callable[[], None] = lambda: None) -> socket.socket | None:
+    """A connected socket whose peer has started talking, or None when the guest reset it.
+
+    A silent connection is kept, not retried: slirp holds its SYN until the guest's network
+    answers, and once sshd has accepted, closing early would only make the guest fork
+    another sshd (costly under TCG, and logged as kex_exchange_identification errors).
+    `check()` runs every BANNER_SLICE so console failures still end the wait at once; after
+    BANNER_WAIT of silence the connection is replaced, in case slirp gave up on it."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=BANNER_SLICE)
+    sock.settimeout(BANNER_SLICE)
+    waited = 0.0
     try:
-        sock.settimeout(BANNER_WAIT)
-        if sock.recv(4, socket.MSG_PEEK):
-            sock.settimeout(None)
-            return sock
-    except (TimeoutError, OSError):
-        pass
+        while waited < BANNER_WAIT:
+            try:
+                if sock.recv(4, socket.MSG_PEEK):
+                    sock.settimeout(None)
+                    return sock
+                break  # EOF: the guest reset the connection (nothing listens yet)
+            except TimeoutError:
+                waited += BANNER_SLICE
+                check()
+    except BaseException:
+        sock.close()
+        raise
     sock.close()
     return None
 
@@ -95,7 +110,7 @@ def wait_for_ssh(
             raise SshTimeout(f"no SSH login within {timeout:.0f} s (last: {last})")
         attempts += 1
         try:
-            sock = _banner_ready(port)
+            sock = _banner_ready(port, check)
         except OSError as e:
             sock, last = None, f"connect: {e}"
         if sock is None:

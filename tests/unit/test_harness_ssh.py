@@ -43,6 +43,7 @@ def _server(behaviour: str) -> tuple[int, threading.Event]:
 @pytest.mark.parametrize("behaviour,ready", [("reset", False), ("silent", False), ("banner", True)])
 def test_banner_probe(behaviour: str, ready: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ssh, "BANNER_WAIT", 0.3)
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.1)
     port, stop = _server(behaviour)
     try:
         sock = _banner_ready(port)
@@ -72,9 +73,31 @@ def test_console_failure_ends_the_wait_at_once() -> None:
 
 def test_timeout_names_the_last_problem(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ssh, "BANNER_WAIT", 0.2)
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.1)
     port, stop = _server("silent")
     try:
         with pytest.raises(SshTimeout, match="no SSH banner yet"):
             wait_for_ssh(port, None, 1.0, lambda: None)  # type: ignore[arg-type]
     finally:
         stop.set()
+
+
+def test_a_silent_connection_is_kept_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Silence is waited out on one connection (no new sshd per probe), with the console
+    check still running often."""
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    port, stop = _server("silent")
+    calls = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) > 5:
+            raise BootFailed("kernel panic", "")
+
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(BootFailed):
+            _banner_ready(port, check)
+    finally:
+        stop.set()
+    assert time.monotonic() - t0 < 2
