@@ -29,7 +29,6 @@ packages given by `-p`. What amilab changes in a stock run, and why:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import shutil
@@ -136,6 +135,7 @@ done
 class Tools:
     dib: str
     unshare: str
+    setpriv: str
 
 
 def build_root_dib(
@@ -188,10 +188,12 @@ def find_tools() -> Tools:
         )
     # DIB calls sudo for every privileged step, and its debootstrap element asks
     # `debootstrap --version` even when it then uses mmdebstrap.
-    for tool in ("sudo", "debootstrap", "unshare", "tar"):
-        if not shutil.which(tool):
-            raise EnvironmentProblem(f"{tool} is missing; diskimage-builder needs it")
-    return Tools(dib=dib, unshare=shutil.which("unshare") or "unshare")
+    needed = ("sudo", "debootstrap", "unshare", "setpriv", "tar")
+    found = {tool: shutil.which(tool) for tool in needed}
+    for tool, path in found.items():
+        if not path:
+            raise EnvironmentProblem(f"{tool} is missing; the diskimage-builder engine needs it")
+    return Tools(dib=dib, unshare=str(found["unshare"]), setpriv=str(found["setpriv"]))
 
 
 def write_helper_element(parent: Path) -> Path:
@@ -274,18 +276,15 @@ def image_packages(recipe: Recipe) -> list[str]:
 
 
 def namespace_prefix(tools: Tools) -> list[str]:
-    """A private mount namespace and a PID namespace with its own /proc (DIB's cleanup runs
-    `ps` to find processes left in the chroot, which needs a /proc matching the namespace)."""
+    """If amilab itself is killed, take DIB down with it (setpriv's parent-death signal, kept
+    across the exec of unshare); then a private mount namespace and a PID namespace with its
+    own /proc (DIB's cleanup runs `ps` to find processes left in the chroot, which needs a
+    /proc matching the namespace)."""
     return [
+        tools.setpriv, "--pdeathsig", "KILL",
         tools.unshare, "--mount", "--propagation", "private",
         "--pid", "--fork", "--kill-child", "--mount-proc",
     ]  # fmt: skip
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: if amilab itself is killed, take the namespace (and DIB) down with it."""
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def run_in_namespace(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> int:
@@ -300,7 +299,6 @@ def run_in_namespace(argv: list[str], env: dict[str, str], cwd: Path, log: Path)
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a terminal's Ctrl-C reaches amilab only; we stop DIB
-            preexec_fn=_die_with_parent,
         )
         try:
             return proc.wait()
