@@ -169,15 +169,17 @@ def test_runner_boots_without_amilab(pv: dict, tmp_path: Path) -> None:
     run_line = next(line for line in result.stdout.splitlines() if line.startswith("run:"))
     kernel = run_line.split()[-1]
     port = int(re.search(r"-p (\d+)", result.stdout).group(1))  # type: ignore[union-attr]
-    qemu = subprocess.Popen(
+    # the runner runs QEMU as its child (no parent-death signal there): a session of its own
+    # lets the test stop both
+    runner = subprocess.Popen(
         [sys.executable, "-I", "-S", str(out), kernel], cwd="/", stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
         key = paramiko.Ed25519Key.from_private_key_file(str(tmp_path / "pv.pyz.d" / "id_ed25519"))
         deadline = time.monotonic() + 600
         while True:
-            assert qemu.poll() is None and time.monotonic() < deadline
+            assert runner.poll() is None and time.monotonic() < deadline
             client = paramiko.SSHClient()
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
             try:
@@ -191,5 +193,5 @@ def test_runner_boots_without_amilab(pv: dict, tmp_path: Path) -> None:
         assert run(client, "uname -r").status == 0
         client.close()
     finally:
-        qemu.kill()
-        qemu.wait()
+        os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait()
