@@ -38,7 +38,13 @@ CASES = [
     ("unknown-kernel", GOOD.replace("debian-cloud", "linux-99"), "kernel", 4),
     ("missing-name", "images:\n  - description: x\n", "name", 2),
     ("duplicate-image", GOOD + GOOD.replace("images:\n", ""), "name", 5),
-    ("hvm-unpartitioned", GOOD + "    virtualization: hvm\n", "disk.partitioning", 2),
+    (
+        "hvm-unpartitioned",
+        GOOD + "    virtualization: hvm\n    disk:\n      partitioning: none\n",
+        "disk.partitioning",
+        7,
+    ),
+    ("bad-boot", GOOD + "    boot: coreboot\n", "boot", 5),
     ("yaml-syntax", GOOD + "    packages: [a, b\n", "yaml", 6),
     (
         "check-missing-run",
