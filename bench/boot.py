@@ -199,7 +199,8 @@ def report(ami: str, variants: list[Variant], runs: list[Smoke]) -> tuple[str, d
     lines += [
         "",
         "phases come from the host times at which console lines first appear (polled every",
-        "0.2 s); `quiet` hides the kernel's lines, and its phases then fold into `init`.",
+        "0.2 s); a milestone the console does not show (e.g. with `quiet`) folds its phase",
+        "into the next one that shows.",
         "load: the 1-minute load average as each smoke started; TCG slows down with it.",
         "cpu: QEMU's CPU seconds (all threads) until SSH, which other load hardly changes.",
     ]
