@@ -2,14 +2,15 @@
 
 Slirp accepts the host side of a forwarded port at once, whatever the guest is doing, so
 "connection refused" never comes: an early connection is either reset (the guest's network
-is up, sshd is not) or left silent (the guest's network is not up yet). So each attempt first
-waits briefly for the server's first bytes without consuming them (MSG_PEEK), reconnecting
-when they do not come, and only then lets paramiko talk SSH on that socket. Authentication
-is retried too: the image's agent may not have installed the instance's key yet.
+is up, sshd is not) or left silent (the guest's network is not up yet, or sshd is starting).
+So the harness first waits for the server's first bytes without consuming them (MSG_PEEK,
+see `_banner_ready`) and only then lets paramiko talk SSH on that socket. Authentication is
+retried too: the image's agent may not have installed the instance's key yet.
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -19,8 +20,10 @@ import paramiko
 
 from builder.errors import AmilabError
 
-BANNER_SLICE = 0.5  # how often a silent connection is checked on
-BANNER_WAIT = 20.0  # silence after which a connection is replaced
+BANNER_SLICE = 0.25  # how often pending connections and the console are checked
+BANNER_WAIT = 20.0  # how long one round of probes lasts before check-and-retry
+PROBE_INTERVAL = 1.0  # a new connection this often while none has answered
+MAX_PROBES = 8
 POLL = 0.2
 
 
@@ -63,32 +66,46 @@ class _AnyHostKey(paramiko.MissingHostKeyPolicy):
         self.seen = f"{key.get_name()} {key.fingerprint}"
 
 
-def _banner_ready(port: int, check: Callable[[], None] = lambda: None) -> socket.socket | None:
-    """A connected socket whose peer has started talking, or None when the guest reset it.
+def _banner_ready(
+    port: int, check: Callable[[], None] = lambda: None, wait: float | None = None
+) -> socket.socket | None:
+    """A connected socket whose peer has started talking (the SSH banner, peeked, not read),
+    or None when nothing answered within `wait` (default BANNER_WAIT).
 
-    A silent connection is kept, not retried: slirp holds its SYN until the guest's network
-    answers, and once sshd has accepted, closing early would only make the guest fork
-    another sshd (costly under TCG, and logged as kex_exchange_identification errors).
-    `check()` runs every BANNER_SLICE so console failures still end the wait at once; after
-    BANNER_WAIT of silence the connection is replaced, in case slirp gave up on it."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=BANNER_SLICE)
-    sock.settimeout(BANNER_SLICE)
-    waited = 0.0
+    Connections are opened every PROBE_INTERVAL and all kept open, because each can be slow
+    for a different reason: one made before the guest's network was up waits for slirp to
+    retransmit its SYN (seconds of TCP back-off), while one that sshd has accepted only
+    needs sshd to fork and start, and closing it would cost the guest that fork again
+    (logged as kex_exchange_identification errors). Resets (nothing listens yet) are dropped
+    at once. `check()` runs every BANNER_SLICE so console failures end the wait at once."""
+    deadline = time.monotonic() + (BANNER_WAIT if wait is None else wait)
+    pending: list[socket.socket] = []
+    next_probe = 0.0
     try:
-        while waited < BANNER_WAIT:
-            try:
-                if sock.recv(4, socket.MSG_PEEK):
-                    sock.settimeout(None)
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if now >= next_probe and len(pending) < MAX_PROBES:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=BANNER_SLICE)
+                sock.setblocking(False)
+                pending.append(sock)
+                next_probe = now + PROBE_INTERVAL
+            readable, _, _ = select.select(pending, [], [], BANNER_SLICE)
+            for sock in readable:
+                try:
+                    data = sock.recv(4, socket.MSG_PEEK)
+                except OSError:
+                    data = b""
+                if data:
+                    pending.remove(sock)
+                    sock.setblocking(True)
                     return sock
-                break  # EOF: the guest reset the connection (nothing listens yet)
-            except TimeoutError:
-                waited += BANNER_SLICE
-                check()
-    except BaseException:
-        sock.close()
-        raise
-    sock.close()
-    return None
+                pending.remove(sock)  # reset: nothing listens yet
+                sock.close()
+            check()
+        return None
+    finally:
+        for sock in pending:
+            sock.close()
 
 
 def wait_for_ssh(

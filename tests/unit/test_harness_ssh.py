@@ -43,7 +43,7 @@ def _server(behaviour: str) -> tuple[int, threading.Event]:
 @pytest.mark.parametrize("behaviour,ready", [("reset", False), ("silent", False), ("banner", True)])
 def test_banner_probe(behaviour: str, ready: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ssh, "BANNER_WAIT", 0.3)
-    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.1)
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
     port, stop = _server(behaviour)
     try:
         sock = _banner_ready(port)
@@ -83,15 +83,16 @@ def test_timeout_names_the_last_problem(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_a_silent_connection_is_kept_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Silence is waited out on one connection (no new sshd per probe), with the console
-    check still running often."""
+    """Silent connections stay open (no new sshd per probe), new ones are added while
+    nothing answers, and the console check still runs often."""
     monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
     port, stop = _server("silent")
     calls = []
 
     def check() -> None:
         calls.append(1)
-        if len(calls) > 5:
+        if len(calls) > 10:
             raise BootFailed("kernel panic", "")
 
     t0 = time.monotonic()
@@ -100,4 +101,34 @@ def test_a_silent_connection_is_kept_and_checked(monkeypatch: pytest.MonkeyPatch
             _banner_ready(port, check)
     finally:
         stop.set()
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < 3
+
+
+def test_a_late_answer_on_an_early_connection_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first connection answers only after a while (as when slirp retransmits a SYN):
+    it is still taken, and the later probes are closed."""
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    port = srv.getsockname()[1]
+    conns: list[socket.socket] = []
+
+    def late() -> None:
+        first, _ = srv.accept()
+        time.sleep(0.5)
+        first.sendall(b"SSH-2.0-late\r\n")
+        conns.append(first)
+        srv.settimeout(1)
+        try:
+            while True:
+                conns.append(srv.accept()[0])
+        except OSError:
+            pass
+
+    threading.Thread(target=late, daemon=True).start()
+    sock = _banner_ready(port, wait=5)
+    assert sock is not None and sock.recv(64).startswith(b"SSH-2.0-late")
+    sock.close()
+    srv.close()
