@@ -17,15 +17,16 @@ from typing import Any
 
 import paramiko
 
+from builder import pvgrub
 from builder.errors import EnvironmentProblem
 from harness import instance as instances
 from harness import keys
 from harness.accel import Accelerator
 from harness.console import ConsoleWatcher
-from harness.machine import GUEST_IP, MachineSpec, command_line
+from harness.machine import GUEST_IP, Disk, MachineSpec, command_line
 from harness.metadata import InstanceMetadata, write_document
 from harness.pipeline import Step
-from harness.plan import LaunchPlan
+from harness.plan import HARNESS_CMDLINE, LaunchPlan
 from harness.process import QemuProcess
 from harness.ssh import BootFailed, SshLogin, wait_for_ssh
 
@@ -106,6 +107,32 @@ class MakeKeyPair(Step[Instance]):
         s.key_path, s.public_key = keys.make_key_pair(s.dir.path, f"amilab-{s.dir.instance_id}")
 
 
+class PrepareDisk(Step[Instance]):
+    """What the plan can only settle with the instance's own directory: an imported disk's
+    prepared overlay (the original is never written), or PV-GRUB's kernel and initrd."""
+
+    name = "disk"
+
+    def run(self, s: Instance) -> None:
+        assert s.dir is not None
+        p = s.plan
+        if p.imported:
+            from builder.importer import prepare_overlay
+
+            overlay = s.dir.path / "overlay.qcow2"
+            s.say("preparing a copy-on-write overlay as VM Import would (libguestfs)")
+            prepare_overlay(p.image, overlay, s.public_key, s.dir.path / "prepare.log")
+            p.disk = Disk(overlay, "qcow2", p.disk.bus)
+        if p.pv_grub:
+            s.say("PV-GRUB: reading the image's menu (libguestfs, read-only)")
+            menu = pvgrub.load(p.disk.path, p.disk.format, s.dir.path, p.image.image_id)
+            p.kernel_path, p.ramdisk_path = menu.kernel, menu.initrd
+            p.cmdline = " ".join(a for a in (menu.entry.args, HARNESS_CMDLINE, p.cmdline) if a)
+            p.expected_release = menu.release or ""
+            p.notes.append(f"PV-GRUB loaded {menu.entry.title!r} from {menu.menu}")
+            s.say(p.notes[-1])
+
+
 class WriteMetadata(Step[Instance]):
     name = "metadata"
 
@@ -149,8 +176,8 @@ class ComposeCommand(Step[Instance]):
             profile=p.profile,
             accelerator=o.accelerator,
             disk=p.disk,
-            kernel=Path(p.kernel.image_location) if p.kernel else None,
-            ramdisk=Path(p.ramdisk.image_location) if p.ramdisk else None,
+            kernel=p.kernel_path or (Path(p.kernel.image_location) if p.kernel else None),
+            ramdisk=p.ramdisk_path or (Path(p.ramdisk.image_location) if p.ramdisk else None),
             cmdline=p.cmdline,
             ssh_port=free_port(),
             imds_command=imds_command(s.dir.metadata_doc),
@@ -259,6 +286,7 @@ def boot_phases(milestones: dict[str, float], banner: float, login: float) -> di
 LAUNCH_STEPS: tuple[type[Step[Instance]], ...] = (
     CreateInstance,
     MakeKeyPair,
+    PrepareDisk,
     WriteMetadata,
     ComposeCommand,
     StartQemu,

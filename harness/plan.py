@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder import pvgrub
 from builder.errors import BadInput
 from builder.registry import ImageRecord, Registry
 from harness.machine import Disk
@@ -32,6 +33,10 @@ class LaunchPlan:
     cmdline: str = ""
     expected_release: str = ""
     notes: list[str] = field(default_factory=list)
+    pv_grub: bool = False  # kernel and initrd come from the image's menu at launch
+    imported: bool = False  # boots a prepared copy-on-write overlay (VM Import's fixes)
+    kernel_path: Path | None = None  # what -kernel/-initrd load when not the records' files
+    ramdisk_path: Path | None = None
 
     @property
     def virtualization(self) -> str:
@@ -130,6 +135,19 @@ def make_plan(
     if image.image_type != "machine":
         raise BadInput(f"{image.image_id} is a {image.image_type} image, not a machine image")
     disk = choose_disk(image, disk_format, disk_bus)
+    if kernel_ref and (kernel_ref in pvgrub.ALIASES or pvgrub.is_pv_grub(registry.get(kernel_ref))):
+        if ramdisk_ref:
+            raise BadInput("--ramdisk does not apply to pv-grub: it loads what the menu names")
+        aki = pvgrub.register(registry)
+        return LaunchPlan(
+            image,
+            "paravirtual",
+            disk,
+            kernel=aki,
+            cmdline=append or "",
+            pv_grub=True,
+            notes=[f"PV-GRUB {aki.image_id} boots the kernel the image's GRUB menu names"],
+        )
     if image.virtualization_type == "hvm":
         if kernel_ref or ramdisk_ref or append:
             raise BadInput(
@@ -139,7 +157,16 @@ def make_plan(
         if boot not in ("bios", "uefi"):
             raise BadInput(f"--firmware {boot}: expected bios or uefi")
         release = image.extra.get("kernel_release") or ""
-        return LaunchPlan(image, f"hvm-{boot}", disk, expected_release=release)
+        kernels = image.extra.get("kernel_releases") or []
+        if not release and len(kernels) == 1:  # an imported disk: what inspection found
+            release = str(kernels[0])
+        return LaunchPlan(
+            image,
+            f"hvm-{boot}",
+            disk,
+            expected_release=release,
+            imported=bool(image.extra.get("imported")),
+        )
 
     notes: list[str] = []
     kernel_ref = kernel_ref or image.kernel_id
