@@ -135,3 +135,52 @@ def test_failed_bootloader_step_leaves_nothing(tmp_path: Path) -> None:
     assert subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout == loops_before
     assert Path("/proc/mounts").read_text() == mounts_before
     _no_leftovers(home, scratch)
+
+
+def _smoke(home: Path, ami: str, *args: str) -> dict:
+    result = run_amilab("smoke", ami, "--json", *args, env={"AMILAB_HOME": str(home)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    return report[0] if isinstance(report, list) else report
+
+
+@pytest.mark.parametrize(
+    "firmware,fmt", [("bios", "qcow2"), ("uefi", "vmdk-stream"), ("uefi", "raw")]
+)
+def test_hvm_smoke_boots_its_own_grub(hybrid, firmware: str, fmt: str) -> None:
+    home, ami = hybrid
+    report = _smoke(home, ami["ImageId"], "--firmware", firmware, "--format", fmt)
+    assert report["Passed"] and report["VirtualizationType"] == "hvm"
+    assert "-kernel" not in report["QemuCommand"]
+    firmware_args = " ".join(report["QemuCommand"])
+    assert ("OVMF" in firmware_args) == (firmware == "uefi")
+    release = images(home, "kernel")[0]["KernelRelease"]
+    checks = {c["Name"]: c for c in report["Checks"]}
+    assert checks["kernel-release"]["Actual"] == release
+    assert checks["metadata-kernel-id"]["Actual"] == "404"
+
+
+def test_pv_grub_boots_the_kernel_its_menu_names(hybrid) -> None:
+    home, ami = hybrid
+    report = _smoke(home, ami["ImageId"], "--kernel", "pv-grub")
+    assert report["Passed"]
+    aki = report["KernelId"]
+    assert aki.startswith("aki-") and report["RamdiskId"] is None
+    pv_grub = [i for i in images(home, "kernel") if i["Name"] == "pv-grub-hd0"]
+    assert [i["ImageId"] for i in pv_grub] == [aki]
+    checks = {c["Name"]: c for c in report["Checks"]}
+    assert checks["metadata-kernel-id"]["Actual"] == aki
+    release = [i for i in images(home, "kernel") if i["Name"] != "pv-grub-hd0"][0]
+    assert checks["kernel-release"]["Actual"] == release["KernelRelease"]
+    assert "-kernel" in report["QemuCommand"]
+
+
+def test_pv_grub_without_a_menu_is_a_clear_error(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    ami = build(recipe_file(tmp_path, "pv-no-menu"), home)["Images"][0]
+    result = run_amilab(
+        "smoke", ami["ImageId"], "--kernel", "pv-grub", env={"AMILAB_HOME": str(home)}
+    )
+    assert result.returncode == 2
+    assert "PV-GRUB found no usable menu" in result.stderr
+    assert "Traceback" not in result.stderr
