@@ -1,8 +1,9 @@
 """`amilab imds serve`: the metadata service on the host, for people testing their tools.
 
 It answers exactly as the per-connection guest service does (same `lookup`/`answer`), from an
-instance described in a YAML file (`InstanceMetadata`'s fields; `public_key_file` may name an
-OpenSSH public key file) or, without one, a made-up instance.
+instance described in a YAML file (`InstanceMetadata`'s fields, e.g. `http_tokens: required`,
+`iam_role`, `tags`; `public_key_file` may name an OpenSSH public key file and `user_data_file`
+the user-data, both relative to the file) or, without one, a made-up instance.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import yaml
 
 from builder.errors import BadInput
 from builder.ids import random_id
-from harness.imds_cgi import answer
+from harness.imds_cgi import answer, http_response
 from harness.metadata import InstanceMetadata, document
 
 DEFAULT_PORT = 1338  # the port amazon-ec2-metadata-mock uses
@@ -41,6 +42,12 @@ def load_config(path: Path | None) -> InstanceMetadata:
             data["public_key"] = (path.parent / str(key_file)).read_text().strip()
         except OSError as e:
             raise BadInput(f"{path}: public_key_file: {e}") from None
+    if ud_file := data.pop("user_data_file", None):
+        try:
+            # bytes, as given: EC2 serves user-data unchanged (scripts, gzip, MIME multipart)
+            data["user_data"] = (path.parent / str(ud_file)).read_bytes()
+        except OSError as e:
+            raise BadInput(f"{path}: user_data_file: {e}") from None
     data.setdefault("ami_id", random_id("ami"))
     data.setdefault("instance_id", random_id("i"))
     try:
@@ -59,8 +66,13 @@ class _Handler(socketserver.StreamRequestHandler):
             if not chunk:
                 break
             head += chunk
-        if head:
-            self.wfile.write(answer(head, self.tree))
+        if not head:
+            return
+        try:
+            response = answer(head, self.tree)
+        except Exception:  # a bad request must get a status code, never a dropped socket
+            response = http_response(500, "")
+        self.wfile.write(response)
 
 
 class _Server(socketserver.ThreadingTCPServer):
