@@ -95,7 +95,7 @@ def main() -> int:
         else:
             env["AMILAB_HOME"] = str(scratch / "home")
             print("building the default image ...", file=sys.stderr)
-            amilab("build", str(ROOT / "build.yaml"), "--json", env=env)
+            amilab("build", str(ROOT / "build.yaml"), "--image", "debian-pv", "--json", env=env)
         image = json.loads(amilab("images", "--json", "--type", "machine", env=env).stdout)
         ami = next(i for i in image["Images"] if args.image in (i["ImageId"], i["Name"]))
         disk = Path(ami.get("Locations", {}).get("raw") or ami["ImageLocation"])

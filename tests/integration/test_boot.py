@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def pv(tmp_path_factory: pytest.TempPathFactory) -> dict:
     home = tmp_path_factory.mktemp("home")
-    images = build(ROOT / "build.yaml", home)["Images"]
+    images = build(ROOT / "build.yaml", home, "--image", "debian-pv")["Images"]
     ami = next(i for i in images if i["VirtualizationType"] == "paravirtual")
     return {"home": home, "ami": ami["ImageId"], "aki": ami["KernelId"], "ari": ami["RamdiskId"]}
 

@@ -36,7 +36,7 @@ def recipe_file(tmp: Path, name: str, **changes: object) -> Path:
 @pytest.fixture(scope="module")
 def default_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     home = tmp_path_factory.mktemp("home")
-    out = build(ROOT / "build.yaml", home)
+    out = build(ROOT / "build.yaml", home, "--image", "debian-pv")
     return home, out
 
 
@@ -82,7 +82,7 @@ def test_rebuild_gives_same_aki_ari_and_downloads_nothing(default_build) -> None
     dead = "http://127.0.0.1:9"
     env = {"http_proxy": dead, "https_proxy": dead, "HTTP_PROXY": dead, "HTTPS_PROXY": dead}
     start = time.monotonic()
-    out = build(ROOT / "build.yaml", home, env=env)
+    out = build(ROOT / "build.yaml", home, "--image", "debian-pv", env=env)
     took = time.monotonic() - start
     ami = out["Images"][0]
     assert ami["KernelId"] == before["kernel"]

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     home = tmp_path_factory.mktemp("home")
-    out = build(ROOT / "build.yaml", home)
+    out = build(ROOT / "build.yaml", home, "--image", "debian-pv")
     keys = tmp_path_factory.mktemp("keys")
     make_key_pair(keys / "cert.pem", keys / "pk.pem", "user")
     make_key_pair(keys / "other-cert.pem", keys / "other-pk.pem", "other")

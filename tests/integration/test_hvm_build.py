@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_amilab
+from tests.conftest import ROOT, run_amilab
 from tests.integration.builds import build, debugfs, exists, images
 from tests.integration.test_build import _no_leftovers, recipe_file
 
@@ -24,16 +24,9 @@ def _table(raw: str) -> dict:
 
 @pytest.fixture(scope="module")
 def hybrid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    tmp = tmp_path_factory.mktemp("hvm")
-    home = tmp / "home"
-    recipe = recipe_file(
-        tmp,
-        "hvm-hybrid",
-        virtualization="hvm",
-        boot="hybrid",
-        disk={"formats": FORMATS, "partitioning": "auto"},
-    )
-    return home, build(recipe, home)["Images"][0]
+    """The HVM recipe shipped in build.yaml, built as the user would build it."""
+    home = tmp_path_factory.mktemp("hvm") / "home"
+    return home, build(ROOT / "build.yaml", home, "--image", "debian-hvm")["Images"][0]
 
 
 def test_hybrid_gpt_layout_and_grub(hybrid) -> None:

@@ -29,7 +29,7 @@ BOOT_TIMEOUT = 900  # a whole smoke on a loaded CI machine, far above the ~20 s 
 def pv(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The default paravirtual image, built once for this module."""
     home = tmp_path_factory.mktemp("home")
-    images = build(ROOT / "build.yaml", home)["Images"]
+    images = build(ROOT / "build.yaml", home, "--image", "debian-pv")["Images"]
     ami = next(i for i in images if i["VirtualizationType"] == "paravirtual")
     reg = Registry(home)
     return {
@@ -58,7 +58,9 @@ def checks(report: dict) -> dict[str, dict]:
 def test_default_image_passes(pv: dict, tmp_path: Path) -> None:
     junit = tmp_path / "junit.xml"
     # the recipe file: built again (warm, nothing downloaded), then booted
-    result, report = smoke(pv["home"], str(ROOT / "build.yaml"), "--junit", str(junit))
+    result, report = smoke(
+        pv["home"], str(ROOT / "build.yaml"), "--image", "debian-pv", "--junit", str(junit)
+    )
     assert result.returncode == 0, f"{result.stderr[-3000:]}\n{json.dumps(report, indent=1)}"
     assert report["Passed"] is True
     # the image the smoke built (the same as the fixture's unless the elements changed)

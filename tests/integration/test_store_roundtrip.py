@@ -33,7 +33,7 @@ def s3_url() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, s3_url: str) -> dict:
     home = tmp_path_factory.mktemp("home")
-    out = build(ROOT / "build.yaml", home)
+    out = build(ROOT / "build.yaml", home, "--image", "debian-pv")
     env = {"AMILAB_HOME": str(home), "AMILAB_S3_ENDPOINT_URL": s3_url, **S3_ENV}
     import boto3
 
