@@ -542,7 +542,8 @@ def _add_imds(sub: argparse._SubParsersAction) -> None:
         "--config",
         type=Path,
         metavar="FILE",
-        help="YAML: ami_id, instance_id, kernel_id, public_key_file, ...",
+        help="YAML: ami_id, instance_id, kernel_id, public_key_file, user_data_file, "
+        "iam_role, http_tokens (optional|required), http_endpoint (enabled|disabled), ...",
     )
     s.set_defaults(func=run)
 

@@ -144,11 +144,14 @@ def answer(request: bytes, tree: dict, now: float | None = None) -> bytes:
     """The response bytes for one raw request (request line and headers)."""
     line = request.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
     parts = line.decode("latin-1").split()
-    if len(parts) < 2:
+    # METHOD SP TARGET SP HTTP/x.y, the method a token of capitals: anything else is not HTTP
+    if len(parts) != 3 or not parts[2].startswith("HTTP/") or not parts[0].isalpha():
         return http_response(400, "")
     method, target = parts[0], parts[1]
     if target.startswith("http://"):  # absolute-form, as proxies and some clients send
         target = "/" + target[7:].partition("/")[2]
+    if not target.startswith("/") or not method.isupper():
+        return http_response(400, "")
     settings = tree.get(SETTINGS_KEY) or {}
     if settings.get("http_endpoint") == "disabled":
         return http_response(403, "")

@@ -9,8 +9,10 @@ the user-data, both relative to the file) or, without one, a made-up instance.
 from __future__ import annotations
 
 import contextlib
-import socketserver
+import selectors
+import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,42 +58,132 @@ def load_config(path: Path | None) -> InstanceMetadata:
         raise BadInput(f"{path}: {e}") from None
 
 
-class _Handler(socketserver.StreamRequestHandler):
-    tree: dict[str, Any] = {}
+class _Connection:
+    __slots__ = ("sock", "inbox", "outbox", "deadline", "linger")
 
-    def handle(self) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) < _MAX_REQUEST:
-            chunk = self.request.recv(4096)
-            if not chunk:
-                break
-            head += chunk
-        if not head:
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.inbox = b""
+        self.outbox = b""
+        self.deadline = deadline
+        # the client may still be sending (an oversized request, a body): closing with
+        # unread bytes sends a reset that can destroy the answer before the client reads it
+        self.linger = False
+
+
+class MetadataServer:
+    """One thread, non-blocking sockets, `selectors`: a request costs microseconds to answer
+    (a dict walk), so a thread per connection (socketserver's way) cost several times more
+    than the answer itself (measured ~2,000 vs ~15,000 requests/s here); a client that is
+    slow to send its headers is dropped after `timeout` instead of holding anything up."""
+
+    def __init__(self, tree: dict[str, Any], bind: str, port: int, timeout: float = 10.0):
+        self.tree = tree
+        self.timeout = timeout
+        self.listener = socket.create_server((bind, port), backlog=256)
+        self.listener.setblocking(False)
+        self.address = self.listener.getsockname()
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        self.stopping = False
+
+    def serve_forever(self) -> None:
+        try:
+            while not self.stopping:
+                for key, events in self.selector.select(timeout=1.0):
+                    if key.data is None:
+                        self._accept()
+                    elif events & selectors.EVENT_READ:
+                        self._read(key.data)
+                    else:
+                        self._write(key.data)
+                self._expire()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self.selector.close()
+
+    def _accept(self) -> None:
+        for _ in range(64):  # drain a burst without starving the connections already open
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. out of file descriptors: let the backlog wait
+                return
+            sock.setblocking(False)
+            conn = _Connection(sock, time.monotonic() + self.timeout)
+            self.selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _read(self, conn: _Connection) -> None:
+        try:
+            chunk = conn.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._drop(conn)
+            return
+        if conn.linger:  # answered: discard what the client still sends until it closes
+            return
+        conn.inbox += chunk
+        head = conn.inbox
+        if b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) < _MAX_REQUEST:
             return
         try:
-            response = answer(head, self.tree)
+            conn.outbox = answer(head, self.tree)
         except Exception:  # a bad request must get a status code, never a dropped socket
-            response = http_response(500, "")
-        self.wfile.write(response)
+            conn.outbox = http_response(500, "")
+        conn.linger = len(head) >= _MAX_REQUEST or not head.endswith((b"\r\n\r\n", b"\n\n"))
+        self.selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
+        self._write(conn)
 
+    def _write(self, conn: _Connection) -> None:
+        try:
+            sent = conn.sock.send(conn.outbox)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        conn.outbox = conn.outbox[sent:]
+        if conn.outbox:
+            return
+        if not conn.linger:
+            self._drop(conn)  # Connection: close, as EC2
+            return
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._drop(conn)
+            return
+        self.selector.modify(conn.sock, selectors.EVENT_READ, conn)
 
-class _Server(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
+    def _drop(self, conn: _Connection) -> None:
+        self.selector.unregister(conn.sock)
+        conn.sock.close()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for key in list(self.selector.get_map().values()):
+            if key.data is not None and key.data.deadline < now:
+                self._drop(key.data)
 
 
 def serve(port: int = DEFAULT_PORT, config: Path | None = None, bind: str = "127.0.0.1") -> None:
     md = load_config(config)
-    handler = type("Handler", (_Handler,), {"tree": document(md)})
     try:
-        server = _Server((bind, port), handler)
+        server = MetadataServer(document(md), bind, port)
     except OSError as e:
         raise BadInput(f"cannot listen on {bind}:{port}: {e.strerror}") from None
-    with server:
-        print(
-            f"amilab: metadata for {md.instance_id} ({md.ami_id}) at "
-            f"http://{bind}:{server.server_address[1]}/latest/meta-data/ (Ctrl-C stops)",
-            file=sys.stderr,
-        )
-        with contextlib.suppress(KeyboardInterrupt):
-            server.serve_forever()
+    print(
+        f"amilab: metadata for {md.instance_id} ({md.ami_id}) at "
+        f"http://{bind}:{server.address[1]}/latest/meta-data/ (Ctrl-C stops)",
+        file=sys.stderr,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
