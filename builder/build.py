@@ -15,12 +15,9 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from builder import bootloader, chroot, elements, paths, rootfs
@@ -33,6 +30,7 @@ from builder.progress import Stages
 from builder.progress import out as console
 from builder.recipe import LoadedRecipe, load_recipes, select
 from builder.registry import ImageRecord, Registry, store_artifact
+from builder.signals import sigterm_as_interrupt
 
 
 @dataclass
@@ -516,26 +514,6 @@ def validate(loaded: LoadedRecipe) -> None:
         raise where.error("kernel", f"unknown kernel {r.kernel!r}; known: {known}")
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM handled like Ctrl-C, so the same cleanups run."""
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise _Terminated()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def build_recipe(loaded: LoadedRecipe, quiet: bool = False) -> ImageRecord:
     """Run the pipeline for one recipe; returns the registered AMI record."""
     with Stages(loaded.recipe.name, quiet=quiet) as stages:
@@ -563,7 +541,7 @@ def build_file(path: Path, image: str | None = None, quiet: bool = False) -> lis
     chosen = select(load_recipes(path), image)
     for loaded in chosen:
         validate(loaded)
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         return [build_recipe(loaded, quiet=quiet) for loaded in chosen]
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 from rich.console import Console
 
 from builder.registry import Registry
+from builder.signals import sigterm_as_interrupt
 from harness import accel, terminal
 from harness.launch import LAUNCH_STEPS, Instance, LaunchOptions, WaitForSsh
-from harness.pipeline import Step, run_steps, sigterm_as_interrupt
+from harness.pipeline import Step, run_steps
 from harness.plan import make_plan
 from harness.runner import write_runner
 

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from builder.errors import BadInput
 from builder.registry import ImageRecord, Registry
+from builder.signals import sigterm_as_interrupt
 from harness import accel, checks
 from harness.diagnose import modules_tree_from_outside
 from harness.launch import (
@@ -27,7 +28,7 @@ from harness.launch import (
     LaunchOptions,
     WaitForSsh,
 )
-from harness.pipeline import Step, run_steps, sigterm_as_interrupt
+from harness.pipeline import Step, run_steps
 from harness.plan import make_plan
 from harness.report import SmokeReport, json_document, print_summary, write_junit
 from harness.ssh import BootFailed, SshTimeout, run
