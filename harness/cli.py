@@ -28,18 +28,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_images(args: argparse.Namespace) -> int:
-    from builder.registry import Registry
-    from builder.report import print_images
-
-    records = Registry().list(args.type)
-    if args.json:
-        _print_json({"Images": [r.describe() for r in records]})
-    else:
-        print_images(records)
-    return 0
-
-
 def _cmd_kernels(args: argparse.Namespace) -> int:
     from builder.kernel import load_catalogue
     from builder.report import kernel_rows, print_kernels
