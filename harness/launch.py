@@ -24,7 +24,7 @@ from harness import keys
 from harness.accel import Accelerator
 from harness.console import ConsoleWatcher
 from harness.machine import GUEST_IP, Disk, MachineSpec, command_line
-from harness.metadata import InstanceMetadata, write_document
+from harness.metadata import InstanceMetadata, block_device_mapping, write_document
 from harness.pipeline import Step
 from harness.plan import HARNESS_CMDLINE, LaunchPlan
 from harness.process import QemuProcess
@@ -44,6 +44,9 @@ class LaunchOptions:
     memory_mib: int | None = None
     smp: int | None = None
     extra_layers: list[str] = field(default_factory=list)  # user layers, applied last
+    # InstanceMetadata fields the launch sets beyond what the AMI gives (user_data, tags,
+    # iam_role, http_tokens, http_endpoint, ...), as EC2's RunInstances parameters do
+    metadata: dict[str, Any] = field(default_factory=dict)
     say: Any = None  # callable(str) for progress lines; None: quiet
 
 
@@ -138,14 +141,25 @@ class WriteMetadata(Step[Instance]):
 
     def run(self, s: Instance) -> None:
         assert s.dir is not None
+        image = s.plan.image
+        instance_store = image.root_device_type == "instance-store"
         s.metadata = InstanceMetadata(
-            ami_id=s.plan.image.image_id,
-            instance_id=s.dir.instance_id,
-            public_key=s.public_key,
-            key_name=f"amilab-{s.dir.instance_id}",
-            kernel_id=s.plan.kernel_id,
-            ramdisk_id=s.plan.ramdisk_id,
-            local_ipv4=GUEST_IP,
+            **{
+                "ami_id": image.image_id,
+                "instance_id": s.dir.instance_id,
+                "public_key": s.public_key,
+                "key_name": f"amilab-{s.dir.instance_id}",
+                "kernel_id": s.plan.kernel_id,
+                "ramdisk_id": s.plan.ramdisk_id,
+                "local_ipv4": GUEST_IP,
+                "block_device_mapping": block_device_mapping(
+                    image.root_device_name, image.block_device_mappings
+                ),
+                # EC2 names the bundle's manifest for instance-store AMIs only
+                "ami_manifest_path": image.image_location if instance_store else "(unknown)",
+                "architecture": image.architecture,
+                **s.options.metadata,
+            }
         )
         write_document(s.metadata, s.dir.metadata_doc)
         # the service runs with QEMU's working directory (the instance's): relative paths

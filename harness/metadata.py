@@ -126,6 +126,26 @@ class InstanceMetadata:
         return asdict(self)
 
 
+def block_device_mapping(root_device: str | None, mappings: list[dict[str, Any]]) -> dict[str, str]:
+    """EC2's meta-data names for an AMI's `BlockDeviceMappings`: the root device is both
+    `ami` and `root`, other EBS volumes are `ebs1`, `ebs2`, …, instance-store volumes keep
+    their virtual name (`ephemeralN`, `swap`, and `ami` for instance-store images)."""
+    root = root_device or "/dev/sda1"
+    out = {"ami": root, "root": root}
+    ebs = 0
+    for m in mappings:
+        device = str(m.get("DeviceName") or "")
+        virtual = str(m.get("VirtualName") or "")
+        if not device or "NoDevice" in m:
+            continue
+        if virtual:
+            out[virtual] = device
+        elif "Ebs" in m and device != root:
+            ebs += 1
+            out[f"ebs{ebs}"] = device
+    return out
+
+
 # The first version that served each meta-data category (EC2's "Instance metadata
 # categories" table); a dated prefix serves only what existed at that date. Versions EC2
 # never listed (e.g. region's 2020-08-24) map to the next one that it does list.
