@@ -4,16 +4,17 @@ Slirp's `guestfwd=...-cmd:` starts one process per guest connection with the soc
 stdout and stderr, so this module is that process: read one request, answer it from the
 instance's metadata document, exit. Every guest `curl` pays this start-up, so it runs as a
 plain script (`python3 -I -S imds_cgi.py DOC`: no site-packages scan, no amilab package)
-and imports nothing that is not already loaded at interpreter start except `marshal`, which
-is built in: the document is read in marshal's format (`json` would pull in `re`, ~5 ms).
+and imports only modules compiled into the interpreter (`marshal`, `time`, `binascii`,
+`_sha256`, `_operator`) or frozen in it (`os`): no file to find and load. The document is
+read in marshal's format (`json` would pull in `re`, ~5 ms).
 No `from __future__` either (that too is a module to import). IMDSv2 tokens are
 HMAC-signed expiry times keyed by a secret in the document, so a token issued by one
 connection's process is checked by another's without shared memory or files.
 
-The document is a tree of JSON objects; a string is a leaf's body and each object carries its
-own listing under the key "" (EC2 formats listings differently at different levels, e.g.
-`public-keys/` lists `0=name`), so serving is a walk and never needs to know EC2's rules.
-`harness.imds_serve` reuses `lookup` and `http_response` for the host-side server.
+The document is a tree of objects; a string (bytes for user-data) is a leaf's body and each
+object carries its own listing under the key "" (EC2 formats listings differently at
+different levels, e.g. `public-keys/` lists `0=name`), so serving is a walk and never needs
+to know EC2's rules. `harness.imds_serve` reuses `answer` and `http_response` on the host.
 """
 
 import binascii
