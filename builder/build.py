@@ -8,7 +8,6 @@ transaction, so a build that did not finish registers nothing.
 
 from __future__ import annotations
 
-import math
 import shutil
 import signal
 import subprocess
@@ -29,7 +28,7 @@ from builder.ids import file_sha256, make_id, registration_id, sparse_sha256
 from builder.progress import Stages
 from builder.progress import out as console
 from builder.recipe import LoadedRecipe, load_recipes, select
-from builder.registry import ImageRecord, Registry, store_artifact
+from builder.registry import ImageRecord, Registry, root_ebs_mapping, store_artifact
 from builder.signals import sigterm_as_interrupt
 
 
@@ -388,18 +387,7 @@ class Register(Step):
         for name, path in s.outputs.items():
             digest = disk_digest if name == "raw" else file_sha256(path)
             locations[name] = str(self._store(s, path, digest, FORMATS[name].suffix))
-        bdm = [
-            {
-                "DeviceName": layout.root_device_name,
-                "Ebs": {
-                    "SnapshotId": "snap-" + disk_digest[:17],
-                    "VolumeSize": math.ceil(layout.size / (1 << 30)),
-                    "VolumeType": "standard",
-                    "DeleteOnTermination": True,
-                    "Encrypted": False,
-                },
-            }
-        ]
+        bdm = root_ebs_mapping(layout.root_device_name, disk_digest, layout.size)
         ami = ImageRecord(
             image_id=ami_id,
             image_type="machine",

@@ -10,7 +10,6 @@ for everything but the root, and the instance's SSH key for root.
 
 from __future__ import annotations
 
-import math
 import re
 import shutil
 import subprocess
@@ -31,7 +30,7 @@ from builder.inspect import (
     mount_all,
     open_guestfs,
 )
-from builder.registry import ImageRecord, Registry, store_artifact
+from builder.registry import ImageRecord, Registry, root_ebs_mapping, store_artifact
 
 ROOT_DEVICE = "/dev/xvda"
 # Names the first virtio NIC gets under QEMU's PCI layouts, for configs that need a name.
@@ -83,18 +82,7 @@ def import_disk(src: Path, name: str | None = None, quiet: bool = False) -> Imag
             virtualization_type="hvm",
             root_device_name=ROOT_DEVICE,
             root_device_type="ebs",
-            block_device_mappings=[
-                {
-                    "DeviceName": ROOT_DEVICE,
-                    "Ebs": {
-                        "SnapshotId": "snap-" + digest[:17],
-                        "VolumeSize": math.ceil(size / (1 << 30)),
-                        "VolumeType": "standard",
-                        "DeleteOnTermination": True,
-                        "Encrypted": False,
-                    },
-                }
-            ],
+            block_device_mappings=root_ebs_mapping(ROOT_DEVICE, digest, size),
             image_location=str(stored),
             extra=_extra(report, source, src, digest, stored, time.monotonic() - started),
         )
@@ -110,13 +98,17 @@ def _default_name(src: Path, source: dict[str, Any]) -> str:
 
 
 def _extra(
-    report: dict[str, Any], source: dict[str, Any], src: Path, digest: str, stored: Path,
+    report: dict[str, Any],
+    source: dict[str, Any],
+    src: Path,
+    digest: str,
+    stored: Path,
     seconds: float,
 ) -> dict[str, Any]:
     os_ = report.get("os") or {}
     boot = report["bootloader"]
-    firmware = "hybrid" if boot.get("mbr") and boot.get("efi") else (
-        "uefi" if boot.get("efi") else "bios"
+    firmware = (
+        "hybrid" if boot.get("mbr") and boot.get("efi") else ("uefi" if boot.get("efi") else "bios")
     )
     return {
         "imported": True,
@@ -143,8 +135,10 @@ def report_import(record: ImageRecord) -> None:
 
     x = record.extra
     os_ = x.get("os") or {}
-    console.print(f"[bold]{record.image_id}[/] {record.name}: {os_.get('product')} "
-                  f"({x['boot']}), kernels {', '.join(x['kernel_releases']) or 'none'}")
+    console.print(
+        f"[bold]{record.image_id}[/] {record.name}: {os_.get('product')} "
+        f"({x['boot']}), kernels {', '.join(x['kernel_releases']) or 'none'}"
+    )
     console.print(f"  {record.image_location}")
     for p in x["problems"]:
         console.print(f"  [red]unbootable here:[/] {p}")
@@ -168,9 +162,21 @@ def prepare_overlay(
         raise EnvironmentProblem("qemu-img is missing (qemu-utils)")
     overlay_path.unlink(missing_ok=True)
     result = subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.resolve()),
-         str(overlay_path)],
-        capture_output=True, text=True, check=False,
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            str(image.resolve()),
+            str(overlay_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise BuildFailed(f"qemu-img create overlay: {result.stderr.strip()}")
@@ -225,9 +231,11 @@ def _prepare(g: Any, public_key: str, extra: dict[str, Any], notes: list[str]) -
 def configure_network(g: Any) -> str:
     """DHCP on the first NIC with whatever the guest uses for its network."""
     if g.is_dir("/etc/netplan"):
-        g.write("/etc/netplan/90-amilab-import.yaml",
-                "network:\n  version: 2\n  ethernets:\n    first-nic:\n"
-                "      match: {name: \"e*\"}\n      dhcp4: true\n")
+        g.write(
+            "/etc/netplan/90-amilab-import.yaml",
+            "network:\n  version: 2\n  ethernets:\n    first-nic:\n"
+            '      match: {name: "e*"}\n      dhcp4: true\n',
+        )
         return "network: netplan, DHCP on e* (/etc/netplan/90-amilab-import.yaml)"
     if _networkd_enabled(g):
         _write_networkd(g)
@@ -245,8 +253,10 @@ def configure_network(g: Any) -> str:
         return "network: NetworkManager (DHCP on every NIC by default), nothing to change"
     if g.is_dir("/lib/systemd/network") or g.is_file("/lib/systemd/systemd-networkd"):
         _write_networkd(g)
-        g.ln_sf("/lib/systemd/system/systemd-networkd.service",
-                "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service")
+        g.ln_sf(
+            "/lib/systemd/system/systemd-networkd.service",
+            "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+        )
         return "network: enabled systemd-networkd with DHCP on en*/eth*"
     return "network: no known network configuration system found; nothing changed"
 
@@ -320,8 +330,13 @@ def fix_boot_config(g: Any, root: str) -> list[str]:
     except RuntimeError:
         return []
     notes = []
-    for path in ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg", "/boot/grub/menu.lst",
-                 "/boot/extlinux/extlinux.conf", "/etc/default/grub"):
+    for path in (
+        "/boot/grub/grub.cfg",
+        "/boot/grub2/grub.cfg",
+        "/boot/grub/menu.lst",
+        "/boot/extlinux/extlinux.conf",
+        "/etc/default/grub",
+    ):
         if not g.is_file(path):
             continue
         text = g.cat(path)

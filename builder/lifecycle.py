@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import math
 import os
 import secrets
 import shutil
@@ -23,7 +22,14 @@ from builder import bundle as bundle_mod
 from builder import paths
 from builder.errors import BadInput, EnvironmentProblem
 from builder.ids import file_sha256, make_id, registration_id, sparse_sha256
-from builder.registry import ImageRecord, Registry, account_id, now_iso, store_artifact
+from builder.registry import (
+    ImageRecord,
+    Registry,
+    account_id,
+    now_iso,
+    root_ebs_mapping,
+    store_artifact,
+)
 
 _ACCOUNT_LEN = 12
 
@@ -321,18 +327,7 @@ def _record_for(
 def _bdm(root_device: str, digest: str, size: int, kind: str) -> list[dict[str, Any]]:
     if kind == "instance-store":
         return [{"DeviceName": root_device, "VirtualName": "ami"}]
-    return [
-        {
-            "DeviceName": root_device,
-            "Ebs": {
-                "SnapshotId": "snap-" + digest[:17],
-                "VolumeSize": math.ceil(size / (1 << 30)),
-                "VolumeType": "standard",
-                "DeleteOnTermination": True,
-                "Encrypted": False,
-            },
-        }
-    ]
+    return root_ebs_mapping(root_device, digest, size)
 
 
 def _check_launch_refs(registry: Registry, kernel_id: str | None, ramdisk_id: str | None) -> None:

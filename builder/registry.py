@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -101,6 +102,23 @@ def account_id() -> str:
         return configured
     digest = hashlib.sha256(f"amilab-account:{os.getuid()}".encode()).hexdigest()
     return f"{int(digest, 16) % 10**12:012d}"
+
+
+def root_ebs_mapping(device: str, disk_digest: str, size: int) -> list[dict[str, Any]]:
+    """The root volume of an EBS-backed image as describe-images shows it; the snapshot ID
+    derives from the disk's digest, as the AMI's own ID does."""
+    return [
+        {
+            "DeviceName": device,
+            "Ebs": {
+                "SnapshotId": "snap-" + disk_digest[:17],
+                "VolumeSize": math.ceil(size / (1 << 30)),
+                "VolumeType": "standard",
+                "DeleteOnTermination": True,
+                "Encrypted": False,
+            },
+        }
+    ]
 
 
 def now_iso() -> str:
