@@ -12,6 +12,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -39,6 +40,8 @@ class BootRequest:
     disk_bus: str = "virtio"
     layers: list[str] = field(default_factory=list)
     append: str | None = None
+    # InstanceMetadata fields from the launch (harness.launch_args): user-data, tags, ...
+    metadata: dict[str, Any] = field(default_factory=dict)
     ssh_timeout: float = 300.0
 
 
@@ -118,7 +121,7 @@ def boot(req: BootRequest) -> int:
         for note in plan.notes:
             say(f"note: {note}")
         if req.runner is not None:
-            for line in write_runner(plan, chosen, req.runner):
+            for line in write_runner(plan, chosen, req.runner, metadata=req.metadata):
                 print(line)
             return 0
         say(f"accelerator: {chosen.describe()}")
@@ -128,6 +131,7 @@ def boot(req: BootRequest) -> int:
             open_network=req.open_network,
             ssh_timeout=req.ssh_timeout,
             extra_layers=[str(Path(x).resolve()) for x in req.layers],
+            metadata=dict(req.metadata),
             interactive=req.console,
             say=say,
         )

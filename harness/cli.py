@@ -10,6 +10,7 @@ from typing import Any
 
 from builder.errors import AmilabError
 from builder.recipe import keys_help
+from harness.launch_args import add_metadata_arguments, metadata_from_args
 
 
 def _print_json(obj: Any) -> None:
@@ -405,6 +406,7 @@ def _add_boot(sub: argparse._SubParsersAction) -> None:
                 layers=[str(p) for p in args.layer or []],
                 append=args.append,
                 ssh_timeout=args.ssh_timeout,
+                metadata=metadata_from_args(args),
             )
         )
 
@@ -462,6 +464,7 @@ def _launch_arguments(p: argparse.ArgumentParser) -> None:
         help="a qemu-runner layer applied over the machine profile (repeatable)",
     )
     p.add_argument("--append", metavar="ARGS", help="paravirtual: more kernel command line")
+    add_metadata_arguments(p)
 
 
 def _add_smoke(sub: argparse._SubParsersAction) -> None:
@@ -485,6 +488,7 @@ def _add_smoke(sub: argparse._SubParsersAction) -> None:
                 disk_bus=args.disk_bus,
                 layers=[str(p) for p in args.layer or []],
                 append=args.append,
+                metadata=metadata_from_args(args),
             )
         )
         return code

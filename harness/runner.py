@@ -18,6 +18,7 @@ from __future__ import annotations
 import shlex
 import shutil
 from pathlib import Path
+from typing import Any
 
 from qemu_runner.make_runner.make import make_runner
 
@@ -33,7 +34,11 @@ RUNNER_SSH_PORT = 2222
 
 
 def write_runner(
-    plan: LaunchPlan, accelerator: Accelerator, out: Path, ssh_port: int = RUNNER_SSH_PORT
+    plan: LaunchPlan,
+    accelerator: Accelerator,
+    out: Path,
+    ssh_port: int = RUNNER_SSH_PORT,
+    metadata: dict[str, Any] | None = None,
 ) -> list[str]:
     """Write the runner and its side directory; returns the lines telling how to use it."""
     out = out.resolve()
@@ -51,6 +56,7 @@ def write_runner(
         kernel_id=plan.kernel_id,
         ramdisk_id=plan.ramdisk_id,
         local_ipv4=GUEST_IP,
+        **(metadata or {}),
     )
     doc = write_document(md, side / "metadata.marshal")
     cgi = side / "imds_cgi.py"

@@ -53,6 +53,8 @@ class SmokeRequest:
     disk_bus: str = "virtio"
     layers: list[str] = field(default_factory=list)
     append: str | None = None
+    # InstanceMetadata fields from the launch (harness.launch_args): user-data, tags, ...
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 class RunChecks(Step[Instance]):
@@ -126,6 +128,7 @@ def smoke_instance(
         open_network=req.open_network,
         ssh_timeout=req.ssh_timeout,
         extra_layers=[str(Path(x).resolve()) for x in req.layers],
+        metadata=dict(req.metadata),
         say=say,
     )
     inst = Instance(plan, options)
