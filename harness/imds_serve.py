@@ -22,6 +22,7 @@ from builder.errors import BadInput
 from builder.ids import random_id
 from harness.imds_cgi import answer, http_response
 from harness.metadata import InstanceMetadata, document
+from harness.process import unix_path
 
 DEFAULT_PORT = 1338  # the port amazon-ec2-metadata-mock uses
 _MAX_REQUEST = 16384
@@ -77,20 +78,46 @@ class MetadataServer:
     than the answer itself (measured ~2,000 vs ~15,000 requests/s here); a client that is
     slow to send its headers is dropped after `timeout` instead of holding anything up."""
 
-    def __init__(self, tree: dict[str, Any], bind: str, port: int, timeout: float = 10.0):
+    def __init__(self, tree: dict[str, Any], listener: socket.socket, timeout: float = 10.0):
         self.tree = tree
         self.timeout = timeout
-        self.listener = socket.create_server((bind, port), backlog=256)
+        self.listener = listener
         self.listener.setblocking(False)
         self.address = self.listener.getsockname()
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, None)
         self.stopping = False
+        # `stop` from another thread writes here so the select returns at once
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
+
+    @classmethod
+    def tcp(
+        cls, tree: dict[str, Any], bind: str, port: int, timeout: float = 10.0
+    ) -> MetadataServer:
+        return cls(tree, socket.create_server((bind, port), backlog=256), timeout)
+
+    @classmethod
+    def unix(cls, tree: dict[str, Any], path: Path, timeout: float = 10.0) -> MetadataServer:
+        """Listening at `path`: a guest's connections arrive here through the relay that
+        slirp's `cmd:` starts per connection (see `harness.launch.StartMetadataService`)."""
+        path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(unix_path(path))
+            sock.listen(256)
+        except OSError:
+            sock.close()
+            raise
+        return cls(tree, sock, timeout)
 
     def serve_forever(self) -> None:
         try:
             while not self.stopping:
                 for key, events in self.selector.select(timeout=1.0):
+                    if key.data is self._wake_r:
+                        continue
                     if key.data is None:
                         self._accept()
                     elif events & selectors.EVENT_READ:
@@ -101,10 +128,17 @@ class MetadataServer:
         finally:
             self.close()
 
+    def stop(self) -> None:
+        """From another thread: `serve_forever` returns (and closes everything) promptly."""
+        self.stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
     def close(self) -> None:
         for key in list(self.selector.get_map().values()):
             key.fileobj.close()  # type: ignore[union-attr]
         self.selector.close()
+        self._wake_w.close()
 
     def _accept(self) -> None:
         for _ in range(64):  # drain a burst without starving the connections already open
@@ -170,14 +204,14 @@ class MetadataServer:
     def _expire(self) -> None:
         now = time.monotonic()
         for key in list(self.selector.get_map().values()):
-            if key.data is not None and key.data.deadline < now:
+            if isinstance(key.data, _Connection) and key.data.deadline < now:
                 self._drop(key.data)
 
 
 def serve(port: int = DEFAULT_PORT, config: Path | None = None, bind: str = "127.0.0.1") -> None:
     md = load_config(config)
     try:
-        server = MetadataServer(document(md), bind, port)
+        server = MetadataServer.tcp(document(md), bind, port)
     except OSError as e:
         raise BadInput(f"cannot listen on {bind}:{port}: {e.strerror}") from None
     print(

@@ -16,7 +16,7 @@ from harness.metadata import InstanceMetadata, document
 @pytest.fixture
 def server() -> Iterator[MetadataServer]:
     md = InstanceMetadata(ami_id="ami-0123456789abcdef0", instance_id="i-0123456789abcdef0")
-    srv = MetadataServer(document(md), "127.0.0.1", 0, timeout=1.0)
+    srv = MetadataServer.tcp(document(md), "127.0.0.1", 0, timeout=1.0)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     yield srv
