@@ -21,7 +21,7 @@ import yaml
 from builder.errors import BadInput
 from builder.ids import random_id
 from harness.imds_cgi import answer, http_response
-from harness.metadata import InstanceMetadata, document
+from harness.metadata import SETTINGS_KEY, InstanceMetadata, document
 from harness.process import unix_path
 
 DEFAULT_PORT = 1338  # the port amazon-ec2-metadata-mock uses
@@ -172,9 +172,20 @@ class MetadataServer:
             conn.outbox = answer(head, self.tree)
         except Exception:  # a bad request must get a status code, never a dropped socket
             conn.outbox = http_response(500, "")
+        if head.startswith(b"PUT ") and conn.outbox.startswith(b"HTTP/1.1 200"):
+            self._limit_hops(conn.sock)
         conn.linger = len(head) >= _MAX_REQUEST or not head.endswith((b"\r\n\r\n", b"\n\n"))
         self.selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
         self._write(conn)
+
+    def _limit_hops(self, sock: socket.socket) -> None:
+        """EC2's `HttpPutResponseHopLimit`: the token goes out with that IP TTL, so each
+        router on the way takes one off and a client too far away never receives it."""
+        hops = int((self.tree.get(SETTINGS_KEY) or {}).get("hop_limit", 1))
+        if sock.family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, hops)
+        elif sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hops)
 
     def _write(self, conn: _Connection) -> None:
         try:

@@ -182,6 +182,14 @@ class StartMetadataService(Step[Instance]):
         self.server: MetadataServer | None = None
         self.thread: threading.Thread | None = None
 
+    @staticmethod
+    def relay_command() -> str:
+        # FD:0,shut-down: the guest socket is stdin and stdout at once; shutting it down
+        # when the server has answered is what lets a client that reads to EOF finish
+        # (with `-`, socat held it open for its 0.5 s -t wait). Errors go to a log, as
+        # stderr is the guest's socket too.
+        return f"socat -lf {IMDS_RELAY_LOG} FD:0,shut-down UNIX-CONNECT:{IMDS_SOCKET}"
+
     def run(self, s: Instance) -> None:
         assert s.dir is not None and s.metadata is not None
         # slirp's command line runs in QEMU's working directory (the instance's) and is
@@ -192,11 +200,7 @@ class StartMetadataService(Step[Instance]):
                 target=self.server.serve_forever, name="imds", daemon=True
             )
             self.thread.start()
-            # FD:0,shut-down: the guest socket is stdin and stdout at once; shutting it down
-            # when the server has answered is what lets a client that reads to EOF finish
-            # (with `-`, socat held it open for its 0.5 s -t wait). Errors go to a log, as
-            # stderr is the guest's socket too.
-            s.imds_command = f"socat -lf {IMDS_RELAY_LOG} FD:0,shut-down UNIX-CONNECT:{IMDS_SOCKET}"
+            s.imds_command = self.relay_command()
         else:
             shutil.copy(IMDS_SCRIPT, s.dir.path / IMDS_SCRIPT.name)
             s.imds_command = imds_command(s.dir.metadata_doc)

@@ -49,7 +49,7 @@ def add_metadata_arguments(p: argparse.ArgumentParser) -> None:
         "--hop-limit",
         type=int,
         metavar="N",
-        help="IMDSv2 token response hop limit, 1-64 (recorded; see harness/imds_serve.py)",
+        help="IP TTL of IMDSv2 token responses, 1-64 (enforced by `imds serve`; slirp has none)",
     )
 
 

@@ -86,7 +86,9 @@ class InstanceMetadata:
     pending_time: str = ""
     http_tokens: str = "optional"  # "required": IMDSv2 only
     http_endpoint: str = "enabled"  # "disabled": every request is 403
-    # recorded as EC2 records it; slirp has no IP TTL to enforce it with
+    # the IP TTL of token responses: `imds serve` sets it, so a client more hops away than
+    # this (a container behind a bridge, a routed network) never gets a token; the guest's
+    # path through slirp's user-mode TCP has no TTL of its own to carry it
     http_put_response_hop_limit: int = 1
     # keys the IMDSv2 tokens; lives in the document (never served) so that every
     # per-connection process can check a token another one issued
@@ -318,6 +320,7 @@ def document(md: InstanceMetadata) -> dict[str, Any]:
         "http_tokens": md.http_tokens,
         "http_endpoint": md.http_endpoint,
         "token_secret": md.token_secret,
+        "hop_limit": md.http_put_response_hop_limit,
     }
     return tree
 
