@@ -8,15 +8,19 @@
           here), and a bare blocking accept/recv/send loop (the ceiling of Python here).
           Median of --rounds rounds, the servers taking turns.
           Also the same with an IMDSv2 token (http_tokens: required: one HMAC per request).
-  cgi     the guest path: slirp's `cmd:` starts `python3 -I -S imds_cgi.py DOC` per guest
-          connection. Median and p95 wall time of one exchange, beside `python3 -I -S -c pass`
-          fed the same bytes (the interpreter's own start-up), and their difference (what
-          amilab adds per guest request on the host; target ≤ 20 ms).
+  conn    the guest path on the host: slirp's `cmd:` starts one process per guest
+          connection. Median and p95 wall time of one exchange through the socat relay to
+          the harness's server thread (what launches use), through the stand-alone
+          `imds_cgi.py` (the fallback without socat, and runners), and of `/bin/true` (an
+          exec doing nothing, the floor of any per-connection process).
 
   guest   with --guest: boots an image (by default the debian-pv recipe, built into a
           temporary AMILAB_HOME) and times, inside it, `curl` of meta-data/kernel-id beside
-          the same `curl` against a closed local port (the guest's own process cost), and
-          their difference: what amilab adds per guest request (target ≤ 20 ms median).
+          the same `curl` against a closed local port (the guest's own process cost),
+          alternating, and their difference: what a metadata request costs a guest beyond
+          its own curl (target ≤ 20 ms median). Also curl's own clock for the exchange: its
+          connect time holds slirp's spawn of the per-connection process (QEMU forks twice
+          through glib, then execs) before slirp answers the SYN.
 
 Target (issue 5): host ≥ 2,000 requests/s.
 
@@ -180,59 +184,111 @@ def bench_serve(tmp: Path, seconds: float, clients: int, rounds: int) -> dict[st
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def _exchange(cmd: list[str]) -> float:
+def _exchange(cmd: list[str], cwd: Path) -> tuple[float, bytes]:
+    """One connection as slirp's `cmd:` makes it: a socket as stdin, stdout and stderr."""
+    ours, theirs = socket.socketpair()
     t = time.perf_counter()
-    subprocess.run(cmd, input=REQUEST, capture_output=True, check=True)
-    return time.perf_counter() - t
+    with ours:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdin=theirs, stdout=theirs, stderr=theirs)
+        theirs.close()
+        data = b""
+        try:
+            ours.sendall(REQUEST)
+            while chunk := ours.recv(4096):
+                data += chunk
+        except (ConnectionResetError, BrokenPipeError):  # /bin/true leaves it unread
+            pass
+    elapsed = time.perf_counter() - t
+    proc.wait()
+    return elapsed, data
+
+
+def _p95(xs: list[float]) -> float:
+    return sorted(xs)[max(0, int(len(xs) * 0.95) - 1)]
 
 
 def bench_cgi(tmp: Path, runs: int) -> dict[str, float]:
+    """The per-connection process on the host, three ways: the socat relay the harness uses
+    (to a server thread, here in this process as in the harness), the stand-alone
+    `imds_cgi.py` (the fallback, and what runners use), and `/bin/true` (an exec that does
+    nothing: the floor of any per-connection process)."""
+    import threading
+
+    from harness.imds_serve import MetadataServer
+    from harness.launch import IMDS_SOCKET, StartMetadataService
+    from harness.metadata import document
+
     md = InstanceMetadata(
         ami_id="ami-0123456789abcdef0",
         instance_id="i-0123456789abcdef0",
         kernel_id="aki-0123456789abcdef0",
     )
     doc = write_document(md, tmp / "metadata.marshal")
-    python = sys.executable
-    service = [python, "-I", "-S", imds_cgi.__file__, str(doc)]
-    bare = [python, "-I", "-S", "-c", "pass"]
-    out = subprocess.run(service, input=REQUEST, capture_output=True, check=True).stdout
-    assert out.endswith(b"aki-0123456789abcdef0"), out
-    svc, base = [], []
-    for _ in range(runs):  # alternating, so both see the same machine load
-        svc.append(_exchange(service))
-        base.append(_exchange(bare))
-
-    def p95(xs: list[float]) -> float:
-        return sorted(xs)[max(0, int(len(xs) * 0.95) - 1)]
-
-    return {
-        "cgi_median_ms": statistics.median(svc) * 1000,
-        "cgi_p95_ms": p95(svc) * 1000,
-        "python_median_ms": statistics.median(base) * 1000,
-        "python_p95_ms": p95(base) * 1000,
-        "cgi_added_median_ms": (statistics.median(svc) - statistics.median(base)) * 1000,
-        "cgi_sequential_rps": 1 / statistics.median(svc),
-    }
+    server = MetadataServer.unix(document(md), tmp / IMDS_SOCKET)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    relay_cmd = StartMetadataService.relay_command().split(" ")
+    cgi_cmd = [sys.executable, "-I", "-S", imds_cgi.__file__, str(doc)]
+    commands = {"relay": relay_cmd, "cgi": cgi_cmd, "exec": ["/bin/true"]}
+    times: dict[str, list[float]] = {k: [] for k in commands}
+    try:
+        for name in ("relay", "cgi"):
+            _, out = _exchange(commands[name], tmp)
+            assert out.endswith(b"aki-0123456789abcdef0"), (name, out)
+        for _ in range(runs):  # interleaved, so all see the same machine load
+            for name, cmd in commands.items():
+                times[name].append(_exchange(cmd, tmp)[0])
+    finally:
+        server.stop()
+        thread.join()
+    out: dict[str, float] = {}
+    for name, xs in times.items():
+        out[f"{name}_median_ms"] = statistics.median(xs) * 1000
+        out[f"{name}_p95_ms"] = _p95(xs) * 1000
+    out["relay_sequential_rps"] = 1 / statistics.median(times["relay"])
+    out["cgi_over_relay"] = statistics.median(times["cgi"]) / statistics.median(times["relay"])
+    return out
 
 
 # Inside the guest: bash's $EPOCHREALTIME brackets each curl without a process of its own,
-# so a figure is the whole curl (fork, exec, connect, exchange) as a guest tool pays it.
+# so a figure is the whole curl (fork, exec, connect, exchange) as a guest tool pays it. The
+# two URLs alternate, so a burst of host load falls on both sides of a pair alike.
 GUEST_LOOP = (
-    "bash -c 'for i in $(seq {n}); do s=$EPOCHREALTIME; curl -s -o /dev/null {url}; "
-    'e=$EPOCHREALTIME; echo "$s $e"; done\''
+    "bash -c 'for i in $(seq {n}); do for u in {a} {b}; do s=$EPOCHREALTIME; "
+    'curl -s -o /dev/null $u; e=$EPOCHREALTIME; echo "$s $e"; done; done\''
 )
 
 
-def _guest_times(ssh: object, url: str, n: int) -> list[float]:
+def _guest_pairs(ssh: object, a: str, b: str, n: int) -> tuple[list[float], list[float]]:
     from harness.ssh import run
 
-    out = run(ssh, GUEST_LOOP.format(n=n, url=url), timeout=600).output  # type: ignore[arg-type]
+    out = run(ssh, GUEST_LOOP.format(n=n, a=a, b=b), timeout=900).output  # type: ignore[arg-type]
     times = []
     for line in out.splitlines():
         start, _, end = line.partition(" ")
         times.append(float(end.replace(",", ".")) - float(start.replace(",", ".")))
-    return times
+    return times[0::2], times[1::2]
+
+
+# curl's own clock for one exchange: the TCP handshake (slirp answers the SYN only after
+# it has spawned the per-connection process: QEMU forks, glib forks again, exec), the first
+# byte of the answer, and the end.
+PHASES_LOOP = (
+    "for i in $(seq {n}); do curl -s -o /dev/null "
+    "-w '%{{time_connect}} %{{time_starttransfer}} %{{time_total}}\\n' {url}; done"
+)
+
+
+def _guest_phases(ssh: object, url: str, n: int) -> dict[str, list[float]]:
+    from harness.ssh import run
+
+    out = run(ssh, PHASES_LOOP.format(n=n, url=url), timeout=600).output  # type: ignore[arg-type]
+    rows = [[float(x) for x in line.split()] for line in out.splitlines() if line.strip()]
+    return {
+        "connect": [r[0] for r in rows],
+        "first_byte": [r[1] for r in rows],
+        "total": [r[2] for r in rows],
+    }
 
 
 def bench_guest(home: Path | None, image: str | None, runs: int) -> dict[str, float]:
@@ -267,26 +323,29 @@ def bench_guest(home: Path | None, image: str | None, runs: int) -> dict[str, fl
             def run(self, s: Instance) -> None:
                 metadata = "http://169.254.169.254/latest/meta-data/kernel-id"
                 closed = "http://127.0.0.1:9/"  # discard port: nothing listens, refused
-                _guest_times(s.ssh, metadata, 3)  # warm the page cache for curl
-                result["service"], result["closed"] = [], []
-                for _ in range(runs // 10 or 1):  # interleaved, so load falls on both
-                    result["service"] += _guest_times(s.ssh, metadata, 10)
-                    result["closed"] += _guest_times(s.ssh, closed, 10)
+                _guest_pairs(s.ssh, metadata, closed, 3)  # warm the page cache for curl
+                result["service"], result["closed"] = _guest_pairs(s.ssh, metadata, closed, runs)
+                result.update(_guest_phases(s.ssh, metadata, max(10, runs // 4)))
 
         inst = Instance(make_plan(record), LaunchOptions(accelerator=accel.choose("auto")))
         run_steps([cls() for cls in LAUNCH_STEPS] + [WaitForSsh(), Measure()], inst)
-
-    def p95(xs: list[float]) -> float:
-        return sorted(xs)[max(0, int(len(xs) * 0.95) - 1)]
 
     svc, closed = result["service"], result["closed"]
     return {
         "guest_accelerator": inst.options.accelerator.name,  # type: ignore[dict-item]
         "guest_curl_imds_median_ms": statistics.median(svc) * 1000,
-        "guest_curl_imds_p95_ms": p95(svc) * 1000,
+        "guest_curl_imds_p95_ms": _p95(svc) * 1000,
         "guest_curl_closed_median_ms": statistics.median(closed) * 1000,
-        "guest_curl_closed_p95_ms": p95(closed) * 1000,
+        "guest_curl_closed_p95_ms": _p95(closed) * 1000,
         "guest_added_median_ms": (statistics.median(svc) - statistics.median(closed)) * 1000,
+        "guest_added_paired_median_ms": statistics.median(
+            x - y for x, y in zip(svc, closed, strict=True)
+        )
+        * 1000,
+        "guest_pairs": len(svc),  # type: ignore[dict-item]
+        "guest_curl_connect_median_ms": statistics.median(result["connect"]) * 1000,
+        "guest_curl_first_byte_median_ms": statistics.median(result["first_byte"]) * 1000,
+        "guest_curl_exchange_median_ms": statistics.median(result["total"]) * 1000,
     }
 
 
@@ -319,15 +378,16 @@ def main() -> int:
     print(f"host  bare accept loop      {result['loop_rps']:8.0f} req/s (constant answer)")
     print(f"      amilab / socketserver {result['serve_vs_peer']:8.2f}")
     print(f"      amilab / accept loop  {result['serve_vs_loop']:8.2f}   (target: ≥ 2000 req/s)")
-    print(
-        f"cgi   imds_cgi exchange     median {result['cgi_median_ms']:6.1f} ms"
-        f"  p95 {result['cgi_p95_ms']:6.1f} ms"
-    )
-    print(
-        f"cgi   python -I -S -c pass  median {result['python_median_ms']:6.1f} ms"
-        f"  p95 {result['python_p95_ms']:6.1f} ms"
-    )
-    print(f"      amilab adds           median {result['cgi_added_median_ms']:6.1f} ms")
+    for name, label in (
+        ("relay", "socat relay → server"),
+        ("cgi", "imds_cgi.py (fallback)"),
+        ("exec", "/bin/true (exec floor)"),
+    ):
+        print(
+            f"conn  {label:24s} median {result[name + '_median_ms']:6.1f} ms"
+            f"  p95 {result[name + '_p95_ms']:6.1f} ms"
+        )
+    print(f"      cgi / relay           {result['cgi_over_relay']:8.2f}")
     if args.guest:
         r = result
         print(
@@ -341,6 +401,16 @@ def main() -> int:
         print(
             f"      amilab adds           median {r['guest_added_median_ms']:6.1f} ms"
             "   (target: ≤ 20 ms)"
+        )
+        print(
+            f"      median of paired diff  {r['guest_added_paired_median_ms']:6.1f} ms"
+            f"   ({r['guest_pairs']} pairs)"
+        )
+        print(
+            f"guest curl's clock: connect {r['guest_curl_connect_median_ms']:.1f} ms (slirp "
+            f"spawns the relay before its SYN-ACK), first byte "
+            f"{r['guest_curl_first_byte_median_ms']:.1f} ms, done "
+            f"{r['guest_curl_exchange_median_ms']:.1f} ms (medians)"
         )
     return 0
 
