@@ -114,6 +114,8 @@ def test_cloud_init_ec2_datasource_reads_the_launch(
     token = secrets.token_hex(16)
     user_data = f"#!/bin/sh\nset -e\nprintf '%s\\n' '{token}' > {MARKER}\n".encode()
     inst, out = _launch(ami["ImageId"], user_data)
+    assert inst.dir is not None
+    print(f"\nconsole log: {inst.dir.console_log}")  # shown with a failure
 
     served = out["served"]
     md = served["latest"]["meta-data"]
