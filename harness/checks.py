@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from harness.imds_cgi import TOKEN_HEADER, TTL_HEADER
+
 IMDS = "http://169.254.169.254"
 
 
@@ -107,10 +109,16 @@ def modprobe(module: str) -> Check:
 
 
 def metadata_value(key: str, expected: str | None) -> Check:
-    """`curl` from inside the guest; `expected` None means the path must be 404."""
+    """`curl` from inside the guest; `expected` None means the path must be 404. IMDSv2 as
+    EC2's own tools do it (a token first, IMDSv1 only if no token is issued), so the check
+    holds for `--http-tokens required` launches too."""
     name = f"metadata-{key}"
     url = f"{IMDS}/latest/meta-data/{key}"
-    command = f"curl -s -m 10 -w '\\n%{{http_code}}' {url}"
+    command = (
+        f"h=; t=$(curl -sf -m 10 -X PUT -H '{TTL_HEADER}: 60' {IMDS}/latest/api/token) "
+        f'&& h="{TOKEN_HEADER}: $t"; '
+        f"curl -s -m 10 ${{h:+-H \"$h\"}} -w '\\n%{{http_code}}' {url}"
+    )
     want = expected if expected is not None else "404"
 
     def evaluate(status: int, out: str) -> CheckResult:

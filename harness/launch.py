@@ -250,6 +250,8 @@ class ComposeCommand(Step[Instance]):
             memory_mib=o.memory_mib,
             smp=o.smp,
             extra_layers=list(o.extra_layers),
+            instance_id=s.instance_id,
+            instance_type=s.metadata.instance_type if s.metadata else "m1.small",
         )
         s.argv = command_line(s.spec)
 

@@ -16,6 +16,7 @@ qemu-runner quirks this module works around (see also `runner.py`):
 from __future__ import annotations
 
 import configparser
+import hashlib
 import io
 import shutil
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ class MachineSpec:
     memory_mib: int | None = None
     smp: int | None = None
     extra_layers: list[str] = field(default_factory=list)
+    # the instance as its firmware tables describe it (EC2's DMI identity); None: QEMU's own
+    instance_id: str | None = None
+    instance_type: str = "m1.small"
 
     def layer_names(self) -> list[str]:
         names = ["base.ini", f"{self.profile}.ini", f"accel-{self.accelerator.name}.ini"]
@@ -129,6 +133,16 @@ def _disk_args(ini: _Ini, disk: Disk) -> None:
         raise ValueError(f"unknown disk bus {disk.bus}")
 
 
+def ec2_system_uuid(instance_id: str) -> str:
+    """The DMI system UUID of an EC2 instance: it starts with "ec2", and the serial number
+    is the same string. cloud-init (`identify_aws`), the AWS SDKs and amazon-ec2-utils tell
+    EC2 from other machines by exactly this; cloud-init uses IMDSv2 tokens only where it
+    sees it. Derived from the instance ID, so one instance always has the same."""
+    digest = hashlib.sha256(instance_id.encode()).hexdigest()
+    h = ("ec2" + instance_id.removeprefix("i-") + digest)[:32]
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def launch_layer(spec: MachineSpec) -> str:
     """The launch's own layer (INI text) on top of the profile layers."""
     ini = _Ini()
@@ -145,6 +159,11 @@ def launch_layer(spec: MachineSpec) -> str:
         ini.arg("smp", str(spec.smp))
     if spec.kernel is not None and spec.ramdisk is not None:
         ini.arg("initrd", str(spec.ramdisk))
+    if spec.instance_id:
+        # as a Nitro instance reports itself (/sys/class/dmi/id/sys_vendor, product_name)
+        uuid = ec2_system_uuid(spec.instance_id)
+        ini.arg("smbios", type=1, manufacturer="Amazon EC2", product=spec.instance_type,
+                uuid=uuid, serial=uuid)  # fmt: skip
     _disk_args(ini, spec.disk)
     net: dict[str, str] = {}
     if spec.ssh_port is not None:

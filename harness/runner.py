@@ -70,6 +70,8 @@ def write_runner(
         cmdline=plan.cmdline,
         ssh_port=ssh_port,
         imds_command=f"python3 -I -S {cgi} {doc}",
+        instance_id=md.instance_id,
+        instance_type=md.instance_type,
     )
     image_layer = launch_layer(spec)
     if plan.kernel is not None:

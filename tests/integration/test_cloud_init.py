@@ -5,8 +5,9 @@ this instance, read with IMDSv2 tokens (the launch requires them), and the user-
 given at launch must have run.
 
 The launch goes through the harness's own pipeline (as `amilab boot`/`smoke` do) rather than
-`amilab smoke`: the marker the user-data script writes holds a token only this test knows,
-and the smoke's built-in metadata checks curl without a token, which this launch refuses.
+`amilab smoke`: the marker the user-data script writes holds a token only this test knows.
+The machine carries EC2's DMI identity (harness.machine.ec2_system_uuid), by which cloud-init
+22.4 recognises EC2 and, only there, asks for IMDSv2 tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 from builder.registry import Registry
 from harness import accel, checks
 from harness.launch import LAUNCH_STEPS, Instance, LaunchOptions, WaitForSsh
+from harness.machine import ec2_system_uuid
 from harness.pipeline import Step, run_steps
 from harness.plan import make_plan
 from harness.ssh import BootFailed, SshTimeout, run
@@ -32,8 +34,6 @@ from tests.integration.builds import build
 pytestmark = pytest.mark.integration
 
 RECIPE = "debian-cloud-init"
-# cloud-init 22.4 asks for IMDSv2 tokens only on a machine it identifies as EC2, by DMI
-DMI_LAYER = ROOT / "tests" / "data" / "cloud-init" / "ec2-dmi.ini"
 MARKER = "/var/lib/amilab-user-data.marker"
 # Far above what it takes on this 2-core machine under TCG (SSH ~45 s, cloud-init done ~65 s)
 SSH_TIMEOUT = 600
@@ -57,15 +57,11 @@ class InGuest(Step[Instance]):
         assert s.dir is not None and s.qemu_started_at is not None
         # the exact tree the service answered from (imds_cgi walks this document)
         self.out["served"] = json.loads(s.dir.metadata_doc.with_suffix(".json").read_text())
-        # the recipe's own checks, as `amilab smoke` runs them (one session, split by a
-        # token); cloud-init-done waits for the last stage. The built-in metadata checks
-        # are left out: they curl without a token (IMDSv1), which this launch refuses.
+        # the recipe's own checks and the built-in ones (kernel, modules, metadata with a
+        # token), as `amilab smoke` runs them; cloud-init-done waits for the last stage
         recipe = s.plan.image.extra.get("recipe") or {}
         todo = checks.builtin_checks(
-            s.plan.expected_release,
-            s.plan.kernel_id,
-            s.plan.ramdisk_id,
-            {**(recipe.get("checks") or {}), "metadata": False},
+            s.plan.expected_release, s.plan.kernel_id, s.plan.ramdisk_id, recipe.get("checks") or {}
         )
         token = checks.new_token()
         script = run(s.ssh, checks.script(todo, token), timeout=CLOUD_INIT_TIMEOUT)
@@ -81,6 +77,9 @@ class InGuest(Step[Instance]):
         self.out["hostname"] = self.sh(s, "hostname").strip()
         self.out["agent"] = self.sh(s, "systemctl is-enabled ec2-fetch-ssh-key.service || true")
         self.out["log"] = self.sh(s, "cat /var/log/cloud-init.log")
+        self.out["dmi"] = self.sh(
+            s, "cd /sys/class/dmi/id && cat sys_vendor product_name product_uuid product_serial"
+        ).split("\n")
 
 
 def _launch(image_id: str, user_data: bytes) -> tuple[Instance, dict[str, Any]]:
@@ -89,7 +88,6 @@ def _launch(image_id: str, user_data: bytes) -> tuple[Instance, dict[str, Any]]:
         accelerator=accel.choose("auto"),
         ssh_timeout=SSH_TIMEOUT,
         metadata={"user_data": user_data, "http_tokens": "required"},
-        extra_layers=[str(DMI_LAYER)],
     )
     inst = Instance(plan, options)
     guest = InGuest()
@@ -138,8 +136,10 @@ def test_cloud_init_ec2_datasource_reads_the_launch(
     assert query["instance-id"] == instance_id
     assert query["local-hostname"] == md["local-hostname"].split(".")[0]
     assert query["public-ssh-keys"] == key
-    # identified as EC2 by the DMI layer: the Ec2 datasource with IMDSv2 tokens
+    # identified as EC2 by the machine's DMI identity: the Ec2 datasource with IMDSv2 tokens
     assert query["platform"] == "ec2" and query["cloud-name"] == "aws"
+    uuid = ec2_system_uuid(instance_id)
+    assert out["dmi"][:4] == ["Amazon EC2", md["instance-type"], uuid, uuid], out["dmi"]
 
     # the same from its instance-data, including what it crawled verbatim
     data = out["instance_data"]

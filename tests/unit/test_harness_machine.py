@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from harness import machine
 from harness.accel import Accelerator
 from harness.machine import Disk, MachineSpec, command_line, compose, layer_texts
 
@@ -117,3 +119,22 @@ def test_layers_compose_with_qemu_runner() -> None:
 def test_unknown_bus() -> None:
     with pytest.raises(ValueError):
         command_line(_spec(disk=Disk(Path("/d.raw"), "raw", "floppy")))
+
+
+def test_ec2_dmi_identity() -> None:
+    """A launch's firmware tables say EC2 as a Nitro instance's do: the system UUID starts
+    with "ec2" and is also the serial number (what cloud-init's identify_aws reads)."""
+    uuid = machine.ec2_system_uuid("i-0123456789abcdef0")
+    assert re.fullmatch(r"ec2[0-9a-f]{5}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", uuid)
+    assert uuid == machine.ec2_system_uuid("i-0123456789abcdef0")
+    assert uuid != machine.ec2_system_uuid("i-0123456789abcdef1")
+    spec = machine.MachineSpec(
+        profile="paravirtual",
+        accelerator=Accelerator("tcg", "test"),
+        disk=machine.Disk(Path("/images/root.raw"), "raw"),
+        instance_id="i-0123456789abcdef0",
+        instance_type="t3.micro",
+    )
+    argv = machine.command_line(spec)
+    smbios = argv[argv.index("-smbios") + 1]
+    assert smbios == f"type=1,manufacturer=Amazon EC2,product=t3.micro,uuid={uuid},serial={uuid}"
