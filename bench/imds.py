@@ -293,7 +293,9 @@ def _guest_phases(ssh: object, url: str, n: int) -> dict[str, list[float]]:
 
 def bench_guest(home: Path | None, image: str | None, runs: int) -> dict[str, float]:
     """Boot the image (building the default debian-pv recipe into a temporary AMILAB_HOME
-    when none is given) and time curl inside it: the metadata service vs a closed port."""
+    when none is given) twice, once per way of serving guest connections (the socat relay,
+    then the stand-alone imds_cgi.py), and time curl inside each: the metadata service vs a
+    closed port."""
     import os
 
     from builder.registry import Registry
@@ -302,6 +304,7 @@ def bench_guest(home: Path | None, image: str | None, runs: int) -> dict[str, fl
     from harness.pipeline import Step, run_steps
     from harness.plan import make_plan
 
+    out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="amilab-bench-imds-home-") as t:
         if home is None:
             home = Path(t)
@@ -315,38 +318,51 @@ def bench_guest(home: Path | None, image: str | None, runs: int) -> dict[str, fl
             image = next(i["ImageId"] for i in images if i["ImageType"] == "machine")
         os.environ["AMILAB_HOME"] = str(home)
         record = Registry().find(image or "debian-pv")
-        result: dict[str, list[float]] = {}
+        accelerator = accel.choose("auto")
+        out["guest_accelerator"] = accelerator.name  # type: ignore[assignment]
 
         class Measure(Step[Instance]):
             name = "measure"
+
+            def __init__(self) -> None:
+                self.result: dict[str, list[float]] = {}
 
             def run(self, s: Instance) -> None:
                 metadata = "http://169.254.169.254/latest/meta-data/kernel-id"
                 closed = "http://127.0.0.1:9/"  # discard port: nothing listens, refused
                 _guest_pairs(s.ssh, metadata, closed, 3)  # warm the page cache for curl
-                result["service"], result["closed"] = _guest_pairs(s.ssh, metadata, closed, runs)
-                result.update(_guest_phases(s.ssh, metadata, max(10, runs // 4)))
+                svc, shut = _guest_pairs(s.ssh, metadata, closed, runs)
+                self.result["service"], self.result["closed"] = svc, shut
+                self.result.update(_guest_phases(s.ssh, metadata, max(10, runs // 4)))
 
-        inst = Instance(make_plan(record), LaunchOptions(accelerator=accel.choose("auto")))
-        run_steps([cls() for cls in LAUNCH_STEPS] + [WaitForSsh(), Measure()], inst)
+        for mode in GUEST_MODES:
+            options = LaunchOptions(accelerator=accelerator, imds_relay=mode == "relay")
+            inst = Instance(make_plan(record), options)
+            measure = Measure()
+            run_steps([cls() for cls in LAUNCH_STEPS] + [WaitForSsh(), measure], inst)
+            result = measure.result
+            svc, closed = result["service"], result["closed"]
+            paired = statistics.median(x - y for x, y in zip(svc, closed, strict=True))
+            out |= {
+                f"guest_{mode}_curl_imds_median_ms": statistics.median(svc) * 1000,
+                f"guest_{mode}_curl_imds_p95_ms": _p95(svc) * 1000,
+                f"guest_{mode}_curl_closed_median_ms": statistics.median(closed) * 1000,
+                f"guest_{mode}_curl_closed_p95_ms": _p95(closed) * 1000,
+                f"guest_{mode}_added_median_ms": (
+                    statistics.median(svc) - statistics.median(closed)
+                )
+                * 1000,
+                f"guest_{mode}_added_paired_median_ms": paired * 1000,
+                f"guest_{mode}_pairs": len(svc),
+                f"guest_{mode}_connect_median_ms": statistics.median(result["connect"]) * 1000,
+                f"guest_{mode}_first_byte_median_ms": statistics.median(result["first_byte"])
+                * 1000,
+                f"guest_{mode}_exchange_median_ms": statistics.median(result["total"]) * 1000,
+            }
+    return out
 
-    svc, closed = result["service"], result["closed"]
-    return {
-        "guest_accelerator": inst.options.accelerator.name,  # type: ignore[dict-item]
-        "guest_curl_imds_median_ms": statistics.median(svc) * 1000,
-        "guest_curl_imds_p95_ms": _p95(svc) * 1000,
-        "guest_curl_closed_median_ms": statistics.median(closed) * 1000,
-        "guest_curl_closed_p95_ms": _p95(closed) * 1000,
-        "guest_added_median_ms": (statistics.median(svc) - statistics.median(closed)) * 1000,
-        "guest_added_paired_median_ms": statistics.median(
-            x - y for x, y in zip(svc, closed, strict=True)
-        )
-        * 1000,
-        "guest_pairs": len(svc),  # type: ignore[dict-item]
-        "guest_curl_connect_median_ms": statistics.median(result["connect"]) * 1000,
-        "guest_curl_first_byte_median_ms": statistics.median(result["first_byte"]) * 1000,
-        "guest_curl_exchange_median_ms": statistics.median(result["total"]) * 1000,
-    }
+
+GUEST_MODES = ("relay", "cgi")
 
 
 def main() -> int:
@@ -390,28 +406,31 @@ def main() -> int:
     print(f"      cgi / relay           {result['cgi_over_relay']:8.2f}")
     if args.guest:
         r = result
-        print(
-            f"guest curl kernel-id         median {r['guest_curl_imds_median_ms']:6.1f} ms"
-            f"  p95 {r['guest_curl_imds_p95_ms']:6.1f} ms  ({r['guest_accelerator']})"
-        )
-        print(
-            f"guest curl closed port       median {r['guest_curl_closed_median_ms']:6.1f} ms"
-            f"  p95 {r['guest_curl_closed_p95_ms']:6.1f} ms"
-        )
-        print(
-            f"      amilab adds           median {r['guest_added_median_ms']:6.1f} ms"
-            "   (target: ≤ 20 ms)"
-        )
-        print(
-            f"      median of paired diff  {r['guest_added_paired_median_ms']:6.1f} ms"
-            f"   ({r['guest_pairs']} pairs)"
-        )
-        print(
-            f"guest curl's clock: connect {r['guest_curl_connect_median_ms']:.1f} ms (slirp "
-            f"spawns the relay before its SYN-ACK), first byte "
-            f"{r['guest_curl_first_byte_median_ms']:.1f} ms, done "
-            f"{r['guest_curl_exchange_median_ms']:.1f} ms (medians)"
-        )
+        for mode in GUEST_MODES:
+            g = f"guest_{mode}_"
+            print(f"guest [{mode}] ({r['guest_accelerator']})")
+            print(
+                f"guest curl kernel-id         median {r[g + 'curl_imds_median_ms']:6.1f} ms"
+                f"  p95 {r[g + 'curl_imds_p95_ms']:6.1f} ms"
+            )
+            print(
+                f"guest curl closed port       median {r[g + 'curl_closed_median_ms']:6.1f} ms"
+                f"  p95 {r[g + 'curl_closed_p95_ms']:6.1f} ms"
+            )
+            print(
+                f"      amilab adds           median {r[g + 'added_median_ms']:6.1f} ms"
+                "   (target: ≤ 20 ms)"
+            )
+            print(
+                f"      median of paired diff  {r[g + 'added_paired_median_ms']:6.1f} ms"
+                f"   ({r[g + 'pairs']} pairs)"
+            )
+            print(
+                f"      curl's clock: connect {r[g + 'connect_median_ms']:.1f} ms (slirp "
+                f"spawns the process before its SYN-ACK), first byte "
+                f"{r[g + 'first_byte_median_ms']:.1f} ms, done "
+                f"{r[g + 'exchange_median_ms']:.1f} ms (medians)"
+            )
     return 0
 
 

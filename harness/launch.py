@@ -51,6 +51,9 @@ class LaunchOptions:
     # InstanceMetadata fields the launch sets beyond what the AMI gives (user_data, tags,
     # iam_role, http_tokens, http_endpoint, ...), as EC2's RunInstances parameters do
     metadata: dict[str, Any] = field(default_factory=dict)
+    # False: serve guest connections with the per-connection imds_cgi.py even where socat
+    # is installed (bench/imds.py compares the two in one run)
+    imds_relay: bool = True
     say: Any = None  # callable(str) for progress lines; None: quiet
 
 
@@ -194,7 +197,7 @@ class StartMetadataService(Step[Instance]):
         assert s.dir is not None and s.metadata is not None
         # slirp's command line runs in QEMU's working directory (the instance's) and is
         # split at spaces: relative names keep it safe whatever $AMILAB_HOME is
-        if shutil.which("socat"):
+        if s.options.imds_relay and shutil.which("socat"):
             self.server = MetadataServer.unix(document(s.metadata), s.dir.path / IMDS_SOCKET)
             self.thread = threading.Thread(
                 target=self.server.serve_forever, name="imds", daemon=True
@@ -204,7 +207,8 @@ class StartMetadataService(Step[Instance]):
         else:
             shutil.copy(IMDS_SCRIPT, s.dir.path / IMDS_SCRIPT.name)
             s.imds_command = imds_command(s.dir.metadata_doc)
-            s.say("socat not found: one Python process per metadata request (slower)")
+            if s.options.imds_relay:
+                s.say("socat not found: one Python process per metadata request (slower)")
 
     def cleanup(self, s: Instance) -> None:
         if self.server is not None:
