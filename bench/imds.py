@@ -15,7 +15,9 @@
           exec doing nothing, the floor of any per-connection process).
 
   guest   with --guest: boots an image (by default the debian-pv recipe, built into a
-          temporary AMILAB_HOME) and times, inside it, `curl` of meta-data/kernel-id beside
+          temporary AMILAB_HOME) three times: as launches do (socat relay, slirp in a QEMU of
+          its own), with slirp inside the guest's QEMU (one process, as before), and with
+          imds_cgi.py per connection; and times, inside each, `curl` of meta-data/kernel-id beside
           the same `curl` against a closed local port (the guest's own process cost),
           alternating, and their difference: what a metadata request costs a guest beyond
           its own curl (target ≤ 20 ms median). Also curl's own clock for the exchange: its
@@ -293,9 +295,8 @@ def _guest_phases(ssh: object, url: str, n: int) -> dict[str, list[float]]:
 
 def bench_guest(home: Path | None, image: str | None, runs: int) -> dict[str, float]:
     """Boot the image (building the default debian-pv recipe into a temporary AMILAB_HOME
-    when none is given) twice, once per way of serving guest connections (the socat relay,
-    then the stand-alone imds_cgi.py), and time curl inside each: the metadata service vs a
-    closed port."""
+    when none is given) once per GUEST_MODES entry and time curl inside each: the metadata
+    service vs a closed port."""
     import os
 
     from builder.registry import Registry
@@ -336,7 +337,11 @@ def bench_guest(home: Path | None, image: str | None, runs: int) -> dict[str, fl
                 self.result.update(_guest_phases(s.ssh, metadata, max(10, runs // 4)))
 
         for mode in GUEST_MODES:
-            options = LaunchOptions(accelerator=accelerator, imds_relay=mode == "relay")
+            options = LaunchOptions(
+                accelerator=accelerator,
+                imds_relay=mode != "cgi",
+                split_network=mode != "relay-one-qemu",
+            )
             inst = Instance(make_plan(record), options)
             measure = Measure()
             run_steps([cls() for cls in LAUNCH_STEPS] + [WaitForSsh(), measure], inst)
@@ -362,7 +367,9 @@ def bench_guest(home: Path | None, image: str | None, runs: int) -> dict[str, fl
     return out
 
 
-GUEST_MODES = ("relay", "cgi")
+# relay: what launches use (socat relay; slirp in a QEMU of its own); relay-one-qemu: the
+# same with slirp inside the guest's QEMU; cgi: imds_cgi.py per connection, slirp apart
+GUEST_MODES = ("relay", "relay-one-qemu", "cgi")
 
 
 def main() -> int:

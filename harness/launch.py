@@ -25,7 +25,15 @@ from harness import keys
 from harness.accel import Accelerator
 from harness.console import ConsoleWatcher
 from harness.imds_serve import MetadataServer
-from harness.machine import GUEST_IP, Disk, MachineSpec, command_line
+from harness.machine import (
+    GUEST_IP,
+    NET_SOCKET,
+    Disk,
+    MachineSpec,
+    command_line,
+    network_split_supported,
+    split_network,
+)
 from harness.metadata import InstanceMetadata, block_device_mapping, document, write_document
 from harness.pipeline import Step
 from harness.plan import HARNESS_CMDLINE, LaunchPlan
@@ -54,6 +62,9 @@ class LaunchOptions:
     # False: serve guest connections with the per-connection imds_cgi.py even where socat
     # is installed (bench/imds.py compares the two in one run)
     imds_relay: bool = True
+    # False: slirp inside the guest's QEMU (one process) instead of a QEMU of its own
+    # (harness.machine.split_network; bench/imds.py measures both)
+    split_network: bool = True
     say: Any = None  # callable(str) for progress lines; None: quiet
 
 
@@ -70,6 +81,8 @@ class Instance:
     imds_command: str | None = None  # what slirp runs per guest connection to port 80
     spec: MachineSpec | None = None
     argv: list[str] = field(default_factory=list)
+    net_argv: list[str] = field(default_factory=list)  # the network's QEMU, when split off
+    net: QemuProcess | None = None
     qemu: QemuProcess | None = None
     watcher: ConsoleWatcher | None = None
     login: SshLogin | None = None
@@ -257,7 +270,55 @@ class ComposeCommand(Step[Instance]):
             instance_id=s.instance_id,
             instance_type=s.metadata.instance_type if s.metadata else "m1.small",
         )
-        s.argv = command_line(s.spec)
+        compose_commands(s)
+
+
+def compose_commands(s: Instance) -> None:
+    """The guest's QEMU command and, where QEMU can run it apart, its network's."""
+    assert s.spec is not None
+    argv = command_line(s.spec)
+    wanted = s.options.split_network and network_split_supported(argv[0])
+    split = split_network(argv) if wanted else None
+    s.argv, s.net_argv = split if split else (argv, [])
+
+
+def _port_taken(err: str) -> bool:
+    return "hostfwd" in err or "host forwarding" in err
+
+
+class StartNetwork(Step[Instance]):
+    """The user-mode network in a QEMU of its own (see `harness.machine.split_network`):
+    slirp, the SSH port forward and the metadata service's guestfwd live there, and the
+    guest's NIC reaches it through a Unix socket."""
+
+    name = "network"
+
+    def run(self, s: Instance) -> None:
+        assert s.dir is not None and s.spec is not None
+        for attempt in range(PORT_RETRIES):
+            if not s.net_argv:
+                return
+            sock = s.dir.path / NET_SOCKET
+            sock.unlink(missing_ok=True)
+            s.net = QemuProcess(s.net_argv, s.dir.path, s.dir.path / "network.log")
+            s.net.start()
+            deadline = time.monotonic() + 10
+            while s.net.alive() and not sock.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if sock.exists() and s.net.alive():
+                (s.dir.path / "network.pid").write_text(f"{s.net.pid}\n")
+                return
+            s.net.kill()
+            err = s.net.stderr_tail()
+            if _port_taken(err) and attempt + 1 < PORT_RETRIES:
+                s.spec.ssh_port = free_port()  # taken since we picked it
+                compose_commands(s)
+                continue
+            raise EnvironmentProblem(f"QEMU's network process did not start: {err or 'no message'}")
+
+    def cleanup(self, s: Instance) -> None:
+        if s.net is not None:
+            s.net.kill()  # nothing in it to save; the guest's QEMU is gone by now
 
 
 class StartQemu(Step[Instance]):
@@ -278,10 +339,9 @@ class StartQemu(Step[Instance]):
             except Exception:  # noqa: BLE001 - QEMU gone or silent: its stderr says why
                 s.qemu.kill()
                 err = s.qemu.stderr_tail()
-                port_taken = "hostfwd" in err or "host forwarding" in err
-                if port_taken and attempt + 1 < PORT_RETRIES:
+                if _port_taken(err) and attempt + 1 < PORT_RETRIES and not s.net_argv:
                     s.spec.ssh_port = free_port()  # taken since we picked it
-                    s.argv = command_line(s.spec)
+                    compose_commands(s)
                     continue
                 raise EnvironmentProblem(f"QEMU did not start: {err or 'no message'}") from None
         s.watcher = ConsoleWatcher(s.dir.console_log, s.qemu.started_at, s.qemu.cpu_seconds)
@@ -304,6 +364,11 @@ class WaitForSsh(Step[Instance]):
             failure = watcher.poll()
             if failure is not None:
                 raise BootFailed(failure.describe(), watcher.tail())
+            if s.net is not None and not s.net.alive():
+                err = s.net.stderr_tail(3)
+                raise BootFailed(
+                    "QEMU's network process exited" + (f": {err}" if err else ""), watcher.tail()
+                )
             if not qemu.alive():
                 watcher.poll()
                 failure = watcher.failure()
@@ -358,5 +423,6 @@ LAUNCH_STEPS: tuple[type[Step[Instance]], ...] = (
     WriteMetadata,
     StartMetadataService,
     ComposeCommand,
+    StartNetwork,
     StartQemu,
 )

@@ -25,6 +25,8 @@ class SmokeReport:
     ramdisk_id: str | None = None
     kernel_release: str = ""
     qemu_command: list[str] = field(default_factory=list)
+    # the user-mode network's own QEMU (harness.machine.split_network); empty: in the guest's
+    network_command: list[str] = field(default_factory=list)
     seconds_to_ssh: float | None = None
     qemu_cpu_seconds_to_ssh: float | None = None
     seconds: float = 0.0
@@ -52,6 +54,7 @@ class SmokeReport:
             "Accelerator": self.accelerator,
             "AcceleratorReason": self.accelerator_reason,
             "QemuCommand": self.qemu_command,
+            "NetworkCommand": self.network_command,
             "SecondsToSsh": self.seconds_to_ssh,
             "QemuCpuSecondsToSsh": self.qemu_cpu_seconds_to_ssh,
             "Seconds": self.seconds,

@@ -10,7 +10,10 @@ What qemu-runner cannot express, and how the runner copes:
   `python3 FILE.pyz <the AKI's vmlinuz>` (the command line and ramdisk are embedded), and an
   HVM runner, which has no kernel to give, only through `--dry-run`:
   `sh -c "$(python3 FILE.pyz --dry-run)"`;
-- it only runs QEMU: no QMP shutdown, no SSH wait, no console watching (that is `amilab smoke`).
+- it only runs QEMU: no QMP shutdown, no SSH wait, no console watching (that is `amilab smoke`);
+- it runs one QEMU, so slirp stays inside the guest's QEMU and each metadata request starts
+  `imds_cgi.py` from there (launches split the network off and relay through socat, which
+  is cheaper per request: see `harness.machine.split_network`).
 """
 
 from __future__ import annotations

@@ -153,6 +153,7 @@ def smoke_instance(
                     report.checks.append(outside)
         report.instance_id = inst.instance_id
         report.qemu_command = inst.argv
+        report.network_command = inst.net_argv
         report.seconds_to_ssh = inst.seconds_to_ssh
         report.qemu_cpu_seconds_to_ssh = inst.cpu_seconds_to_ssh
         report.boot_phases = inst.phases

@@ -67,6 +67,9 @@ def test_guest_reads_its_metadata(pv: dict, monkeypatch: pytest.MonkeyPatch) -> 
     assert r["/latest/meta-data/public-keys/"] == ("200", f"0=amilab-{inst.instance_id}")
     assert r["/latest/meta-data/nope"][0] == "404"
     assert inst.qemu is not None and not inst.qemu.alive()
+    # slirp ran in a QEMU of its own (harness.machine.split_network), gone with the guest's
+    assert inst.net is not None and inst.net_argv[:3] == [inst.argv[0], "-machine", "none"]
+    assert not inst.net.alive()
 
 
 def _default_sigint() -> None:
@@ -95,6 +98,17 @@ def _qemu_of(home: Path, timeout: float = 120) -> tuple[Path, int]:
     raise AssertionError("no QEMU started")
 
 
+def _network_of(inst_dir: Path) -> int:
+    """The PID of the instance's network QEMU (written once it listens)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            return int((inst_dir / "network.pid").read_text())
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    raise AssertionError("no network process started")
+
+
 def _gone(pid: int, within: float) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -111,10 +125,12 @@ def _gone(pid: int, within: float) -> bool:
 def test_sigkill_of_the_harness_takes_qemu_down(pv: dict) -> None:
     proc = _start(pv["home"], "smoke", pv["ami"])
     inst_dir, qemu = _qemu_of(pv["home"])
+    network = _network_of(inst_dir)
     time.sleep(2)  # mid-boot
     proc.kill()
     proc.wait()
     assert _gone(qemu, 5.0), "QEMU outlived the SIGKILLed harness"
+    assert _gone(network, 5.0), "the network's QEMU outlived the SIGKILLed harness"
     # the next launch removes what the killed harness could not
     os.environ["AMILAB_HOME"] = str(pv["home"])
     try:
@@ -129,11 +145,12 @@ def test_sigkill_of_the_harness_takes_qemu_down(pv: dict) -> None:
 def test_interrupt_stops_qemu_and_cleans_up(pv: dict, sig: int, keep: bool) -> None:
     proc = _start(pv["home"], "smoke", pv["ami"], *(["--keep"] if keep else []))
     inst_dir, qemu = _qemu_of(pv["home"])
+    network = _network_of(inst_dir)
     time.sleep(2)
     proc.send_signal(sig)
     proc.wait(timeout=30)
     assert proc.returncode == 130, proc.stderr.read() if proc.stderr else ""
-    assert _gone(qemu, 5.0)
+    assert _gone(qemu, 5.0) and _gone(network, 5.0)
     assert inst_dir.exists() == keep
     if keep:
         subprocess.run(["rm", "-rf", str(inst_dir)], check=True)

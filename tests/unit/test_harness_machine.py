@@ -138,3 +138,31 @@ def test_ec2_dmi_identity() -> None:
     argv = machine.command_line(spec)
     smbios = argv[argv.index("-smbios") + 1]
     assert smbios == f"type=1,manufacturer=Amazon EC2,product=t3.micro,uuid={uuid},serial={uuid}"
+
+
+def test_split_network_moves_slirp_into_its_own_qemu() -> None:
+    argv = command_line(_spec())
+    split = machine.split_network(argv)
+    assert split is not None
+    guest, network = split
+    # the guest keeps everything but the user-mode network, which becomes a stream socket
+    (guest_net,) = _opt(guest, "-netdev")
+    assert guest_net == "stream,id=n0,server=off,addr.type=unix,addr.path=net.sock"
+    assert [a for a in guest if a != guest_net] == [a for a in argv if not a.startswith("user,")]
+    assert _opt(guest, "-device").count("virtio-net-pci,id=nic0,netdev=n0") == 1
+    # the network's QEMU runs no machine: slirp (forwards unchanged), the socket, a hub
+    assert network[0] == argv[0] and _opt(network, "-machine") == ["none"]
+    (user,) = [n for n in _opt(argv, "-netdev") if n.startswith("user,")]
+    assert _opt(network, "-netdev") == [
+        user,
+        "stream,id=guest,server=on,addr.type=unix,addr.path=net.sock",
+        "hubport,id=hub-slirp,hubid=0,netdev=n0",
+        "hubport,id=hub-guest,hubid=0,netdev=guest",
+    ]
+    assert "-kernel" not in network and "-drive" not in network
+    assert machine.split_network(guest) is None  # nothing left to move
+
+
+def test_this_qemu_can_split_the_network() -> None:
+    # Debian 12's QEMU 7.2 has -netdev stream; without it launches keep slirp in one QEMU
+    assert machine.network_split_supported(machine.find_qemu("qemu-system-x86_64"))
