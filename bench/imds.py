@@ -9,13 +9,14 @@
           Median of --rounds rounds, the servers taking turns.
           Also the same with an IMDSv2 token (http_tokens: required: one HMAC per request).
   conn    the guest path on the host: slirp's `cmd:` starts one process per guest
-          connection. Median and p95 wall time of one exchange through the socat relay to
+          connection. Median and p95 wall time of one exchange through the netcat relay to
           the harness's server thread (what launches use), through the stand-alone
-          `imds_cgi.py` (the fallback without socat, and runners), and of `/bin/true` (an
+          `imds_cgi.py` (the fallback without it, and runners), socat as the same relay, and
+          `/bin/true` (an
           exec doing nothing, the floor of any per-connection process).
 
   guest   with --guest: boots an image (by default the debian-pv recipe, built into a
-          temporary AMILAB_HOME) three times: as launches do (socat relay, slirp in a QEMU of
+          temporary AMILAB_HOME) three times: as launches do (netcat relay, slirp in a QEMU of
           its own), with slirp inside the guest's QEMU (one process, as before), and with
           imds_cgi.py per connection; and times, inside each, `curl` of meta-data/kernel-id beside
           the same `curl` against a closed local port (the guest's own process cost),
@@ -210,10 +211,10 @@ def _p95(xs: list[float]) -> float:
 
 
 def bench_cgi(tmp: Path, runs: int) -> dict[str, float]:
-    """The per-connection process on the host, three ways: the socat relay the harness uses
-    (to a server thread, here in this process as in the harness), the stand-alone
-    `imds_cgi.py` (the fallback, and what runners use), and `/bin/true` (an exec that does
-    nothing: the floor of any per-connection process)."""
+    """The per-connection process on the host: the netcat relay the harness uses
+    (to a server thread, here in this process as in the harness), socat doing the same, the
+    stand-alone `imds_cgi.py` (the fallback, and what runners use), and `/bin/true` (an
+    exec that does nothing: the floor of any per-connection process)."""
     import threading
 
     from harness.imds_serve import MetadataServer
@@ -229,12 +230,21 @@ def bench_cgi(tmp: Path, runs: int) -> dict[str, float]:
     server = MetadataServer.unix(document(md), tmp / IMDS_SOCKET)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    relay_cmd = StartMetadataService.relay_command().split(" ")
+    relay = StartMetadataService.relay_command()
+    if relay is None:
+        raise SystemExit("bench: nc.openbsd is missing (netcat-openbsd): run scripts/setup.sh")
     cgi_cmd = [sys.executable, "-I", "-S", imds_cgi.__file__, str(doc)]
-    commands = {"relay": relay_cmd, "cgi": cgi_cmd, "exec": ["/bin/true"]}
+    # socat as the same relay, the peer the netcat relay replaced (measured slower here)
+    socat = ["socat", "-lf", "relay.log", "FD:0,shut-down", f"UNIX-CONNECT:{IMDS_SOCKET}"]
+    commands = {
+        "relay": relay.split(" "),
+        "socat": socat,
+        "cgi": cgi_cmd,
+        "exec": ["/bin/true"],
+    }
     times: dict[str, list[float]] = {k: [] for k in commands}
     try:
-        for name in ("relay", "cgi"):
+        for name in ("relay", "socat", "cgi"):
             _, out = _exchange(commands[name], tmp)
             assert out.endswith(b"aki-0123456789abcdef0"), (name, out)
         for _ in range(runs):  # interleaved, so all see the same machine load
@@ -249,6 +259,7 @@ def bench_cgi(tmp: Path, runs: int) -> dict[str, float]:
         out[f"{name}_p95_ms"] = _p95(xs) * 1000
     out["relay_sequential_rps"] = 1 / statistics.median(times["relay"])
     out["cgi_over_relay"] = statistics.median(times["cgi"]) / statistics.median(times["relay"])
+    out["socat_over_relay"] = statistics.median(times["socat"]) / statistics.median(times["relay"])
     return out
 
 
@@ -293,7 +304,9 @@ def _guest_phases(ssh: object, url: str, n: int) -> dict[str, list[float]]:
     }
 
 
-def bench_guest(home: Path | None, image: str | None, runs: int) -> dict[str, float]:
+def bench_guest(
+    home: Path | None, image: str | None, runs: int, modes: tuple[str, ...]
+) -> dict[str, float]:
     """Boot the image (building the default debian-pv recipe into a temporary AMILAB_HOME
     when none is given) once per GUEST_MODES entry and time curl inside each: the metadata
     service vs a closed port."""
@@ -336,7 +349,7 @@ def bench_guest(home: Path | None, image: str | None, runs: int) -> dict[str, fl
                 self.result["service"], self.result["closed"] = svc, shut
                 self.result.update(_guest_phases(s.ssh, metadata, max(10, runs // 4)))
 
-        for mode in GUEST_MODES:
+        for mode in modes:
             options = LaunchOptions(
                 accelerator=accelerator,
                 imds_relay=mode != "cgi",
@@ -367,7 +380,7 @@ def bench_guest(home: Path | None, image: str | None, runs: int) -> dict[str, fl
     return out
 
 
-# relay: what launches use (socat relay; slirp in a QEMU of its own); relay-one-qemu: the
+# relay: what launches use (netcat relay; slirp in a QEMU of its own); relay-one-qemu: the
 # same with slirp inside the guest's QEMU; cgi: imds_cgi.py per connection, slirp apart
 GUEST_MODES = ("relay", "relay-one-qemu", "cgi")
 
@@ -379,8 +392,14 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="load rounds (default 3)")
     ap.add_argument("--runs", type=int, default=40, help="per-connection runs (default 40)")
     ap.add_argument("--guest", action="store_true", help="also time curl inside a guest")
+    ap.add_argument("--guest-runs", type=int, help="curl pairs per guest (default: --runs)")
     ap.add_argument("--home", type=Path, help="AMILAB_HOME holding --image (else a build)")
     ap.add_argument("--image", help="AMI id or name to boot for --guest (default debian-pv)")
+    ap.add_argument(
+        "--guest-modes",
+        default=",".join(GUEST_MODES),
+        help=f"comma-separated, of {','.join(GUEST_MODES)} (default: all)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="amilab-bench-imds-") as t:
@@ -389,7 +408,10 @@ def main() -> int:
             tmp, args.runs
         )
     if args.guest:
-        result |= bench_guest(args.home, args.image, args.runs)
+        modes = tuple(m for m in args.guest_modes.split(",") if m)
+        if not modes or set(modes) - set(GUEST_MODES):
+            raise SystemExit(f"bench: --guest-modes: choose from {','.join(GUEST_MODES)}")
+        result |= bench_guest(args.home, args.image, args.guest_runs or args.runs, modes)
     result["serve_vs_peer"] = result["amilab_v1_rps"] / result["peer_rps"]
     result["serve_vs_loop"] = result["amilab_v1_rps"] / result["loop_rps"]
     if args.json:
@@ -402,7 +424,8 @@ def main() -> int:
     print(f"      amilab / socketserver {result['serve_vs_peer']:8.2f}")
     print(f"      amilab / accept loop  {result['serve_vs_loop']:8.2f}   (target: ≥ 2000 req/s)")
     for name, label in (
-        ("relay", "socat relay → server"),
+        ("relay", "nc -U relay → server"),
+        ("socat", "socat relay → server"),
         ("cgi", "imds_cgi.py (fallback)"),
         ("exec", "/bin/true (exec floor)"),
     ):
@@ -410,10 +433,11 @@ def main() -> int:
             f"conn  {label:24s} median {result[name + '_median_ms']:6.1f} ms"
             f"  p95 {result[name + '_p95_ms']:6.1f} ms"
         )
-    print(f"      cgi / relay           {result['cgi_over_relay']:8.2f}")
+    print(f"      socat / nc relay      {result['socat_over_relay']:8.2f}")
+    print(f"      cgi / nc relay        {result['cgi_over_relay']:8.2f}")
     if args.guest:
         r = result
-        for mode in GUEST_MODES:
+        for mode in modes:
             g = f"guest_{mode}_"
             print(f"guest [{mode}] ({r['guest_accelerator']})")
             print(

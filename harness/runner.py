@@ -12,7 +12,7 @@ What qemu-runner cannot express, and how the runner copes:
   `sh -c "$(python3 FILE.pyz --dry-run)"`;
 - it only runs QEMU: no QMP shutdown, no SSH wait, no console watching (that is `amilab smoke`);
 - it runs one QEMU, so slirp stays inside the guest's QEMU and each metadata request starts
-  `imds_cgi.py` from there (launches split the network off and relay through socat, which
+  `imds_cgi.py` from there (launches split the network off and relay through netcat, which
   is cheaper per request: see `harness.machine.split_network`).
 """
 

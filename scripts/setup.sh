@@ -9,7 +9,7 @@ DEBS=(
   mmdebstrap debootstrap qemu-system-x86 qemu-utils e2fsprogs fdisk dosfstools mtools
   busybox-static kmod cpio zstd xz-utils python3-venv python3-guestfs libguestfs-tools
   ovmf seabios sudo curl uidmap grub-pc-bin grub-efi-amd64-bin grub2-common
-  linux-image-cloud-amd64 amazon-ec2-utils socat
+  linux-image-cloud-amd64 amazon-ec2-utils netcat-openbsd socat
 )
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup: run as root (apt-get, chroot and mounts need it)" >&2
