@@ -195,10 +195,15 @@ def _slow_element(base: Path, script: str) -> None:
     hook.chmod(0o755)
 
 
+SLOW_SLEEP = "sleep 2931"
+
+
 def test_sigint_during_element_script_leaves_nothing(tmp_path: Path, default_build) -> None:
     elements, scratch, home = tmp_path / "el", tmp_path / "scratch", tmp_path / "home"
     scratch.mkdir()
-    _slow_element(elements, "#!/bin/sh\ntouch /hook-started\nsleep 300\n")
+    # an odd duration, matched exactly below: `pgrep -f "sleep 300"` also found a shell that
+    # merely had "sleep 300" in its command line (a false leftover)
+    _slow_element(elements, f"#!/bin/sh\ntouch /hook-started\n{SLOW_SLEEP}\n")
     recipe = recipe_file(tmp_path, "interrupted", elements=["ec2-base", "slow-hook"])
     env = {
         **os.environ,
@@ -225,7 +230,7 @@ def test_sigint_during_element_script_leaves_nothing(tmp_path: Path, default_bui
     assert proc.returncode == 130, err.decode()[-2000:]
     assert "Traceback" not in err.decode()
     _no_leftovers(home, scratch)
-    leftover = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True)
+    leftover = subprocess.run(["pgrep", "-x", "-f", SLOW_SLEEP], capture_output=True, text=True)
     assert leftover.stdout.strip() == ""
 
 
