@@ -40,7 +40,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from builder.registry import Registry  # noqa: E402
+from builder.images.registry import Registry  # noqa: E402
 
 COLD_RATIO_TARGET = 0.5
 WARM_TARGET_S = 15.0

@@ -47,8 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness import imds_cgi  # noqa: E402
-from harness.metadata import InstanceMetadata, write_document  # noqa: E402
+from harness.imds import protocol as imds_cgi  # noqa: E402
+from harness.imds.document import InstanceMetadata, write_document  # noqa: E402
 
 AMILAB = Path(sys.executable).with_name("amilab")
 REQUEST = b"GET /latest/meta-data/kernel-id HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n"
@@ -217,9 +217,9 @@ def bench_cgi(tmp: Path, runs: int) -> dict[str, float]:
     exec that does nothing: the floor of any per-connection process)."""
     import threading
 
-    from harness.imds_serve import MetadataServer
-    from harness.launch import IMDS_SOCKET, StartMetadataService
-    from harness.metadata import document
+    from harness.imds.document import document
+    from harness.imds.server import MetadataServer
+    from harness.launch.steps import IMDS_SOCKET, StartMetadataService
 
     md = InstanceMetadata(
         ami_id="ami-0123456789abcdef0",
@@ -273,7 +273,7 @@ GUEST_LOOP = (
 
 
 def _guest_pairs(ssh: object, a: str, b: str, n: int) -> tuple[list[float], list[float]]:
-    from harness.ssh import run
+    from harness.launch.ssh import run
 
     out = run(ssh, GUEST_LOOP.format(n=n, a=a, b=b), timeout=900).output  # type: ignore[arg-type]
     times = []
@@ -293,7 +293,7 @@ PHASES_LOOP = (
 
 
 def _guest_phases(ssh: object, url: str, n: int) -> dict[str, list[float]]:
-    from harness.ssh import run
+    from harness.launch.ssh import run
 
     out = run(ssh, PHASES_LOOP.format(n=n, url=url), timeout=600).output  # type: ignore[arg-type]
     rows = [[float(x) for x in line.split()] for line in out.splitlines() if line.strip()]
@@ -312,11 +312,11 @@ def bench_guest(
     service vs a closed port."""
     import os
 
-    from builder.registry import Registry
-    from harness import accel
-    from harness.launch import LAUNCH_STEPS, Instance, LaunchOptions, WaitForSsh
-    from harness.pipeline import Step, run_steps
-    from harness.plan import make_plan
+    from builder.images.registry import Registry
+    from builder.steps import Step, run_steps
+    from harness.launch import accel
+    from harness.launch.plan import make_plan
+    from harness.launch.steps import LAUNCH_STEPS, Instance, LaunchOptions, WaitForSsh
 
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="amilab-bench-imds-home-") as t:

@@ -39,8 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from builder import sparsetar  # noqa: E402
-from builder.bundle import make_key_pair  # noqa: E402
+from builder.images import sparsetar  # noqa: E402
+from builder.images.bundle import make_key_pair  # noqa: E402
 
 
 def amilab(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

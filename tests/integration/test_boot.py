@@ -15,13 +15,13 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from builder.registry import Registry
-from harness import accel
-from harness import instance as instances
-from harness.launch import LAUNCH_STEPS, Instance, LaunchOptions, WaitForSsh
-from harness.pipeline import Step, run_steps
-from harness.plan import make_plan
-from harness.ssh import run
+from builder.images.registry import Registry
+from builder.steps import Step, run_steps
+from harness.launch import accel
+from harness.launch import instance as instances
+from harness.launch.plan import make_plan
+from harness.launch.ssh import run
+from harness.launch.steps import LAUNCH_STEPS, Instance, LaunchOptions, WaitForSsh
 from tests.conftest import AMILAB, ROOT
 from tests.integration.builds import build
 
@@ -67,7 +67,7 @@ def test_guest_reads_its_metadata(pv: dict, monkeypatch: pytest.MonkeyPatch) -> 
     assert r["/latest/meta-data/public-keys/"] == ("200", f"0=amilab-{inst.instance_id}")
     assert r["/latest/meta-data/nope"][0] == "404"
     assert inst.qemu is not None and not inst.qemu.alive()
-    # slirp ran in a QEMU of its own (harness.machine.split_network), gone with the guest's
+    # slirp ran in a QEMU of its own (harness.launch.machine.split_network), gone with the guest's
     assert inst.net is not None and inst.net_argv[:3] == [inst.argv[0], "-machine", "none"]
     assert not inst.net.alive()
 

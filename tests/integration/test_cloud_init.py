@@ -6,7 +6,7 @@ given at launch must have run.
 
 The launch goes through the harness's own pipeline (as `amilab boot`/`smoke` do) rather than
 `amilab smoke`: the marker the user-data script writes holds a token only this test knows.
-The machine carries EC2's DMI identity (harness.machine.ec2_system_uuid), by which cloud-init
+The machine carries EC2's DMI identity (harness.launch.machine.ec2_system_uuid), by which cloud-init
 22.4 recognises EC2 and, only there, asks for IMDSv2 tokens.
 """
 
@@ -21,13 +21,14 @@ from typing import Any
 
 import pytest
 
-from builder.registry import Registry
-from harness import accel, checks
-from harness.launch import LAUNCH_STEPS, Instance, LaunchOptions, WaitForSsh
-from harness.machine import ec2_system_uuid
-from harness.pipeline import Step, run_steps
-from harness.plan import make_plan
-from harness.ssh import BootFailed, SshTimeout, run
+from builder.images.registry import Registry
+from builder.steps import Step, run_steps
+from harness.launch import accel
+from harness.launch.machine import ec2_system_uuid
+from harness.launch.plan import make_plan
+from harness.launch.ssh import BootFailed, SshTimeout, run
+from harness.launch.steps import LAUNCH_STEPS, Instance, LaunchOptions, WaitForSsh
+from harness.smoke import checks
 from tests.conftest import ROOT
 from tests.integration.builds import build
 

@@ -98,7 +98,7 @@ def test_import_registers_an_hvm_ami_with_the_same_disk(exported: dict) -> None:
     assert ami["RootDeviceName"] == "/dev/xvda"
     stored = Path(ami["ImageLocation"])
     assert sparse_sha256(stored) == sparse_sha256(exported["raw"])  # bit-exact round trip
-    from builder.registry import Registry
+    from builder.images.registry import Registry
 
     record = Registry(exported["home"]).get(ami["ImageId"])
     assert record is not None
@@ -130,7 +130,7 @@ def _free_port() -> int:
 def test_smoke_of_the_imported_ami(exported: dict) -> None:
     """The harness prepares a copy-on-write overlay as VM Import would (DHCP, fstab by UUID,
     the instance's key), boots it, and runs the same checks; the original is never written."""
-    from builder.registry import Registry
+    from builder.images.registry import Registry
 
     record = Registry(exported["home"]).get(exported["imported"]["ImageId"])
     before = sparse_sha256(Path(record.image_location))

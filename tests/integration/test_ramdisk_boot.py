@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import kernel, ramdisk
-from builder.kernel import Kernel
+from builder.build import kernel, ramdisk
+from builder.build.kernel import Kernel
 
 pytestmark = pytest.mark.integration
 
@@ -191,7 +191,7 @@ def test_distro_ramdisk_from_the_image_boots(cloud: Kernel, tmp_path: Path) -> N
     kernel's modules; the result is reproducible and boots that root."""
     if not shutil.which("mmdebstrap"):
         pytest.skip("mmdebstrap is missing")
-    from builder.mirror import host_mirror
+    from builder.build.mirror import host_mirror
 
     root = tmp_path / "root"
     subprocess.run(

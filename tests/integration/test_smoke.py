@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from builder.ids import make_id
-from builder.registry import ImageRecord, Registry
+from builder.images.registry import ImageRecord, Registry
 from tests.conftest import ROOT, run_amilab
 from tests.integration.builds import build
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import ROOT, run_amilab
 from tests.integration.builds import build
-from tests.unit.test_lifecycle import S3_ENV, start_s3_server
+from tests.unit.builder.images.test_lifecycle import S3_ENV, start_s3_server
 
 pytestmark = pytest.mark.integration
 

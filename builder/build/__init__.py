@@ -1,0 +1,1 @@
+"""The build pipeline: recipe, root engines, elements, kernels, ramdisk, disk, bootloader."""

@@ -1,0 +1,545 @@
+"""The build pipeline: recipe → rootfs → kernel/modules/ramdisk → disk → formats → registry.
+
+Like Packer's builders, a build is a list of steps; each step that creates something owns
+its cleanup, and every cleanup of the steps that ran is called in reverse order whether the
+build succeeded, failed or was interrupted. Registration is the last step and one SQLite
+transaction, so a build that did not finish registers nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder import paths
+from builder.build import bootloader, chroot, elements, rootfs
+from builder.build import kernel as kernel_mod
+from builder.build import layout as disk_mod
+from builder.build.recipe import LoadedRecipe, load_recipes, select
+from builder.disk.formats import FORMATS
+from builder.errors import BadInput
+from builder.ids import file_sha256, make_id, registration_id, sparse_sha256
+from builder.images.registry import ImageRecord, Registry, root_ebs_mapping, store_artifact
+from builder.progress import Stages
+from builder.progress import out as console
+from builder.signals import sigterm_as_interrupt
+
+
+@dataclass
+class BuildState:
+    loaded: LoadedRecipe
+    stages: Stages
+    workdir: Path = Path()
+    logs: Path = Path()
+    root: Path = Path()
+    elements: list[elements.Element] = field(default_factory=list)
+    packages: list[str] = field(default_factory=list)
+    uninstall: list[str] = field(default_factory=list)
+    kernel_future: Future[Any] | None = None
+    resolved_kernel: Any = None
+    ramdisk: Path | None = None
+    layout: disk_mod.DiskLayout | None = None
+    raw: Path = Path()
+    outputs: dict[str, Path] = field(default_factory=dict)
+    stored: list[Path] = field(default_factory=list)
+    records: list[ImageRecord] = field(default_factory=list)
+    base_cached: bool = False
+    root_uuid: str = ""
+
+    @property
+    def kernel(self) -> Any:
+        """The recipe's kernel; resolved (and on a cold cache, downloaded) in the background
+        while the base root tree is made, and waited for only where first needed."""
+        if self.resolved_kernel is None and self.kernel_future is not None:
+            self.resolved_kernel = self.kernel_future.result()
+        return self.resolved_kernel
+
+    @property
+    def recipe(self):  # noqa: ANN201 - the Recipe dataclass
+        return self.loaded.recipe
+
+    def hook_env(self) -> dict[str, str]:
+        r = self.recipe
+        return {
+            **r.environment,
+            "DIB_RELEASE": r.release,
+            "DISTRO_NAME": "debian",
+            "DIB_INIT_SYSTEM": "systemd",
+            "ARCH": "amd64",
+            "IMAGE_NAME": r.name,
+            "IMAGE_ELEMENT": " ".join(e.name for e in self.elements),
+            "ELEMENTS_PATH": ":".join(str(p) for p in paths.elements_path()),
+            "AMILAB_KERNEL_RELEASE": self.kernel.release if self.kernel else "",
+        }
+
+
+class Step:
+    name = "step"
+    what = ""
+
+    def run(self, s: BuildState) -> None:
+        raise NotImplementedError
+
+    def cleanup(self, s: BuildState) -> None:
+        """Undo what run() left behind that is not part of the result."""
+
+
+class Workdir(Step):
+    name = "workdir"
+
+    def run(self, s: BuildState) -> None:
+        paths.work_root().mkdir(parents=True, exist_ok=True)
+        s.workdir = Path(tempfile.mkdtemp(prefix=f"{s.recipe.name}-", dir=paths.work_root()))
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        s.logs = paths.logs_dir() / f"{s.recipe.name}-{stamp}-{s.workdir.name[-6:]}"
+        s.logs.mkdir(parents=True, exist_ok=True)
+        scratch = paths.scratch_dir()
+        if scratch:
+            s.root = Path(tempfile.mkdtemp(prefix=f"amilab-{s.recipe.name}-", dir=scratch))
+        else:
+            s.root = s.workdir / "root"
+
+    def cleanup(self, s: BuildState) -> None:
+        chroot.remove_tree(s.root)
+        chroot.remove_tree(s.workdir)
+
+
+class Resolve(Step):
+    name = "resolve"
+    what = "elements, packages and kernel"
+
+    def run(self, s: BuildState) -> None:
+        r = s.recipe
+        s.elements = elements.resolve(r.elements, paths.elements_path(), s.loaded.where)
+        installs = elements.package_installs(s.elements)
+        wanted = list(rootfs.BASE_PACKAGES) + list(r.packages)
+        wanted += [p.name for p in installs if not p.uninstall]
+        if r.ramdisk == "distro":
+            wanted.append("initramfs-tools")
+        s.packages = sorted(set(wanted))
+        s.uninstall = sorted({p.name for p in installs if p.uninstall})
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
+        s.kernel_future = self._pool.submit(resolve_kernel_ref, s.loaded, s.logs / "kernel.log")
+        s.root_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"amilab:{r.digest}"))
+
+    _pool: ThreadPoolExecutor | None = None
+
+    def cleanup(self, s: BuildState) -> None:
+        if self._pool:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class BaseRoot(Step):
+    name = "rootfs"
+
+    def run(self, s: BuildState) -> None:
+        log = s.logs / "rootfs.log"
+        if s.recipe.engine == "diskimage-builder":
+            from builder.build.engines.dib import build_root_dib
+
+            s.stages.detail("disk-image-create")
+            build_root_dib(
+                s.recipe,
+                list(s.recipe.elements),
+                paths.elements_path(),
+                s.workdir / "dib",
+                s.root,
+                log,
+            )
+            return
+        s.stages.detail("mmdebstrap base (cached when unchanged)")
+        tar, s.base_cached = rootfs.base_tarball(s.recipe.release, s.packages, log)
+        s.stages.detail("unpacking " + ("cached base" if s.base_cached else "new base"))
+        rootfs.unpack(tar, s.root)
+        s.stages.detail("waiting for the kernel")
+        _ = s.kernel
+
+
+class Elements(Step):
+    """Element phases up to post-install.d (the native engine runs them itself)."""
+
+    name = "elements"
+    _runner: elements.PhaseRunner | None = None
+
+    def run(self, s: BuildState) -> None:
+        if s.recipe.engine == "diskimage-builder":
+            return  # disk-image-create ran them
+        self._runner = elements.PhaseRunner(
+            s.elements,
+            s.root,
+            s.logs / "elements",
+            s.hook_env(),
+            on_hook=lambda h: s.stages.detail(f"{h.element}: {h.phase}/{h.name}"),
+        )
+        self._runner.stage_in_target()
+        with chroot.prepared(s.root):
+            for phase, inside in elements.PHASES:
+                if phase == "finalise.d":
+                    break
+                self._runner.run_phase(phase, inside)
+            if s.uninstall:
+                s.stages.detail("removing build-only packages")
+                _chroot_checked(
+                    s, ["apt-get", "-y", "purge", "--autoremove", *s.uninstall], "uninstall"
+                )
+
+    def cleanup(self, s: BuildState) -> None:
+        if self._runner and s.root.exists():
+            self._runner.remove_in_target()
+
+
+class Modules(Step):
+    name = "modules"
+
+    def run(self, s: BuildState) -> None:
+        release = s.kernel.release
+        dest = s.root / "lib/modules" / release
+        if s.recipe.modules == "omit":
+            s.stages.detail(f"leaving out /lib/modules/{release} (modules: omit)")
+            return
+        s.stages.detail(f"/lib/modules/{release}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-a", str(s.kernel.modules_dir), str(dest)], check=True)
+        boot = s.root / "boot"
+        boot.mkdir(exist_ok=True)
+        shutil.copy2(s.kernel.config, boot / f"config-{release}")
+        subprocess.run(["depmod", "-b", str(s.root), release], check=True)
+
+
+class Ramdisk(Step):
+    name = "ramdisk"
+
+    def run(self, s: BuildState) -> None:
+        from builder.build import ramdisk as ramdisk_mod
+
+        kind = s.recipe.ramdisk
+        out = s.workdir / "initrd.img"
+        if kind == "generated":
+            s.stages.detail("busybox initrd with " + ", ".join(s.kernel.ramdisk_modules))
+            s.ramdisk = ramdisk_mod.build_generated(s.kernel, out)
+        elif kind == "distro":
+            s.stages.detail("mkinitramfs in the image")
+            with chroot.prepared(s.root):
+                s.ramdisk = ramdisk_mod.build_distro(s.root, s.kernel, out, s.logs / "ramdisk.log")
+
+
+class Finalise(Step):
+    name = "finalise"
+
+    def run(self, s: BuildState) -> None:
+        if s.recipe.engine != "diskimage-builder":
+            runner = elements.PhaseRunner(
+                s.elements,
+                s.root,
+                s.logs / "elements",
+                s.hook_env(),
+                on_hook=lambda h: s.stages.detail(f"{h.element}: {h.phase}/{h.name}"),
+            )
+            runner.stage_in_target()
+            try:
+                with chroot.prepared(s.root):
+                    runner.run_phase("finalise.d", True)
+                runner.run_phase("cleanup.d", False)
+            finally:
+                runner.remove_in_target()
+        # Empty, as Debian's cloud images ship it: systemd makes a fresh ID at every boot
+        # of a new instance. ("uninitialized" would also trigger first-boot preset-all,
+        # measured at 5.6 s under TCG.)
+        machine_id = s.root / "etc/machine-id"
+        if machine_id.exists():
+            machine_id.write_text("")
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            d = s.root / junk
+            if d.is_dir():
+                for f in d.glob("*"):
+                    if f.is_file() and f.name != "lock":
+                        f.unlink()
+        disk_mod.write_fstab(s.root, s.recipe.disk.label)
+
+
+class BootFiles(Step):
+    """HVM: the kernel, initrd and GRUB menus go into the image's /boot."""
+
+    name = "boot-files"
+
+    def run(self, s: BuildState) -> None:
+        if s.recipe.virtualization != "hvm":
+            return
+        k = s.kernel
+        s.stages.detail(f"/boot/vmlinuz-{k.release}, grub.cfg, menu.lst")
+        roles = disk_mod.plan(s.recipe.partitioning, s.recipe.boot_mode)
+        bootloader.install_boot_files(
+            s.root,
+            Path(k.vmlinuz),
+            Path(k.config),
+            k.release,
+            s.ramdisk,
+            bootloader.kernel_args(s.root_uuid, k.cmdline, s.recipe.kernel_cmdline),
+            roles.index("root") + 1,
+        )
+
+
+class Disk(Step):
+    name = "disk"
+
+    def run(self, s: BuildState) -> None:
+        d = s.recipe.disk
+        s.raw = s.workdir / "disk.raw"
+        s.stages.detail(f"mkfs.ext4 -d ({s.recipe.partitioning}, {d.size >> 20} MiB)")
+        s.layout = disk_mod.make_disk(
+            s.root,
+            s.raw,
+            d.size,
+            d.label,
+            s.root_uuid,
+            s.recipe.partitioning,
+            s.logs / "disk.log",
+            boot=s.recipe.boot_mode,
+        )
+        # the tree is in the disk now; free the space before writing formats
+        chroot.remove_tree(s.root)
+
+
+class Bootloader(Step):
+    name = "bootloader"
+
+    def run(self, s: BuildState) -> None:
+        if s.layout is None or s.layout.boot is None:
+            return
+        s.stages.detail(f"GRUB for {s.layout.boot}")
+        bootloader.install(s.raw, s.layout, s.root_uuid, s.workdir, s.logs / "bootloader.log")
+
+
+class Formats(Step):
+    name = "formats"
+
+    def run(self, s: BuildState) -> None:
+        for name in s.recipe.disk.formats:
+            fmt = FORMATS[name]
+            if name == "raw":
+                s.outputs[name] = s.raw
+                continue
+            s.stages.detail(name)
+            out = s.workdir / f"disk{fmt.suffix}"
+            fmt.write(s.raw, out)
+            s.outputs[name] = out
+
+
+class Register(Step):
+    name = "register"
+
+    def run(self, s: BuildState) -> None:
+        r, k, layout = s.recipe, s.kernel, s.layout
+        assert layout is not None
+        kernel_path = self._store(s, Path(k.vmlinuz), k.digest, ".vmlinuz", copy=True)
+        aki = ImageRecord(
+            image_id=k.aki_id,
+            image_type="kernel",
+            name=f"{k.name}-{k.release}",
+            description=f"{k.package} {k.version}",
+            image_location=str(kernel_path),
+            kernel_release=k.release,
+            package_version=k.version,
+            extra={
+                "definition": k.name,
+                "package": k.package,
+                "cmdline": k.cmdline,
+                "digest": k.digest,
+            },
+        )
+        records = [aki]
+        ari_id = None
+        if s.ramdisk:
+            digest = file_sha256(s.ramdisk)
+            ari_id = make_id("ari", digest)
+            path = self._store(s, s.ramdisk, digest, ".initrd")
+            records.append(
+                ImageRecord(
+                    image_id=ari_id,
+                    image_type="ramdisk",
+                    name=f"initrd-{k.release}-{r.ramdisk}",
+                    description=f"{r.ramdisk} ramdisk for {k.release}",
+                    image_location=str(path),
+                    kernel_release=k.release,
+                    extra={"kind": r.ramdisk, "digest": digest, "kernel_id": k.aki_id},
+                )
+            )
+        s.stages.detail("digest of the disk")
+        disk_digest = sparse_sha256(s.raw)
+        virt = r.virtualization
+        registration = {
+            "name": r.name,
+            "architecture": r.architecture,
+            "virtualization": virt,
+            "kernel_id": k.aki_id if virt == "paravirtual" else None,
+            "ramdisk_id": ari_id if virt == "paravirtual" else None,
+            "root_device_name": layout.root_device_name,
+        }
+        ami_id = registration_id("ami", disk_digest, registration)
+        locations = {}
+        for name, path in s.outputs.items():
+            digest = disk_digest if name == "raw" else file_sha256(path)
+            locations[name] = str(self._store(s, path, digest, FORMATS[name].suffix))
+        bdm = root_ebs_mapping(layout.root_device_name, disk_digest, layout.size)
+        ami = ImageRecord(
+            image_id=ami_id,
+            image_type="machine",
+            name=r.name,
+            architecture=r.architecture,
+            description=r.description,
+            kernel_id=registration["kernel_id"],
+            ramdisk_id=registration["ramdisk_id"],
+            virtualization_type=virt,
+            root_device_name=layout.root_device_name,
+            root_device_type="ebs",
+            block_device_mappings=bdm,
+            image_location=locations[r.disk.formats[0]],
+            extra={
+                **layout.extra(),
+                "locations": locations,
+                "disk_digest": disk_digest,
+                "recipe_digest": r.digest,
+                "recipe": asdict(r),
+                "recipe_file": s.loaded.where.path,
+                "engine": r.engine,
+                "kernel_cmdline": r.kernel_cmdline,
+                "kernel_release": k.release,
+                "build_kernel_id": k.aki_id,
+                "build_ramdisk_id": ari_id,
+                "modules": r.modules,
+                "boot": layout.boot,
+                "logs": str(s.logs),
+                "timings": s.stages.timings,
+            },
+        )
+        records.append(ami)
+        s.records = Registry().register(records)
+
+    def _store(
+        self, s: BuildState, path: Path, digest: str, suffix: str, copy: bool = False
+    ) -> Path:
+        dest_exists = (paths.artifacts_dir() / digest[:2] / f"{digest}{suffix}").exists()
+        if copy and not dest_exists:
+            tmp = s.workdir / f"artifact{suffix}"
+            shutil.copy2(path, tmp)
+            path = tmp
+        elif copy:
+            return paths.artifacts_dir() / digest[:2] / f"{digest}{suffix}"
+        dest = store_artifact(path, digest, suffix)
+        if not dest_exists:
+            s.stored.append(dest)
+        return dest
+
+    def cleanup(self, s: BuildState) -> None:
+        if not s.records:  # registration did not happen: drop what only it would have used
+            for path in s.stored:
+                path.unlink(missing_ok=True)
+
+
+PIPELINE: tuple[type[Step], ...] = (
+    Workdir,
+    Resolve,
+    BaseRoot,
+    Elements,
+    Modules,
+    Ramdisk,
+    BootFiles,
+    Finalise,
+    Disk,
+    Bootloader,
+    Formats,
+    Register,
+)
+
+
+def _chroot_checked(s: BuildState, argv: list[str], what: str) -> None:
+    log = s.logs / f"{what}.log"
+    result = chroot.run(s.root, argv, log=log)
+    if result.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
+        raise BadInput(f"{what}: {' '.join(argv)} failed (log: {log})\n{tail}")
+
+
+def resolve_kernel_ref(loaded: LoadedRecipe, log: Path) -> Any:
+    """The recipe's kernel: a catalogue name, or an aki- ID registered earlier."""
+    r, where = loaded.recipe, loaded.where
+    catalogue = kernel_mod.load_catalogue()
+    if r.kernel.startswith("aki-"):
+        record = Registry().get(r.kernel)
+        if record is None or record.image_type != "kernel":
+            raise where.error("kernel", f"{r.kernel} is not a registered kernel image")
+        name = record.extra.get("definition")
+        if name not in catalogue:
+            raise where.error("kernel", f"{r.kernel} comes from kernel {name!r}, now unknown")
+        package = record.extra.get("package", "")
+        try:
+            return kernel_mod.cached_kernel(catalogue[name], package, record.package_version or "")
+        except Exception as e:  # the cache was cleared since: say what to do
+            raise where.error(
+                "kernel", f"{r.kernel} ({package} {record.package_version}): {e}"
+            ) from None
+    if r.kernel not in catalogue:
+        raise where.error(
+            "kernel", f"unknown kernel {r.kernel!r}; known: {', '.join(sorted(catalogue))}"
+        )
+    return kernel_mod.resolve_kernel(catalogue[r.kernel], r.release, log=log)
+
+
+def validate(loaded: LoadedRecipe) -> None:
+    """Checks that need more than the recipe file: elements and kernel names exist."""
+    r, where = loaded.recipe, loaded.where
+    found = elements.resolve(r.elements, paths.elements_path(), where)
+    elements.package_installs(found)
+    if not r.kernel.startswith("aki-") and r.kernel not in kernel_mod.load_catalogue():
+        known = ", ".join(sorted(kernel_mod.load_catalogue()))
+        raise where.error("kernel", f"unknown kernel {r.kernel!r}; known: {known}")
+
+
+def build_recipe(loaded: LoadedRecipe, quiet: bool = False) -> ImageRecord:
+    """Run the pipeline for one recipe; returns the registered AMI record."""
+    with Stages(loaded.recipe.name, quiet=quiet) as stages:
+        state = BuildState(loaded, stages)
+        done: list[Step] = []
+        try:
+            for step_cls in PIPELINE:
+                step = step_cls()
+                done.append(step)
+                with stages.stage(step.name, step.what):
+                    step.run(state)
+        finally:
+            # Ctrl-C during cleanup must not leave half-removed work behind
+            old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                for step in reversed(done):
+                    step.cleanup(state)
+            finally:
+                signal.signal(signal.SIGINT, old)
+    return next(r for r in state.records if r.image_type == "machine")
+
+
+def build_file(path: Path, image: str | None = None, quiet: bool = False) -> list[ImageRecord]:
+    """Build every recipe in `path` (or the one named `image`); all are validated first."""
+    chosen = select(load_recipes(path), image)
+    for loaded in chosen:
+        validate(loaded)
+    with sigterm_as_interrupt():
+        return [build_recipe(loaded, quiet=quiet) for loaded in chosen]
+
+
+def report_builds(records: list[ImageRecord]) -> None:
+    for rec in records:
+        console.print(
+            f"[green]registered[/] {rec.image_id} [bold]{rec.name}[/] "
+            f"kernel {rec.kernel_id or '-'} ramdisk {rec.ramdisk_id or '-'} "
+            f"({rec.virtualization_type}) at {rec.image_location}"
+        )
+        for fmt, loc in rec.extra.get("locations", {}).items():
+            console.print(f"  {fmt}: {loc}")

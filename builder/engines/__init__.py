@@ -1,1 +1,0 @@
-"""Alternative engines that build a recipe's root tree (the native one is builder.build)."""

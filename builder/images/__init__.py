@@ -1,0 +1,1 @@
+"""The image catalogue: records, the registry, import, copy and attributes, bundles, store."""

@@ -1,0 +1,532 @@
+"""An image's life after its build, as on EC2: bundle, register from a manifest, copy,
+deregister, tags, launch permissions, and describe-images filters.
+
+Images are immutable: registering a bundle, copying or restoring always makes a new ID
+(the disk's digest plus a fresh registration nonce and time), never changes an old one.
+Only attributes change in place: tags and launch permissions.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import secrets
+import shutil
+import subprocess
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from builder import paths
+from builder.errors import BadInput, EnvironmentProblem
+from builder.ids import file_sha256, make_id, registration_id, sparse_sha256
+from builder.images import bundle as bundle_mod
+from builder.images.registry import (
+    ImageRecord,
+    Registry,
+    account_id,
+    now_iso,
+    root_ebs_mapping,
+    store_artifact,
+)
+
+_ACCOUNT_LEN = 12
+
+
+def new_image_id(image_type: str, digest: str, registration: dict[str, Any]) -> str:
+    """A new ID for a new registration of the same bytes (register, copy-image, restore):
+    the digest and settings as a build's ID has, plus the time and a random nonce."""
+    if image_type != "machine":  # AKI/ARI IDs derive from their bytes alone (DESIGN.md)
+        return make_id({"kernel": "aki", "ramdisk": "ari"}[image_type], digest)
+    fresh = {**registration, "registered": now_iso(), "nonce": secrets.token_hex(8)}
+    return registration_id("ami", digest, fresh)
+
+
+# ------------------------------------------------------------------------ image files
+
+
+def image_file(rec: ImageRecord) -> Path:
+    """The file that holds an image's bytes: the raw disk of an AMI (the one a bundle or
+    stored object carries), the vmlinuz of an AKI, the initrd of an ARI."""
+    if rec.image_type == "machine":
+        locations = rec.extra.get("locations") or {}
+        raw = locations.get("raw")
+        if raw and Path(raw).is_file():
+            return Path(raw)
+        for fmt, loc in locations.items():
+            if Path(loc).is_file():
+                return _raw_copy(Path(loc), fmt, rec)
+        raise BadInput(f"{rec.image_id}: its disk is missing ({rec.image_location})")
+    path = Path(rec.image_location)
+    if not path.is_file():
+        raise BadInput(f"{rec.image_id}: {path} is missing")
+    return path
+
+
+def _raw_copy(src: Path, fmt: str, rec: ImageRecord) -> Path:
+    """A raw disk for an image registered only as qcow2/vmdk (cached beside the artifacts)."""
+    digest = rec.extra.get("disk_digest") or file_sha256(src)
+    dest = paths.artifacts_dir() / digest[:2] / f"{digest}.raw"
+    if dest.exists():
+        return dest
+    if not shutil.which("qemu-img"):
+        raise EnvironmentProblem("qemu-img is missing (qemu-utils)")
+    work = work_dir("raw")
+    tmp = work / "disk.raw"
+    result = subprocess.run(
+        ["qemu-img", "convert", "-q", "-f", fmt, "-O", "raw", str(src), str(tmp)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        shutil.rmtree(work, ignore_errors=True)
+        raise BadInput(f"{src}: qemu-img cannot read it: {result.stderr.strip()}")
+    path = store_artifact(tmp, digest, ".raw")
+    shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
+def work_dir(what: str) -> Path:
+    """Scratch space beside the artifacts, so results are renamed into place, not copied."""
+    root = paths.work_root()
+    root.mkdir(parents=True, exist_ok=True)
+    d = root / f"{what}-{os.getpid()}-{secrets.token_hex(4)}"
+    d.mkdir()
+    return d
+
+
+def kernel_release_of(vmlinuz: Path) -> str | None:
+    """The release string a bzImage carries (boot protocol: kernel_version at 0x20e)."""
+    try:
+        with open(vmlinuz, "rb") as f:
+            head = f.read(0x210)
+            if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
+                return None
+            offset = int.from_bytes(head[0x20E:0x210], "little") + 0x200
+            f.seek(offset)
+            text = f.read(256).split(b"\x00", 1)[0].decode(errors="replace")
+    except OSError:
+        return None
+    return text.split(" ", 1)[0] or None
+
+
+def probe_disk(disk: Path) -> dict[str, Any]:
+    """Launch settings read back from a disk (what the harness needs to boot it): its
+    partition table and root filesystem's label and UUID, as the build had recorded them."""
+    size = disk.stat().st_size
+    extra: dict[str, Any] = {
+        "disk_size": size,
+        "partitioning": "none",
+        "fs_offset": 0,
+        "partitions": {},
+        "root_partuuid": None,
+        "boot": None,
+    }
+    table = subprocess.run(
+        ["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=False
+    )
+    if table.returncode == 0 and table.stdout.strip():
+        pt = json.loads(table.stdout)["partitiontable"]
+        sector = int(pt.get("sectorsize", 512))
+        extra["partitioning"] = "gpt" if pt.get("label") == "gpt" else "mbr"
+        roles: dict[str, dict[str, int]] = {}
+        root: dict[str, Any] | None = None
+        for p in pt.get("partitions", []):
+            ptype = str(p.get("type", "")).upper()
+            span = {"offset": int(p["start"]) * sector, "size": int(p["size"]) * sector}
+            if ptype in ("21686148-6449-6E6F-744E-656564454649",):
+                roles["bios"] = span
+            elif ptype in ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "EF"):
+                roles["esp"] = span
+            elif root is None or span["size"] > root["size"]:
+                root = {**span, "uuid": p.get("uuid")}
+        if root is None:
+            raise BadInput(f"{disk}: the partition table has no root partition")
+        roles["root"] = {"offset": root["offset"], "size": root["size"]}
+        extra["partitions"] = roles
+        extra["fs_offset"] = root["offset"]
+        extra["root_partuuid"] = (root.get("uuid") or "").lower() or None
+        has_bios = "bios" in roles or extra["partitioning"] == "mbr"
+        extra["boot"] = (
+            "hybrid" if has_bios and "esp" in roles else "uefi" if "esp" in roles else "bios"
+        )
+    fs = subprocess.run(
+        ["blkid", "-p", "-O", str(extra["fs_offset"]), "-o", "export", str(disk)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    values = dict(line.split("=", 1) for line in fs.stdout.splitlines() if "=" in line)
+    extra["root_label"] = values.get("LABEL")
+    extra["root_uuid"] = values.get("UUID")
+    return extra
+
+
+# --------------------------------------------------------------------------- bundle
+
+
+def bundle_image(
+    ref: str,
+    cert: Path,
+    private_key: Path,
+    dest: Path,
+    *,
+    ec2_cert: Path | None = None,
+    prefix: str | None = None,
+    user: str | None = None,
+) -> bundle_mod.BundleResult:
+    """ec2-bundle-image for a registered image (AMI, AKI or ARI)."""
+    rec = Registry().find(ref)
+    src = image_file(rec)
+    ec2 = ec2_cert or bundle_mod.ec2_key_pair()[0]
+    account = user or rec.owner_id or account_id()
+    bdm: dict[str, str] = {}
+    if rec.image_type == "machine" and rec.root_device_name:
+        bdm = {"ami": rec.root_device_name.removeprefix("/dev/"), "root": rec.root_device_name}
+    result = bundle_mod.bundle_file(
+        src,
+        dest,
+        prefix or rec.name,
+        user=account,
+        image_type=rec.image_type,
+        architecture=rec.architecture,
+        user_cert=cert,
+        private_key=private_key,
+        ec2_cert=ec2,
+        kernel_id=rec.kernel_id if rec.image_type == "machine" else None,
+        ramdisk_id=rec.ramdisk_id if rec.image_type == "machine" else None,
+        block_device_mapping=bdm,
+        kernel_name=(rec.kernel_release or rec.name) if rec.image_type == "kernel" else None,
+    )
+    # as uploading a signing certificate to AWS: `register` checks signatures against it
+    bundle_mod.remember_signing_cert(account, cert)
+    result.image_id = rec.image_id
+    return result
+
+
+# ------------------------------------------------------------------------- register
+
+
+def register_manifest(
+    manifest_path: Path,
+    *,
+    name: str | None = None,
+    description: str = "",
+    certs: list[Path] | None = None,
+    virtualization: str | None = None,
+) -> ImageRecord:
+    """`register-image --image-location MANIFEST`: check the bundle as EC2 did (signature
+    against the account's signing certificates, every part, the tar digest), decrypt it
+    with amilab's EC2 key, store the image and register it under a new ID. ImageLocation is
+    the manifest; the image's bytes live in the artifact store. Nothing is registered and
+    nothing kept if any check fails."""
+    manifest_path = manifest_path.resolve()
+    m = bundle_mod.parse_manifest(manifest_path)
+    known = certs or bundle_mod.signing_certs(m.user)
+    if not known:
+        raise BadInput(
+            f"{manifest_path}: no signing certificate is known for account {m.user}: "
+            "bundle with amilab first or pass --cert"
+        )
+    bundle_mod.check_signature(m, manifest_path, known)
+    registry = Registry()
+    name = name or m.name
+    kernel_id, ramdisk_id = m.kernel_id, m.ramdisk_id
+    virt = virtualization or ("paravirtual" if kernel_id else "hvm")
+    if m.image_type == "machine":
+        _check_launch_refs(registry, kernel_id, ramdisk_id)
+        check_name_free(registry, name)
+    ec2_key = bundle_mod.load_private_key(bundle_mod.ec2_key_pair()[1])
+    aes_key, iv = bundle_mod.decrypt_key_iv(m, ec2_key, "amilab's EC2 key")
+    work = work_dir("register")
+    try:
+        image = bundle_mod.restore_parts(m, manifest_path, aes_key, iv, work, out_name="image")
+        rec = _record_for(m, image, name, description, virt, kernel_id, ramdisk_id)
+        rec.image_location = str(manifest_path)
+        if m.image_type == "machine":
+            return registry.register_new(rec)
+        return registry.register([rec])[0]  # same bytes, same AKI/ARI: kept as it was
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _record_for(
+    m: bundle_mod.Manifest,
+    image: Path,
+    name: str,
+    description: str,
+    virt: str,
+    kernel_id: str | None,
+    ramdisk_id: str | None,
+) -> ImageRecord:
+    registry = Registry()
+    if m.image_type == "kernel":
+        digest = file_sha256(image)
+        release = kernel_release_of(image) or m.kernel_name
+        stored = store_artifact(image, digest, ".vmlinuz")
+        return ImageRecord(
+            image_id=make_id("aki", digest),
+            image_type="kernel",
+            name=name,
+            architecture=m.architecture,
+            description=description or f"kernel {release} registered from a bundle",
+            kernel_release=release,
+            extra={"digest": digest, "locations": {"raw": str(stored)}, "bundle_user": m.user},
+        )
+    if m.image_type == "ramdisk":
+        digest = file_sha256(image)
+        stored = store_artifact(image, digest, ".initrd")
+        return ImageRecord(
+            image_id=make_id("ari", digest),
+            image_type="ramdisk",
+            name=name,
+            architecture=m.architecture,
+            description=description or "ramdisk registered from a bundle",
+            extra={"digest": digest, "locations": {"raw": str(stored)}, "bundle_user": m.user},
+        )
+    digest = sparse_sha256(image)
+    settings = probe_disk(image)
+    stored = store_artifact(image, digest, ".raw")
+    root_device = m.block_device_mapping.get("root") or (
+        "/dev/sda1" if settings["partitioning"] == "none" else "/dev/xvda"
+    )
+    registration = {
+        "name": name,
+        "architecture": m.architecture,
+        "virtualization": virt,
+        "kernel_id": kernel_id,
+        "ramdisk_id": ramdisk_id,
+        "root_device_name": root_device,
+    }
+    kernel = registry.get(kernel_id) if kernel_id else None
+    return ImageRecord(
+        image_id=new_image_id("machine", digest, registration),
+        image_type="machine",
+        name=name,
+        architecture=m.architecture,
+        description=description,
+        kernel_id=kernel_id,
+        ramdisk_id=ramdisk_id,
+        virtualization_type=virt,
+        root_device_name=root_device,
+        root_device_type="instance-store",
+        block_device_mappings=_bdm(root_device, digest, settings["disk_size"], "instance-store"),
+        extra={
+            **settings,
+            "locations": {"raw": str(stored)},
+            "disk_digest": digest,
+            "kernel_release": kernel.kernel_release if kernel else None,
+            "bundle_digest": m.digest,
+            "bundle_user": m.user,
+        },
+    )
+
+
+def _bdm(root_device: str, digest: str, size: int, kind: str) -> list[dict[str, Any]]:
+    if kind == "instance-store":
+        return [{"DeviceName": root_device, "VirtualName": "ami"}]
+    return root_ebs_mapping(root_device, digest, size)
+
+
+def _check_launch_refs(registry: Registry, kernel_id: str | None, ramdisk_id: str | None) -> None:
+    for ref, kind in ((kernel_id, "kernel"), (ramdisk_id, "ramdisk")):
+        if ref and registry.get(ref) is None:
+            raise BadInput(f"{kind} {ref} is not registered: register it first")
+
+
+def check_name_free(registry: Registry, name: str, image_type: str = "machine") -> None:
+    """Early refusal of a taken name, before any long work (register_new checks again)."""
+    for rec in registry.list(image_type):
+        if rec.name == name:
+            raise BadInput(f"name {name!r} is already in use by {rec.image_id}")
+
+
+# ----------------------------------------------------------------------------- copy
+
+
+def copy_image(
+    ref: str, name: str, *, description: str | None = None, copy_tags: bool = False
+) -> ImageRecord:
+    """copy-image: the same bytes under a new ID and name; tags only when asked, launch
+    permissions never (a copy starts private, owned by whoever copied it)."""
+    registry = Registry()
+    src = registry.find(ref, "machine")
+    digest = src.extra.get("disk_digest") or sparse_sha256(image_file(src))
+    registration = {
+        "name": name,
+        "architecture": src.architecture,
+        "virtualization": src.virtualization_type,
+        "kernel_id": src.kernel_id,
+        "ramdisk_id": src.ramdisk_id,
+        "root_device_name": src.root_device_name,
+        "copied_from": src.image_id,
+    }
+    rec = replace(
+        src,
+        image_id=new_image_id("machine", digest, registration),
+        name=name,
+        description=src.description if description is None else description,
+        creation_date="",
+        tags=dict(src.tags) if copy_tags else {},
+        owner_id=account_id(),
+        public=False,
+        launch_permissions=[],
+        extra={**src.extra, "source_image_id": src.image_id},
+    )
+    return registry.register_new(rec)
+
+
+# ----------------------------------------------------------------------- deregister
+
+
+def dependents(registry: Registry, image_id: str) -> list[str]:
+    """Registered machine images that launch with this kernel or ramdisk."""
+    return [
+        r.image_id
+        for r in registry.list("machine")
+        if r.image_id != image_id and image_id in (r.kernel_id, r.ramdisk_id)
+    ]
+
+
+def deregister(ref: str, *, force: bool = False) -> ImageRecord:
+    registry = Registry()
+    rec = registry.find(ref)
+    users = dependents(registry, rec.image_id)
+    if users and not force:
+        raise BadInput(
+            f"{rec.image_id} is used by {', '.join(users)}: deregister those first or use --force"
+        )
+    registry.remove(rec.image_id)
+    return rec
+
+
+# -------------------------------------------------------------- tags and permissions
+
+
+_TAG_KEY_MAX, _TAG_VALUE_MAX = 128, 256
+
+
+def parse_tags(items: list[str]) -> dict[str, str]:
+    """KEY=VALUE items (a bare KEY means an empty value, as EC2 allows)."""
+    tags: dict[str, str] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not key or len(key) > _TAG_KEY_MAX or len(value) > _TAG_VALUE_MAX:
+            raise BadInput(f"tag {item!r}: expected KEY=VALUE (key 1-128, value 0-256 chars)")
+        if key.lower().startswith("aws:"):
+            raise BadInput(f"tag {key!r}: the aws: prefix is reserved")
+        tags[key] = value
+    return tags
+
+
+def tag(image_ids: list[str], tags: dict[str, str]) -> list[ImageRecord]:
+    registry = Registry()
+    if not tags:
+        raise BadInput("no tags given: use KEY=VALUE")
+    return [registry.update(i, lambda r: r.tags.update(tags)) for i in _ids(registry, image_ids)]
+
+
+def untag(image_ids: list[str], items: list[str]) -> list[ImageRecord]:
+    """Remove tags: KEY removes the key whatever its value, KEY=VALUE only with that value."""
+    registry = Registry()
+
+    def change(rec: ImageRecord) -> None:
+        for item in items:
+            key, eq, value = item.partition("=")
+            if key in rec.tags and (not eq or rec.tags[key] == value):
+                del rec.tags[key]
+
+    return [registry.update(i, change) for i in _ids(registry, image_ids)]
+
+
+def _ids(registry: Registry, refs: list[str]) -> list[str]:
+    return [registry.find(ref).image_id for ref in refs]
+
+
+def _account(value: str) -> str:
+    if value == "self":
+        return account_id()
+    if not (len(value) == _ACCOUNT_LEN and value.isdigit()):
+        raise BadInput(f"account {value!r}: expected a 12-digit account ID")
+    return value
+
+
+def set_launch_permission(
+    ref: str,
+    *,
+    add: list[str] | None = None,
+    remove: list[str] | None = None,
+    public: bool | None = None,
+    reset: bool = False,
+) -> ImageRecord:
+    """modify-image-attribute --launch-permission: per account ID, or the group 'all'."""
+    registry = Registry()
+    added = [_account(a) for a in add or []]
+    removed = [_account(a) for a in remove or []]
+    rec = registry.find(ref)
+
+    def change(r: ImageRecord) -> None:
+        if reset:
+            r.launch_permissions, r.public = [], False
+        for a in added:
+            if a not in r.launch_permissions:
+                r.launch_permissions.append(a)
+        r.launch_permissions = [a for a in r.launch_permissions if a not in removed]
+        if public is not None:
+            r.public = public
+
+    return registry.update(rec.image_id, change)
+
+
+# ------------------------------------------------------------------------- filters
+
+
+@dataclass
+class ImageFilter:
+    """describe-images --owners/--executable-users/--filters, for `amilab images`."""
+
+    owners: list[str] = field(default_factory=list)  # account IDs, "self"
+    names: list[str] = field(default_factory=list)  # patterns with * and ?
+    tags: list[str] = field(default_factory=list)  # KEY=PATTERN, or KEY (tag-key)
+    executable_by: list[str] = field(default_factory=list)  # account IDs, "self", "all"
+    image_ids: list[str] = field(default_factory=list)
+
+    def matches(self, rec: ImageRecord) -> bool:
+        owner = rec.owner_id or account_id()
+        if self.owners and owner not in {_owner(o) for o in self.owners}:
+            return False
+        if self.names and not any(fnmatch.fnmatchcase(rec.name, p) for p in self.names):
+            return False
+        if self.image_ids and rec.image_id not in self.image_ids:
+            return False
+        for item in self.tags:
+            key, eq, pattern = item.partition("=")
+            if key not in rec.tags:
+                return False
+            if eq and not fnmatch.fnmatchcase(rec.tags[key], pattern):
+                return False
+        if self.executable_by:
+            allowed = False
+            for who in self.executable_by:
+                if who == "all":
+                    allowed = allowed or rec.public
+                else:
+                    acct = _owner(who)
+                    allowed = allowed or rec.public or acct == owner
+                    allowed = allowed or acct in rec.launch_permissions
+            if not allowed:
+                return False
+        return True
+
+
+def _owner(value: str) -> str:
+    return account_id() if value == "self" else value
+
+
+def describe_images(
+    image_type: str | None = None, flt: ImageFilter | None = None
+) -> list[ImageRecord]:
+    records = Registry().list(image_type)
+    return [r for r in records if flt is None or flt.matches(r)]

@@ -1,0 +1,1 @@
+"""One launch: request, plan, steps, the QEMU machine and its layers, accelerator, SSH, keys."""

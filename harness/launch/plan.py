@@ -1,0 +1,207 @@
+"""From an AMI record (and --kernel/--ramdisk overrides) to what one launch boots.
+
+Paravirtual images boot their AKI directly with their ARI and a kernel command line that
+names the root by label (or UUID); HVM images boot their own bootloader from firmware. The
+AMI's ramdisk carries drivers for the AMI's kernel only, so booting another kernel without
+naming a ramdisk takes the registered ramdisk of the same kind built for that kernel, as
+the EC2 user would have had to pick the matching ARI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder.errors import BadInput
+from builder.images.registry import ImageRecord, Registry
+from harness.launch import pvgrub
+from harness.launch.machine import Disk
+
+# Always on the command line: a panic ends QEMU at once (with -no-reboot) instead of hanging.
+HARNESS_CMDLINE = "panic=-1"
+FORMAT_PREFERENCE = ("raw", "qcow2", "vmdk", "vmdk-stream")
+_FORMAT_FOR_QEMU = {"vmdk-stream": "vmdk"}
+
+
+@dataclass
+class LaunchPlan:
+    image: ImageRecord
+    profile: str  # paravirtual | hvm-bios | hvm-uefi
+    disk: Disk
+    kernel: ImageRecord | None = None
+    ramdisk: ImageRecord | None = None
+    cmdline: str = ""
+    expected_release: str = ""
+    notes: list[str] = field(default_factory=list)
+    pv_grub: bool = False  # kernel and initrd come from the image's menu at launch
+    imported: bool = False  # boots a prepared copy-on-write overlay (VM Import's fixes)
+    kernel_path: Path | None = None  # what -kernel/-initrd load when not the records' files
+    ramdisk_path: Path | None = None
+
+    @property
+    def virtualization(self) -> str:
+        return "paravirtual" if self.profile == "paravirtual" else "hvm"
+
+    @property
+    def kernel_id(self) -> str | None:
+        return self.kernel.image_id if self.kernel else None
+
+    @property
+    def ramdisk_id(self) -> str | None:
+        return self.ramdisk.image_id if self.ramdisk else None
+
+
+def sniff_format(path: Path) -> str:
+    """The disk format from its first bytes (qcow2/vmdk magic), raw otherwise."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read the disk: {e.strerror}") from None
+    if head.startswith(b"QFI\xfb"):
+        return "qcow2"
+    if head.startswith(b"KDMV") or head.startswith(b"# Disk DescriptorFile"):
+        return "vmdk"
+    return "raw"
+
+
+def choose_disk(image: ImageRecord, fmt: str | None = None, bus: str = "virtio") -> Disk:
+    locations: dict[str, str] = dict(image.extra.get("locations") or {})
+    if fmt is not None:
+        if fmt not in locations:
+            have = ", ".join(sorted(locations)) or "none"
+            raise BadInput(f"{image.image_id} has no {fmt} disk (formats: {have})")
+        chosen = [(fmt, locations[fmt])]
+    else:
+        chosen = [(f, locations[f]) for f in FORMAT_PREFERENCE if f in locations]
+    if not chosen:  # an image registered without locations: its one disk, format sniffed
+        path = Path(image.image_location)
+        chosen = [(sniff_format(path), str(path))]
+    name, location = chosen[0]
+    path = Path(location)
+    if not path.exists():
+        raise BadInput(f"{image.image_id}: disk {path} is missing")
+    return Disk(path, _FORMAT_FOR_QEMU.get(name, name), bus)
+
+
+def root_argument(image: ImageRecord) -> str:
+    """For a ramdisk, which resolves labels and UUIDs as cloud images expect."""
+    if label := image.extra.get("root_label"):
+        return f"root=LABEL={label}"
+    if uuid := image.extra.get("root_uuid"):
+        return f"root=UUID={uuid}"
+    return "root=/dev/vda"
+
+
+# Without a ramdisk the kernel itself finds the root: it knows device names and PARTUUID=,
+# not labels, and it must wait for the (built-in) disk driver to probe.
+_WHOLE_DISK = {"virtio": "/dev/vda", "nvme": "/dev/nvme0n1", "ide": "/dev/sda", "scsi": "/dev/sda"}
+_FIRST_PARTITION = {"virtio": "/dev/vda1", "nvme": "/dev/nvme0n1p1", "ide": "/dev/sda1",
+                    "scsi": "/dev/sda1"}  # fmt: skip
+
+
+def kernel_root_argument(image: ImageRecord, bus: str) -> str:
+    if partuuid := image.extra.get("root_partuuid"):
+        return f"root=PARTUUID={partuuid} rootwait"
+    if image.extra.get("partitioning") in ("mbr", "gpt"):
+        return f"root={_FIRST_PARTITION[bus]} rootwait"
+    return f"root={_WHOLE_DISK[bus]} rootwait"
+
+
+def _ramdisk_for_kernel(
+    registry: Registry, kernel: ImageRecord, like: ImageRecord | None
+) -> ImageRecord | None:
+    kind = like.extra.get("kind") if like else None
+    matches = [
+        r
+        for r in registry.list("ramdisk")
+        if r.extra.get("kernel_id") == kernel.image_id
+        and (kind is None or r.extra.get("kind") == kind)
+    ]
+    return matches[-1] if matches else None
+
+
+def make_plan(
+    image: ImageRecord,
+    kernel_ref: str | None = None,
+    ramdisk_ref: str | None = None,
+    firmware: str | None = None,
+    disk_format: str | None = None,
+    disk_bus: str = "virtio",
+    registry: Registry | None = None,
+    append: str | None = None,
+) -> LaunchPlan:
+    registry = registry or Registry()
+    if image.image_type != "machine":
+        raise BadInput(f"{image.image_id} is a {image.image_type} image, not a machine image")
+    disk = choose_disk(image, disk_format, disk_bus)
+    if kernel_ref and (kernel_ref in pvgrub.ALIASES or pvgrub.is_pv_grub(registry.get(kernel_ref))):
+        if ramdisk_ref:
+            raise BadInput("--ramdisk does not apply to pv-grub: it loads what the menu names")
+        aki = pvgrub.register(registry)
+        return LaunchPlan(
+            image,
+            "paravirtual",
+            disk,
+            kernel=aki,
+            cmdline=append or "",
+            pv_grub=True,
+            notes=[f"PV-GRUB {aki.image_id} boots the kernel the image's GRUB menu names"],
+        )
+    if image.virtualization_type == "hvm":
+        if kernel_ref or ramdisk_ref or append:
+            raise BadInput(
+                "--kernel/--ramdisk/--append apply to paravirtual images; this one is hvm"
+            )
+        boot = firmware or ("uefi" if image.extra.get("boot") == "uefi" else "bios")
+        if boot not in ("bios", "uefi"):
+            raise BadInput(f"--firmware {boot}: expected bios or uefi")
+        release = image.extra.get("kernel_release") or ""
+        kernels = image.extra.get("kernel_releases") or []
+        if not release and len(kernels) == 1:  # an imported disk: what inspection found
+            release = str(kernels[0])
+        return LaunchPlan(
+            image,
+            f"hvm-{boot}",
+            disk,
+            expected_release=release,
+            imported=bool(image.extra.get("imported")),
+        )
+
+    notes: list[str] = []
+    kernel_ref = kernel_ref or image.kernel_id
+    if not kernel_ref:
+        raise BadInput(f"{image.image_id} is paravirtual but names no kernel: use --kernel AKI")
+    kernel = registry.find(kernel_ref, "kernel")
+    own_ramdisk = registry.get(image.ramdisk_id) if image.ramdisk_id else None
+    ramdisk: ImageRecord | None
+    if ramdisk_ref == "none":
+        ramdisk = None
+    elif ramdisk_ref:
+        ramdisk = registry.find(ramdisk_ref, "ramdisk")
+    elif kernel.image_id != image.kernel_id and own_ramdisk is not None:
+        ramdisk = _ramdisk_for_kernel(registry, kernel, own_ramdisk)
+        if ramdisk is None:
+            ramdisk = own_ramdisk
+            notes.append(
+                f"no ramdisk is registered for {kernel.image_id}; booting the image's own "
+                f"{own_ramdisk.image_id}, built for {own_ramdisk.kernel_release}"
+            )
+        else:
+            notes.append(f"ramdisk {ramdisk.image_id} is the one built for {kernel.image_id}")
+    else:
+        ramdisk = own_ramdisk
+    root = root_argument(image) if ramdisk else kernel_root_argument(image, disk.bus)
+    parts = [root, str(kernel.extra.get("cmdline") or "console=ttyS0")]
+    parts += [str(image.extra.get("kernel_cmdline") or ""), HARNESS_CMDLINE, append or ""]
+    cmdline = " ".join(p for p in parts if p)
+    return LaunchPlan(
+        image,
+        "paravirtual",
+        disk,
+        kernel=kernel,
+        ramdisk=ramdisk,
+        cmdline=cmdline,
+        expected_release=kernel.kernel_release or "",
+        notes=notes,
+    )

@@ -1,0 +1,1 @@
+"""Smoke tests: checks run in the guest, console diagnosis, reports."""

@@ -1,0 +1,202 @@
+"""What `amilab smoke` verifies inside a guest: built-in checks plus the recipe's.
+
+All checks of an instance run as one shell script over one SSH session (each session costs
+sshd a fork and a shell, hundreds of milliseconds under TCG); markers with a random token
+split the output back into one result per check.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from harness.imds.protocol import TOKEN_HEADER, TTL_HEADER
+
+IMDS = "http://169.254.169.254"
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: bool
+    expected: str
+    actual: str
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "Name": self.name,
+            "Passed": self.passed,
+            "Expected": self.expected,
+            "Actual": self.actual,
+            "Detail": self.detail,
+        }
+
+
+@dataclass
+class Check:
+    name: str
+    command: str  # shell, run as root in the guest
+    evaluate: Callable[[int, str], CheckResult]
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def kernel_release(expected: str) -> Check:
+    def evaluate(status: int, out: str) -> CheckResult:
+        actual = _first_line(out)
+        ok = status == 0 and actual == expected
+        detail = "" if ok else f"the guest booted {actual or '(nothing)'}, expected {expected}"
+        return CheckResult("kernel-release", ok, expected, actual, detail)
+
+    return Check("kernel-release", "uname -r", evaluate)
+
+
+def modules_tree() -> Check:
+    command = (
+        'r=$(uname -r); echo "release $r"; '
+        'if [ -d "/lib/modules/$r" ]; then echo present; else echo missing; fi; '
+        "echo trees $(ls -1 /lib/modules 2>/dev/null)"
+    )
+
+    def evaluate(status: int, out: str) -> CheckResult:
+        fields = {
+            line.split(" ", 1)[0]: (line.split(" ", 1) + [""])[1]
+            for line in out.strip().splitlines()
+            if line
+        }
+        release = fields.get("release", "?").strip()
+        present = "present" in fields
+        trees = fields.get("trees", "").split()
+        expected = f"/lib/modules/{release}"
+        if present:
+            return CheckResult("modules-tree", True, expected, expected)
+        have = ", ".join(trees) if trees else "none"
+        return CheckResult(
+            "modules-tree",
+            False,
+            expected,
+            "missing",
+            f"booted {release} but the image has no /lib/modules/{release}; "
+            f"module trees in the image: {have}",
+        )
+
+    return Check("modules-tree", command, evaluate)
+
+
+def modprobe(module: str) -> Check:
+    name = f"modprobe-{module}"
+    sysname = module.replace("-", "_")
+    command = (
+        f"modprobe {shlex.quote(module)} && "
+        f"if [ -d /sys/module/{shlex.quote(sysname)} ]; then echo loaded; "
+        "else echo 'modprobe succeeded but the module is not in /sys/module'; fi"
+    )
+
+    def evaluate(status: int, out: str) -> CheckResult:
+        ok = status == 0 and "loaded" in out.split()
+        actual = "loaded" if ok else (_first_line(out) or f"modprobe exited {status}")
+        detail = "" if ok else out.strip()
+        return CheckResult(name, ok, "loaded", actual, detail)
+
+    return Check(name, command, evaluate)
+
+
+def metadata_value(key: str, expected: str | None) -> Check:
+    """`curl` from inside the guest; `expected` None means the path must be 404. IMDSv2 as
+    EC2's own tools do it (a token first, IMDSv1 only if no token is issued), so the check
+    holds for `--http-tokens required` launches too."""
+    name = f"metadata-{key}"
+    url = f"{IMDS}/latest/meta-data/{key}"
+    command = (
+        f"h=; t=$(curl -sf -m 10 -X PUT -H '{TTL_HEADER}: 60' {IMDS}/latest/api/token) "
+        f'&& h="{TOKEN_HEADER}: $t"; '
+        f"curl -s -m 10 ${{h:+-H \"$h\"}} -w '\\n%{{http_code}}' {url}"
+    )
+    want = expected if expected is not None else "404"
+
+    def evaluate(status: int, out: str) -> CheckResult:
+        lines = out.rstrip("\n").split("\n")
+        code = lines[-1].strip() if lines else ""
+        body = "\n".join(lines[:-1]).strip()
+        if status != 0:
+            return CheckResult(name, False, want, f"curl exited {status}", out.strip())
+        if expected is None:
+            ok = code == "404"
+            return CheckResult(name, ok, want, code, "" if ok else f"body: {body[:200]}")
+        ok = code == "200" and body == expected
+        actual = body if code == "200" else f"HTTP {code}"
+        return CheckResult(name, ok, want, actual, "" if ok else f"GET {url}")
+
+    return Check(name, command, evaluate)
+
+
+def command(name: str, run: str, expect: str) -> Check:
+    """A recipe's own check: passes when the command exits 0 and its output matches."""
+    try:
+        pattern = re.compile(expect, re.MULTILINE)
+    except re.error as e:
+        pattern = None
+        bad = str(e)
+
+    def evaluate(status: int, out: str) -> CheckResult:
+        actual = out.strip()
+        if pattern is None:
+            return CheckResult(name, False, expect, actual, f"bad regular expression: {bad}")
+        matched = pattern.search(actual) is not None
+        ok = status == 0 and matched
+        why = []
+        if status != 0:
+            why.append(f"exited {status}")
+        if not matched:
+            why.append("output does not match")
+        return CheckResult(name, ok, expect, actual[:500], "; ".join(why))
+
+    return Check(name, run, evaluate)
+
+
+def builtin_checks(
+    release: str, kernel_id: str | None, ramdisk_id: str | None, recipe_checks: dict[str, Any]
+) -> list[Check]:
+    """The checks for one instance: built-ins, then the recipe's `checks`."""
+    out = [kernel_release(release), modules_tree()]
+    out += [modprobe(m) for m in recipe_checks.get("modules", ())]
+    if recipe_checks.get("metadata", True):
+        out += [metadata_value("kernel-id", kernel_id), metadata_value("ramdisk-id", ramdisk_id)]
+    for c in recipe_checks.get("commands", ()):
+        out.append(command(c["name"], c["run"], c.get("expect", ".*")))
+    return out
+
+
+def script(checks: list[Check], token: str) -> str:
+    parts = []
+    for i, c in enumerate(checks):
+        parts.append(
+            f"printf '%s\\n' '{token} {i} begin'\n"
+            f"( {c.command}\n) </dev/null 2>&1\n"
+            f"printf '\\n%s %s\\n' '{token} {i} end' \"$?\"\n"
+        )
+    return "".join(parts)
+
+
+def parse(checks: list[Check], output: str, token: str) -> list[CheckResult]:
+    results = []
+    for i, c in enumerate(checks):
+        m = re.search(
+            rf"^{token} {i} begin\n(.*?)\n{token} {i} end (\d+)$", output, re.DOTALL | re.MULTILINE
+        )
+        if m is None:
+            results.append(CheckResult(c.name, False, "", "", "no result (the script stopped)"))
+            continue
+        results.append(c.evaluate(int(m.group(2)), m.group(1)))
+    return results
+
+
+def new_token() -> str:
+    return "@@amilab-" + secrets.token_hex(6)

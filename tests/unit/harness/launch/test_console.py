@@ -1,0 +1,104 @@
+"""Console watching: the most specific failure reason, milestones, incremental reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.launch.console import ConsoleWatcher
+from harness.launch.steps import boot_phases
+
+ROOT_NOT_FOUND = """\
+[    6.79] Run /init as init process\r
+amilab-ramdisk: ROOT NOT FOUND: root=LABEL=cloudimg-rootfs (waited 10 s); block devices: none\r
+[   17.00] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\r
+"""
+
+
+def _watch(tmp_path: Path, *chunks: str) -> ConsoleWatcher:
+    log = tmp_path / "console.log"
+    w = ConsoleWatcher(log)
+    assert w.poll() is None  # not there yet: not a failure
+    for chunk in chunks:
+        with open(log, "a") as f:
+            f.write(chunk)
+        w.poll()
+    return w
+
+
+def test_ramdisk_reason_beats_the_panic_it_causes(tmp_path: Path) -> None:
+    w = _watch(tmp_path, ROOT_NOT_FOUND)
+    failure = w.failure()
+    assert failure is not None and failure.reason == "ramdisk could not find the root"
+    assert "root=LABEL=cloudimg-rootfs" in failure.describe()
+    assert "Kernel panic" in w.tail()
+
+
+def test_vfs_and_plain_panic(tmp_path: Path) -> None:
+    cases = (
+        (
+            "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)\n",
+            "unable to mount root",
+        ),
+        ("Kernel panic - not syncing: Fatal exception\n", "kernel panic"),
+    )
+    for n, (text, reason) in enumerate(cases):
+        d = tmp_path / str(n)
+        d.mkdir()
+        failure = _watch(d, text).failure()
+        assert failure is not None and failure.reason == reason
+
+
+def test_init_failures(tmp_path: Path) -> None:
+    for n, text in enumerate(
+        (
+            "[ 1.0] Kernel panic - not syncing: No working init found.\n",
+            "You are in emergency mode. After logging in, type ...\n",
+            "amilab-ramdisk: NO INIT: none of /sbin/init on root=LABEL=x\n",
+            "amilab-ramdisk: CANNOT MOUNT ROOT: root=LABEL=x on /dev/vda\n",
+        )
+    ):
+        d = tmp_path / str(n)
+        d.mkdir()
+        f = _watch(d, text).failure()
+        assert f is not None, text
+
+
+def test_a_normal_boot_is_no_failure(tmp_path: Path) -> None:
+    w = _watch(
+        tmp_path,
+        "[    0.000000] Linux version 6.1.0-56-cloud-amd64\r\n",
+        "[    6.79] Run /init as init process\r\n",
+        "amilab-ramdisk: carries modules for 6.1.0-55 but the kernel is 6.1.0-56; loading none\n",
+        "[   11.61] systemd[1]: systemd 252 running in system mode\r\n",
+        "[  OK  ] Failed to start foo.service\r\n",
+    )
+    assert w.failure() is None
+    assert list(w.milestones) == ["kernel", "ramdisk", "init"]
+
+
+def test_reads_only_what_is_new(tmp_path: Path) -> None:
+    w = _watch(tmp_path, "a" * 10, "b" * 10)
+    assert w.text == "a" * 10 + "b" * 10
+
+
+def test_boot_phases() -> None:
+    phases = boot_phases({"kernel": 1.0, "ramdisk": 4.0, "init": 6.0}, 14.0, 14.5)
+    assert phases == {"firmware": 1.0, "kernel": 3.0, "ramdisk": 2.0, "init": 8.0, "login": 0.5}
+    quiet = boot_phases({}, 9.0, 9.25)
+    assert quiet == {"init": 9.0, "login": 0.25}
+
+
+def test_a_wait_that_never_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.launch import console
+
+    w = _watch(tmp_path, "[    5.1] Waiting for root device /dev/vda...\n")
+    assert w.failure() is None  # it may still come
+    monkeypatch.setattr(console, "STALL_SECONDS", 0.0)
+    failure = w.failure()
+    assert failure is not None and "/dev/vda" in failure.describe()
+    with open(tmp_path / "console.log", "a") as f:
+        f.write("[    6.0] EXT4-fs (vda): mounted filesystem\n")
+    w.poll()
+    assert w.failure() is None  # it came after all

@@ -1,0 +1,134 @@
+"""SSH readiness against slirp's behaviours: reset, silent, banner; early failure."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from harness.launch import ssh
+from harness.launch.ssh import BootFailed, SshTimeout, _banner_ready, wait_for_ssh
+
+
+def _server(behaviour: str) -> tuple[int, threading.Event]:
+    """A listener that resets, stays silent, or sends an SSH banner on each connection."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    stop = threading.Event()
+
+    def loop() -> None:
+        srv.settimeout(0.2)
+        held = []
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            if behaviour == "reset":
+                conn.close()
+            elif behaviour == "silent":
+                held.append(conn)
+            else:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+                held.append(conn)
+        srv.close()
+
+    threading.Thread(target=loop, daemon=True).start()
+    return srv.getsockname()[1], stop
+
+
+@pytest.mark.parametrize("behaviour,ready", [("reset", False), ("silent", False), ("banner", True)])
+def test_banner_probe(behaviour: str, ready: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ssh, "BANNER_WAIT", 0.3)
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    port, stop = _server(behaviour)
+    try:
+        sock = _banner_ready(port)
+        assert (sock is not None) == ready
+        if sock:
+            assert sock.recv(4) == b"SSH-"  # peeked, not consumed
+            sock.close()
+    finally:
+        stop.set()
+
+
+def test_console_failure_ends_the_wait_at_once() -> None:
+    port, stop = _server("reset")
+    t0 = time.monotonic()
+
+    def check() -> None:
+        if time.monotonic() - t0 > 0.5:
+            raise BootFailed("kernel panic: Fatal exception", "tail")
+
+    try:
+        with pytest.raises(BootFailed, match="kernel panic"):
+            wait_for_ssh(port, None, 60, check)  # type: ignore[arg-type]
+    finally:
+        stop.set()
+    assert time.monotonic() - t0 < 5
+
+
+def test_timeout_names_the_last_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ssh, "BANNER_WAIT", 0.2)
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.1)
+    port, stop = _server("silent")
+    try:
+        with pytest.raises(SshTimeout, match="no SSH banner yet"):
+            wait_for_ssh(port, None, 1.0, lambda: None)  # type: ignore[arg-type]
+    finally:
+        stop.set()
+
+
+def test_a_silent_connection_is_kept_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Silent connections stay open (no new sshd per probe), new ones are added while
+    nothing answers, and the console check still runs often."""
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
+    port, stop = _server("silent")
+    calls = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) > 10:
+            raise BootFailed("kernel panic", "")
+
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(BootFailed):
+            _banner_ready(port, check)
+    finally:
+        stop.set()
+    assert time.monotonic() - t0 < 3
+
+
+def test_a_late_answer_on_an_early_connection_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first connection answers only after a while (as when slirp retransmits a SYN):
+    it is still taken, and the later probes are closed."""
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    port = srv.getsockname()[1]
+    conns: list[socket.socket] = []
+
+    def late() -> None:
+        first, _ = srv.accept()
+        time.sleep(0.5)
+        first.sendall(b"SSH-2.0-late\r\n")
+        conns.append(first)
+        srv.settimeout(1)
+        try:
+            while True:
+                conns.append(srv.accept()[0])
+        except OSError:
+            pass
+
+    threading.Thread(target=late, daemon=True).start()
+    sock = _banner_ready(port, wait=5)
+    assert sock is not None and sock.recv(64).startswith(b"SSH-2.0-late")
+    sock.close()
+    srv.close()
