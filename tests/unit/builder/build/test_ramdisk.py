@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import lzma
 import shutil
 import stat
 import subprocess
 import time
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -227,6 +229,32 @@ def sh(tmp_path: Path, script: str) -> str:
     )
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()
+
+
+# sha256 of builder/build/ramdisk-init.sh as the generated ramdisks were built with it: every
+# generated ARI's ID derives from these bytes, so a change to the script must be deliberate
+INIT_TEMPLATE_SHA256 = "ac61e96f4ce034fbd23c0f04a13d5d4c9df2195737a9989f887971f69033c169"
+
+
+def test_init_script_is_the_shipped_file_with_its_bytes_unchanged() -> None:
+    shipped = resources.files("builder.build").joinpath(ramdisk.INIT_FILE)
+    beside = Path(ramdisk.__file__).with_name("ramdisk-init.sh")
+    assert shipped.read_bytes() == beside.read_bytes()
+    assert hashlib.sha256(beside.read_bytes()).hexdigest() == INIT_TEMPLATE_SHA256
+    assert ramdisk.init_template().encode() == beside.read_bytes()
+    text = ramdisk.init_script("6.1.0-99-test-amd64")
+    assert "@" not in text.replace("$@", "").replace('"$@"', "")
+    assert "BUILT_FOR=6.1.0-99-test-amd64\n" in text
+    assert f"done < /{ramdisk.MODULES_LIST}\n" in text
+
+
+@pytest.mark.usefixtures("no_depmod")
+def test_generated_ramdisk_carries_the_init_file_as_its_init(tmp_path: Path) -> None:
+    k = fake_kernel(tmp_path)
+    root = tmp_path / "root"
+    unpack(ramdisk.build_generated(k, tmp_path / "ari.img"), root)
+    assert (root / "init").read_bytes() == ramdisk.init_script(k.release).encode()
+    assert (root / "init").stat().st_mode & 0o777 == 0o755
 
 
 def test_init_parses_with_busybox_sh(tmp_path: Path) -> None:
