@@ -140,7 +140,7 @@ class PrepareDisk(Step[Instance]):
         assert s.dir is not None
         p = s.plan
         if p.imported:
-            from builder.images.importer import prepare_overlay
+            from harness.launch.overlay import prepare_overlay
 
             overlay = s.dir.path / "overlay.qcow2"
             s.say("preparing a copy-on-write overlay as VM Import would (libguestfs)")
