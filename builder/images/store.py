@@ -36,6 +36,7 @@ from builder.ids import file_sha256, sparse_sha256
 from builder.images import sparsetar, transfer
 from builder.images.lifecycle import check_name_free, image_file, new_image_id, work_dir
 from builder.images.registry import ImageRecord, Registry, account_id, now_iso, store_artifact
+from builder.pids import pid_alive
 
 FORMAT = "amilab-store-image/1"
 META_MEMBER = "amilab-image.json"
@@ -378,21 +379,11 @@ class TaskLog:
             ).fetchall()
         tasks = [StoreTask(**json.loads(r[0])) for r in rows]
         for t in tasks:  # a store whose process is gone will never finish
-            if t.state == "InProgress" and not _alive(t.pid):
+            if t.state == "InProgress" and not pid_alive(t.pid):
                 t.state, t.failure_reason = "Failed", "the storing process ended early"
                 t.end_time = t.end_time or now_iso()
                 self.save(t)
         return tasks
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---------------------------------------------------------------------------- store

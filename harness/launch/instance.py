@@ -16,6 +16,7 @@ from pathlib import Path
 
 from builder import paths
 from builder.ids import random_id
+from builder.pids import pid_alive
 
 OWNER_FILE = "owner.pid"
 
@@ -57,16 +58,6 @@ class InstanceDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def reap_stale() -> list[str]:
     """Remove instance directories whose harness is gone; returns their IDs."""
     removed = []
@@ -78,7 +69,7 @@ def reap_stale() -> list[str]:
             pid = int((d / OWNER_FILE).read_text().strip())
         except (OSError, ValueError):
             continue  # being created right now, or not ours
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d.name)
     return removed
