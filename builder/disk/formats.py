@@ -1,40 +1,56 @@
-"""Output disk formats: one small class per format behind one interface (KIWI's pattern)."""
+"""The one format table: every disk format amilab writes or boots, declared once.
+
+Each format is one small class behind one interface (KIWI's pattern): its name (the word
+recipes, `convert --format`, `boot --disk-format` and the registry's `locations` use), its
+qemu-img format and create options, its file suffix, and which commands accept it. Recipes,
+`convert`, the launch plan and the CLI's choices all derive from `FORMATS`.
+
+`vmdk --subformat streamOptimized` is an alias of `vmdk-stream` (see `resolve_format`);
+streamOptimized is written by amilab's own writer (VMware's marker layout), the others by
+qemu-img.
+"""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import ClassVar
 
-from builder.errors import BuildFailed, EnvironmentProblem
+from builder.disk import qemu_img
+from builder.errors import BadInput, BuildFailed
+
+USES = ("recipe", "convert", "boot")
+VMDK_SUBFORMATS = ("monolithicSparse", "streamOptimized")
 
 
 class DiskFormat:
-    """Writes a raw disk in one format. `name` is the recipe's word for it."""
+    """Writes a disk in one format. `name` is the recipe's word for it."""
 
     name: ClassVar[str]
     suffix: ClassVar[str]
     qemu_format: ClassVar[str]
+    options: ClassVar[tuple[str, ...]] = ()  # qemu-img -o values that make this format
+    subformat: ClassVar[str | None] = None  # the VMDK create type, for VMDK formats
+    uses: ClassVar[frozenset[str]] = frozenset(USES)
 
-    def write(self, raw: Path, out: Path) -> None:
-        raise NotImplementedError
-
-
-class _QemuImgFormat(DiskFormat):
-    options: ClassVar[tuple[str, ...]] = ()
-
-    def write(self, raw: Path, out: Path) -> None:
-        if not shutil.which("qemu-img"):
-            raise EnvironmentProblem("qemu-img is missing (qemu-utils)")
-        argv = ["qemu-img", "convert", "-q", "-f", "raw", "-O", self.qemu_format]
-        for opt in self.options:
-            argv += ["-o", opt]
-        result = subprocess.run([*argv, str(raw), str(out)], capture_output=True, check=False)
-        if result.returncode != 0:
-            out.unlink(missing_ok=True)
-            msg = result.stderr.decode(errors="replace").strip()
-            raise BuildFailed(f"qemu-img convert to {self.name} failed: {msg}")
+    def write(
+        self,
+        src: Path,
+        out: Path,
+        *,
+        src_format: str = "raw",
+        adapter_type: str = "lsilogic",
+        name: str | None = None,
+        workers: int | None = None,
+    ) -> int | None:
+        """Write `src` (raw unless `src_format` says otherwise) as this format at `out`;
+        `name` is the final file name when `out` is temporary. Returns the data bytes
+        written when the writer counts them. On failure `out` does not exist."""
+        qemu_img.convert(
+            src, out, src_format=src_format, out_format=self.qemu_format,
+            options=self.options, label=self.name,
+        )
+        return None
 
 
 class Raw(DiskFormat):
@@ -42,40 +58,117 @@ class Raw(DiskFormat):
     suffix = ".raw"
     qemu_format = "raw"
 
-    def write(self, raw: Path, out: Path) -> None:
-        if raw != out:
-            subprocess.run(["cp", "--sparse=always", str(raw), str(out)], check=True)
+    def write(
+        self,
+        src: Path,
+        out: Path,
+        *,
+        src_format: str = "raw",
+        adapter_type: str = "lsilogic",
+        name: str | None = None,
+        workers: int | None = None,
+    ) -> int | None:
+        if src_format != "raw":
+            return super().write(src, out, src_format=src_format)
+        if src == out:
+            return None
+        result = subprocess.run(
+            ["cp", "--sparse=always", str(src), str(out)],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            out.unlink(missing_ok=True)
+            raise BuildFailed(f"copying {src.name}: {result.stderr.strip()}")
+        return None
 
 
-class Qcow2(_QemuImgFormat):
+class Qcow2(DiskFormat):
     name = "qcow2"
     suffix = ".qcow2"
     qemu_format = "qcow2"
 
 
-class Vmdk(_QemuImgFormat):
+class Vmdk(DiskFormat):
     name = "vmdk"
     suffix = ".vmdk"
     qemu_format = "vmdk"
+    subformat = "monolithicSparse"
     options = ("subformat=monolithicSparse",)
 
 
-class VmdkStream(_QemuImgFormat):
+class VmdkStream(DiskFormat):
     name = "vmdk-stream"
     suffix = ".stream.vmdk"
     qemu_format = "vmdk"
+    subformat = "streamOptimized"
     options = ("subformat=streamOptimized",)
 
-    def write(self, raw: Path, out: Path) -> None:
+    def write(
+        self,
+        src: Path,
+        out: Path,
+        *,
+        src_format: str = "raw",
+        adapter_type: str = "lsilogic",
+        name: str | None = None,
+        workers: int | None = None,
+    ) -> int | None:
         # amilab's writer: VMware's marker layout (which ESXi and VM Import expect and
         # qemu-img does not write), all cores, output no larger (bench/convert.py).
-        from builder.disk.vmdk.stream_writer import write_stream_optimized
+        from builder.disk.vmdk.stream_writer import GRAIN_SECTORS, write_stream_optimized
 
+        if src_format != "raw":
+            raise ValueError("the streamOptimized writer reads a raw disk")
         try:
-            write_stream_optimized(raw, out)
+            stats = write_stream_optimized(
+                src, out, adapter_type=adapter_type, name=name, workers=workers
+            )
         except BaseException:
             out.unlink(missing_ok=True)
             raise
+        return stats.data_grains * GRAIN_SECTORS * 512
 
 
 FORMATS: dict[str, DiskFormat] = {f.name: f() for f in (Raw, Qcow2, Vmdk, VmdkStream)}
+
+
+def format_names(use: str) -> tuple[str, ...]:
+    """The names of the formats `use` ("recipe", "convert" or "boot") accepts, in the
+    table's order (raw first: the launch plan's preference)."""
+    if use not in USES:
+        raise ValueError(f"use: {use!r} (one of {', '.join(USES)})")
+    return tuple(name for name, fmt in FORMATS.items() if use in fmt.uses)
+
+
+def qemu_format(name: str) -> str:
+    """The format QEMU's -drive is told for a disk of this format."""
+    return FORMATS[name].qemu_format
+
+
+def by_suffix(filename: str) -> DiskFormat | None:
+    """The format a file's name says it is (the longest matching suffix), if any."""
+    lower = filename.lower()
+    found = [f for f in FORMATS.values() if lower.endswith(f.suffix)]
+    return max(found, key=lambda f: len(f.suffix)) if found else None
+
+
+def resolve_format(name: str, subformat: str | None = None, use: str = "convert") -> DiskFormat:
+    """`--format NAME [--subformat SUB]` → the table's format: vmdk + streamOptimized is
+    vmdk-stream, vmdk alone is monolithicSparse; a subformat on any other format is refused."""
+    names = format_names(use)
+    if name not in names:
+        raise BadInput(f"--format: {name!r} (one of {', '.join(names)})")
+    fmt = FORMATS[name]
+    if not subformat:
+        return fmt
+    if name != "vmdk":
+        # vmdk-stream already says its subformat; repeating it is harmless.
+        if fmt.subformat is not None and subformat == fmt.subformat:
+            return fmt
+        raise BadInput("--subformat: only for --format vmdk")
+    if subformat not in VMDK_SUBFORMATS:
+        raise BadInput(f"--subformat: {subformat!r} (one of {', '.join(VMDK_SUBFORMATS)})")
+    for candidate in FORMATS.values():
+        if candidate.qemu_format == "vmdk" and candidate.subformat == subformat:
+            return candidate
+    raise AssertionError(f"no format in the table for vmdk {subformat}")
