@@ -8,6 +8,16 @@ from pathlib import Path
 _SCRATCH_MIN_FREE = 3 << 30
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# An installed wheel carries elements/ and kernels/ here (pyproject.toml maps them to the
+# package builder.shipped.*); a checkout, editable install included, has no such folder.
+_SHIPPED = Path(__file__).resolve().parent / "shipped"
+
+
+def shipped_dir(name: str) -> Path:
+    """The elements/ or kernels/ folder that ships with this amilab: the installed package's
+    copy when amilab runs from a wheel, else the checkout's top-level folder."""
+    installed = _SHIPPED / name
+    return installed if installed.is_dir() else PROJECT_ROOT / name
 
 
 def amilab_home() -> Path:
@@ -36,14 +46,14 @@ def logs_dir() -> Path:
 
 
 def kernels_dirs() -> list[Path]:
-    dirs = [PROJECT_ROOT / "kernels"]
+    dirs = [shipped_dir("kernels")]
     dirs += [Path(p) for p in os.environ.get("AMILAB_KERNELS_PATH", "").split(":") if p]
     return dirs
 
 
 def elements_path() -> list[Path]:
     """The project's elements first, then AMILAB_ELEMENTS_PATH (colon-separated)."""
-    dirs = [PROJECT_ROOT / "elements"]
+    dirs = [shipped_dir("elements")]
     dirs += [Path(p) for p in os.environ.get("AMILAB_ELEMENTS_PATH", "").split(":") if p]
     return dirs
 
