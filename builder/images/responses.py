@@ -1,0 +1,29 @@
+"""What the image lifecycle calls answer, in AWS's shapes, for the CLI's `--json` (and later
+the API server): built from the records the calls return, with describe-images' field names."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from builder.images.registry import ImageRecord
+
+
+def registered(rec: ImageRecord) -> dict[str, Any]:
+    """RegisterImage's answer (the ID) with the record it registered."""
+    return {"ImageId": rec.image_id, "Images": [rec.describe()]}
+
+
+def image_tags(records: list[ImageRecord]) -> dict[str, Any]:
+    """Each image's ID and tags after create-tags/delete-tags."""
+    return {"Images": [{"ImageId": r.image_id, "Tags": r.describe()["Tags"]} for r in records]}
+
+
+def launch_permission(rec: ImageRecord) -> dict[str, Any]:
+    """describe-image-attribute --attribute launchPermission, with the image's ID."""
+    d = rec.describe()
+    return {k: d[k] for k in ("ImageId", "Public", "LaunchPermissions")}
+
+
+def deregistered(image_ids: list[str]) -> dict[str, Any]:
+    return {"Deregistered": [{"ImageId": i} for i in image_ids]}

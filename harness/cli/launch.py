@@ -1,0 +1,68 @@
+"""Commands that launch instances: `boot` (one, for a person) and `smoke` (build if needed,
+boot, check, report). Their launch settings come from one table (harness.cli.flags)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.cli.flags import add_launch_arguments, launch_request
+from harness.cli.output import add_json
+
+
+def _boot(args: argparse.Namespace) -> int:
+    from harness.launch.boot import BootRequest, boot
+
+    return boot(
+        launch_request(
+            BootRequest, args, image=args.image, console=args.console, runner=args.runner
+        )
+    )
+
+
+def register_boot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "boot",
+        help="boot an AMI under QEMU (SSH or the serial console), or write its runner",
+        description="Boot one instance of an AMI. Without --console: wait for SSH, print how "
+        "to log in, run until Ctrl-C. With --console: the serial console (Ctrl-] leaves).",
+    )
+    p.add_argument("image", help="AMI ID or image name")
+    add_launch_arguments(p, single=True)
+    p.add_argument("--console", action="store_true", help="attach the serial console")
+    p.add_argument(
+        "--runner",
+        type=Path,
+        metavar="FILE.pyz",
+        help="write a qemu-runner runner for this image instead of booting",
+    )
+    p.set_defaults(func=_boot)
+
+
+def _smoke(args: argparse.Namespace) -> int:
+    from harness.smoke.run import SmokeRequest, smoke
+
+    req = launch_request(
+        SmokeRequest, args, target=args.target, image=args.image, json=args.json, junit=args.junit
+    )
+    return smoke(req)[1]
+
+
+def register_smoke(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "smoke",
+        help="build if needed, boot, check kernel/modules/metadata, report",
+        description="Smoke-test images: a recipe file is built first (default build.yaml); "
+        "an AMI ID or name is booted as registered. Exit 1 when a check fails.",
+    )
+    p.add_argument(
+        "target",
+        nargs="?",
+        metavar="RECIPE_FILE | AMI_ID",
+        help="recipe file (default build.yaml), or an AMI ID or name",
+    )
+    p.add_argument("--image", metavar="NAME", help="only this recipe of the file")
+    add_launch_arguments(p)
+    add_json(p, "print the report as JSON")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report")
+    p.set_defaults(func=_smoke)
