@@ -29,7 +29,6 @@ from builder.errors import BadInput
 from builder.ids import file_sha256, make_id, registration_id, sparse_sha256
 from builder.images.registry import ImageRecord, Registry, root_ebs_mapping, store_artifact
 from builder.progress import Stages
-from builder.progress import out as console
 from builder.signals import sigterm_as_interrupt
 
 
@@ -532,14 +531,3 @@ def build_file(path: Path, image: str | None = None, quiet: bool = False) -> lis
         validate(loaded)
     with sigterm_as_interrupt():
         return [build_recipe(loaded, quiet=quiet) for loaded in chosen]
-
-
-def report_builds(records: list[ImageRecord]) -> None:
-    for rec in records:
-        console.print(
-            f"[green]registered[/] {rec.image_id} [bold]{rec.name}[/] "
-            f"kernel {rec.kernel_id or '-'} ramdisk {rec.ramdisk_id or '-'} "
-            f"({rec.virtualization_type}) at {rec.image_location}"
-        )
-        for fmt, loc in rec.extra.get("locations", {}).items():
-            console.print(f"  {fmt}: {loc}")

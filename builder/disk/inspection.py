@@ -471,27 +471,3 @@ def boot_problems(report: dict[str, Any]) -> list[str]:
     if not boot.get("mbr") and not boot.get("efi"):
         problems.append("no bootloader: no boot code in the MBR and no EFI loader on an ESP")
     return problems
-
-
-def print_inspection(report: dict[str, Any]) -> None:
-    from builder.progress import out as console
-
-    os_ = report.get("os") or {}
-    console.print(f"[bold]{report['source']['path']}[/]: {report['source']['container']}, "
-                  f"{report['source']['capacity']} bytes")
-    part = report["partitioning"]
-    console.print(f"partitions: {part['table'] or 'none'} "
-                  + ", ".join(f"{p['number']}:{p.get('name') or p.get('type')}"
-                              for p in part["parts"]))
-    for fs in report["filesystems"]:
-        console.print(f"  {fs['device']}: {fs['type']} uuid={fs.get('uuid')} "
-                      f"label={fs.get('label')}")
-    if os_:
-        console.print(f"os: {os_['product']} ({os_['distro']} {os_['version']}, {os_['arch']})")
-    console.print(f"bootloader: mbr={report['bootloader']['mbr']} "
-                  f"efi={report['bootloader']['efi']} config={report['bootloader'].get('config')}")
-    for k in report["kernels"]:
-        console.print(f"kernel {k['release']}: {k['kernel']} modules={bool(k['modules'])} "
-                      f"initrd={k['initrd']} virtio={'yes' if k['virtio'] else 'NO'}")
-    for p in report["problems"]:
-        console.print(f"[red]unbootable here:[/] {p}")

@@ -28,6 +28,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 from cryptography import x509
@@ -391,6 +392,14 @@ class BundleResult:
     manifest: Manifest
     seconds: float = 0.0
     image_id: str = ""  # the registered image it was made from, when it was one
+
+    def describe(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "ImageId": self.image_id, "ManifestPath": str(self.manifest_path), "Name": m.name,
+            "Digest": m.digest, "Size": m.size, "BundledSize": m.bundled_size,
+            "Parts": [p.filename for p in m.parts], "Seconds": round(self.seconds, 3),
+        }  # fmt: skip
 
 
 class _PartWriter:

@@ -114,17 +114,3 @@ def _extra(
         "disk_digest": digest,
         "timings": {"import": round(seconds, 1)},
     }
-
-
-def report_import(record: ImageRecord) -> None:
-    from builder.progress import out as console
-
-    x = record.extra
-    os_ = x.get("os") or {}
-    console.print(
-        f"[bold]{record.image_id}[/] {record.name}: {os_.get('product')} "
-        f"({x['boot']}), kernels {', '.join(x['kernel_releases']) or 'none'}"
-    )
-    console.print(f"  {record.image_location}")
-    for p in x["problems"]:
-        console.print(f"  [red]unbootable here:[/] {p}")

@@ -343,6 +343,10 @@ class StoreTask:
             "StoreTaskFailureReason": self.failure_reason,
         }
 
+    def describe_stored(self) -> dict[str, Any]:
+        """What `store` reports of its finished task: the task and the bytes it wrote."""
+        return {**self.describe(), "Bytes": self.bytes_stored}
+
 
 _TASKS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS store_tasks (
@@ -561,6 +565,15 @@ class RestoreResult:
     ramdisk: ImageRecord | None = None
     object_key: str = ""
     seconds: float = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        """The restored image's ID and the records registered, with their launch IDs."""
+        image = self.image
+        return {
+            "ImageId": image.image_id, "ObjectKey": self.object_key,
+            "KernelId": image.kernel_id, "RamdiskId": image.ramdisk_id,
+            "Images": [x.describe() for x in (image, self.kernel, self.ramdisk) if x],
+        }  # fmt: skip
 
 
 def restore_image(

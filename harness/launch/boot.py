@@ -10,39 +10,29 @@ from __future__ import annotations
 
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
 
 from builder.images.registry import Registry
 from builder.signals import sigterm_as_interrupt
 from builder.steps import Step, run_steps
 from harness.launch import accel, terminal
-from harness.launch.plan import make_plan
+from harness.launch.request import LaunchRequest, progress_printer
 from harness.launch.runner import write_runner
-from harness.launch.steps import LAUNCH_STEPS, Instance, LaunchOptions, WaitForSsh
+from harness.launch.steps import LAUNCH_STEPS, Instance, WaitForSsh
 
 
-@dataclass
-class BootRequest:
+@dataclass(kw_only=True)
+class BootRequest(LaunchRequest):
+    """One instance: the launch settings (at most one kernel) and how a person uses it."""
+
     image: str
-    kernel: str | None = None
-    ramdisk: str | None = None
-    accel: str = "auto"
     console: bool = False
     runner: Path | None = None
-    keep: bool = False
-    open_network: bool = False
-    firmware: str | None = None
-    disk_format: str | None = None
-    disk_bus: str = "virtio"
-    layers: list[str] = field(default_factory=list)
-    append: str | None = None
-    # InstanceMetadata fields from the launch (harness.cli.flags): user-data, tags, ...
-    metadata: dict[str, Any] = field(default_factory=dict)
-    ssh_timeout: float = 300.0
+
+    @property
+    def kernel(self) -> str | None:
+        return self.kernels[0] if self.kernels else None
 
 
 class ShowLogin(Step[Instance]):
@@ -101,23 +91,11 @@ class AttachConsole(Step[Instance]):
 
 
 def boot(req: BootRequest) -> int:
-    err = Console(stderr=True)
-
-    def say(text: str) -> None:
-        err.print(f"[dim]amilab:[/] {text}", highlight=False, soft_wrap=True)
-
+    say = progress_printer()
     with sigterm_as_interrupt():
         chosen = accel.choose(req.accel)
         image = Registry().find(req.image, "machine")
-        plan = make_plan(
-            image,
-            kernel_ref=req.kernel,
-            ramdisk_ref=req.ramdisk,
-            firmware=req.firmware,
-            disk_format=req.disk_format,
-            disk_bus=req.disk_bus,
-            append=req.append,
-        )
+        plan = req.plan(image, req.kernel)
         for note in plan.notes:
             say(f"note: {note}")
         if req.runner is not None:
@@ -125,17 +103,7 @@ def boot(req: BootRequest) -> int:
                 print(line)
             return 0
         say(f"accelerator: {chosen.describe()}")
-        options = LaunchOptions(
-            accelerator=chosen,
-            keep=req.keep,
-            open_network=req.open_network,
-            ssh_timeout=req.ssh_timeout,
-            extra_layers=[str(Path(x).resolve()) for x in req.layers],
-            metadata=dict(req.metadata),
-            interactive=req.console,
-            say=say,
-        )
-        inst = Instance(plan, options)
+        inst = Instance(plan, req.options(chosen, say, interactive=req.console))
         steps: list[Step[Instance]] = [cls() for cls in LAUNCH_STEPS]
         if req.console:
             steps += [ShowLogin(), AttachConsole()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,9 @@ from builder.images.registry import ImageRecord, Registry
 from builder.signals import sigterm_as_interrupt
 from builder.steps import Step, run_steps
 from harness.launch import accel
-from harness.launch.plan import make_plan
+from harness.launch.request import LaunchRequest, progress_printer
 from harness.launch.ssh import BootFailed, SshTimeout, run
-from harness.launch.steps import (
-    LAUNCH_STEPS,
-    Instance,
-    LaunchOptions,
-    WaitForSsh,
-)
+from harness.launch.steps import LAUNCH_STEPS, Instance, WaitForSsh
 from harness.smoke import checks
 from harness.smoke.diagnose import modules_tree_from_outside
 from harness.smoke.report import SmokeReport, json_document, print_summary, write_junit
@@ -37,25 +32,14 @@ from harness.smoke.report import SmokeReport, json_document, print_summary, writ
 CHECKS_TIMEOUT = 120.0
 
 
-@dataclass
-class SmokeRequest:
+@dataclass(kw_only=True)
+class SmokeRequest(LaunchRequest):
+    """The launch settings (one instance per kernel and image) and what to test and report."""
+
     target: str | None = None  # recipe file, AMI ID or image name; None: build.yaml
     image: str | None = None  # recipe name within the file
-    kernels: list[str] = field(default_factory=list)
-    ramdisk: str | None = None
-    accel: str = "auto"
-    keep: bool = False
-    open_network: bool = False
-    ssh_timeout: float = 300.0
     json: bool = False
     junit: Path | None = None
-    firmware: str | None = None
-    disk_format: str | None = None
-    disk_bus: str = "virtio"
-    layers: list[str] = field(default_factory=list)
-    append: str | None = None
-    # InstanceMetadata fields from the launch (harness.cli.flags): user-data, tags, ...
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 class RunChecks(Step[Instance]):
@@ -101,15 +85,7 @@ def resolve_images(req: SmokeRequest, say: Any) -> list[ImageRecord]:
 def smoke_instance(
     image: ImageRecord, kernel: str | None, req: SmokeRequest, chosen: accel.Accelerator, say: Any
 ) -> SmokeReport:
-    plan = make_plan(
-        image,
-        kernel_ref=kernel,
-        ramdisk_ref=req.ramdisk,
-        firmware=req.firmware,
-        disk_format=req.disk_format,
-        disk_bus=req.disk_bus,
-        append=req.append,
-    )
+    plan = req.plan(image, kernel)
     for note in plan.notes:
         say(f"note: {note}")
     report = SmokeReport(
@@ -123,16 +99,7 @@ def smoke_instance(
         kernel_release=plan.expected_release,
         notes=list(plan.notes),
     )
-    options = LaunchOptions(
-        accelerator=chosen,
-        keep=req.keep,
-        open_network=req.open_network,
-        ssh_timeout=req.ssh_timeout,
-        extra_layers=[str(Path(x).resolve()) for x in req.layers],
-        metadata=dict(req.metadata),
-        say=say,
-    )
-    inst = Instance(plan, options)
+    inst = Instance(plan, req.options(chosen, say))
     steps: list[Step[Instance]] = [cls() for cls in LAUNCH_STEPS]
     steps += [WaitForSsh(), RunChecks(report)]
     try:
@@ -148,7 +115,7 @@ def smoke_instance(
             report.checks = [checks.CheckResult("boot", False, "SSH login", "none", report.failure)]
             if inst.watcher is not None:
                 outside = modules_tree_from_outside(
-                    inst.watcher.text, plan.disk, int(image.extra.get("fs_offset") or 0)
+                    inst.watcher.text, plan.disk, image.launch.fs_offset
                 )
                 if outside is not None and not outside.passed:
                     report.checks.append(outside)
@@ -166,11 +133,7 @@ def smoke_instance(
 
 def smoke(req: SmokeRequest) -> tuple[list[SmokeReport], int]:
     """Run the smoke test; returns the reports and the exit code (0 passed, 1 a check failed)."""
-    err = Console(stderr=True)
-
-    def say(text: str) -> None:
-        err.print(f"[dim]amilab:[/] {text}", highlight=False, soft_wrap=True)
-
+    say = progress_printer()
     with sigterm_as_interrupt():
         chosen = accel.choose(req.accel)
         say(f"accelerator: {chosen.describe()}")
