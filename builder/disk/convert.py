@@ -1,9 +1,14 @@
-"""`amilab convert`: validate a disk, then write it as raw, qcow2 or VMDK.
+"""`amilab convert`: validate a disk, then write it in one of the format table's formats.
 
 Untrusted VMDKs (alone, or inside an OVA/OVF) are never handed to qemu: amilab's own
 validating reader turns them into raw, on all cores, and qemu-img only ever reads raw or
 a qcow2 whose header was checked for backing and external data files. streamOptimized
 output is amilab's writer (VMware's layout); the other formats are qemu-img's.
+
+Input policy: a file is opened as what its content is. A name that says VMDK, OVA, OVF or
+qcow2 over content that is not that format is bad input (a text file named notes.vmdk is
+not copied as a "raw disk"), and content with no disk format of its own is taken as raw
+only from a file named .raw or .img, or when the caller names the source format.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ import contextlib
 import os
 import shutil
 import struct
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,14 +25,28 @@ from pathlib import Path
 from typing import Any
 
 from builder.disk import ova
+from builder.disk.formats import FORMATS, DiskFormat, resolve_format
 from builder.disk.vmdk import VmdkImage, open_vmdk, sniff
 from builder.disk.vmdk.rawio import write_raw
 from builder.disk.vmdk.safefile import open_regular
-from builder.disk.vmdk.stream_writer import GRAIN_SECTORS, write_stream_optimized
-from builder.errors import BadInput, BuildFailed, EnvironmentProblem
+from builder.errors import BadInput, EnvironmentProblem
 
-FORMATS = ("raw", "qcow2", "vmdk")
-SUBFORMATS = ("monolithicSparse", "streamOptimized")
+# What an input file may be: the table's qemu formats and the OVF packages around a VMDK.
+SOURCE_FORMATS = ("raw", "qcow2", "vmdk", "ova", "ovf")
+# What a name promises. Raw has no header, so only a name (or the caller) can say raw.
+_BY_SUFFIX = {
+    **{f.suffix: f.qemu_format for f in FORMATS.values()},
+    ".img": "raw",
+    ".ova": "ova",
+    ".ovf": "ovf",
+}
+_WHAT = {
+    "vmdk": "a VMDK",
+    "qcow2": "a qcow2 image",
+    "ova": "an OVA package",
+    "ovf": "an OVF descriptor",
+    "raw": "a raw disk",
+}
 _QCOW2_MAGIC = b"QFI\xfb"
 
 
@@ -82,10 +100,67 @@ def detect(path: Path) -> str:
     return "raw"
 
 
-@contextlib.contextmanager
-def open_source(path: Path, workdir: Path) -> Iterator[Source]:
-    """Validate `path` and yield it as a Source; an OVA is unpacked under `workdir`."""
+def named_format(path: Path) -> str | None:
+    """What the file's name says it holds (vmdk, qcow2, ova, ovf, raw), if anything."""
+    name = path.name.lower()
+    found = [s for s in _BY_SUFFIX if name.endswith(s)]
+    return _BY_SUFFIX[max(found, key=len)] if found else None
+
+
+def _found(path: Path, container: str) -> str:
+    """What the content is, for a message: the format, or what a headerless file looks like."""
+    if container != "raw":
+        return _WHAT[container]
+    fd = open_regular(path, path.name)
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, 4096, 0)
+    finally:
+        os.close(fd)
+    if size == 0:
+        return "an empty file"
+    if b"\0" not in head:
+        try:
+            head.decode()
+            return "text"
+        except UnicodeDecodeError as e:
+            if e.start >= len(head) - 3:  # a character cut by the 4 KiB read
+                return "text"
+    return "data with no disk format header"
+
+
+def classify(path: Path, source_format: str | None = None) -> str:
+    """The container to open `path` as (vmdk, ova, ovf, qcow2 or raw) by the input policy;
+    BadInput when its name or `source_format` promises what its content is not."""
+    if source_format is not None and source_format not in SOURCE_FORMATS:
+        raise BadInput(
+            f"--source-format: {source_format!r} (one of {', '.join(SOURCE_FORMATS)})"
+        )
     container = detect(path)
+    if source_format == "raw":
+        return "raw"  # asked for: the bytes are the disk, whatever they look like
+    expected, why = source_format, "--source-format"
+    if expected is None:
+        expected, why = named_format(path), "by its name"
+    if expected is None or expected == "raw":
+        if container == "raw" and expected is None:
+            raise BadInput(
+                f"{path.name}: expected a disk format by its content or name, found "
+                f"{_found(path, container)}; raw is taken only from a file named .raw or .img, "
+                "or with --source-format raw"
+            )
+        return container  # a .raw/.img file holding a qcow2 or a VMDK is opened as that
+    if container != expected:
+        raise BadInput(
+            f"{path.name}: expected {_WHAT[expected]} ({why}), found {_found(path, container)}"
+        )
+    return container
+
+
+@contextlib.contextmanager
+def open_source(path: Path, workdir: Path, source_format: str | None = None) -> Iterator[Source]:
+    """Validate `path` and yield it as a Source; an OVA is unpacked under `workdir`."""
+    container = classify(path, source_format)
     if container == "vmdk":
         with open_vmdk(path) as image:
             yield Source(path, "vmdk", "vmdk", image.capacity, image)
@@ -164,17 +239,13 @@ class ConvertResult:
 
 def convert(
     src: Path, dst: Path, fmt: str = "raw", subformat: str | None = None,
-    workers: int | None = None,
+    workers: int | None = None, *, source_format: str | None = None,
 ) -> ConvertResult:
-    """Convert `src` to `dst`; on any failure nothing is left beside `dst`."""
-    if fmt not in FORMATS:
-        raise BadInput(f"--format: {fmt!r} (one of {', '.join(FORMATS)})")
-    if subformat and fmt != "vmdk":
-        raise BadInput("--subformat: only for --format vmdk")
-    if fmt == "vmdk":
-        subformat = subformat or "monolithicSparse"
-        if subformat not in SUBFORMATS:
-            raise BadInput(f"--subformat: {subformat!r} (one of {', '.join(SUBFORMATS)})")
+    """Convert `src` to `dst` in format `fmt` (a name from the format table; `vmdk` with
+    `subformat` streamOptimized is vmdk-stream). `source_format` takes `src` as that format
+    instead of by its name (the only way to read an unnamed raw file). On any failure
+    nothing is left beside `dst`."""
+    out_fmt = resolve_format(fmt, subformat)
     if not src.exists():
         raise BadInput(f"{src}: no such file")
     if dst.exists() and dst.resolve() == src.resolve():
@@ -190,8 +261,8 @@ def convert(
         raise EnvironmentProblem(f"{dst.parent}: {e.strerror}") from None
     tmp_out = work / "out"
     try:
-        with open_source(src, work) as source:
-            data = _write(source, tmp_out, fmt, subformat, dst.name, work, workers)
+        with open_source(src, work, source_format) as source:
+            data = _write(source, tmp_out, out_fmt, dst.name, work, workers)
             described = source.describe()
         os.replace(tmp_out, dst)
     except OSError as e:  # a full disk, an unreadable file: the machine, not the input
@@ -199,57 +270,33 @@ def convert(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ConvertResult(
-        described, str(dst), fmt, subformat, time.monotonic() - start, dst.stat().st_size, data
+        described, str(dst), out_fmt.qemu_format, out_fmt.subformat,
+        time.monotonic() - start, dst.stat().st_size, data,
     )
 
 
 def _write(
-    source: Source, out: Path, fmt: str, subformat: str | None, name: str, work: Path,
-    workers: int | None,
+    source: Source, out: Path, fmt: DiskFormat, name: str, work: Path, workers: int | None
 ) -> int | None:
-    if fmt == "raw":
+    if fmt.name == "raw":
         return _to_raw(source, out, workers)
-    raw = source.path if source.format == "raw" else None
-    if raw is None and (source.format == "vmdk" or subformat == "streamOptimized"):
-        raw = work / "source.raw"
-        _to_raw(source, raw, workers)
-    if fmt == "vmdk" and subformat == "streamOptimized":
-        assert raw is not None
-        adapter = _adapter(source)
-        stats = write_stream_optimized(
-            raw, out, adapter_type=adapter, name=name.replace('"', "_"), workers=workers
-        )
-        return stats.data_grains * GRAIN_SECTORS * 512
-    in_fmt = "raw" if raw is not None else source.format
-    opts = ["-o", "subformat=monolithicSparse"] if fmt == "vmdk" else []
-    qemu_img_convert(raw or source.path, in_fmt, out, fmt, opts)
-    return None
+    src, src_format = source.path, source.format
+    if source.format == "vmdk" or (source.format != "raw" and fmt.reads_raw_only):
+        src, src_format = work / "source.raw", "raw"
+        _to_raw(source, src, workers)
+    return fmt.write(
+        src, out, src_format=src_format, adapter_type=_adapter(source),
+        name=name.replace('"', "_"), workers=workers,
+    )
 
 
 def _to_raw(source: Source, out: Path, workers: int | None) -> int | None:
     if source.image is not None:
         return write_raw(source.image, out, workers)
-    if source.format == "raw":
-        result = subprocess.run(["cp", "--sparse=always", str(source.path), str(out)],
-                                capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise BuildFailed(f"copying {source.path.name}: {result.stderr.strip()}")
-        return None
-    qemu_img_convert(source.path, source.format, out, "raw", [])
-    return None
+    return FORMATS["raw"].write(source.path, out, src_format=source.format)
 
 
 def _adapter(source: Source) -> str:
     # Keep the controller the disk came from; VMware's default otherwise.
     adapter = source.image.adapter_type if source.image else None
     return adapter if adapter in ("ide", "buslogic", "lsilogic", "legacyESX") else "lsilogic"
-
-
-def qemu_img_convert(src: Path, src_fmt: str, dst: Path, fmt: str, opts: list[str]) -> None:
-    if not shutil.which("qemu-img"):
-        raise EnvironmentProblem("qemu-img is missing (qemu-utils)")
-    argv = ["qemu-img", "convert", "-q", "-f", src_fmt, "-O", fmt, *opts, str(src), str(dst)]
-    result = subprocess.run(argv, capture_output=True, check=False)
-    if result.returncode != 0:
-        msg = result.stderr.decode(errors="replace").strip().splitlines()
-        raise BuildFailed(f"qemu-img convert to {fmt} failed: {msg[-1] if msg else '?'}")

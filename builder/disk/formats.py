@@ -32,6 +32,7 @@ class DiskFormat:
     options: ClassVar[tuple[str, ...]] = ()  # qemu-img -o values that make this format
     subformat: ClassVar[str | None] = None  # the VMDK create type, for VMDK formats
     uses: ClassVar[frozenset[str]] = frozenset(USES)
+    reads_raw_only: ClassVar[bool] = False  # its writer takes a raw disk, not what qemu reads
 
     def write(
         self,
@@ -102,6 +103,7 @@ class VmdkStream(DiskFormat):
     qemu_format = "vmdk"
     subformat = "streamOptimized"
     options = ("subformat=streamOptimized",)
+    reads_raw_only = True
 
     def write(
         self,
