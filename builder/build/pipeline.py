@@ -9,7 +9,6 @@ transaction, so a build that did not finish registers nothing.
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -23,13 +22,14 @@ from builder import paths
 from builder.build import bootloader, chroot, elements, rootfs
 from builder.build import kernel as kernel_mod
 from builder.build import layout as disk_mod
+from builder.build.engines import RootEngine, engine_for
 from builder.build.recipe import LoadedRecipe, load_recipes, select
 from builder.disk.formats import FORMATS
-from builder.errors import BadInput
 from builder.ids import file_sha256, make_id, registration_id, sparse_sha256
 from builder.images.registry import ImageRecord, Registry, root_ebs_mapping, store_artifact
 from builder.progress import Stages
 from builder.signals import sigterm_as_interrupt
+from builder.steps import Step, run_steps
 
 
 @dataclass
@@ -52,6 +52,10 @@ class BuildState:
     records: list[ImageRecord] = field(default_factory=list)
     base_cached: bool = False
     root_uuid: str = ""
+    engine: RootEngine = field(init=False)  # the recipe's root engine (builder.build.engines)
+
+    def __post_init__(self) -> None:
+        self.engine = engine_for(self.recipe.engine)
 
     @property
     def kernel(self) -> Any:
@@ -80,18 +84,7 @@ class BuildState:
         }
 
 
-class Step:
-    name = "step"
-    what = ""
-
-    def run(self, s: BuildState) -> None:
-        raise NotImplementedError
-
-    def cleanup(self, s: BuildState) -> None:
-        """Undo what run() left behind that is not part of the result."""
-
-
-class Workdir(Step):
+class Workdir(Step[BuildState]):
     name = "workdir"
 
     def run(self, s: BuildState) -> None:
@@ -111,7 +104,7 @@ class Workdir(Step):
         chroot.remove_tree(s.workdir)
 
 
-class Resolve(Step):
+class Resolve(Step[BuildState]):
     name = "resolve"
     what = "elements, packages and kernel"
 
@@ -136,66 +129,27 @@ class Resolve(Step):
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-class BaseRoot(Step):
+class BaseRoot(Step[BuildState]):
     name = "rootfs"
 
     def run(self, s: BuildState) -> None:
-        log = s.logs / "rootfs.log"
-        if s.recipe.engine == "diskimage-builder":
-            from builder.build.engines.dib import build_root_dib
-
-            s.stages.detail("disk-image-create")
-            build_root_dib(
-                s.recipe,
-                list(s.recipe.elements),
-                paths.elements_path(),
-                s.workdir / "dib",
-                s.root,
-                log,
-            )
-            return
-        s.stages.detail("mmdebstrap base (cached when unchanged)")
-        tar, s.base_cached = rootfs.base_tarball(s.recipe.release, s.packages, log)
-        s.stages.detail("unpacking " + ("cached base" if s.base_cached else "new base"))
-        rootfs.unpack(tar, s.root)
-        s.stages.detail("waiting for the kernel")
-        _ = s.kernel
+        s.engine.make_root(s)
 
 
-class Elements(Step):
-    """Element phases up to post-install.d (the native engine runs them itself)."""
+class Elements(Step[BuildState]):
+    """Element phases up to post-install.d, where the engine leaves them to amilab's runner
+    (diskimage-builder ran them all while making the tree)."""
 
     name = "elements"
-    _runner: elements.PhaseRunner | None = None
 
     def run(self, s: BuildState) -> None:
-        if s.recipe.engine == "diskimage-builder":
-            return  # disk-image-create ran them
-        self._runner = elements.PhaseRunner(
-            s.elements,
-            s.root,
-            s.logs / "elements",
-            s.hook_env(),
-            on_hook=lambda h: s.stages.detail(f"{h.element}: {h.phase}/{h.name}"),
-        )
-        self._runner.stage_in_target()
-        with chroot.prepared(s.root):
-            for phase, inside in elements.PHASES:
-                if phase == "finalise.d":
-                    break
-                self._runner.run_phase(phase, inside)
-            if s.uninstall:
-                s.stages.detail("removing build-only packages")
-                _chroot_checked(
-                    s, ["apt-get", "-y", "purge", "--autoremove", *s.uninstall], "uninstall"
-                )
+        s.engine.run_elements(s)
 
     def cleanup(self, s: BuildState) -> None:
-        if self._runner and s.root.exists():
-            self._runner.remove_in_target()
+        s.engine.cleanup(s)
 
 
-class Modules(Step):
+class Modules(Step[BuildState]):
     name = "modules"
 
     def run(self, s: BuildState) -> None:
@@ -213,7 +167,7 @@ class Modules(Step):
         subprocess.run(["depmod", "-b", str(s.root), release], check=True)
 
 
-class Ramdisk(Step):
+class Ramdisk(Step[BuildState]):
     name = "ramdisk"
 
     def run(self, s: BuildState) -> None:
@@ -230,25 +184,11 @@ class Ramdisk(Step):
                 s.ramdisk = ramdisk_mod.build_distro(s.root, s.kernel, out, s.logs / "ramdisk.log")
 
 
-class Finalise(Step):
+class Finalise(Step[BuildState]):
     name = "finalise"
 
     def run(self, s: BuildState) -> None:
-        if s.recipe.engine != "diskimage-builder":
-            runner = elements.PhaseRunner(
-                s.elements,
-                s.root,
-                s.logs / "elements",
-                s.hook_env(),
-                on_hook=lambda h: s.stages.detail(f"{h.element}: {h.phase}/{h.name}"),
-            )
-            runner.stage_in_target()
-            try:
-                with chroot.prepared(s.root):
-                    runner.run_phase("finalise.d", True)
-                runner.run_phase("cleanup.d", False)
-            finally:
-                runner.remove_in_target()
+        s.engine.finalise(s)
         # Empty, as Debian's cloud images ship it: systemd makes a fresh ID at every boot
         # of a new instance. ("uninitialized" would also trigger first-boot preset-all,
         # measured at 5.6 s under TCG.)
@@ -264,7 +204,7 @@ class Finalise(Step):
         disk_mod.write_fstab(s.root, s.recipe.disk.label)
 
 
-class BootFiles(Step):
+class BootFiles(Step[BuildState]):
     """HVM: the kernel, initrd and GRUB menus go into the image's /boot."""
 
     name = "boot-files"
@@ -286,7 +226,7 @@ class BootFiles(Step):
         )
 
 
-class Disk(Step):
+class Disk(Step[BuildState]):
     name = "disk"
 
     def run(self, s: BuildState) -> None:
@@ -307,7 +247,7 @@ class Disk(Step):
         chroot.remove_tree(s.root)
 
 
-class Bootloader(Step):
+class Bootloader(Step[BuildState]):
     name = "bootloader"
 
     def run(self, s: BuildState) -> None:
@@ -317,7 +257,7 @@ class Bootloader(Step):
         bootloader.install(s.raw, s.layout, s.root_uuid, s.workdir, s.logs / "bootloader.log")
 
 
-class Formats(Step):
+class Formats(Step[BuildState]):
     name = "formats"
 
     def run(self, s: BuildState) -> None:
@@ -332,7 +272,7 @@ class Formats(Step):
             s.outputs[name] = out
 
 
-class Register(Step):
+class Register(Step[BuildState]):
     name = "register"
 
     def run(self, s: BuildState) -> None:
@@ -443,7 +383,7 @@ class Register(Step):
                 path.unlink(missing_ok=True)
 
 
-PIPELINE: tuple[type[Step], ...] = (
+PIPELINE: tuple[type[Step[BuildState]], ...] = (
     Workdir,
     Resolve,
     BaseRoot,
@@ -457,14 +397,6 @@ PIPELINE: tuple[type[Step], ...] = (
     Formats,
     Register,
 )
-
-
-def _chroot_checked(s: BuildState, argv: list[str], what: str) -> None:
-    log = s.logs / f"{what}.log"
-    result = chroot.run(s.root, argv, log=log)
-    if result.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
-        raise BadInput(f"{what}: {' '.join(argv)} failed (log: {log})\n{tail}")
 
 
 def resolve_kernel_ref(loaded: LoadedRecipe, log: Path) -> Any:
@@ -506,21 +438,11 @@ def build_recipe(loaded: LoadedRecipe, quiet: bool = False) -> ImageRecord:
     """Run the pipeline for one recipe; returns the registered AMI record."""
     with Stages(loaded.recipe.name, quiet=quiet) as stages:
         state = BuildState(loaded, stages)
-        done: list[Step] = []
-        try:
-            for step_cls in PIPELINE:
-                step = step_cls()
-                done.append(step)
-                with stages.stage(step.name, step.what):
-                    step.run(state)
-        finally:
-            # Ctrl-C during cleanup must not leave half-removed work behind
-            old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            try:
-                for step in reversed(done):
-                    step.cleanup(state)
-            finally:
-                signal.signal(signal.SIGINT, old)
+        run_steps(
+            (step_cls() for step_cls in PIPELINE),
+            state,
+            around=lambda step: stages.stage(step.name, step.what),
+        )
     return next(r for r in state.records if r.image_type == "machine")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from builder.build.engines import ENGINES
 from builder.build.schema import (
     Bool,
     Choice,
@@ -136,8 +137,8 @@ class Recipe:
     )
     disk: Disk = key(Section(Disk), "disk layout and output formats")
     engine: str = key(
-        Choice(("native", "diskimage-builder")),
-        "native: mmdebstrap + amilab's element runner; diskimage-builder: disk-image-create",
+        Choice(tuple(ENGINES)),
+        "; ".join(f"{name}: {cls.summary}" for name, cls in ENGINES.items()),
         "native",
     )
     checks: Checks = key(Section(Checks), "what `amilab smoke` verifies in the guest")

@@ -39,13 +39,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from builder import paths
 from builder.build.chroot import remove_tree
+from builder.build.engines.base import RootEngine
 from builder.build.mirror import host_mirror
-from builder.build.recipe import Recipe
 from builder.build.rootfs import BASE_PACKAGES
 from builder.errors import BuildFailed, EnvironmentProblem
+
+if TYPE_CHECKING:  # the recipe module derives its engine choices from builder.build.engines
+    from builder.build.pipeline import BuildState
+    from builder.build.recipe import Recipe
 
 HELPER = "amilab-dib-tree"
 # package-installs is named because recipe elements use package-installs.yaml without
@@ -136,6 +141,25 @@ class Tools:
     dib: str
     unshare: str
     setpriv: str
+
+
+class DibEngine(RootEngine):
+    """disk-image-create makes the tree and runs every phase of the recipe's elements itself,
+    up to cleanup.d, so nothing is left for amilab's element runner."""
+
+    name = "diskimage-builder"
+    summary = "disk-image-create"
+
+    def make_root(self, s: BuildState) -> None:
+        s.stages.detail("disk-image-create")
+        build_root_dib(
+            s.recipe,
+            list(s.recipe.elements),
+            paths.elements_path(),
+            s.workdir / "dib",
+            s.root,
+            s.logs / "rootfs.log",
+        )
 
 
 def build_root_dib(
