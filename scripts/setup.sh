@@ -10,6 +10,7 @@ DEBS=(
   busybox-static kmod cpio zstd xz-utils python3-venv python3-guestfs libguestfs-tools
   ovmf seabios sudo curl uidmap grub-pc-bin grub-efi-amd64-bin grub2-common
   linux-image-cloud-amd64 amazon-ec2-utils netcat-openbsd socat
+  openssl procps iproute2
 )
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup: run as root (apt-get, chroot and mounts need it)" >&2

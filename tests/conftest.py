@@ -4,6 +4,7 @@ real builds download packages once per machine (they are keyed by content)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 AMILAB = [sys.executable, "-m", "harness.cli"]
+
+
+def need(tool: str, package: str) -> str:
+    """A host tool a test runs. scripts/setup.sh installs it, so a missing one fails the test
+    (saying which Debian package to install) rather than skipping it."""
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is missing: install Debian's {package} (scripts/setup.sh does)")
+    return path
 
 
 @pytest.fixture

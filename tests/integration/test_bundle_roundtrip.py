@@ -88,8 +88,6 @@ def test_registering_again_under_a_taken_name_is_refused(built: dict, bundled: d
 
 def smoke(built: dict, ami: str) -> tuple[int, dict, str]:
     out = cli(built, "smoke", ami, "--json", check=False)
-    if "invalid choice: 'smoke'" in out.stderr:
-        pytest.skip("`amilab smoke` is not in the CLI yet (harness issue)")
     try:
         report = json.loads(out.stdout)
     except ValueError:
@@ -101,10 +99,9 @@ def smoke(built: dict, ami: str) -> tuple[int, dict, str]:
 def test_the_registered_bundle_passes_smoke(built: dict, registered: dict) -> None:
     code, report, tail = smoke(built, registered["ImageId"])
     if code != 0:
-        # the bundle's fault only if the image it came from boots where it does not
+        # a failure all the same; the original's smoke only says where to look first
         original, _, _ = smoke(built, built["ami"]["ImageId"])
-        if original != 0:
-            pytest.xfail(f"smoke fails for the original build as well (exit {original}): {tail}")
+        tail = f"(the original image's smoke exits {original})\n{tail}"
     assert code == 0, tail
     assert report["Passed"] is True and report["ImageId"] == registered["ImageId"]
     assert report["KernelId"] == registered["KernelId"]

@@ -17,6 +17,7 @@ import pytest
 
 from builder.build import kernel, ramdisk
 from builder.build.kernel import Kernel
+from tests.conftest import need
 
 pytestmark = pytest.mark.integration
 
@@ -189,8 +190,7 @@ def test_generic_kernel_boots_from_ide_by_uuid(tmp_path: Path) -> None:
 def test_distro_ramdisk_from_the_image_boots(cloud: Kernel, tmp_path: Path) -> None:
     """`ramdisk: distro`: mkinitramfs inside a minimal root with initramfs-tools and the
     kernel's modules; the result is reproducible and boots that root."""
-    if not shutil.which("mmdebstrap"):
-        pytest.skip("mmdebstrap is missing")
+    need("mmdebstrap", "mmdebstrap")
     from builder.build.mirror import host_mirror
 
     root = tmp_path / "root"

@@ -95,7 +95,7 @@ def test_botocore_without_role_gets_nothing(v1_allowed: str) -> None:
 
 
 def test_pypi_ec2_metadata(v2_only: str) -> None:
-    ec2_metadata = pytest.importorskip("ec2_metadata")
+    import ec2_metadata  # PyPI's ec2-metadata, in the test extra (pyproject.toml)
 
     md = ec2_metadata.EC2Metadata()
     # the package hard-codes http://169.254.169.254/latest/ in __init__ with no option
@@ -116,11 +116,11 @@ def test_pypi_ec2_metadata(v2_only: str) -> None:
     assert nic.private_ipv4s == ["169.254.0.15"] and nic.device_number == 0
 
 
-@pytest.mark.skipif(not EC2_UTILS.exists(), reason="amazon-ec2-utils is not installed")
 @pytest.mark.parametrize("fixture", ["v2_only", "v1_allowed"])
 def test_amazon_ec2_utils_script(
     fixture: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
+    assert EC2_UTILS.exists(), f"{EC2_UTILS} is missing: install Debian's amazon-ec2-utils"
     base = request.getfixturevalue(fixture)
     script = tmp_path / "ec2-metadata"
     text = EC2_UTILS.read_text()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from builder.errors import BadInput, EnvironmentProblem
 from harness.launch import accel
+from tests.conftest import need
 
 
 def test_cpu_flags() -> None:
@@ -25,9 +25,9 @@ def test_probe_bios_layout(tmp_path: Path) -> None:
     assert image.startswith(bytes([0xFA]))  # cli, the probe's first instruction
 
 
-@pytest.mark.skipif(not shutil.which("qemu-system-x86_64"), reason="needs QEMU")
 def test_probe_runs_under_tcg() -> None:
     """The probe goes through real, protected and long mode; TCG must run it to the end."""
+    need("qemu-system-x86_64", "qemu-system-x86")
     assert accel.probe("tcg") is None
 
 

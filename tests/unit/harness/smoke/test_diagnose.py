@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from harness.launch.machine import Disk
 from harness.smoke.diagnose import booted_release, module_trees, modules_tree_from_outside
-
-pytestmark = pytest.mark.skipif(not shutil.which("mkfs.ext4"), reason="needs e2fsprogs")
+from tests.conftest import need
 
 CONSOLE = "[    0.000000] Linux version 6.1.0-56-cloud-amd64 (debian-kernel@lists.debian.org)\n"
 
@@ -22,7 +18,8 @@ def _disk(tmp_path: Path, trees: list[str], offset: int = 0) -> Path:
     for t in trees:
         (root / "lib/modules" / t).mkdir()
     fs = tmp_path / "fs.img"
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(fs), "16M"], check=True)
+    mkfs = need("mkfs.ext4", "e2fsprogs")
+    subprocess.run([mkfs, "-q", "-F", "-d", str(root), str(fs), "16M"], check=True)
     if not offset:
         return fs
     disk = tmp_path / "disk.raw"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import lzma
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from builder.disk.inspection import boot_problems, initrd_files, initrd_modules
 from builder.errors import BadInput
+from tests.conftest import need
 
 
 def _cpio(root: Path, names: list[str]) -> bytes:
@@ -29,8 +29,7 @@ def _compress(kind: str, data: bytes) -> bytes:
         return gzip.compress(data)
     if kind == "xz":
         return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
-    if not shutil.which(kind):
-        pytest.skip(f"{kind} is not installed")
+    need(kind, kind)
     return subprocess.run([kind, "-c"], input=data, capture_output=True, check=True).stdout
 
 
