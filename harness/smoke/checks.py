@@ -72,22 +72,26 @@ def modules_tree() -> Check:
             if line
         }
         release = fields.get("release", "?").strip()
-        present = "present" in fields
         trees = fields.get("trees", "").split()
-        expected = f"/lib/modules/{release}"
-        if present:
-            return CheckResult("modules-tree", True, expected, expected)
-        have = ", ".join(trees) if trees else "none"
-        return CheckResult(
-            "modules-tree",
-            False,
-            expected,
-            "missing",
-            f"booted {release} but the image has no /lib/modules/{release}; "
-            f"module trees in the image: {have}",
-        )
+        return modules_tree_result(release, "present" in fields, trees)
 
     return Check("modules-tree", command, evaluate)
+
+
+def modules_tree_result(
+    release: str, present: bool, trees: list[str], how: str = "", why_outside: str = ""
+) -> CheckResult:
+    """The `modules-tree` verdict: does the image hold /lib/modules/<booted release>?
+    `how` notes where the facts came from; `why_outside` why they were read that way."""
+    expected = f"/lib/modules/{release}"
+    if present:
+        return CheckResult("modules-tree", True, expected, expected, how)
+    have = ", ".join(trees) if trees else "none"
+    detail = f"booted {release} but the image has no /lib/modules/{release}; "
+    detail += f"module trees in the image: {have}"
+    if how:
+        detail += f" ({how}: {why_outside})" if why_outside else f" ({how})"
+    return CheckResult("modules-tree", False, expected, "missing", detail)
 
 
 def modprobe(module: str) -> Check:

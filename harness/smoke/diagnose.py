@@ -13,7 +13,7 @@ import shutil
 import subprocess
 
 from harness.launch.machine import Disk
-from harness.smoke.checks import CheckResult
+from harness.smoke.checks import CheckResult, modules_tree_result
 
 _LINUX_VERSION = re.compile(r"Linux version (\S+)")
 
@@ -56,16 +56,11 @@ def modules_tree_from_outside(console: str, disk: Disk, fs_offset: int) -> Check
     trees = module_trees(disk, fs_offset)
     if release is None or trees is None:
         return None
-    expected = f"/lib/modules/{release}"
-    if release in trees:
-        return CheckResult("modules-tree", True, expected, expected, "read from the disk")
-    have = ", ".join(trees) if trees else "none"
-    return CheckResult(
-        "modules-tree",
-        False,
-        expected,
-        "missing",
-        f"booted {release} but the image has no /lib/modules/{release}; module trees in the "
-        f"image: {have} (read from the disk: the guest never let us log in, e.g. because its "
-        "NIC driver is a module of that missing tree)",
+    return modules_tree_result(
+        release,
+        release in trees,
+        trees,
+        "read from the disk",
+        "the guest never let us log in, e.g. because its NIC driver is a module of that "
+        "missing tree",
     )

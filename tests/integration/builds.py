@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import run_amilab
+from tests.conftest import AMILAB, ROOT, run_amilab
 
 
 def build(recipe: Path, home: Path, *extra: str, env: dict[str, str] | None = None) -> dict:
@@ -15,6 +19,36 @@ def build(recipe: Path, home: Path, *extra: str, env: dict[str, str] | None = No
     )
     assert result.returncode == 0, f"build failed:\n{result.stderr[-3000:]}"
     return json.loads(result.stdout)
+
+
+def interrupt_build(
+    recipe: Path,
+    env: dict[str, str],
+    started: Callable[[], bool],
+    timeout: float,
+    while_running: Callable[[], None] = lambda: None,
+) -> None:
+    """`amilab build RECIPE` in a session of its own, interrupted the way Ctrl-C in a terminal
+    does (SIGINT to its whole process group) once `started()` says the element script is
+    running; it must exit 130 without a traceback. `while_running` checks just before."""
+    proc = subprocess.Popen(
+        [*AMILAB, "build", str(recipe)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + timeout
+    while not started():
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+        assert time.monotonic() < deadline, "the element script never started"
+        time.sleep(0.2)
+    while_running()
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert "Traceback" not in err.decode()
 
 
 def images(home: Path, image_type: str | None = None) -> list[dict]:

@@ -3,19 +3,15 @@ by disk-image-create, checked on the disk with debugfs (never mounted)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import ROOT, run_amilab
-from tests.integration.builds import build, debugfs, exists, images
+from tests.integration.builds import build, debugfs, exists, images, interrupt_build
 
 pytestmark = pytest.mark.integration
 
@@ -130,24 +126,8 @@ def test_dib_sigint_during_element_script_leaves_nothing(tmp_path: Path) -> None
         elements=["ec2-base", "dib-hang"],
         environment={"HANG_FLAG": str(flags / "started")},  # the recipe's env reaches DIB
     )
-    env = {**os.environ, "AMILAB_HOME": str(home), "AMILAB_ELEMENTS_PATH": str(elements)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "build", str(recipe)],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 600
-    while not (flags / "started").exists():
-        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-        assert time.monotonic() < deadline, "the element script never started"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err.decode()[-2000:]
-    assert "Traceback" not in err.decode()
+    env = {"AMILAB_HOME": str(home), "AMILAB_ELEMENTS_PATH": str(elements)}
+    interrupt_build(recipe, env, (flags / "started").exists, 600)
     assert_nothing_left(home)
     assert "amilab-dib-hang" not in Path("/proc/mounts").read_text()
     for pattern in ("sleep 313", "dib-hang"):
