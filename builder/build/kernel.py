@@ -1,10 +1,18 @@
 """Kernels (AKIs): `kernels/*.yaml` definitions resolved to an exact Debian kernel package.
 
-A definition names a package (usually a metapackage such as linux-image-cloud-amd64). Resolving
-it asks a private apt configuration under the cache — never the host's apt state — which exact
-versioned package the metapackage points at, downloads that .deb once and unpacks it once. A
-rebuild with everything cached touches the network only when the index is over a day old, and
-falls back to the cached index when the mirror cannot be reached.
+A definition names a package (usually a metapackage such as linux-image-cloud-amd64) and the
+Debian suite it comes from. Resolving it asks a private apt configuration per suite under the
+cache — never the host's apt state — which exact versioned package the metapackage points at,
+downloads that .deb once and unpacks it once. A rebuild with everything cached touches the
+network only when the index is over a day old, and falls back to the cached index when the
+mirror cannot be reached.
+
+Releases package their kernels differently, and resolution follows what the index says rather
+than assuming one shape: bullseye's and bookworm's linux-image-<release> is one .deb with
+/boot/vmlinuz-<release> and uncompressed modules under /lib/modules; from sid (and trixie's
+backports) on it is an empty package depending on linux-binary-<release> (vmlinuz inside
+/usr/lib/modules/<release>), linux-modules-<release> (.ko.xz) and linux-base-<release> (config,
+System.map, modules.builtin), which are all fetched and unpacked into one tree.
 """
 
 from __future__ import annotations
@@ -18,14 +26,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from builder import ids, paths
 from builder.build.mirror import host_mirror
-from builder.build.schema import ListOf, Located, Str, _Ctx, build, key, load_nodes
+from builder.build.schema import Choice, ListOf, Located, Str, _Ctx, build, key, load_nodes
 from builder.errors import BadInput, BuildFailed, EnvironmentProblem, RecipeError
 
 NAME = r"[a-z0-9][a-z0-9._-]{0,62}"
@@ -33,6 +41,20 @@ PACKAGE = r"[a-z0-9][a-z0-9+.-]+"
 MODULE = r"[A-Za-z0-9_-]{1,64}"
 INDEX_MAX_AGE = 24 * 3600  # seconds; a fresher index is reused without asking the mirror
 _EXACT_IMAGE = re.compile(r"linux-image-\d[^\s]*")
+# suites a definition may name: what the machine's mirror carries kernels for
+SUITES = (
+    "bullseye",
+    "bookworm",
+    "bookworm-backports",
+    "trixie",
+    "trixie-backports",
+    "forky",
+    "sid",
+)
+DEFAULT_RELEASE = "bookworm"  # the recipe's default release, for suite-less definitions
+UPDATE_ATTEMPTS = 3  # apt-get update tries before a mirror problem is reported
+DOWNLOAD_ATTEMPTS = 2
+RETRY_DELAY = 5.0  # seconds before the second try, doubled for each further one
 
 
 @dataclass(frozen=True)
@@ -44,6 +66,11 @@ class KernelDefinition:
         Str(PACKAGE, "a Debian binary package name"),
         "Debian kernel package or metapackage, resolved to an exact version at build time",
         required=True,
+    )
+    suite: str = key(
+        Choice(SUITES),
+        "Debian suite the package is resolved in; default: the recipe's release",
+        "",
     )
     description: str = key(Str(max_len=255), "free text shown by `amilab kernels`", "")
     ramdisk_modules: tuple[str, ...] = key(
@@ -74,7 +101,10 @@ class Kernel:
     digest: str  # sha256 of the vmlinuz bytes
     ramdisk_modules: tuple[str, ...]
     cmdline: str
-    deb: Path | None = None
+    deb: Path | None = None  # the linux-image package's own .deb
+    # where it was resolved; the same package from another suite is the same kernel
+    suite: str = field(default="", compare=False)
+    debs: tuple[Path, ...] = ()  # every .deb unpacked into the tree (split packages: several)
 
     @property
     def aki_id(self) -> str:
@@ -128,12 +158,17 @@ def definition(name: str) -> KernelDefinition:
     return catalogue[name]
 
 
-def kernel_by_ref(ref: str, release: str = "bookworm", log: Path | None = None) -> Kernel:
+def kernel_by_ref(ref: str, release: str = DEFAULT_RELEASE, log: Path | None = None) -> Kernel:
     """A kernel named in the catalogue, resolved. `aki-` IDs live in the registry: the pipeline
     looks the record up and calls `cached_kernel` with its package and version."""
     if ids.is_id(ref, "aki"):
         raise BadInput(f"kernel {ref}: an aki- ID is looked up in the registry, not the catalogue")
     return resolve_kernel(definition(ref), release, log)
+
+
+def suite_of(defn: KernelDefinition, release: str = DEFAULT_RELEASE) -> str:
+    """The suite a definition resolves in: its own, or the recipe's release."""
+    return defn.suite or release
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +180,7 @@ class PrivateApt:
     """An apt configuration of its own under the cache: sources, lists, archives, status."""
 
     base: Path
-    release: str
+    release: str  # the suite, e.g. bookworm-backports
 
     @property
     def lists(self) -> Path:
@@ -185,6 +220,9 @@ class PrivateApt:
             "APT::Sandbox::User": "root",
             "Acquire::Languages": "none",
             "Acquire::Retries": "2",
+            # sid's and backports' Release files expire within a week, and a mirror that is a
+            # snapshot outlives that; the signature is still checked
+            "Acquire::Check-Valid-Until": "false",
         }
         out = []
         for k, v in opts.items():
@@ -200,8 +238,18 @@ class PrivateApt:
     def mark_stale(self) -> None:
         (self.base / "state/updated").unlink(missing_ok=True)
 
-    def update(self, log: Path | None) -> None:
-        _run(["apt-get", *self.options(), "-q", "update"], log, what="apt-get update")
+    def update(self, log: Path | None, attempts: int = UPDATE_ATTEMPTS) -> None:
+        """apt-get update, tried again after a pause: a mirror caught mid-sync serves an index
+        whose size or hash disagrees with its Release file until the sync ends. apt commits
+        each repository's new files only when all of them arrived, so a failed try leaves the
+        previous index (or none) in place."""
+        argv = ["apt-get", *self.options(), "-q", "update"]
+        reason = _retried(argv, log, attempts)
+        if reason is not None:
+            raise EnvironmentProblem(
+                f"{self.release}: no package index from {host_mirror().debian} after "
+                f"{attempts} tries: {reason}"
+            )
         if not any(self.lists.glob("*_Packages*")):
             raise EnvironmentProblem(f"apt-get update fetched no package index for {self.release}")
         (self.base / "state/updated").touch()
@@ -216,12 +264,57 @@ class PrivateApt:
 
     def download(self, package: str, version: str, dest: Path, log: Path | None) -> Path:
         argv = ["apt-get", *self.options(), "-q", "download", f"{package}={version}"]
-        _run(argv, log, what=f"apt-get download {package}={version}", cwd=dest)
+        if not shutil.which("apt-get"):
+            raise EnvironmentProblem("apt-get is missing (install apt)")
+        reason = _retried(argv, log, DOWNLOAD_ATTEMPTS, cwd=dest)
+        if reason is not None:
+            # the pool may have moved on since the index was fetched: refresh it next time
+            self.mark_stale()
+            raise EnvironmentProblem(
+                f"{self.release}: {package}={version} could not be downloaded from "
+                f"{host_mirror().debian} after {DOWNLOAD_ATTEMPTS} tries: {reason}"
+            )
         found = sorted(dest.glob(f"{package}_*.deb"))
         want = [p for p in found if _deb_version(p) == version]
         if not want:
             raise BuildFailed(f"apt-get download {package}={version} produced no .deb in {dest}")
         return want[0]
+
+
+def _retried(
+    argv: list[str], log: Path | None, attempts: int, cwd: Path | None = None
+) -> str | None:
+    """Run an apt command up to `attempts` times; None once it succeeds, else why it failed."""
+    if not shutil.which(argv[0]):
+        raise EnvironmentProblem(f"{argv[0]} is missing (install apt)")
+    reason = "no output"
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(RETRY_DELAY * 2 ** (attempt - 1))
+        res = subprocess.run(
+            argv, capture_output=True, text=True, check=False, cwd=cwd, stdin=subprocess.DEVNULL
+        )
+        if log:
+            with open(log, "a") as f:
+                f.write(f"$ {' '.join(argv)}\n{res.stdout}{res.stderr}")
+        if res.returncode == 0:
+            return None
+        reason = apt_error(res.stdout + res.stderr)
+    return reason
+
+
+def apt_error(output: str) -> str:
+    """The line of apt's output that says what went wrong, shortened to one line.
+
+    apt ends a failed update with "Some index files failed to download", which says nothing;
+    the line before it names the file and the cause ("File has unexpected size (… != …).
+    Mirror sync in progress?", "Hash Sum mismatch", "404 Not Found")."""
+    errors = [ln[3:].strip() for ln in output.splitlines() if ln.startswith(("E: ", "W: "))]
+    useful = [e for e in errors if not e.startswith("Some index files failed to download")]
+    chosen = (useful or errors or [ln for ln in output.splitlines() if ln.strip()][-1:] or [""])[0]
+    chosen = re.sub(r"\s*\[IP: [^\]]*\]", "", chosen)  # the mirror's address and port
+    chosen = " ".join(chosen.split())
+    return chosen or "apt failed without a message"
 
 
 def parse_control(text: str) -> dict[str, str]:
@@ -242,13 +335,40 @@ def parse_control(text: str) -> dict[str, str]:
     return fields
 
 
+def _relations(fields: dict[str, str], name: str = "Depends") -> list[tuple[str, str | None]]:
+    """(package, exact version or None) for every alternative of a relationship field."""
+    out = []
+    for alternative in re.split(r"[,|]", fields.get(name, "")):
+        m = re.match(r"\s*([^\s(:]+)(?::\S+)?\s*(?:\(\s*=\s*([^)\s]+)\s*\))?", alternative)
+        if m and m.group(1):
+            out.append((m.group(1), m.group(2)))
+    return out
+
+
 def exact_dependency(fields: dict[str, str]) -> str | None:
     """The exact linux-image-<version>-<flavour> package a metapackage depends on."""
-    for alternative in re.split(r"[,|]", fields.get("Depends", "")):
-        name = alternative.strip().split(" ", 1)[0].split(":", 1)[0]
+    for name, _ in _relations(fields):
         if _EXACT_IMAGE.fullmatch(name):
             return name
     return None
+
+
+def release_of_package(package: str) -> str:
+    """The kernel release an exact package name carries: linux-image-<release>[-unsigned]."""
+    release = package.removeprefix("linux-image-")
+    return release.removesuffix("-unsigned")
+
+
+def split_parts(fields: dict[str, str], package: str) -> list[tuple[str, str]]:
+    """The packages a split kernel package pins to its own release (sid: linux-binary-,
+    linux-modules-, linux-base-<release>), with their exact versions; [] for one-.deb kernels."""
+    release = release_of_package(package)
+    own = re.compile(rf"linux-[a-z]+-{re.escape(release)}")
+    return [
+        (name, version)
+        for name, version in _relations(fields)
+        if version and name != package and own.fullmatch(name)
+    ]
 
 
 def _deb_version(path: Path) -> str:
@@ -268,8 +388,7 @@ def _run(argv: list[str], log: Path | None, what: str, cwd: Path | None = None) 
             f.write(f"$ {' '.join(argv)}\n{res.stdout}{res.stderr}")
     if res.returncode != 0:
         tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
-        problem = EnvironmentProblem if "update" in what or "download" in what else BuildFailed
-        raise problem(f"{what} failed: {tail[0]}")
+        raise BuildFailed(f"{what} failed: {tail[0]}")
 
 
 @contextmanager
@@ -288,20 +407,52 @@ def _locked(path: Path) -> Iterator[None]:
 # resolution
 
 
-def resolve_kernel(
-    defn: KernelDefinition, release: str = "bookworm", log: Path | None = None
-) -> Kernel:
-    """Resolve, download (once) and unpack (once) the kernel a definition names."""
-    apt = PrivateApt(paths.cache_dir() / "apt" / release, release)
+@dataclass(frozen=True)
+class Resolution:
+    """What the index says a definition stands for today, before anything is downloaded."""
+
+    suite: str
+    package: str  # exact linux-image-<release> package
+    version: str
+    release: str  # `uname -r`, from the package name (checked against the tree on unpack)
+    parts: tuple[tuple[str, str], ...] = ()  # further packages of a split kernel
+
+    @property
+    def downloaded(self) -> bool:
+        return _complete(kernel_dir(self.package, self.version))
+
+
+def private_apt(suite: str) -> PrivateApt:
+    return PrivateApt(paths.cache_dir() / "apt" / suite, suite)
+
+
+def resolve_version(
+    defn: KernelDefinition, release: str = DEFAULT_RELEASE, log: Path | None = None
+) -> Resolution:
+    """The exact package and version a definition resolves to, from the index alone."""
+    apt = private_apt(suite_of(defn, release))
     with _locked(apt.base / "lock"):
         apt.prepare()
-        package, version = _resolve_exact(apt, defn.package, log)
-        unpacked = kernel_dir(package, version)
-        deb = _cached_deb(package, version)
+        return _resolve_exact(apt, defn.package, log)
+
+
+def resolve_kernel(
+    defn: KernelDefinition, release: str = DEFAULT_RELEASE, log: Path | None = None
+) -> Kernel:
+    """Resolve, download (once) and unpack (once) the kernel a definition names."""
+    apt = private_apt(suite_of(defn, release))
+    with _locked(apt.base / "lock"):
+        apt.prepare()
+        found = _resolve_exact(apt, defn.package, log)
+        unpacked = kernel_dir(found.package, found.version)
+        wanted = [(found.package, found.version), *found.parts]
+        debs = [_cached_deb(p, v) for p, v in wanted]
         if not _complete(unpacked):
-            deb = deb or _download(apt, package, version, log)
-            unpack(deb, unpacked, log)
-    return _kernel_from(unpacked, defn, package, version, deb)
+            debs = [
+                deb or _download(apt, p, v, log) for deb, (p, v) in zip(debs, wanted, strict=True)
+            ]
+            unpack([d for d in debs if d], unpacked, log)
+    return _kernel_from(unpacked, defn, found.package, found.version, apt.release)
 
 
 def cached_kernel(defn: KernelDefinition, package: str, version: str) -> Kernel:
@@ -309,11 +460,11 @@ def cached_kernel(defn: KernelDefinition, package: str, version: str) -> Kernel:
     unpacked = kernel_dir(package, version)
     if not _complete(unpacked):
         raise BuildFailed(f"kernel {package}={version} is not in the cache ({unpacked})")
-    return _kernel_from(unpacked, defn, package, version, _cached_deb(package, version))
+    return _kernel_from(unpacked, defn, package, version, defn.suite)
 
 
-def _resolve_exact(apt: PrivateApt, meta: str, log: Path | None) -> tuple[str, str]:
-    """(exact package, version); refreshes the index when it is missing, old, or lacks them."""
+def _resolve_exact(apt: PrivateApt, meta: str, log: Path | None) -> Resolution:
+    """The exact package; refreshes the index when it is missing, old, or lacks it."""
     age = apt.index_age()
     refreshed = False
     if age is None or age > INDEX_MAX_AGE:
@@ -330,7 +481,8 @@ def _resolve_exact(apt: PrivateApt, meta: str, log: Path | None) -> tuple[str, s
 def _try_update(apt: PrivateApt, log: Path | None, must: bool) -> bool:
     """Refresh the index; a stale but present index is still usable when offline."""
     try:
-        apt.update(log)
+        # with an index to fall back on, one try: a mirror mid-sync costs no waiting
+        apt.update(log, attempts=UPDATE_ATTEMPTS if must else 1)
         return True
     except EnvironmentProblem:
         if must:
@@ -341,17 +493,29 @@ def _try_update(apt: PrivateApt, log: Path | None, must: bool) -> bool:
         return False
 
 
-def _lookup(apt: PrivateApt, package: str) -> tuple[str, str] | None:
+def _lookup(apt: PrivateApt, package: str) -> Resolution | None:
     fields = apt.show(package)
     if fields is None:
         return None
     if _EXACT_IMAGE.fullmatch(package):
-        return package, fields["Version"]
-    exact = exact_dependency(fields)
-    if exact is None:
-        raise BadInput(f"kernel package {package!r} depends on no linux-image-<version> package")
-    target = apt.show(exact)
-    return (exact, target["Version"]) if target else None
+        exact, target = package, fields
+    else:
+        name = exact_dependency(fields)
+        if name is None:
+            raise BadInput(
+                f"kernel package {package!r} depends on no linux-image-<version> package"
+            )
+        shown = apt.show(name)
+        if shown is None:
+            return None
+        exact, target = name, shown
+    return Resolution(
+        suite=apt.release,
+        package=exact,
+        version=target["Version"],
+        release=release_of_package(exact),
+        parts=tuple(split_parts(target, exact)),
+    )
 
 
 def kernel_dir(package: str, version: str) -> Path:
@@ -383,18 +547,21 @@ def _complete(unpacked: Path) -> bool:
     return (unpacked / ".amilab-complete").exists()
 
 
-def unpack(deb: Path, dest: Path, log: Path | None = None) -> None:
-    """dpkg-deb -x into a temporary sibling, run depmod, then rename into place atomically."""
+def unpack(debs: Path | list[Path], dest: Path, log: Path | None = None) -> None:
+    """dpkg-deb -x every package into a temporary sibling, run depmod, then rename into place
+    atomically (a split kernel's packages make one tree, as installing them would)."""
+    debs = [debs] if isinstance(debs, Path) else list(debs)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
     try:
-        _run(["dpkg-deb", "-x", str(deb), str(tmp)], log, what=f"dpkg-deb -x {deb.name}")
+        for deb in debs:
+            _run(["dpkg-deb", "-x", str(deb), str(tmp)], log, what=f"dpkg-deb -x {deb.name}")
         release = release_of(tmp)
         if modules_root(tmp) != tmp / "lib/modules":
             (tmp / "lib").symlink_to("usr/lib")  # depmod -b looks in <base>/lib/modules
         # the .deb carries no modules.dep (its postinst runs depmod); make it here once
         _run(["depmod", "-b", str(tmp), release], log, what=f"depmod {release}")
-        (tmp / ".amilab-complete").write_text(f"{deb.name}\n")
+        (tmp / ".amilab-complete").write_text("".join(f"{d.name}\n" for d in debs))
         if dest.exists():
             shutil.rmtree(dest)  # an incomplete leftover from an older layout
         os.rename(tmp, dest)
@@ -406,7 +573,9 @@ def unpack(deb: Path, dest: Path, log: Path | None = None) -> None:
 def modules_root(unpacked: Path) -> Path:
     """lib/modules (bookworm) or usr/lib/modules (merged-/usr packages, trixie on)."""
     for rel in ("lib/modules", "usr/lib/modules"):
-        if (unpacked / rel).is_dir() and not (unpacked / rel).is_symlink():
+        top = unpacked / rel.split("/", 1)[0]
+        # unpack() links lib -> usr/lib for depmod; name the tree by its real path
+        if (unpacked / rel).is_dir() and not top.is_symlink():
             return unpacked / rel
     return unpacked / "lib/modules"
 
@@ -420,25 +589,37 @@ def release_of(unpacked: Path) -> str:
     return releases[0]
 
 
+def _first(candidates: list[Path]) -> Path | None:
+    return next((p for p in candidates if p.is_file()), None)
+
+
 def _kernel_from(
-    unpacked: Path, defn: KernelDefinition, package: str, version: str, deb: Path | None
+    unpacked: Path, defn: KernelDefinition, package: str, version: str, suite: str
 ) -> Kernel:
     release = release_of(unpacked)
-    vmlinuz = unpacked / "boot" / f"vmlinuz-{release}"
-    config = unpacked / "boot" / f"config-{release}"
-    for needed in (vmlinuz, config):
-        if not needed.exists():
-            raise BuildFailed(f"{package}={version}: {needed.name} missing from the package")
+    modules = modules_root(unpacked) / release
+    # /boot/vmlinuz-<release> (one-.deb kernels) or <modules>/vmlinuz (linux-binary-<release>)
+    vmlinuz = _first([unpacked / "boot" / f"vmlinuz-{release}", modules / "vmlinuz"])
+    config = _first([unpacked / "boot" / f"config-{release}", modules / "config"])
+    for needed, what in ((vmlinuz, "vmlinuz"), (config, "config")):
+        if needed is None:
+            raise BuildFailed(f"{package}={version}: no {what} for {release} in the package")
+    assert vmlinuz is not None and config is not None
+    listed = (unpacked / ".amilab-complete").read_text().split()
+    debs = tuple(p for p in (debs_dir() / name for name in listed) if p.exists())
+    own = next((d for d in debs if d.name.startswith(f"{package}_")), None)
     return Kernel(
         name=defn.name,
         package=package,
         version=version,
         release=release,
         vmlinuz=vmlinuz,
-        modules_dir=modules_root(unpacked) / release,
+        modules_dir=modules,
         config=config,
         digest=ids.file_sha256(vmlinuz),
         ramdisk_modules=defn.ramdisk_modules,
         cmdline=defn.cmdline,
-        deb=deb,
+        deb=own,
+        suite=suite,
+        debs=debs,
     )

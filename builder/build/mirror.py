@@ -1,7 +1,11 @@
-"""The Debian mirror this machine's apt sources name (never a host name written into code)."""
+"""The Debian mirror this machine's apt sources name (never a host name written into code).
+
+`AMILAB_MIRROR` (and `AMILAB_SECURITY_MIRROR`) name another mirror instead, e.g. a local copy.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -11,6 +15,7 @@ from builder.errors import EnvironmentProblem
 
 SOURCES = Path("/etc/apt/sources.list")
 SOURCES_D = Path("/etc/apt/sources.list.d")
+ROLLING = ("sid", "unstable", "experimental")  # suites without -updates/-security
 
 
 @dataclass(frozen=True)
@@ -19,7 +24,10 @@ class Mirror:
     security: str | None  # e.g. http://<mirror>/debian-security
 
     def apt_lines(self, release: str) -> list[str]:
-        """One-line sources for a release: main, updates and security when known."""
+        """One-line sources for a suite: a release gets main, updates and security (when
+        known); sid and the backports suites have no -updates or -security of their own."""
+        if release in ROLLING or release.endswith("-backports"):
+            return [f"deb {self.debian} {release} main"]
         lines = [
             f"deb {self.debian} {release} main",
             f"deb {self.debian} {release}-updates main",
@@ -61,8 +69,15 @@ def _entries() -> list[tuple[str, list[str]]]:
     return out
 
 
-@cache
 def host_mirror() -> Mirror:
+    if url := os.environ.get("AMILAB_MIRROR"):
+        security = os.environ.get("AMILAB_SECURITY_MIRROR")
+        return Mirror(debian=url.rstrip("/"), security=security.rstrip("/") if security else None)
+    return _sources_mirror()
+
+
+@cache
+def _sources_mirror() -> Mirror:
     debian = security = None
     for uri, suites in _entries():
         uri = uri.rstrip("/")

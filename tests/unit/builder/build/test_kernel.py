@@ -143,7 +143,7 @@ class FakeApt:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         fake = self
 
-        def update(self: PrivateApt, log: Path | None) -> None:
+        def update(self: PrivateApt, log: Path | None, attempts: int = 1) -> None:
             if not fake.online:
                 raise EnvironmentProblem("apt-get update failed: offline")
             fake.updates += 1
