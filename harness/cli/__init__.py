@@ -1,8 +1,8 @@
 """The `amilab` command line: parses arguments and calls library functions, nothing more.
 
 One module per command group registers its subcommands (build, images, disk, bundle, store,
-launch, imds); `output` owns what is printed (--json, tables, ID lines) and `flags` the launch
-settings every launching command shares.
+launch, imds) through `command.add_command`; `output` owns what is printed (--json, tables, ID
+lines) and `flags` the launch settings every launching command shares.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from builder.errors import AmilabError
 from harness.cli import build, bundle, disk, images, imds, launch, store
+from harness.cli.command import Parser
 
 # in the order `amilab --help` lists them
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -38,17 +39,12 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own exit code is 2 as well
-        self.exit(2, f"amilab: error: {message}\n")
-
-
 def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="amilab",
         description="Bake VM images from YAML recipes and boot them under QEMU as EC2 did AMIs.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for register in _COMMANDS:
         register(sub)
     return parser

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from builder.images import responses
+from harness.cli.command import add_command
 from harness.cli.output import add_json, print_result
 
 
@@ -21,7 +22,9 @@ def _bundle(args: argparse.Namespace) -> int:
 
 
 def register_bundle(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bundle", help="bundle an image as ec2-bundle-image did (manifest+parts)")
+    p = add_command(
+        sub, "bundle", _bundle, "bundle an image as ec2-bundle-image did (manifest+parts)"
+    )
     p.add_argument("image", metavar="IMAGE_ID")
     p.add_argument("--cert", "-c", required=True, help="your X.509 certificate (PEM)")
     p.add_argument("--privatekey", "-k", required=True, help="its RSA private key (PEM)")
@@ -30,7 +33,6 @@ def register_bundle(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix", "-p", help="file name prefix (default: the image's name)")
     p.add_argument("--user", "-u", help="account ID in the manifest (default: yours)")
     add_json(p)
-    p.set_defaults(func=_bundle)
 
 
 def _unbundle(args: argparse.Namespace) -> int:
@@ -45,14 +47,13 @@ def _unbundle(args: argparse.Namespace) -> int:
 
 
 def register_unbundle(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("unbundle", help="verify a bundle and restore its image file")
+    p = add_command(sub, "unbundle", _unbundle, "verify a bundle and restore its image file")
     p.add_argument("manifest", metavar="MANIFEST")
     p.add_argument("--privatekey", "-k", required=True, help="your RSA private key (PEM)")
     p.add_argument("--destination", "-d", required=True, metavar="DIR")
     p.add_argument("--source", "-s", metavar="DIR", help="where the parts are (default: beside)")
     p.add_argument("--cert", action="append", default=[], help="check the signature with it")
     add_json(p)
-    p.set_defaults(func=_unbundle)
 
 
 def _register(args: argparse.Namespace) -> int:
@@ -66,11 +67,12 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def register_register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("register", help="register an AMI, AKI or ARI from a bundle manifest")
+    p = add_command(
+        sub, "register", _register, "register an AMI, AKI or ARI from a bundle manifest"
+    )
     p.add_argument("manifest", metavar="MANIFEST")
     p.add_argument("--name", help="default: the manifest's name")
     p.add_argument("--description", default="")
     p.add_argument("--cert", action="append", default=[], help="signing certificate to trust")
     p.add_argument("--virtualization-type", choices=("paravirtual", "hvm"))
     add_json(p)
-    p.set_defaults(func=_register)

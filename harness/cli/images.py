@@ -7,6 +7,7 @@ import argparse
 
 from builder.images import responses
 from builder.images.registry import ImageRecord
+from harness.cli.command import add_command
 from harness.cli.output import add_json, print_images, print_json, print_result
 
 
@@ -23,7 +24,7 @@ def _images(args: argparse.Namespace) -> int:
 
 
 def register_images(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("images", help="describe the registry (AMIs, AKIs, ARIs)")
+    p = add_command(sub, "images", _images, "describe the registry (AMIs, AKIs, ARIs)")
     p.add_argument("--type", choices=("machine", "kernel", "ramdisk"))
     add_json(p, "print describe-images JSON")
     # describe-images --owners/--executable-users/--filters; each may be repeated
@@ -34,7 +35,6 @@ def register_images(sub: argparse._SubParsersAction) -> None:
         "--executable-by", action="append", default=[], help="account ID, 'self' or 'all'"
     )
     p.add_argument("--image-id", action="append", default=[], metavar="IMAGE_ID")
-    p.set_defaults(func=_images)
 
 
 def _copy_image(args: argparse.Namespace) -> int:
@@ -47,13 +47,12 @@ def _copy_image(args: argparse.Namespace) -> int:
 
 
 def register_copy_image(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("copy-image", help="copy an AMI under a new ID and name")
+    p = add_command(sub, "copy-image", _copy_image, "copy an AMI under a new ID and name")
     p.add_argument("source", metavar="SOURCE_IMAGE_ID")
     p.add_argument("--name", required=True)
     p.add_argument("--description")
     p.add_argument("--copy-image-tags", action="store_true", help="copy its tags too")
     add_json(p)
-    p.set_defaults(func=_copy_image)
 
 
 def _deregister(args: argparse.Namespace) -> int:
@@ -64,11 +63,12 @@ def _deregister(args: argparse.Namespace) -> int:
 
 
 def register_deregister(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("deregister", help="deregister images (refused while others use them)")
+    p = add_command(
+        sub, "deregister", _deregister, "deregister images (refused while others use them)"
+    )
     p.add_argument("image", nargs="+", metavar="IMAGE_ID")
     p.add_argument("--force", action="store_true", help="even if registered AMIs use it")
     add_json(p)
-    p.set_defaults(func=_deregister)
 
 
 def _print_tags(args: argparse.Namespace, records: list[ImageRecord]) -> int:
@@ -109,7 +109,9 @@ def _launch_permission(args: argparse.Namespace) -> int:
 
 
 def register_launch_permission(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("launch-permission", help="who may launch an image (accounts, public)")
+    p = add_command(
+        sub, "launch-permission", _launch_permission, "who may launch an image (accounts, public)"
+    )
     p.add_argument("image", metavar="IMAGE_ID")
     p.add_argument("--add", action="append", default=[], metavar="ACCOUNT_ID")
     p.add_argument("--remove", action="append", default=[], metavar="ACCOUNT_ID")
@@ -118,4 +120,3 @@ def register_launch_permission(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--private", dest="public", action="store_false")
     p.add_argument("--reset", action="store_true", help="private, no accounts (before the rest)")
     add_json(p)
-    p.set_defaults(func=_launch_permission)

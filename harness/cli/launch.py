@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from harness.cli.command import add_command
 from harness.cli.flags import add_launch_arguments, launch_request
 from harness.cli.output import add_json
 
@@ -21,12 +22,12 @@ def _boot(args: argparse.Namespace) -> int:
 
 
 def register_boot(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "boot",
-        help="boot an AMI under QEMU (SSH or the serial console), or write its runner",
+    p = add_command(
+        sub, "boot", _boot,
+        "boot an AMI under QEMU (SSH or the serial console), or write its runner",
         description="Boot one instance of an AMI. Without --console: wait for SSH, print how "
         "to log in, run until Ctrl-C. With --console: the serial console (Ctrl-] leaves).",
-    )
+    )  # fmt: skip
     p.add_argument("image", help="AMI ID or image name")
     add_launch_arguments(p, single=True)
     p.add_argument("--console", action="store_true", help="attach the serial console")
@@ -36,7 +37,6 @@ def register_boot(sub: argparse._SubParsersAction) -> None:
         metavar="FILE.pyz",
         help="write a qemu-runner runner for this image instead of booting",
     )
-    p.set_defaults(func=_boot)
 
 
 def _smoke(args: argparse.Namespace) -> int:
@@ -49,12 +49,11 @@ def _smoke(args: argparse.Namespace) -> int:
 
 
 def register_smoke(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "smoke",
-        help="build if needed, boot, check kernel/modules/metadata, report",
+    p = add_command(
+        sub, "smoke", _smoke, "build if needed, boot, check kernel/modules/metadata, report",
         description="Smoke-test images: a recipe file is built first (default build.yaml); "
         "an AMI ID or name is booted as registered. Exit 1 when a check fails.",
-    )
+    )  # fmt: skip
     p.add_argument(
         "target",
         nargs="?",
@@ -65,4 +64,3 @@ def register_smoke(sub: argparse._SubParsersAction) -> None:
     add_launch_arguments(p)
     add_json(p, "print the report as JSON")
     p.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report")
-    p.set_defaults(func=_smoke)

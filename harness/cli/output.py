@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from rich.table import Table
@@ -28,13 +29,18 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
-def print_result(args: argparse.Namespace, payload: dict[str, Any], lines: list[str]) -> int:
-    """Lifecycle commands: AWS-shaped JSON with --json, else the IDs, one line each."""
+def show(args: argparse.Namespace, payload: Any, human: Callable[[], None]) -> int:
+    """The payload as JSON with --json, else what `human` prints for a person."""
     if args.json:
         print_json(payload)
     else:
-        print("\n".join(lines))
+        human()
     return 0
+
+
+def print_result(args: argparse.Namespace, payload: dict[str, Any], lines: list[str]) -> int:
+    """Lifecycle commands: AWS-shaped JSON with --json, else the IDs, one line each."""
+    return show(args, payload, lambda: print("\n".join(lines)))
 
 
 # ------------------------------------------------------------------------------- images

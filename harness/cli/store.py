@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from harness.cli.command import add_command
 from harness.cli.output import add_json, print_result
 
 _BUCKET_HELP = "DIR or s3://BUCKET[/PATH]"
@@ -20,13 +21,12 @@ def _store(args: argparse.Namespace) -> int:
 
 
 def register_store(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("store", help="store an AMI as one object <ami-id>.bin (dir or s3://)")
+    p = add_command(sub, "store", _store, "store an AMI as one object <ami-id>.bin (dir or s3://)")
     p.add_argument("image", metavar="AMI_ID")
     p.add_argument("--bucket", required=True, help=_BUCKET_HELP)
     p.add_argument("--endpoint-url", help=_ENDPOINT_HELP)
     p.add_argument("--with-kernel", action="store_true", help="include its AKI and ARI")
     add_json(p)
-    p.set_defaults(func=_store)
 
 
 def _store_tasks(args: argparse.Namespace) -> int:
@@ -42,10 +42,11 @@ def _store_tasks(args: argparse.Namespace) -> int:
 
 
 def register_store_tasks(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("store-tasks", help="store tasks of the last 31 days and their progress")
+    p = add_command(
+        sub, "store-tasks", _store_tasks, "store tasks of the last 31 days and their progress"
+    )
     p.add_argument("--image", action="append", metavar="AMI_ID", help="only these images")
     add_json(p)
-    p.set_defaults(func=_store_tasks)
 
 
 def _restore(args: argparse.Namespace) -> int:
@@ -56,10 +57,9 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def register_restore(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("restore", help="register a stored <ami-id>.bin under a new ID")
+    p = add_command(sub, "restore", _restore, "register a stored <ami-id>.bin under a new ID")
     p.add_argument("--bucket", required=True, help=_BUCKET_HELP)
     p.add_argument("--object-key", required=True)
     p.add_argument("--name", help="default: the stored image's name (must be free)")
     p.add_argument("--endpoint-url", help=_ENDPOINT_HELP)
     add_json(p)
-    p.set_defaults(func=_restore)

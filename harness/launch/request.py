@@ -22,6 +22,7 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from builder.disk.formats import format_names
 from builder.errors import BadInput
 from harness.launch.accel import ACCELERATORS
 
@@ -38,8 +39,6 @@ _METADATA_TAG_KEY = re.compile(r"[A-Za-z0-9+\-=.,_:@]{1,128}")
 _ROLE = re.compile(r"[\w+=,.@-]{1,64}")
 
 METADATA_GROUP = "instance metadata (as RunInstances takes them)"
-# the disk formats a launch may pick among the image's (the format table's boot choices)
-BOOT_FORMATS = ("raw", "qcow2", "vmdk", "vmdk-stream")
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,11 @@ def setting(default: Any, option: str, help: str | None = None, **flag: Any) -> 
     if isinstance(default, list):
         return field(default_factory=list, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def metadata_setting(default: Any, option: str, help: str, **flag: Any) -> Any:
+    """A setting RunInstances takes for the instance's metadata (one group in --help)."""
+    return setting(default, option, help, group=METADATA_GROUP, **flag)
 
 
 @dataclass(kw_only=True)
@@ -93,7 +97,7 @@ class LaunchRequest:
         None,
         "--format",
         "which of the image's disk formats to boot (default: raw first)",
-        choices=BOOT_FORMATS,
+        choices=format_names("boot"),
     )
     disk_bus: str = setting(
         "virtio",
@@ -112,54 +116,37 @@ class LaunchRequest:
         None, "--append", "paravirtual: more kernel command line", metavar="ARGS"
     )
     # RunInstances' settings that shape the instance's metadata (InstanceMetadata fields)
-    user_data: Path | None = setting(
-        None,
-        "--user-data",
-        "user-data, served as is",
-        metavar="FILE",
-        parse=Path,
-        group=METADATA_GROUP,
+    user_data: Path | None = metadata_setting(
+        None, "--user-data", "user-data, served as is", metavar="FILE", parse=Path
     )
-    tags: list[str] = setting(
-        [], "--tag", "instance tag (repeat)", metavar="KEY=VALUE", group=METADATA_GROUP
+    tags: list[str] = metadata_setting([], "--tag", "instance tag (repeat)", metavar="KEY=VALUE")
+    metadata_tags: bool = metadata_setting(
+        False, "--metadata-tags", "serve the instance's tags under meta-data/tags/instance/"
     )
-    metadata_tags: bool = setting(
-        False,
-        "--metadata-tags",
-        "serve the instance's tags under meta-data/tags/instance/",
-        group=METADATA_GROUP,
+    iam_role: str | None = metadata_setting(
+        None, "--iam-role", "instance profile role: iam/ credentials", metavar="NAME"
     )
-    iam_role: str | None = setting(
-        None,
-        "--iam-role",
-        "instance profile role: iam/ credentials",
-        metavar="NAME",
-        group=METADATA_GROUP,
+    instance_type: str | None = metadata_setting(
+        None, "--instance-type", "meta-data/instance-type", metavar="TYPE"
     )
-    instance_type: str | None = setting(
-        None, "--instance-type", "meta-data/instance-type", metavar="TYPE", group=METADATA_GROUP
-    )
-    http_tokens: str | None = setting(
+    http_tokens: str | None = metadata_setting(
         None,
         "--http-tokens",
         "required: IMDSv2 only (token-less requests get 401)",
         choices=("optional", "required"),
-        group=METADATA_GROUP,
     )
-    http_endpoint: str | None = setting(
+    http_endpoint: str | None = metadata_setting(
         None,
         "--http-endpoint",
         "disabled: every metadata request gets 403",
         choices=("enabled", "disabled"),
-        group=METADATA_GROUP,
     )
-    hop_limit: int | None = setting(
+    hop_limit: int | None = metadata_setting(
         None,
         "--hop-limit",
         "IP TTL of IMDSv2 token responses, 1-64 (enforced by `imds serve`; slirp has none)",
         metavar="N",
         parse=int,
-        group=METADATA_GROUP,
     )
     # LaunchOptions.metadata: the settings above, checked against EC2's limits when the
     # request is made, so a bad one is refused before anything is looked up or started
