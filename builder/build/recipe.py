@@ -25,13 +25,14 @@ from builder.build.schema import (
     key,
     load_nodes,
 )
+from builder.disk.formats import format_names
 from builder.errors import BadInput, RecipeError
 
 NAME = r"[a-z0-9][a-z0-9._-]{0,62}"
 PACKAGE = r"[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?"
 MODULE = r"[A-Za-z0-9_-]{1,64}"
 RELEASES = ("bookworm", "trixie")
-FORMATS = ("raw", "qcow2", "vmdk", "vmdk-stream")
+FORMATS = format_names("recipe")
 
 
 def _label_ok(label: str) -> str | None:

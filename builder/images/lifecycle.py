@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from builder import paths
-from builder.errors import BadInput, EnvironmentProblem
+from builder.disk import qemu_img
+from builder.disk.formats import qemu_format
+from builder.errors import BadInput
 from builder.ids import file_sha256, make_id, registration_id, sparse_sha256
 from builder.images import bundle as bundle_mod
 from builder.images.registry import (
@@ -70,22 +72,17 @@ def _raw_copy(src: Path, fmt: str, rec: ImageRecord) -> Path:
     dest = paths.artifacts_dir() / digest[:2] / f"{digest}.raw"
     if dest.exists():
         return dest
-    if not shutil.which("qemu-img"):
-        raise EnvironmentProblem("qemu-img is missing (qemu-utils)")
+    qemu_img.tool()
     work = work_dir("raw")
-    tmp = work / "disk.raw"
-    result = subprocess.run(
-        ["qemu-img", "convert", "-q", "-f", fmt, "-O", "raw", str(src), str(tmp)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
+    try:
+        tmp = work / "disk.raw"
+        try:
+            qemu_img.convert(src, tmp, src_format=qemu_format(fmt), out_format="raw")
+        except qemu_img.QemuImgFailed as e:
+            raise BadInput(f"{src}: qemu-img cannot read it: {e.detail}") from None
+        return store_artifact(tmp, digest, ".raw")
+    finally:
         shutil.rmtree(work, ignore_errors=True)
-        raise BadInput(f"{src}: qemu-img cannot read it: {result.stderr.strip()}")
-    path = store_artifact(tmp, digest, ".raw")
-    shutil.rmtree(work, ignore_errors=True)
-    return path
 
 
 def work_dir(what: str) -> Path:

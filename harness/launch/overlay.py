@@ -10,13 +10,12 @@ registers (builder/images/importer.py).
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
+from builder.disk import qemu_img
 from builder.disk.inspection import boot_problems, list_kernels, mbr_code, mount_all, open_guestfs
-from builder.errors import BadInput, BuildFailed, EnvironmentProblem
+from builder.errors import BadInput
 from builder.images.importer import UnbootableImage
 from builder.images.registry import ImageRecord
 
@@ -36,28 +35,8 @@ def prepare_overlay(
         raise BadInput(f"{record.image_id}: image file {image} is missing")
     if not public_key.strip() or "\n" in public_key.strip():
         raise BadInput("public_key: one OpenSSH public key line expected")
-    if not shutil.which("qemu-img"):
-        raise EnvironmentProblem("qemu-img is missing (qemu-utils)")
     overlay_path.unlink(missing_ok=True)
-    result = subprocess.run(
-        [
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            str(image.resolve()),
-            str(overlay_path),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise BuildFailed(f"qemu-img create overlay: {result.stderr.strip()}")
+    qemu_img.create(overlay_path, "qcow2", backing=image.resolve(), backing_format="raw")
     notes: list[str] = []
     try:
         g = open_guestfs(overlay_path, "qcow2", readonly=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder.disk.formats import FORMATS, format_names
 from builder.errors import BadInput
 from builder.images.registry import ImageRecord, Registry
 from harness.launch import pvgrub
@@ -19,8 +20,7 @@ from harness.launch.machine import Disk
 
 # Always on the command line: a panic ends QEMU at once (with -no-reboot) instead of hanging.
 HARNESS_CMDLINE = "panic=-1"
-FORMAT_PREFERENCE = ("raw", "qcow2", "vmdk", "vmdk-stream")
-_FORMAT_FOR_QEMU = {"vmdk-stream": "vmdk"}
+FORMAT_PREFERENCE = format_names("boot")  # the table's order: raw first
 
 
 @dataclass
@@ -81,7 +81,7 @@ def choose_disk(image: ImageRecord, fmt: str | None = None, bus: str = "virtio")
     path = Path(location)
     if not path.exists():
         raise BadInput(f"{image.image_id}: disk {path} is missing")
-    return Disk(path, _FORMAT_FOR_QEMU.get(name, name), bus)
+    return Disk(path, FORMATS[name].qemu_format if name in FORMATS else name, bus)
 
 
 def root_argument(image: ImageRecord) -> str:
