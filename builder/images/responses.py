@@ -27,3 +27,25 @@ def launch_permission(rec: ImageRecord) -> dict[str, Any]:
 
 def deregistered(image_ids: list[str]) -> dict[str, Any]:
     return {"Deregistered": [{"ImageId": i} for i in image_ids]}
+
+
+def kernel_catalogue(definitions: list[Any], registered: list[ImageRecord]) -> dict[str, Any]:
+    """The kernel definitions (kernels/*.yaml), each with the AKIs registered from it."""
+    rows = []
+    for d in definitions:
+        akis = [
+            {"ImageId": r.image_id, "KernelRelease": r.kernel_release, "Version": r.package_version}
+            for r in registered
+            if r.extra.get("definition") == d.name
+        ]
+        rows.append(
+            {
+                "Name": d.name,
+                "Package": d.package,
+                "Description": d.description,
+                "RamdiskModules": list(d.ramdisk_modules),
+                "Cmdline": d.cmdline,
+                "Registered": akis,
+            }
+        )
+    return {"Kernels": rows}

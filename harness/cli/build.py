@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from builder.build.recipe import keys_help
+from builder.images import responses
 from harness.cli.command import add_command
-from harness.cli.output import add_json, kernel_rows, print_builds, print_kernels, show
+from harness.cli.output import add_json, print_builds, print_kernels, show
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -19,9 +20,10 @@ def _build(args: argparse.Namespace) -> int:
 
 def _kernels(args: argparse.Namespace) -> int:
     from builder.build.kernel import load_catalogue
+    from builder.images.registry import Registry
 
-    rows = kernel_rows(list(load_catalogue().values()))
-    return show(args, {"Kernels": rows}, lambda: print_kernels(rows))
+    payload = responses.kernel_catalogue(list(load_catalogue().values()), Registry().list("kernel"))
+    return show(args, payload, lambda: print_kernels(payload["Kernels"]))
 
 
 def register_build(sub: argparse._SubParsersAction) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.table import Table
 
-from builder.images.registry import ImageRecord, Registry
+from builder.images.registry import ImageRecord
 from builder.progress import out as console
 
 
@@ -87,29 +87,6 @@ def print_import(record: ImageRecord) -> None:
 
 
 # ------------------------------------------------------------------------------ kernels
-
-
-def kernel_rows(definitions: list[Any]) -> list[dict[str, Any]]:
-    """The catalogue with the AKIs registered from each definition."""
-    registered = Registry().list("kernel")
-    rows = []
-    for d in definitions:
-        akis = [
-            {"ImageId": r.image_id, "KernelRelease": r.kernel_release, "Version": r.package_version}
-            for r in registered
-            if r.kernel_settings.definition == d.name
-        ]
-        rows.append(
-            {
-                "Name": d.name,
-                "Package": d.package,
-                "Description": d.description,
-                "RamdiskModules": list(d.ramdisk_modules),
-                "Cmdline": d.cmdline,
-                "Registered": akis,
-            }
-        )
-    return rows
 
 
 def print_kernels(rows: list[dict[str, Any]]) -> None:

@@ -76,3 +76,22 @@ def test_register_tags_launch_permission_deregister() -> None:
     ]  # fmt: skip
     gone = [AMI.image_id, AKI.image_id]
     _same(responses.deregistered(gone), {"Deregistered": [{"ImageId": i} for i in gone]})
+
+
+def test_kernel_catalogue() -> None:
+    from types import SimpleNamespace
+
+    d = SimpleNamespace(name="debian-cloud", package="linux-image-cloud-amd64", description="x",
+                        ramdisk_modules=("virtio_blk",), cmdline="console=ttyS0")  # fmt: skip
+    mine = _record("aki-00000000000000001", "kernel", kernel_release="6.1.0-x",
+                   package_version="6.1.1", extra={"definition": "debian-cloud"})  # fmt: skip
+    registered = [mine, _record("aki-00000000000000002", "kernel", extra={"definition": "y"})]
+    want = [{
+        "Name": d.name, "Package": d.package, "Description": d.description,
+        "RamdiskModules": list(d.ramdisk_modules), "Cmdline": d.cmdline,
+        "Registered": [{"ImageId": r.image_id, "KernelRelease": r.kernel_release,
+                        "Version": r.package_version} for r in registered
+                       if r.extra.get("definition") == d.name],
+    }]  # fmt: skip
+    _same(responses.kernel_catalogue([d], registered), {"Kernels": want})
+    assert len(want[0]["Registered"]) == 1
