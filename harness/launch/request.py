@@ -70,6 +70,9 @@ def metadata_setting(default: Any, option: str, help: str, **flag: Any) -> Any:
 
 @dataclass(kw_only=True)
 class LaunchRequest:
+    """The launch settings; a command's request adds its own fields (BootRequest,
+    SmokeRequest). Field order is the order of the options in --help."""
+
     kernels: list[str] = setting(
         [],
         "--kernel",
