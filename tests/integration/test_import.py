@@ -167,3 +167,21 @@ def test_convert_leaves_nothing_when_interrupted(exported: dict, tmp_path: Path)
     proc.send_signal(2)
     proc.wait(timeout=60)
     assert list(out.iterdir()) == []
+
+
+def test_import_of_a_disk_with_no_operating_system_registers_nothing(tmp_path: Path) -> None:
+    """EC2's image import fails a disk with no OS; so does amilab's, before storing it."""
+    home = tmp_path / "home"
+    env = {"AMILAB_HOME": str(home)}
+    blank = ROOT / "tests/data/vmware/blank.vmdk"
+    result = run_amilab("import", str(blank), "--json", env=env)
+    err = result.stderr.strip()
+    assert result.returncode == 2, (result.returncode, result.stdout, err)
+    assert err == (
+        "amilab: blank.vmdk: no operating system found (libguestfs inspection); "
+        "import takes a bootable disk"
+    )
+    images = run_amilab("images", "--json", env=env)
+    assert json.loads(images.stdout) == {"Images": []}
+    assert not (home / "artifacts").exists() or not any((home / "artifacts").rglob("*"))
+    assert not (home / "work").exists() or list((home / "work").iterdir()) == []
