@@ -55,18 +55,6 @@ class DiskLayout:
         # EC2's names: PV AMIs mounted an unpartitioned root as /dev/sda1; HVM used /dev/xvda
         return "/dev/sda1" if self.partitioning == "none" else "/dev/xvda"
 
-    def extra(self) -> dict[str, object]:
-        return {
-            "root_label": self.label,
-            "root_uuid": self.uuid,
-            "partitioning": self.partitioning,
-            "fs_offset": self.fs_offset,
-            "root_partuuid": self.partuuid,
-            "disk_size": self.size,
-            "partitions": {k: {"offset": o, "size": n} for k, (o, n) in self.parts.items()},
-            "boot": self.boot,
-        }
-
 
 def write_fstab(root: Path, label: str) -> None:
     fstab = root / "etc/fstab"

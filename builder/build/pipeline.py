@@ -25,8 +25,10 @@ from builder.build import layout as disk_mod
 from builder.build.engines import RootEngine, engine_for
 from builder.build.recipe import LoadedRecipe, load_recipes, select
 from builder.disk.formats import FORMATS
-from builder.ids import file_sha256, make_id, registration_id, sparse_sha256
-from builder.images.registry import ImageRecord, Registry, root_ebs_mapping, store_artifact
+from builder.ids import file_sha256, sparse_sha256
+from builder.images import factory
+from builder.images.records import KernelSettings, LaunchSettings, Partition, RamdiskSettings
+from builder.images.registry import ImageRecord, Registry, store_artifact
 from builder.progress import Stages
 from builder.signals import sigterm_as_interrupt
 from builder.steps import Step, run_steps
@@ -279,88 +281,72 @@ class Register(Step[BuildState]):
         r, k, layout = s.recipe, s.kernel, s.layout
         assert layout is not None
         kernel_path = self._store(s, Path(k.vmlinuz), k.digest, ".vmlinuz", copy=True)
-        aki = ImageRecord(
-            image_id=k.aki_id,
-            image_type="kernel",
-            name=f"{k.name}-{k.release}",
-            description=f"{k.package} {k.version}",
-            image_location=str(kernel_path),
-            kernel_release=k.release,
-            package_version=k.version,
-            extra={
-                "definition": k.name,
-                "package": k.package,
-                "cmdline": k.cmdline,
-                "digest": k.digest,
-            },
-        )
-        records = [aki]
+        records = [
+            factory.kernel_image(
+                k.digest, f"{k.name}-{k.release}", str(kernel_path),
+                KernelSettings(definition=k.name, package=k.package, cmdline=k.cmdline),
+                release=k.release, version=k.version, description=f"{k.package} {k.version}",
+            )  # fmt: skip
+        ]
         ari_id = None
         if s.ramdisk:
             digest = file_sha256(s.ramdisk)
-            ari_id = make_id("ari", digest)
             path = self._store(s, s.ramdisk, digest, ".initrd")
-            records.append(
-                ImageRecord(
-                    image_id=ari_id,
-                    image_type="ramdisk",
-                    name=f"initrd-{k.release}-{r.ramdisk}",
-                    description=f"{r.ramdisk} ramdisk for {k.release}",
-                    image_location=str(path),
-                    kernel_release=k.release,
-                    extra={"kind": r.ramdisk, "digest": digest, "kernel_id": k.aki_id},
-                )
-            )
+            ari = factory.ramdisk_image(
+                digest, f"initrd-{k.release}-{r.ramdisk}", str(path),
+                RamdiskSettings(kind=r.ramdisk, built_for=k.aki_id), release=k.release,
+                description=f"{r.ramdisk} ramdisk for {k.release}",
+            )  # fmt: skip
+            records.append(ari)
+            ari_id = ari.image_id
         s.stages.detail("digest of the disk")
         disk_digest = sparse_sha256(s.raw)
-        virt = r.virtualization
-        registration = {
-            "name": r.name,
-            "architecture": r.architecture,
-            "virtualization": virt,
-            "kernel_id": k.aki_id if virt == "paravirtual" else None,
-            "ramdisk_id": ari_id if virt == "paravirtual" else None,
-            "root_device_name": layout.root_device_name,
-        }
-        ami_id = registration_id("ami", disk_digest, registration)
         locations = {}
         for name, path in s.outputs.items():
             digest = disk_digest if name == "raw" else file_sha256(path)
             locations[name] = str(self._store(s, path, digest, FORMATS[name].suffix))
-        bdm = root_ebs_mapping(layout.root_device_name, disk_digest, layout.size)
-        ami = ImageRecord(
-            image_id=ami_id,
-            image_type="machine",
-            name=r.name,
-            architecture=r.architecture,
-            description=r.description,
-            kernel_id=registration["kernel_id"],
-            ramdisk_id=registration["ramdisk_id"],
-            virtualization_type=virt,
+        pv = r.virtualization == "paravirtual"
+        ami = factory.machine_image(
+            r.name,
+            disk_digest,
+            self._launch(layout, r.kernel_cmdline, k.release),
+            locations,
+            virtualization=r.virtualization,
             root_device_name=layout.root_device_name,
-            root_device_type="ebs",
-            block_device_mappings=bdm,
+            architecture=r.architecture,
+            kernel_id=k.aki_id if pv else None,
+            ramdisk_id=ari_id if pv else None,
+            description=r.description,
             image_location=locations[r.disk.formats[0]],
             extra={
-                **layout.extra(),
-                "locations": locations,
-                "disk_digest": disk_digest,
                 "recipe_digest": r.digest,
                 "recipe": asdict(r),
                 "recipe_file": s.loaded.where.path,
                 "engine": r.engine,
-                "kernel_cmdline": r.kernel_cmdline,
-                "kernel_release": k.release,
                 "build_kernel_id": k.aki_id,
                 "build_ramdisk_id": ari_id,
                 "modules": r.modules,
-                "boot": layout.boot,
                 "logs": str(s.logs),
                 "timings": s.stages.timings,
             },
         )
         records.append(ami)
         s.records = Registry().register(records)
+
+    @staticmethod
+    def _launch(layout: disk_mod.DiskLayout, cmdline: str, release: str) -> LaunchSettings:
+        return LaunchSettings(
+            disk_size=layout.size,
+            partitioning=layout.partitioning,
+            partitions={k: Partition(o, n) for k, (o, n) in layout.parts.items()},
+            fs_offset=layout.fs_offset,
+            root_label=layout.label,
+            root_uuid=layout.uuid,
+            root_partuuid=layout.partuuid,
+            boot=layout.boot,
+            kernel_release=release,
+            kernel_cmdline=cmdline,
+        )
 
     def _store(
         self, s: BuildState, path: Path, digest: str, suffix: str, copy: bool = False
@@ -407,10 +393,10 @@ def resolve_kernel_ref(loaded: LoadedRecipe, log: Path) -> Any:
         record = Registry().get(r.kernel)
         if record is None or record.image_type != "kernel":
             raise where.error("kernel", f"{r.kernel} is not a registered kernel image")
-        name = record.extra.get("definition")
+        name = record.kernel_settings.definition
         if name not in catalogue:
             raise where.error("kernel", f"{r.kernel} comes from kernel {name!r}, now unknown")
-        package = record.extra.get("package", "")
+        package = record.kernel_settings.package or ""
         try:
             return kernel_mod.cached_kernel(catalogue[name], package, record.package_version or "")
         except Exception as e:  # the cache was cleared since: say what to do

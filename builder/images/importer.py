@@ -18,8 +18,10 @@ from builder import paths
 from builder.disk.convert import convert
 from builder.disk.inspection import inspect_guest, open_guestfs
 from builder.errors import BadInput
-from builder.ids import registration_id, sparse_sha256
-from builder.images.registry import ImageRecord, Registry, root_ebs_mapping, store_artifact
+from builder.ids import sparse_sha256
+from builder.images import factory
+from builder.images.records import LaunchSettings, partitioning_of
+from builder.images.registry import ImageRecord, Registry, store_artifact
 
 ROOT_DEVICE = "/dev/xvda"
 
@@ -52,29 +54,18 @@ def import_disk(src: Path, name: str | None = None, quiet: bool = False) -> Imag
         digest = sparse_sha256(raw)
         source = converted.source
         name = name or _default_name(src, source)
-        registration = {
-            "name": name,
-            "architecture": "x86_64",
-            "virtualization": "hvm",
-            "kernel_id": None,
-            "ramdisk_id": None,
-            "root_device_name": ROOT_DEVICE,
-            "imported": True,
-        }
-        ami_id = registration_id("ami", digest, registration)
-        size = raw.stat().st_size
+        launch = _launch(report, raw.stat().st_size)
         stored = store_artifact(raw, digest, ".raw")
-        record = ImageRecord(
-            image_id=ami_id,
-            image_type="machine",
-            name=name,
-            description=f"imported from {src.name}",
-            virtualization_type="hvm",
+        record = factory.machine_image(
+            name,
+            digest,
+            launch,
+            {"raw": str(stored)},
+            virtualization="hvm",
             root_device_name=ROOT_DEVICE,
-            root_device_type="ebs",
-            block_device_mappings=root_ebs_mapping(ROOT_DEVICE, digest, size),
-            image_location=str(stored),
-            extra=_extra(report, source, src, digest, stored, time.monotonic() - started),
+            description=f"imported from {src.name}",
+            extra=_extra(report, source, src, time.monotonic() - started),
+            id_extra={"imported": True},
         )
         return Registry().register([record])[0]
     finally:
@@ -87,34 +78,36 @@ def _default_name(src: Path, source: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9()./_ -]", "-", base)[:128] or "imported"
 
 
-def _extra(
-    report: dict[str, Any],
-    source: dict[str, Any],
-    src: Path,
-    digest: str,
-    stored: Path,
-    seconds: float,
-) -> dict[str, Any]:
+def _launch(report: dict[str, Any], size: int) -> LaunchSettings:
+    """What a launch needs, from the inspection: root, table, firmware, kernels found."""
     os_ = report.get("os") or {}
     boot = report["bootloader"]
     firmware = (
         "hybrid" if boot.get("mbr") and boot.get("efi") else ("uefi" if boot.get("efi") else "bios")
     )
+    return LaunchSettings(
+        disk_size=size,
+        partitioning=partitioning_of(report["partitioning"]),
+        root_label=os_.get("root_label"),
+        root_uuid=os_.get("root_uuid"),
+        boot=firmware,
+        kernel_releases=[k["release"] for k in report["kernels"]],
+        imported=True,
+    )
+
+
+def _extra(
+    report: dict[str, Any], source: dict[str, Any], src: Path, seconds: float
+) -> dict[str, Any]:
+    """The inspection report and where the disk came from, for people and the overlay."""
     return {
-        "imported": True,
         "source": {"file": str(src.resolve()), **source},
-        "os": os_,
-        "kernel_releases": [k["release"] for k in report["kernels"]],
+        "os": report.get("os") or {},
         "kernels": report["kernels"],
-        "root_uuid": os_.get("root_uuid"),
-        "root_label": os_.get("root_label"),
         "partitioning": report["partitioning"],
         "filesystems": report["filesystems"],
-        "bootloader": boot,
-        "boot": firmware,
+        "bootloader": report["bootloader"],
         "bootable": not report["problems"],
         "problems": report["problems"],
-        "locations": {"raw": str(stored)},
-        "disk_digest": digest,
         "timings": {"import": round(seconds, 1)},
     }

@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 import subprocess
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,27 +22,13 @@ from builder import paths
 from builder.disk import qemu_img
 from builder.disk.formats import qemu_format
 from builder.errors import BadInput
-from builder.ids import file_sha256, make_id, registration_id, sparse_sha256
+from builder.ids import file_sha256, sparse_sha256
 from builder.images import bundle as bundle_mod
-from builder.images.registry import (
-    ImageRecord,
-    Registry,
-    account_id,
-    now_iso,
-    root_ebs_mapping,
-    store_artifact,
-)
+from builder.images import factory
+from builder.images.records import KernelSettings, LaunchSettings, Partition, RamdiskSettings
+from builder.images.registry import ImageRecord, Registry, account_id, store_artifact
 
 _ACCOUNT_LEN = 12
-
-
-def new_image_id(image_type: str, digest: str, registration: dict[str, Any]) -> str:
-    """A new ID for a new registration of the same bytes (register, copy-image, restore):
-    the digest and settings as a build's ID has, plus the time and a random nonce."""
-    if image_type != "machine":  # AKI/ARI IDs derive from their bytes alone (DESIGN.md)
-        return make_id({"kernel": "aki", "ramdisk": "ari"}[image_type], digest)
-    fresh = {**registration, "registered": now_iso(), "nonce": secrets.token_hex(8)}
-    return registration_id("ami", digest, fresh)
 
 
 # ------------------------------------------------------------------------ image files
@@ -52,7 +38,7 @@ def image_file(rec: ImageRecord) -> Path:
     """The file that holds an image's bytes: the raw disk of an AMI (the one a bundle or
     stored object carries), the vmlinuz of an AKI, the initrd of an ARI."""
     if rec.image_type == "machine":
-        locations = rec.extra.get("locations") or {}
+        locations = rec.locations
         raw = locations.get("raw")
         if raw and Path(raw).is_file():
             return Path(raw)
@@ -68,7 +54,7 @@ def image_file(rec: ImageRecord) -> Path:
 
 def _raw_copy(src: Path, fmt: str, rec: ImageRecord) -> Path:
     """A raw disk for an image registered only as qcow2/vmdk (cached beside the artifacts)."""
-    digest = rec.extra.get("disk_digest") or file_sha256(src)
+    digest = rec.digest or file_sha256(src)
     dest = paths.artifacts_dir() / digest[:2] / f"{digest}.raw"
     if dest.exists():
         return dest
@@ -109,56 +95,48 @@ def kernel_release_of(vmlinuz: Path) -> str | None:
     return text.split(" ", 1)[0] or None
 
 
-def probe_disk(disk: Path) -> dict[str, Any]:
+def probe_disk(disk: Path) -> LaunchSettings:
     """Launch settings read back from a disk (what the harness needs to boot it): its
     partition table and root filesystem's label and UUID, as the build had recorded them."""
-    size = disk.stat().st_size
-    extra: dict[str, Any] = {
-        "disk_size": size,
-        "partitioning": "none",
-        "fs_offset": 0,
-        "partitions": {},
-        "root_partuuid": None,
-        "boot": None,
-    }
+    launch = LaunchSettings(disk_size=disk.stat().st_size, partitioning="none")
     table = subprocess.run(
         ["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=False
     )
     if table.returncode == 0 and table.stdout.strip():
         pt = json.loads(table.stdout)["partitiontable"]
         sector = int(pt.get("sectorsize", 512))
-        extra["partitioning"] = "gpt" if pt.get("label") == "gpt" else "mbr"
-        roles: dict[str, dict[str, int]] = {}
+        launch.partitioning = "gpt" if pt.get("label") == "gpt" else "mbr"
+        roles: dict[str, Partition] = {}
         root: dict[str, Any] | None = None
         for p in pt.get("partitions", []):
             ptype = str(p.get("type", "")).upper()
-            span = {"offset": int(p["start"]) * sector, "size": int(p["size"]) * sector}
+            span = Partition(int(p["start"]) * sector, int(p["size"]) * sector)
             if ptype in ("21686148-6449-6E6F-744E-656564454649",):
                 roles["bios"] = span
             elif ptype in ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "EF"):
                 roles["esp"] = span
-            elif root is None or span["size"] > root["size"]:
-                root = {**span, "uuid": p.get("uuid")}
+            elif root is None or span.size > root["span"].size:
+                root = {"span": span, "uuid": p.get("uuid")}
         if root is None:
             raise BadInput(f"{disk}: the partition table has no root partition")
-        roles["root"] = {"offset": root["offset"], "size": root["size"]}
-        extra["partitions"] = roles
-        extra["fs_offset"] = root["offset"]
-        extra["root_partuuid"] = (root.get("uuid") or "").lower() or None
-        has_bios = "bios" in roles or extra["partitioning"] == "mbr"
-        extra["boot"] = (
+        roles["root"] = root["span"]
+        launch.partitions = roles
+        launch.fs_offset = root["span"].offset
+        launch.root_partuuid = (root.get("uuid") or "").lower() or None
+        has_bios = "bios" in roles or launch.partitioning == "mbr"
+        launch.boot = (
             "hybrid" if has_bios and "esp" in roles else "uefi" if "esp" in roles else "bios"
         )
     fs = subprocess.run(
-        ["blkid", "-p", "-O", str(extra["fs_offset"]), "-o", "export", str(disk)],
+        ["blkid", "-p", "-O", str(launch.fs_offset), "-o", "export", str(disk)],
         capture_output=True,
         text=True,
         check=False,
     )
     values = dict(line.split("=", 1) for line in fs.stdout.splitlines() if "=" in line)
-    extra["root_label"] = values.get("LABEL")
-    extra["root_uuid"] = values.get("UUID")
-    return extra
+    launch.root_label = values.get("LABEL")
+    launch.root_uuid = values.get("UUID")
+    return launch
 
 
 # --------------------------------------------------------------------------- bundle
@@ -240,8 +218,7 @@ def register_manifest(
     work = work_dir("register")
     try:
         image = bundle_mod.restore_parts(m, manifest_path, aes_key, iv, work, out_name="image")
-        rec = _record_for(m, image, name, description, virt, kernel_id, ramdisk_id)
-        rec.image_location = str(manifest_path)
+        rec = _record_for(m, image, manifest_path, name, description, virt)
         if m.image_type == "machine":
             return registry.register_new(rec)
         return registry.register([rec])[0]  # same bytes, same AKI/ARI: kept as it was
@@ -252,79 +229,44 @@ def register_manifest(
 def _record_for(
     m: bundle_mod.Manifest,
     image: Path,
+    manifest_path: Path,
     name: str,
     description: str,
     virt: str,
-    kernel_id: str | None,
-    ramdisk_id: str | None,
 ) -> ImageRecord:
-    registry = Registry()
-    if m.image_type == "kernel":
+    """The record of a bundle's decrypted image, moved into the artifact store; its
+    ImageLocation is the manifest, as on EC2."""
+    location, bundle_user = str(manifest_path), {"bundle_user": m.user}
+    if m.image_type in ("kernel", "ramdisk"):
         digest = file_sha256(image)
-        release = kernel_release_of(image) or m.kernel_name
-        stored = store_artifact(image, digest, ".vmlinuz")
-        return ImageRecord(
-            image_id=make_id("aki", digest),
-            image_type="kernel",
-            name=name,
-            architecture=m.architecture,
+        suffix = ".vmlinuz" if m.image_type == "kernel" else ".initrd"
+        stored = {"raw": str(store_artifact(image, digest, suffix))}
+        if m.image_type == "ramdisk":
+            return factory.ramdisk_image(
+                digest, name, location, RamdiskSettings(), architecture=m.architecture,
+                description=description or "ramdisk registered from a bundle",
+                locations=stored, extra=bundle_user,
+            )  # fmt: skip
+        release = kernel_release_of(Path(stored["raw"])) or m.kernel_name
+        return factory.kernel_image(
+            digest, name, location, KernelSettings(), release=release,
+            architecture=m.architecture, locations=stored, extra=bundle_user,
             description=description or f"kernel {release} registered from a bundle",
-            kernel_release=release,
-            extra={"digest": digest, "locations": {"raw": str(stored)}, "bundle_user": m.user},
-        )
-    if m.image_type == "ramdisk":
-        digest = file_sha256(image)
-        stored = store_artifact(image, digest, ".initrd")
-        return ImageRecord(
-            image_id=make_id("ari", digest),
-            image_type="ramdisk",
-            name=name,
-            architecture=m.architecture,
-            description=description or "ramdisk registered from a bundle",
-            extra={"digest": digest, "locations": {"raw": str(stored)}, "bundle_user": m.user},
-        )
+        )  # fmt: skip
     digest = sparse_sha256(image)
-    settings = probe_disk(image)
-    stored = store_artifact(image, digest, ".raw")
+    launch = probe_disk(image)
+    stored = {"raw": str(store_artifact(image, digest, ".raw"))}
+    kernel = Registry().get(m.kernel_id) if m.kernel_id else None
+    launch.kernel_release = kernel.kernel_release if kernel else None
     root_device = m.block_device_mapping.get("root") or (
-        "/dev/sda1" if settings["partitioning"] == "none" else "/dev/xvda"
+        "/dev/sda1" if launch.partitioning == "none" else "/dev/xvda"
     )
-    registration = {
-        "name": name,
-        "architecture": m.architecture,
-        "virtualization": virt,
-        "kernel_id": kernel_id,
-        "ramdisk_id": ramdisk_id,
-        "root_device_name": root_device,
-    }
-    kernel = registry.get(kernel_id) if kernel_id else None
-    return ImageRecord(
-        image_id=new_image_id("machine", digest, registration),
-        image_type="machine",
-        name=name,
-        architecture=m.architecture,
-        description=description,
-        kernel_id=kernel_id,
-        ramdisk_id=ramdisk_id,
-        virtualization_type=virt,
-        root_device_name=root_device,
-        root_device_type="instance-store",
-        block_device_mappings=_bdm(root_device, digest, settings["disk_size"], "instance-store"),
-        extra={
-            **settings,
-            "locations": {"raw": str(stored)},
-            "disk_digest": digest,
-            "kernel_release": kernel.kernel_release if kernel else None,
-            "bundle_digest": m.digest,
-            "bundle_user": m.user,
-        },
-    )
-
-
-def _bdm(root_device: str, digest: str, size: int, kind: str) -> list[dict[str, Any]]:
-    if kind == "instance-store":
-        return [{"DeviceName": root_device, "VirtualName": "ami"}]
-    return root_ebs_mapping(root_device, digest, size)
+    return factory.machine_image(
+        name, digest, launch, stored, virtualization=virt, root_device_name=root_device,
+        root_device_type="instance-store", architecture=m.architecture,
+        kernel_id=m.kernel_id, ramdisk_id=m.ramdisk_id, description=description,
+        image_location=location, extra={"bundle_digest": m.digest, **bundle_user}, fresh=True,
+    )  # fmt: skip
 
 
 def _check_launch_refs(registry: Registry, kernel_id: str | None, ramdisk_id: str | None) -> None:
@@ -350,27 +292,14 @@ def copy_image(
     permissions never (a copy starts private, owned by whoever copied it)."""
     registry = Registry()
     src = registry.find(ref, "machine")
-    digest = src.extra.get("disk_digest") or sparse_sha256(image_file(src))
-    registration = {
-        "name": name,
-        "architecture": src.architecture,
-        "virtualization": src.virtualization_type,
-        "kernel_id": src.kernel_id,
-        "ramdisk_id": src.ramdisk_id,
-        "root_device_name": src.root_device_name,
-        "copied_from": src.image_id,
-    }
-    rec = replace(
+    rec = factory.reregistered(
         src,
-        image_id=new_image_id("machine", digest, registration),
-        name=name,
-        description=src.description if description is None else description,
-        creation_date="",
-        tags=dict(src.tags) if copy_tags else {},
-        owner_id=account_id(),
-        public=False,
-        launch_permissions=[],
-        extra={**src.extra, "source_image_id": src.image_id},
+        name,
+        {"copied_from": src.image_id},
+        digest=src.digest or sparse_sha256(image_file(src)),
+        description=description,
+        tags=src.tags if copy_tags else {},
+        extra={"source_image_id": src.image_id},
     )
     return registry.register_new(rec)
 

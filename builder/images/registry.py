@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from builder import paths
 from builder.errors import BadInput
+from builder.images.records import (
+    IMAGE_TYPES,
+    ImageRecord,
+    now_iso,
+    record_from_dict,
+    record_to_dict,
+)
+from builder.images.shapes import account_id
 
-IMAGE_TYPES = ("machine", "kernel", "ramdisk")
+# the names callers have always imported from here
+__all__ = [
+    "IMAGE_TYPES",
+    "ImageRecord",
+    "Registry",
+    "account_id",
+    "id_prefix",
+    "now_iso",
+    "store_artifact",
+]
+
 _PREFIX = {"machine": "ami", "kernel": "aki", "ramdisk": "ari"}
 
 _SCHEMA = """
@@ -31,98 +44,6 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_name ON images(name, creation_date);
 """
-
-
-@dataclass
-class ImageRecord:
-    """One registered image. Field names follow EC2; `extra` holds amilab's own details."""
-
-    image_id: str
-    image_type: str
-    name: str
-    architecture: str = "x86_64"
-    description: str = ""
-    kernel_id: str | None = None
-    ramdisk_id: str | None = None
-    virtualization_type: str | None = None
-    root_device_name: str | None = None
-    root_device_type: str | None = None
-    block_device_mappings: list[dict[str, Any]] = field(default_factory=list)
-    state: str = "available"
-    image_location: str = ""
-    creation_date: str = ""
-    tags: dict[str, str] = field(default_factory=dict)
-    kernel_release: str | None = None
-    package_version: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    # Who registered it and who may launch it (EC2's OwnerId and launchPermission attribute).
-    # Records written before these fields existed read back with the defaults.
-    owner_id: str = ""
-    public: bool = False
-    launch_permissions: list[str] = field(default_factory=list)
-
-    def describe(self) -> dict[str, Any]:
-        """The `aws ec2 describe-images` shape."""
-        out: dict[str, Any] = {
-            "ImageId": self.image_id,
-            "ImageType": self.image_type,
-            "Name": self.name,
-            "Architecture": self.architecture,
-            "KernelId": self.kernel_id,
-            "RamdiskId": self.ramdisk_id,
-            "VirtualizationType": self.virtualization_type,
-            "RootDeviceName": self.root_device_name,
-            "RootDeviceType": self.root_device_type,
-            "BlockDeviceMappings": self.block_device_mappings,
-            "State": self.state,
-            "ImageLocation": self.image_location,
-            "CreationDate": self.creation_date,
-            "Description": self.description,
-            "Tags": [{"Key": k, "Value": v} for k, v in sorted(self.tags.items())],
-        }
-        if self.image_type == "kernel":
-            out["KernelRelease"] = self.kernel_release
-            out["PackageVersion"] = self.package_version
-        if self.extra.get("locations"):
-            out["Locations"] = self.extra["locations"]
-        out["OwnerId"] = self.owner_id or account_id()
-        out["Public"] = self.public
-        out["LaunchPermissions"] = [{"UserId": a} for a in self.launch_permissions] + (
-            [{"Group": "all"}] if self.public else []
-        )
-        return out
-
-
-def account_id() -> str:
-    """This user's 12-digit account ID: AMILAB_ACCOUNT_ID, or one derived from the uid so it
-    stays the same across sessions without configuration."""
-    if configured := os.environ.get("AMILAB_ACCOUNT_ID"):
-        if not (len(configured) == 12 and configured.isdigit()):
-            raise BadInput(f"AMILAB_ACCOUNT_ID={configured!r}: expected 12 digits")
-        return configured
-    digest = hashlib.sha256(f"amilab-account:{os.getuid()}".encode()).hexdigest()
-    return f"{int(digest, 16) % 10**12:012d}"
-
-
-def root_ebs_mapping(device: str, disk_digest: str, size: int) -> list[dict[str, Any]]:
-    """The root volume of an EBS-backed image as describe-images shows it; the snapshot ID
-    derives from the disk's digest, as the AMI's own ID does."""
-    return [
-        {
-            "DeviceName": device,
-            "Ebs": {
-                "SnapshotId": "snap-" + disk_digest[:17],
-                "VolumeSize": math.ceil(size / (1 << 30)),
-                "VolumeType": "standard",
-                "DeleteOnTermination": True,
-                "Encrypted": False,
-            },
-        }
-    ]
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 class Registry:
@@ -147,27 +68,10 @@ class Registry:
         out = []
         with self._connect() as conn:
             for rec in records:
-                if not rec.creation_date:
-                    rec.creation_date = now_iso()
-                if not rec.owner_id:
-                    rec.owner_id = account_id()
                 row = conn.execute(
                     "SELECT record FROM images WHERE image_id = ?", (rec.image_id,)
                 ).fetchone()
-                if row:
-                    out.append(_from_json(row[0]))
-                    continue
-                conn.execute(
-                    "INSERT INTO images VALUES (?, ?, ?, ?, ?)",
-                    (
-                        rec.image_id,
-                        rec.image_type,
-                        rec.name,
-                        rec.creation_date,
-                        json.dumps(asdict(rec), sort_keys=True),
-                    ),
-                )
-                out.append(rec)
+                out.append(_from_json(row[0]) if row else _insert(conn, rec))
         return out
 
     def get(self, image_id: str) -> ImageRecord | None:
@@ -218,7 +122,7 @@ class Registry:
             change(rec)
             conn.execute(
                 "UPDATE images SET record = ? WHERE image_id = ?",
-                (json.dumps(asdict(rec), sort_keys=True), image_id),
+                (_to_json(rec), image_id),
             )
         return rec
 
@@ -241,25 +145,29 @@ class Registry:
                 raise BadInput(f"name {rec.name!r} is already in use by {taken[0]}")
             if conn.execute("SELECT 1 FROM images WHERE image_id = ?", (rec.image_id,)).fetchone():
                 raise BadInput(f"{rec.image_id} is already registered")
-            if not rec.creation_date:
-                rec.creation_date = now_iso()
-            if not rec.owner_id:
-                rec.owner_id = account_id()
-            conn.execute(
-                "INSERT INTO images VALUES (?, ?, ?, ?, ?)",
-                (
-                    rec.image_id,
-                    rec.image_type,
-                    rec.name,
-                    rec.creation_date,
-                    json.dumps(asdict(rec), sort_keys=True),
-                ),
-            )
-        return rec
+            return _insert(conn, rec)
+
+
+def _insert(conn: sqlite3.Connection, rec: ImageRecord) -> ImageRecord:
+    """Store a new row; the registration time and owner are filled in here."""
+    if not rec.creation_date:
+        rec.creation_date = now_iso()
+    if not rec.owner_id:
+        rec.owner_id = account_id()
+    conn.execute(
+        "INSERT INTO images VALUES (?, ?, ?, ?, ?)",
+        (rec.image_id, rec.image_type, rec.name, rec.creation_date, _to_json(rec)),
+    )
+    return rec
+
+
+def _to_json(rec: ImageRecord) -> str:
+    return json.dumps(record_to_dict(rec), sort_keys=True)
 
 
 def _from_json(text: str) -> ImageRecord:
-    return ImageRecord(**json.loads(text))
+    """A row of either shape (see records.py): old rows read back as typed records too."""
+    return record_from_dict(json.loads(text))
 
 
 def store_artifact(src: Path, digest: str, suffix: str) -> Path:

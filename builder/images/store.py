@@ -26,15 +26,16 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from builder.errors import BadInput, EnvironmentProblem
 from builder.ids import file_sha256, sparse_sha256
-from builder.images import sparsetar, transfer
-from builder.images.lifecycle import check_name_free, image_file, new_image_id, work_dir
+from builder.images import factory, sparsetar, transfer
+from builder.images.lifecycle import check_name_free, image_file, work_dir
+from builder.images.records import record_from_dict, record_to_dict
 from builder.images.registry import ImageRecord, Registry, account_id, now_iso, store_artifact
 from builder.pids import pid_alive
 
@@ -448,13 +449,9 @@ def store_image(
         meta = {
             "Format": FORMAT,
             "StoreTime": store_time,
-            "Image": asdict(rec),
-            "Kernel": asdict(registry.get(rec.kernel_id))
-            if with_kernel and rec.kernel_id
-            else None,
-            "Ramdisk": (
-                asdict(registry.get(rec.ramdisk_id)) if with_kernel and rec.ramdisk_id else None
-            ),
+            "Image": record_to_dict(rec),
+            "Kernel": _carried(registry, rec.kernel_id if with_kernel else None),
+            "Ramdisk": _carried(registry, rec.ramdisk_id if with_kernel else None),
             "Members": [m.name for m in members],
         }
         members.insert(0, _Member(META_MEMBER, data=json.dumps(meta, sort_keys=True).encode()))
@@ -486,6 +483,11 @@ def store_image(
         task.failure_reason = str(e) or type(e).__name__
         log.save(task)
         raise
+
+
+def _carried(registry: Registry, ref: str | None) -> dict[str, Any] | None:
+    other = registry.get(ref) if ref else None
+    return record_to_dict(other) if other else None
 
 
 def _members(registry: Registry, rec: ImageRecord, with_kernel: bool) -> list[_Member]:
@@ -670,10 +672,10 @@ def _register_restored(
     object_key: str,
     started: float,
 ) -> RestoreResult:
-    src = ImageRecord(**meta["Image"])
+    src = record_from_dict(meta["Image"])  # an object stored before typed settings too
     disk = work / "disk.raw"
     digest = sparse_sha256(disk)
-    if src.extra.get("disk_digest") and digest != src.extra["disk_digest"]:
+    if src.digest and digest != src.digest:
         raise BadInput(f"{object_key}: restored disk does not give the image's digest")
     result = RestoreResult(image=src, object_key=object_key)
     related: list[tuple[ImageRecord, Path, str, str]] = []
@@ -682,9 +684,9 @@ def _register_restored(
         ("Ramdisk", work / "ramdisk", ".initrd"),
     ):
         if meta.get(key):
-            rec = ImageRecord(**meta[key])
+            rec = record_from_dict(meta[key])
             got = file_sha256(member)
-            if rec.extra.get("digest") not in (None, got):
+            if rec.digest not in (None, got):
                 raise BadInput(f"{object_key}: {key.lower()} does not match its digest")
             related.append((rec, member, got, suffix))
     carried = {rec.image_id for rec, *_ in related}
@@ -697,38 +699,19 @@ def _register_restored(
     # everything checked: now move into the artifact store and register
     for rec, member, got, suffix in related:
         stored = store_artifact(member, got, suffix)
-        rec = replace(rec, image_location=str(stored), owner_id=rec.owner_id or account_id())
-        kept = registry.register([rec])[0]
+        kept = registry.register([factory.stored_at(rec, str(stored))])[0]
         if kept.image_type == "kernel":
             result.kernel = kept
         else:
             result.ramdisk = kept
-    stored_disk = store_artifact(disk, digest, ".raw")
-    new_name = name or src.name
-    registration = {
-        "name": new_name,
-        "architecture": src.architecture,
-        "virtualization": src.virtualization_type,
-        "kernel_id": src.kernel_id,
-        "ramdisk_id": src.ramdisk_id,
-        "root_device_name": src.root_device_name,
-        "restored_from": object_key,
-    }
-    image = replace(
+    stored_disk = str(store_artifact(disk, digest, ".raw"))
+    image = factory.reregistered(
         src,
-        image_id=new_image_id("machine", digest, registration),
-        name=new_name,
-        creation_date="",
-        image_location=str(stored_disk),
-        owner_id=account_id(),
-        public=False,
-        launch_permissions=[],
-        extra={
-            **src.extra,
-            "locations": {"raw": str(stored_disk)},
-            "source_image_id": src.image_id,
-            "restored_from": object_key,
-        },
+        name or src.name,
+        {"restored_from": object_key},
+        digest=digest,
+        locations={"raw": stored_disk},
+        extra={"source_image_id": src.image_id, "restored_from": object_key},
     )
     result.image = registry.register_new(image)
     result.seconds = time.monotonic() - started

@@ -30,7 +30,7 @@ def prepare_overlay(
     """Create `overlay_path` (qcow2 backed by the image, which stays untouched) and prepare
     the guest in it as VM Import does. Raises UnbootableImage saying why the disk cannot
     boot here; the overlay is removed then."""
-    image = Path(record.extra.get("locations", {}).get("raw") or record.image_location)
+    image = Path(record.locations.get("raw") or record.image_location)
     if not image.is_file():
         raise BadInput(f"{record.image_id}: image file {image} is missing")
     if not public_key.strip() or "\n" in public_key.strip():

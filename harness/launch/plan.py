@@ -66,7 +66,7 @@ def sniff_format(path: Path) -> str:
 
 
 def choose_disk(image: ImageRecord, fmt: str | None = None, bus: str = "virtio") -> Disk:
-    locations: dict[str, str] = dict(image.extra.get("locations") or {})
+    locations = image.locations
     if fmt is not None:
         if fmt not in locations:
             have = ", ".join(sorted(locations)) or "none"
@@ -86,9 +86,9 @@ def choose_disk(image: ImageRecord, fmt: str | None = None, bus: str = "virtio")
 
 def root_argument(image: ImageRecord) -> str:
     """For a ramdisk, which resolves labels and UUIDs as cloud images expect."""
-    if label := image.extra.get("root_label"):
+    if label := image.launch.root_label:
         return f"root=LABEL={label}"
-    if uuid := image.extra.get("root_uuid"):
+    if uuid := image.launch.root_uuid:
         return f"root=UUID={uuid}"
     return "root=/dev/vda"
 
@@ -101,9 +101,9 @@ _FIRST_PARTITION = {"virtio": "/dev/vda1", "nvme": "/dev/nvme0n1p1", "ide": "/de
 
 
 def kernel_root_argument(image: ImageRecord, bus: str) -> str:
-    if partuuid := image.extra.get("root_partuuid"):
+    if partuuid := image.launch.root_partuuid:
         return f"root=PARTUUID={partuuid} rootwait"
-    if image.extra.get("partitioning") in ("mbr", "gpt"):
+    if image.launch.partitioning in ("mbr", "gpt"):
         return f"root={_FIRST_PARTITION[bus]} rootwait"
     return f"root={_WHOLE_DISK[bus]} rootwait"
 
@@ -111,12 +111,12 @@ def kernel_root_argument(image: ImageRecord, bus: str) -> str:
 def _ramdisk_for_kernel(
     registry: Registry, kernel: ImageRecord, like: ImageRecord | None
 ) -> ImageRecord | None:
-    kind = like.extra.get("kind") if like else None
+    kind = like.ramdisk_settings.kind if like else None
     matches = [
         r
         for r in registry.list("ramdisk")
-        if r.extra.get("kernel_id") == kernel.image_id
-        and (kind is None or r.extra.get("kind") == kind)
+        if r.ramdisk_settings.built_for == kernel.image_id
+        and (kind is None or r.ramdisk_settings.kind == kind)
     ]
     return matches[-1] if matches else None
 
@@ -153,19 +153,15 @@ def make_plan(
             raise BadInput(
                 "--kernel/--ramdisk/--append apply to paravirtual images; this one is hvm"
             )
-        boot = firmware or ("uefi" if image.extra.get("boot") == "uefi" else "bios")
+        boot = firmware or image.launch.firmware
         if boot not in ("bios", "uefi"):
             raise BadInput(f"--firmware {boot}: expected bios or uefi")
-        release = image.extra.get("kernel_release") or ""
-        kernels = image.extra.get("kernel_releases") or []
-        if not release and len(kernels) == 1:  # an imported disk: what inspection found
-            release = str(kernels[0])
         return LaunchPlan(
             image,
             f"hvm-{boot}",
             disk,
-            expected_release=release,
-            imported=bool(image.extra.get("imported")),
+            expected_release=image.launch.expected_release,
+            imported=image.launch.imported,
         )
 
     notes: list[str] = []
@@ -192,8 +188,8 @@ def make_plan(
     else:
         ramdisk = own_ramdisk
     root = root_argument(image) if ramdisk else kernel_root_argument(image, disk.bus)
-    parts = [root, str(kernel.extra.get("cmdline") or "console=ttyS0")]
-    parts += [str(image.extra.get("kernel_cmdline") or ""), HARNESS_CMDLINE, append or ""]
+    parts = [root, kernel.kernel_settings.cmdline or "console=ttyS0"]
+    parts += [image.launch.kernel_cmdline, HARNESS_CMDLINE, append or ""]
     cmdline = " ".join(p for p in parts if p)
     return LaunchPlan(
         image,

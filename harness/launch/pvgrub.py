@@ -19,6 +19,8 @@ from pathlib import Path
 from builder import paths
 from builder.errors import BadInput
 from builder.ids import make_id
+from builder.images import factory
+from builder.images.records import KernelSettings
 from builder.images.registry import ImageRecord, Registry
 
 NAME = "pv-grub-hd0"
@@ -43,7 +45,7 @@ class MenuEntry:
 
 
 def is_pv_grub(record: ImageRecord | None) -> bool:
-    return bool(record and record.extra.get("pv_grub"))
+    return bool(record and record.kernel_settings.pv_grub)
 
 
 def register(registry: Registry | None = None) -> ImageRecord:
@@ -58,13 +60,12 @@ def register(registry: Registry | None = None) -> ImageRecord:
     store.mkdir(parents=True, exist_ok=True)
     location = store / f"{digest}.pv-grub.json"
     location.write_bytes(blob)
-    record = ImageRecord(
-        image_id=aki_id,
-        image_type="kernel",
-        name=NAME,
+    record = factory.kernel_image(
+        digest,
+        NAME,
+        str(location),
+        KernelSettings(definition="pv-grub", pv_grub=True),
         description="PV-GRUB: boots the kernel the image's /boot/grub/menu.lst names",
-        image_location=str(location),
-        extra={"pv_grub": True, "digest": digest, "definition": "pv-grub"},
     )
     return registry.register([record])[0]
 

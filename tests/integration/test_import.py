@@ -102,12 +102,12 @@ def test_import_registers_an_hvm_ami_with_the_same_disk(exported: dict) -> None:
 
     record = Registry(exported["home"]).get(ami["ImageId"])
     assert record is not None
-    x = record.extra
-    assert x["imported"] is True and x["bootable"] is True, x["problems"]
+    x, launch = record.extra, record.launch
+    assert launch.imported is True and x["bootable"] is True, x["problems"]
     assert x["source"]["vmdk"]["layout"].endswith("as VMware writes)")
-    assert x["root_label"] == "cloudimg-rootfs" and x["root_uuid"]
-    assert x["partitioning"]["table"] == "gpt"
-    assert x["boot"] == "hybrid"
+    assert launch.root_label == "cloudimg-rootfs" and launch.root_uuid
+    assert x["partitioning"]["table"] == "gpt" and launch.partitioning == "gpt"
+    assert launch.boot == "hybrid"
     (kernel,) = x["kernels"]
     assert kernel["virtio"] and kernel["drivers"]["virtio_blk"]
 
@@ -141,7 +141,7 @@ def test_smoke_of_the_imported_ami(exported: dict) -> None:
     runs = runs if isinstance(runs, list) else [runs]
     assert all(r["Passed"] for r in runs)
     checks = {c["Name"]: c for c in runs[0]["Checks"]}
-    assert checks["kernel-release"]["Actual"] == record.extra["kernel_releases"][0]
+    assert checks["kernel-release"]["Actual"] == record.launch.kernel_releases[0]
     assert sparse_sha256(Path(record.image_location)) == before
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.ids import make_id
-from builder.images.registry import ImageRecord, Registry
+from builder.images import factory
+from builder.images.records import RamdiskSettings
+from builder.images.registry import Registry
 from tests.conftest import ROOT, run_amilab
 from tests.integration.builds import build
 
@@ -122,13 +123,12 @@ def _ramdisk_without(pv: dict, tmp_path: Path, module: str) -> str:
     out = tmp_path / "broken.initrd"
     out.write_bytes(gzip.compress(cpio))
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    record = ImageRecord(
-        make_id("ari", digest),
-        "ramdisk",
+    record = factory.ramdisk_image(
+        digest,
         f"broken-no-{module}",
-        image_location=str(out),
-        kernel_release=ari.kernel_release,
-        extra={"kind": "test", "kernel_id": pv["aki"]},
+        str(out),
+        RamdiskSettings(kind="test", built_for=pv["aki"]),
+        release=ari.kernel_release,
     )
     reg.register([record])
     shutil.rmtree(tree)

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from builder.errors import BadInput
-from builder.ids import file_sha256, make_id, sparse_sha256
-from builder.images import lifecycle, store
+from builder.ids import file_sha256, sparse_sha256
+from builder.images import factory, lifecycle, store
+from builder.images.records import KernelSettings, LaunchSettings, RamdiskSettings
 from builder.images.registry import ImageRecord, Registry, account_id
 from tests.conftest import run_amilab
 
@@ -46,22 +47,20 @@ def register_fake(home: Path, name: str = "img", seed: int = 1) -> dict[str, Ima
         [(0, os.urandom(8 << 20)), (20 << 20, b"\x11" * (2 << 20)), (40 << 20, os.urandom(4096))],
     )
     kd, rd = file_sha256(kernel), file_sha256(ramdisk)
-    aki = ImageRecord(
-        make_id("aki", kd), "kernel", f"kernel-{seed}", image_location=str(kernel),
-        kernel_release="6.1.0-test", extra={"digest": kd, "cmdline": "console=ttyS0"},
+    aki = factory.kernel_image(
+        kd, f"kernel-{seed}", str(kernel), KernelSettings(cmdline="console=ttyS0"),
+        release="6.1.0-test",
     )  # fmt: skip
-    ari = ImageRecord(
-        make_id("ari", rd), "ramdisk", f"initrd-{seed}", image_location=str(ramdisk),
-        extra={"digest": rd, "kernel_id": aki.image_id},
-    )  # fmt: skip
+    ari = factory.ramdisk_image(
+        rd, f"initrd-{seed}", str(ramdisk), RamdiskSettings(built_for=aki.image_id)
+    )
     dd = sparse_sha256(disk)
-    ami = ImageRecord(
-        make_id("ami", dd), "machine", name, description="a test image",
-        kernel_id=aki.image_id, ramdisk_id=ari.image_id, virtualization_type="paravirtual",
-        root_device_name="/dev/sda1", root_device_type="ebs", image_location=str(disk),
-        tags={"Team": "qa"},
-        extra={"disk_digest": dd, "locations": {"raw": str(disk)}, "root_label": "root"},
+    ami = factory.machine_image(
+        name, dd, LaunchSettings(root_label="root", disk_size=48 << 20), {"raw": str(disk)},
+        description="a test image", kernel_id=aki.image_id, ramdisk_id=ari.image_id,
+        virtualization="paravirtual", root_device_name="/dev/sda1",
     )  # fmt: skip
+    ami.tags = {"Team": "qa"}
     aki, ari, ami = Registry().register([aki, ari, ami])
     return {"aki": aki, "ari": ari, "ami": ami, "disk": disk}  # type: ignore[dict-item]
 
@@ -90,7 +89,7 @@ def test_copy_image_is_a_new_id_without_tags_or_permissions_unless_asked(fake) -
     for c in (plain, tagged):
         assert (c.public, c.launch_permissions) == (False, [])
         assert (c.kernel_id, c.ramdisk_id) == (src.kernel_id, src.ramdisk_id)
-        assert c.extra["disk_digest"] == src.extra["disk_digest"]
+        assert c.digest == src.digest
         assert c.owner_id == account_id()
     # the source is untouched, and a copy under a name in use is refused
     assert Registry().get(src.image_id).public is True
@@ -168,7 +167,7 @@ def test_deregister_force(fake) -> None:
 
 
 def restored_disk(rec: ImageRecord) -> bytes:
-    return Path(rec.extra["locations"]["raw"]).read_bytes()
+    return Path(rec.locations["raw"]).read_bytes()
 
 
 def test_store_and_restore_through_a_directory(fake, tmp_path: Path) -> None:
@@ -185,7 +184,7 @@ def test_store_and_restore_through_a_directory(fake, tmp_path: Path) -> None:
     assert restored_disk(new) == fake["disk"].read_bytes()
     assert new.tags == {"Team": "qa"} and new.description == "a test image"
     assert (new.kernel_id, new.ramdisk_id) == (fake["ami"].kernel_id, fake["ami"].ramdisk_id)
-    assert new.extra["root_label"] == "root"
+    assert new.launch.root_label == "root"
     # the name is now taken: a second restore under it is refused, nothing registered
     before = len(Registry().list())
     with pytest.raises(BadInput, match="already in use"):
@@ -397,13 +396,13 @@ def test_kernel_and_ramdisk_bundles_register_elsewhere_under_the_same_ids(
     for kind in ("aki", "ari"):
         rec = lifecycle.register_manifest(made[kind].manifest_path, certs=certs)
         assert rec.image_id == fake[kind].image_id  # AKI/ARI IDs derive from the bytes
-        assert Path(rec.extra["locations"]["raw"]).read_bytes() == (
+        assert Path(rec.locations["raw"]).read_bytes() == (
             Path(fake[kind].image_location).read_bytes()
         )
     ami = lifecycle.register_manifest(made["ami"].manifest_path, certs=certs)
     assert ami.image_id != fake["ami"].image_id
     assert (ami.kernel_id, ami.ramdisk_id) == (fake["aki"].image_id, fake["ari"].image_id)
-    assert Path(ami.extra["locations"]["raw"]).read_bytes() == fake["disk"].read_bytes()
+    assert Path(ami.locations["raw"]).read_bytes() == fake["disk"].read_bytes()
     assert ami.image_location == str(made["ami"].manifest_path)
     # without the signer's certificate it is not trusted
     monkeypatch.setenv("AMILAB_HOME", str(tmp_path / "home3"))

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from builder.errors import BadInput
-from builder.images.registry import ImageRecord, Registry
+from builder.images import factory
+from builder.images.records import KernelSettings, LaunchSettings, RamdiskSettings
+from builder.images.registry import Registry
 from harness.launch.plan import make_plan, sniff_format
 
 
@@ -22,66 +24,31 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
     disk.write_bytes(b"\0" * 1024)
     qcow = tmp_path / "disk.qcow2"
     qcow.write_bytes(b"QFI\xfb" + b"\0" * 60)
-    reg.register(
-        [
-            ImageRecord(
-                "aki-0000000000000000a",
-                "kernel",
-                "k-a",
-                kernel_release="6.1.0-a",
-                image_location=str(files["vmlinuz-a"]),
-                extra={"cmdline": "console=ttyS0"},
-            ),
-            ImageRecord(
-                "aki-0000000000000000b",
-                "kernel",
-                "k-b",
-                kernel_release="6.1.0-b",
-                image_location=str(files["vmlinuz-b"]),
-                extra={"cmdline": "console=ttyS0"},
-            ),
-            ImageRecord(
-                "ari-0000000000000000a",
-                "ramdisk",
-                "r-a",
-                image_location=str(files["initrd-a"]),
-                extra={"kind": "generated", "kernel_id": "aki-0000000000000000a"},
-            ),
-            ImageRecord(
-                "ari-0000000000000000b",
-                "ramdisk",
-                "r-b",
-                image_location=str(files["initrd-b"]),
-                extra={"kind": "generated", "kernel_id": "aki-0000000000000000b"},
-            ),
-            ImageRecord(
-                "ami-0000000000000000a",
-                "machine",
-                "pv",
-                virtualization_type="paravirtual",
-                kernel_id="aki-0000000000000000a",
-                ramdisk_id="ari-0000000000000000a",
-                image_location=str(disk),
-                extra={
-                    "root_label": "cloudimg-rootfs",
-                    "kernel_cmdline": "quiet",
-                    "locations": {"qcow2": str(qcow), "raw": str(disk)},
-                },
-            ),
-            ImageRecord(
-                "ami-0000000000000000b",
-                "machine",
-                "hvm",
-                virtualization_type="hvm",
-                image_location=str(disk),
-                extra={
-                    "kernel_release": "6.1.0-a",
-                    "boot": "uefi",
-                    "locations": {"raw": str(disk)},
-                },
-            ),
-        ]
-    )
+    kernels = [
+        factory.kernel_image(
+            "0" * 16 + x, f"k-{x}", str(files[f"vmlinuz-{x}"]),
+            KernelSettings(cmdline="console=ttyS0"), release=f"6.1.0-{x}",
+        )  # fmt: skip
+        for x in "ab"
+    ]
+    ramdisks = [
+        factory.ramdisk_image(
+            "0" * 16 + x, f"r-{x}", str(files[f"initrd-{x}"]),
+            RamdiskSettings(kind="generated", built_for=f"aki-0000000000000000{x}"),
+        )  # fmt: skip
+        for x in "ab"
+    ]
+    pv = factory.machine_image(
+        "pv", "0" * 64, LaunchSettings(root_label="cloudimg-rootfs", kernel_cmdline="quiet"),
+        {"qcow2": str(qcow), "raw": str(disk)}, image_location=str(disk),
+        virtualization="paravirtual", root_device_name="/dev/sda1",
+        kernel_id="aki-0000000000000000a", ramdisk_id="ari-0000000000000000a",
+    )  # fmt: skip
+    hvm = factory.machine_image(
+        "hvm", "1" * 64, LaunchSettings(kernel_release="6.1.0-a", boot="uefi"),
+        {"raw": str(disk)}, virtualization="hvm", root_device_name="/dev/xvda",
+    )  # fmt: skip
+    reg.register([*kernels, *ramdisks, pv, hvm])
     return reg
 
 
@@ -160,6 +127,6 @@ def test_no_ramdisk_lets_the_kernel_find_the_root(registry: Registry) -> None:
     assert plan.cmdline.startswith("root=/dev/nvme0n1 rootwait ")
     plan = make_plan(image, ramdisk_ref="none", registry=registry)
     assert plan.cmdline.startswith("root=/dev/vda rootwait ")
-    image.extra.update(partitioning="gpt", root_partuuid="5eed1234-01")
+    image.launch.partitioning, image.launch.root_partuuid = "gpt", "5eed1234-01"
     plan = make_plan(image, ramdisk_ref="none", registry=registry)
     assert plan.cmdline.startswith("root=PARTUUID=5eed1234-01 rootwait ")
