@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +195,12 @@ class PrivateApt:
         if not src.exists() or src.read_text() != sources:
             src.write_text(sources)
             self.mark_stale()  # a changed mirror makes the old index meaningless
+        if not any(self.lists.glob("*_Packages")) and any(self.lists.glob("*_Packages.*")):
+            # kept compressed by an older configuration; apt would keep them so while the
+            # mirror's Release is unchanged
+            for f in self.lists.glob("*_*"):
+                f.unlink()
+            self.mark_stale()
         status = self.base / "state/status"
         if not status.exists():
             status.write_text("")  # no installed packages: the host's dpkg state stays out
@@ -223,6 +230,9 @@ class PrivateApt:
             # sid's and backports' Release files expire within a week, and a mirror that is a
             # snapshot outlives that; the signature is still checked
             "Acquire::Check-Valid-Until": "false",
+            # lists kept compressed (a host setting for small Docker layers) make every
+            # apt-cache show decompress the whole index: ~1.5 s against ~0.05 s
+            "Acquire::GzipIndexes": "false",
         }
         out = []
         for k, v in opts.items():
@@ -231,7 +241,8 @@ class PrivateApt:
 
     def index_age(self) -> float | None:
         stamp = self.base / "state/updated"
-        if not stamp.exists() or not any(self.lists.glob("*_Packages*")):
+        # compressed lists (fetched before GzipIndexes was turned off) count as none
+        if not stamp.exists() or not any(self.lists.glob("*_Packages")):
             return None
         return time.time() - stamp.stat().st_mtime
 
@@ -247,17 +258,25 @@ class PrivateApt:
         reason = _retried(argv, log, attempts)
         if reason is not None:
             raise EnvironmentProblem(
-                f"{self.release}: no package index from {host_mirror().debian} after "
+                f"suite {self.release}: no package index from {host_mirror().debian} after "
                 f"{attempts} tries: {reason}"
             )
-        if not any(self.lists.glob("*_Packages*")):
+        if not any(self.lists.glob("*_Packages")):
             raise EnvironmentProblem(f"apt-get update fetched no package index for {self.release}")
         (self.base / "state/updated").touch()
 
     def show(self, package: str) -> dict[str, str] | None:
         """The candidate version's control fields, or None when the index lacks the package."""
-        argv = ["apt-cache", *self.options(), "show", "--no-all-versions", package]
-        res = subprocess.run(argv, capture_output=True, text=True, check=False)
+        # the candidate from `policy`, then that version's record: `show --no-all-versions`
+        # builds apt's whole dependency cache for it (~0.8 s per call against ~0.05 s)
+        env = {**os.environ, "LC_ALL": "C.UTF-8"}
+        argv = ["apt-cache", *self.options(), "policy", package]
+        res = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+        m = re.search(r"^\s*Candidate:\s*(\S+)", res.stdout, re.MULTILINE)
+        if res.returncode != 0 or not m or m.group(1) == "(none)":
+            return None
+        argv = ["apt-cache", *self.options(), "show", f"{package}={m.group(1)}"]
+        res = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
         if res.returncode != 0 or not res.stdout.strip():
             return None
         return parse_control(res.stdout)
@@ -271,7 +290,7 @@ class PrivateApt:
             # the pool may have moved on since the index was fetched: refresh it next time
             self.mark_stale()
             raise EnvironmentProblem(
-                f"{self.release}: {package}={version} could not be downloaded from "
+                f"suite {self.release}: {package}={version} could not be downloaded from "
                 f"{host_mirror().debian} after {DOWNLOAD_ATTEMPTS} tries: {reason}"
             )
         found = sorted(dest.glob(f"{package}_*.deb"))
@@ -434,6 +453,16 @@ def resolve_version(
     with _locked(apt.base / "lock"):
         apt.prepare()
         return _resolve_exact(apt, defn.package, log)
+
+
+def resolve_versions(
+    definitions: list[KernelDefinition], release: str = DEFAULT_RELEASE, log: Path | None = None
+) -> list[Resolution]:
+    """`resolve_version` for each definition (`amilab kernels`): nothing is downloaded but
+    the indexes; suites are looked up side by side, each index fetched at most once."""
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="suite") as pool:
+        futures = [pool.submit(resolve_version, d, release, log) for d in definitions]
+        return [f.result() for f in futures]
 
 
 def resolve_kernel(

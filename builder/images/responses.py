@@ -29,10 +29,13 @@ def deregistered(image_ids: list[str]) -> dict[str, Any]:
     return {"Deregistered": [{"ImageId": i} for i in image_ids]}
 
 
-def kernel_catalogue(definitions: list[Any], registered: list[ImageRecord]) -> dict[str, Any]:
-    """The kernel definitions (kernels/*.yaml), each with the AKIs registered from it."""
+def kernel_catalogue(
+    definitions: list[Any], registered: list[ImageRecord], resolutions: list[Any] | None = None
+) -> dict[str, Any]:
+    """The kernel definitions (kernels/*.yaml), each with the AKIs registered from it, and
+    with `resolutions` (kernel.resolve_versions) what each stands for in its suite today."""
     rows = []
-    for d in definitions:
+    for i, d in enumerate(definitions):
         akis = [
             {"ImageId": r.image_id, "KernelRelease": r.kernel_release, "Version": r.package_version}
             for r in registered
@@ -48,4 +51,18 @@ def kernel_catalogue(definitions: list[Any], registered: list[ImageRecord]) -> d
                 "Registered": akis,
             }
         )
+        if resolutions is not None:
+            res = resolutions[i]
+            same = (res.release, res.version)
+            aki = [r.image_id for r in registered if (r.kernel_release, r.package_version) == same]
+            rows[-1].update(
+                {
+                    "Suite": res.suite,
+                    "ExactPackage": res.package,
+                    "Version": res.version,
+                    "KernelRelease": res.release,
+                    "Downloaded": res.downloaded,
+                    "ImageId": aki[0] if aki else None,
+                }
+            )
     return {"Kernels": rows}

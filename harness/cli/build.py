@@ -19,10 +19,12 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _kernels(args: argparse.Namespace) -> int:
-    from builder.build.kernel import load_catalogue
+    from builder.build.kernel import load_catalogue, resolve_versions
     from builder.images.registry import Registry
 
-    payload = responses.kernel_catalogue(list(load_catalogue().values()), Registry().list("kernel"))
+    definitions = list(load_catalogue().values())
+    resolved = resolve_versions(definitions)  # the indexes only: no kernel is downloaded
+    payload = responses.kernel_catalogue(definitions, Registry().list("kernel"), resolved)
     return show(args, payload, lambda: print_kernels(payload["Kernels"]))
 
 

@@ -91,11 +91,18 @@ def print_import(record: ImageRecord) -> None:
 
 def print_kernels(rows: list[dict[str, Any]]) -> None:
     table = Table(title="kernels (kernels/*.yaml)")
-    for col in ("Name", "Package", "Registered AKIs", "Description"):
+    for col in ("Name", "Suite", "Package", "Version", "Release", "Downloaded", "AKI"):
         table.add_column(col)
     for row in rows:
-        akis = "\n".join(f"{a['ImageId']} {a['KernelRelease']}" for a in row["Registered"])
-        table.add_row(row["Name"], row["Package"], akis or "-", row["Description"])
+        table.add_row(
+            row["Name"],
+            row.get("Suite", ""),
+            row["Package"],
+            row.get("Version", ""),
+            row.get("KernelRelease", ""),
+            "yes" if row.get("Downloaded") else "no",
+            row.get("ImageId") or "-",
+        )
     console.print(table)
 
 
