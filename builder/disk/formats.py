@@ -13,6 +13,7 @@ qemu-img.
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,16 +24,29 @@ USES = ("recipe", "convert", "boot")
 VMDK_SUBFORMATS = ("monolithicSparse", "streamOptimized")
 
 
+@dataclass(frozen=True)
+class WriteOptions:
+    """How a writer that records them describes the disk (the streamOptimized descriptor)."""
+
+    adapter_type: str = "lsilogic"  # the controller the disk came from
+    name: str | None = None  # the final file name when the output is a temporary file
+    workers: int | None = None  # compression threads (default: all cores)
+
+
 class DiskFormat:
     """Writes a disk in one format. `name` is the recipe's word for it."""
 
     name: ClassVar[str]
     suffix: ClassVar[str]
     qemu_format: ClassVar[str]
-    options: ClassVar[tuple[str, ...]] = ()  # qemu-img -o values that make this format
     subformat: ClassVar[str | None] = None  # the VMDK create type, for VMDK formats
     uses: ClassVar[frozenset[str]] = frozenset(USES)
     reads_raw_only: ClassVar[bool] = False  # its writer takes a raw disk, not what qemu reads
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The qemu-img -o values that make this format."""
+        return (f"subformat={self.subformat}",) if self.subformat else ()
 
     def write(
         self,
@@ -44,9 +58,20 @@ class DiskFormat:
         name: str | None = None,
         workers: int | None = None,
     ) -> int | None:
-        """Write `src` (raw unless `src_format` says otherwise) as this format at `out`;
-        `name` is the final file name when `out` is temporary. Returns the data bytes
-        written when the writer counts them. On failure `out` does not exist."""
+        """Write `src` (raw unless `src_format` says otherwise) as this format at `out`.
+        Returns the data bytes written when the writer counts them. On failure `out` does
+        not exist."""
+        if src == out:
+            if src_format == self.qemu_format:
+                return None
+            raise ValueError(f"{out}: cannot convert a file into itself")
+        try:
+            return self._write(src, out, src_format, WriteOptions(adapter_type, name, workers))
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+
+    def _write(self, src: Path, out: Path, src_format: str, how: WriteOptions) -> int | None:
         qemu_img.convert(
             src, out, src_format=src_format, out_format=self.qemu_format,
             options=self.options, label=self.name,
@@ -55,79 +80,44 @@ class DiskFormat:
 
 
 class Raw(DiskFormat):
-    name = "raw"
-    suffix = ".raw"
-    qemu_format = "raw"
+    name, suffix, qemu_format = "raw", ".raw", "raw"
 
-    def write(
-        self,
-        src: Path,
-        out: Path,
-        *,
-        src_format: str = "raw",
-        adapter_type: str = "lsilogic",
-        name: str | None = None,
-        workers: int | None = None,
-    ) -> int | None:
+    def _write(self, src: Path, out: Path, src_format: str, how: WriteOptions) -> int | None:
         if src_format != "raw":
-            return super().write(src, out, src_format=src_format)
-        if src == out:
-            return None
+            return super()._write(src, out, src_format, how)
         result = subprocess.run(
             ["cp", "--sparse=always", str(src), str(out)],
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:
-            out.unlink(missing_ok=True)
             raise BuildFailed(f"copying {src.name}: {result.stderr.strip()}")
         return None
 
 
 class Qcow2(DiskFormat):
-    name = "qcow2"
-    suffix = ".qcow2"
-    qemu_format = "qcow2"
+    name, suffix, qemu_format = "qcow2", ".qcow2", "qcow2"
 
 
 class Vmdk(DiskFormat):
-    name = "vmdk"
-    suffix = ".vmdk"
-    qemu_format = "vmdk"
+    name, suffix, qemu_format = "vmdk", ".vmdk", "vmdk"
     subformat = "monolithicSparse"
-    options = ("subformat=monolithicSparse",)
 
 
 class VmdkStream(DiskFormat):
-    name = "vmdk-stream"
-    suffix = ".stream.vmdk"
-    qemu_format = "vmdk"
+    name, suffix, qemu_format = "vmdk-stream", ".stream.vmdk", "vmdk"
     subformat = "streamOptimized"
-    options = ("subformat=streamOptimized",)
     reads_raw_only = True
 
-    def write(
-        self,
-        src: Path,
-        out: Path,
-        *,
-        src_format: str = "raw",
-        adapter_type: str = "lsilogic",
-        name: str | None = None,
-        workers: int | None = None,
-    ) -> int | None:
+    def _write(self, src: Path, out: Path, src_format: str, how: WriteOptions) -> int | None:
         # amilab's writer: VMware's marker layout (which ESXi and VM Import expect and
         # qemu-img does not write), all cores, output no larger (bench/convert.py).
         from builder.disk.vmdk.stream_writer import GRAIN_SECTORS, write_stream_optimized
 
         if src_format != "raw":
             raise ValueError("the streamOptimized writer reads a raw disk")
-        try:
-            stats = write_stream_optimized(
-                src, out, adapter_type=adapter_type, name=name, workers=workers
-            )
-        except BaseException:
-            out.unlink(missing_ok=True)
-            raise
+        stats = write_stream_optimized(
+            src, out, adapter_type=how.adapter_type, name=how.name, workers=how.workers
+        )
         return stats.data_grains * GRAIN_SECTORS * 512
 
 

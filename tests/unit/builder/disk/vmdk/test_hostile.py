@@ -10,6 +10,7 @@ import subprocess
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,34 +140,32 @@ def cowd(d: Path) -> Path:
     return _write(d, "c.vmdk", b"COWD" + bytes(2044))
 
 
+def _stream_field(d: Path, name: str, fmt: str, offset: int, value: int | Callable[[Any], int]
+                  ) -> Path:  # fmt: skip
+    """A streamOptimized VMDK with one header field set to `value` (or value(header))."""
+    data, h = _stream(d)
+    struct.pack_into(fmt, data, offset, value(h) if callable(value) else value)
+    return _write(d, name, data)
+
+
 def bad_grain_size(d: Path) -> Path:
-    data, _ = _stream(d)
-    struct.pack_into("<Q", data, 20, 100)
-    return _write(d, "g.vmdk", data)
+    return _stream_field(d, "g.vmdk", "<Q", 20, 100)
 
 
 def bad_gtes(d: Path) -> Path:
-    data, _ = _stream(d)
-    struct.pack_into("<I", data, 44, 4096)
-    return _write(d, "g.vmdk", data)
+    return _stream_field(d, "g.vmdk", "<I", 44, 4096)
 
 
 def capacity_overflow(d: Path) -> Path:
-    data, _ = _stream(d)
-    struct.pack_into("<Q", data, 12, 1 << 62)
-    return _write(d, "c.vmdk", data)
+    return _stream_field(d, "c.vmdk", "<Q", 12, 1 << 62)
 
 
 def capacity_mismatch(d: Path) -> Path:
-    data, h = _stream(d)
-    struct.pack_into("<Q", data, 12, h.capacity * 2)  # type: ignore[attr-defined]
-    return _write(d, "c.vmdk", data)
+    return _stream_field(d, "c.vmdk", "<Q", 12, lambda h: h.capacity * 2)
 
 
 def gd_past_eof(d: Path) -> Path:
-    data, _ = _stream(d)
-    struct.pack_into("<Q", data, 56, 1 << 40)
-    return _write(d, "g.vmdk", data)
+    return _stream_field(d, "g.vmdk", "<Q", 56, 1 << 40)
 
 
 def gt_past_eof(d: Path) -> Path:
