@@ -282,7 +282,7 @@ class Register(Step[BuildState]):
         assert layout is not None
         kernel_path = self._store(s, Path(k.vmlinuz), k.digest, ".vmlinuz", copy=True)
         records = [
-            factory.kernel_image(
+            factory.content_image(
                 k.digest, f"{k.name}-{k.release}", str(kernel_path),
                 KernelSettings(definition=k.name, package=k.package, cmdline=k.cmdline),
                 release=k.release, version=k.version, description=f"{k.package} {k.version}",
@@ -292,7 +292,7 @@ class Register(Step[BuildState]):
         if s.ramdisk:
             digest = file_sha256(s.ramdisk)
             path = self._store(s, s.ramdisk, digest, ".initrd")
-            ari = factory.ramdisk_image(
+            ari = factory.content_image(
                 digest, f"initrd-{k.release}-{r.ramdisk}", str(path),
                 RamdiskSettings(kind=r.ramdisk, built_for=k.aki_id), release=k.release,
                 description=f"{r.ramdisk} ramdisk for {k.release}",
@@ -306,16 +306,19 @@ class Register(Step[BuildState]):
             digest = disk_digest if name == "raw" else file_sha256(path)
             locations[name] = str(self._store(s, path, digest, FORMATS[name].suffix))
         pv = r.virtualization == "paravirtual"
-        ami = factory.machine_image(
+        registration = factory.Registration(
             r.name,
+            r.virtualization,
+            layout.root_device_name,
+            r.architecture,
+            kernel_id=k.aki_id if pv else None,
+            ramdisk_id=ari_id if pv else None,
+        )
+        ami = factory.machine_image(
+            registration,
             disk_digest,
             self._launch(layout, r.kernel_cmdline, k.release),
             locations,
-            virtualization=r.virtualization,
-            root_device_name=layout.root_device_name,
-            architecture=r.architecture,
-            kernel_id=k.aki_id if pv else None,
-            ramdisk_id=ari_id if pv else None,
             description=r.description,
             image_location=locations[r.disk.formats[0]],
             extra={

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from builder.ids import make_id, registration_id
@@ -26,17 +27,39 @@ from builder.images.shapes import account_id, instance_store_mapping, root_ebs_m
 _CONTENT_PREFIX = {"kernel": "aki", "ramdisk": "ari"}
 
 
-def registration(rec: ImageRecord) -> dict[str, Any]:
-    """RegisterImage's parameters of a machine image: with its disk's digest, what its ID
-    derives from. (Changing these keys changes every built image's ID.)"""
-    return {
-        "name": rec.name,
-        "architecture": rec.architecture,
-        "virtualization": rec.virtualization_type,
-        "kernel_id": rec.kernel_id,
-        "ramdisk_id": rec.ramdisk_id,
-        "root_device_name": rec.root_device_name,
-    }
+@dataclass(frozen=True)
+class Registration:
+    """RegisterImage's parameters of a machine image (what EC2 shows as its own fields)."""
+
+    name: str
+    virtualization: str | None
+    root_device_name: str | None
+    architecture: str = "x86_64"
+    kernel_id: str | None = None
+    ramdisk_id: str | None = None
+
+    @classmethod
+    def of(cls, rec: ImageRecord) -> Registration:
+        return cls(
+            rec.name,
+            rec.virtualization_type,
+            rec.root_device_name,
+            rec.architecture,
+            rec.kernel_id,
+            rec.ramdisk_id,
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """With the disk's digest, what the AMI's ID derives from. (Changing these keys or
+        values changes the ID of every image built or imported again.)"""
+        return {
+            "name": self.name,
+            "architecture": self.architecture,
+            "virtualization": self.virtualization,
+            "kernel_id": self.kernel_id,
+            "ramdisk_id": self.ramdisk_id,
+            "root_device_name": self.root_device_name,
+        }
 
 
 def machine_id(digest: str, registered: dict[str, Any], *, fresh: bool = False) -> str:
@@ -57,11 +80,11 @@ def new_image_id(image_type: str, digest: str, registered: dict[str, Any]) -> st
 # ------------------------------------------------------------------ AKI and ARI
 
 
-def kernel_image(
+def content_image(
     digest: str,
     name: str,
     location: str,
-    settings: KernelSettings,
+    settings: KernelSettings | RamdiskSettings,
     *,
     release: str | None = None,
     version: str | None = None,
@@ -70,51 +93,20 @@ def kernel_image(
     locations: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> ImageRecord:
-    """An AKI: `location` is its vmlinuz (or, registered from a bundle, the manifest)."""
-    rec = _content_image("kernel", digest, name, location, description, architecture)
-    rec.kernel_release, rec.package_version = release, version
-    rec.kernel_settings = settings
-    return _with(rec, locations, extra)
-
-
-def ramdisk_image(
-    digest: str,
-    name: str,
-    location: str,
-    settings: RamdiskSettings,
-    *,
-    release: str | None = None,
-    description: str = "",
-    architecture: str = "x86_64",
-    locations: dict[str, str] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> ImageRecord:
-    """An ARI: `release` is the kernel release whose modules it carries."""
-    rec = _content_image("ramdisk", digest, name, location, description, architecture)
-    rec.kernel_release = release
-    rec.ramdisk_settings = settings
-    return _with(rec, locations, extra)
-
-
-def _content_image(
-    image_type: str, digest: str, name: str, location: str, description: str, arch: str
-) -> ImageRecord:
-    return ImageRecord(
-        image_id=make_id(_CONTENT_PREFIX[image_type], digest),
-        image_type=image_type,
-        name=name,
-        architecture=arch,
-        description=description,
-        image_location=location,
-        digest=digest,
+    """An AKI (KernelSettings) or ARI (RamdiskSettings) whose file's sha256 is `digest`.
+    `location` is that file (or, registered from a bundle, the manifest); `release` is the
+    kernel's release, or for a ramdisk the release whose modules it carries."""
+    image_type = "kernel" if isinstance(settings, KernelSettings) else "ramdisk"
+    rec = ImageRecord(
+        make_id(_CONTENT_PREFIX[image_type], digest), image_type, name, architecture, description
     )
-
-
-def _with(
-    rec: ImageRecord, locations: dict[str, str] | None, extra: dict[str, Any] | None
-) -> ImageRecord:
-    rec.locations = dict(locations or {})
-    rec.extra = dict(extra or {})
+    rec.image_location, rec.digest = location, digest
+    rec.kernel_release, rec.package_version = release, version
+    rec.locations, rec.extra = dict(locations or {}), dict(extra or {})
+    if isinstance(settings, KernelSettings):
+        rec.kernel_settings = settings
+    else:
+        rec.ramdisk_settings = settings
     return rec
 
 
@@ -122,19 +114,14 @@ def _with(
 
 
 def machine_image(
-    name: str,
+    reg: Registration,
     digest: str,
     launch: LaunchSettings,
     locations: dict[str, str],
     *,
-    virtualization: str,
-    root_device_name: str,
-    root_device_type: str = "ebs",
-    architecture: str = "x86_64",
-    kernel_id: str | None = None,
-    ramdisk_id: str | None = None,
     description: str = "",
     image_location: str | None = None,
+    instance_store: bool = False,
     extra: dict[str, Any] | None = None,
     id_extra: dict[str, Any] | None = None,
     fresh: bool = False,
@@ -143,31 +130,22 @@ def machine_image(
 
     Its ID comes from the digest and its registration plus `id_extra` (what else makes this
     registration distinct, e.g. an import's); `fresh` for one that is new every time. Its
-    root is an EBS snapshot of the disk, or for `instance-store` the bundle's bytes;
+    root is an EBS snapshot of the disk, or `instance_store`: the bundle's bytes.
     `image_location` defaults to the first stored format."""
-    rec = ImageRecord(
-        image_id="",
-        image_type="machine",
-        name=name,
-        architecture=architecture,
-        description=description,
-        kernel_id=kernel_id,
-        ramdisk_id=ramdisk_id,
-        virtualization_type=virtualization,
-        root_device_name=root_device_name,
-        root_device_type=root_device_type,
-        block_device_mappings=(
-            instance_store_mapping(root_device_name)
-            if root_device_type == "instance-store"
-            else root_ebs_mapping(root_device_name, digest, launch.disk_size or 0)
-        ),
-        image_location=image_location or next(iter(locations.values())),
-        digest=digest,
-        locations=dict(locations),
-        launch=launch,
-        extra=dict(extra or {}),
+    image_id = machine_id(digest, {**reg.identity(), **(id_extra or {})}, fresh=fresh)
+    rec = ImageRecord(image_id, "machine", reg.name, reg.architecture, description)
+    rec.kernel_id, rec.ramdisk_id = reg.kernel_id, reg.ramdisk_id
+    rec.virtualization_type, rec.root_device_name = reg.virtualization, reg.root_device_name
+    root = reg.root_device_name or ""
+    rec.root_device_type = "instance-store" if instance_store else "ebs"
+    rec.block_device_mappings = (
+        instance_store_mapping(root)
+        if instance_store
+        else root_ebs_mapping(root, digest, launch.disk_size or 0)
     )
-    rec.image_id = machine_id(digest, {**registration(rec), **(id_extra or {})}, fresh=fresh)
+    rec.image_location = image_location or next(iter(locations.values()))
+    rec.digest, rec.locations, rec.launch = digest, dict(locations), launch
+    rec.extra = dict(extra or {})
     return rec
 
 
@@ -189,7 +167,8 @@ def reregistered(
     rec = copy.deepcopy(src)
     rec.name = name
     disk_digest = digest or src.digest or ""
-    rec.image_id = new_image_id("machine", disk_digest, {**registration(rec), **id_extra})
+    rec.image_id = new_image_id("machine", disk_digest, {**Registration.of(rec).identity(),
+                                                         **id_extra})  # fmt: skip
     rec.description = src.description if description is None else description
     rec.creation_date = ""
     rec.owner_id = account_id()

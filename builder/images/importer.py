@@ -57,12 +57,10 @@ def import_disk(src: Path, name: str | None = None, quiet: bool = False) -> Imag
         launch = _launch(report, raw.stat().st_size)
         stored = store_artifact(raw, digest, ".raw")
         record = factory.machine_image(
-            name,
+            factory.Registration(name, "hvm", ROOT_DEVICE),
             digest,
             launch,
             {"raw": str(stored)},
-            virtualization="hvm",
-            root_device_name=ROOT_DEVICE,
             description=f"imported from {src.name}",
             extra=_extra(report, source, src, time.monotonic() - started),
             id_extra={"imported": True},

@@ -239,19 +239,14 @@ def _record_for(
     location, bundle_user = str(manifest_path), {"bundle_user": m.user}
     if m.image_type in ("kernel", "ramdisk"):
         digest = file_sha256(image)
-        suffix = ".vmlinuz" if m.image_type == "kernel" else ".initrd"
-        stored = {"raw": str(store_artifact(image, digest, suffix))}
-        if m.image_type == "ramdisk":
-            return factory.ramdisk_image(
-                digest, name, location, RamdiskSettings(), architecture=m.architecture,
-                description=description or "ramdisk registered from a bundle",
-                locations=stored, extra=bundle_user,
-            )  # fmt: skip
-        release = kernel_release_of(Path(stored["raw"])) or m.kernel_name
-        return factory.kernel_image(
-            digest, name, location, KernelSettings(), release=release,
-            architecture=m.architecture, locations=stored, extra=bundle_user,
-            description=description or f"kernel {release} registered from a bundle",
+        is_kernel = m.image_type == "kernel"
+        stored = store_artifact(image, digest, ".vmlinuz" if is_kernel else ".initrd")
+        release = (kernel_release_of(stored) or m.kernel_name) if is_kernel else None
+        what = f"kernel {release}" if is_kernel else "ramdisk"
+        return factory.content_image(
+            digest, name, location, KernelSettings() if is_kernel else RamdiskSettings(),
+            release=release, architecture=m.architecture, locations={"raw": str(stored)},
+            description=description or f"{what} registered from a bundle", extra=bundle_user,
         )  # fmt: skip
     digest = sparse_sha256(image)
     launch = probe_disk(image)
@@ -261,11 +256,12 @@ def _record_for(
     root_device = m.block_device_mapping.get("root") or (
         "/dev/sda1" if launch.partitioning == "none" else "/dev/xvda"
     )
+    registration = factory.Registration(
+        name, virt, root_device, m.architecture, m.kernel_id, m.ramdisk_id
+    )
     return factory.machine_image(
-        name, digest, launch, stored, virtualization=virt, root_device_name=root_device,
-        root_device_type="instance-store", architecture=m.architecture,
-        kernel_id=m.kernel_id, ramdisk_id=m.ramdisk_id, description=description,
-        image_location=location, extra={"bundle_digest": m.digest, **bundle_user}, fresh=True,
+        registration, digest, launch, stored, description=description, image_location=location,
+        instance_store=True, extra={"bundle_digest": m.digest, **bundle_user}, fresh=True,
     )  # fmt: skip
 
 

@@ -39,7 +39,7 @@ def kernel_catalogue(
         akis = [
             {"ImageId": r.image_id, "KernelRelease": r.kernel_release, "Version": r.package_version}
             for r in registered
-            if r.extra.get("definition") == d.name
+            if r.kernel_settings.definition == d.name
         ]
         rows.append(
             {

@@ -60,7 +60,7 @@ def register(registry: Registry | None = None) -> ImageRecord:
     store.mkdir(parents=True, exist_ok=True)
     location = store / f"{digest}.pv-grub.json"
     location.write_bytes(blob)
-    record = factory.kernel_image(
+    record = factory.content_image(
         digest,
         NAME,
         str(location),

@@ -123,7 +123,7 @@ def _ramdisk_without(pv: dict, tmp_path: Path, module: str) -> str:
     out = tmp_path / "broken.initrd"
     out.write_bytes(gzip.compress(cpio))
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    record = factory.ramdisk_image(
+    record = factory.content_image(
         digest,
         f"broken-no-{module}",
         str(out),

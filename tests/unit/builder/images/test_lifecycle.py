@@ -47,18 +47,20 @@ def register_fake(home: Path, name: str = "img", seed: int = 1) -> dict[str, Ima
         [(0, os.urandom(8 << 20)), (20 << 20, b"\x11" * (2 << 20)), (40 << 20, os.urandom(4096))],
     )
     kd, rd = file_sha256(kernel), file_sha256(ramdisk)
-    aki = factory.kernel_image(
+    aki = factory.content_image(
         kd, f"kernel-{seed}", str(kernel), KernelSettings(cmdline="console=ttyS0"),
         release="6.1.0-test",
     )  # fmt: skip
-    ari = factory.ramdisk_image(
+    ari = factory.content_image(
         rd, f"initrd-{seed}", str(ramdisk), RamdiskSettings(built_for=aki.image_id)
     )
     dd = sparse_sha256(disk)
+    registration = factory.Registration(
+        name, "paravirtual", "/dev/sda1", kernel_id=aki.image_id, ramdisk_id=ari.image_id
+    )
     ami = factory.machine_image(
-        name, dd, LaunchSettings(root_label="root", disk_size=48 << 20), {"raw": str(disk)},
-        description="a test image", kernel_id=aki.image_id, ramdisk_id=ari.image_id,
-        virtualization="paravirtual", root_device_name="/dev/sda1",
+        registration, dd, LaunchSettings(root_label="root", disk_size=48 << 20),
+        {"raw": str(disk)}, description="a test image",
     )  # fmt: skip
     ami.tags = {"Team": "qa"}
     aki, ari, ami = Registry().register([aki, ari, ami])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,31 +26,17 @@ from builder.images.shapes import root_ebs_mapping
 DIGEST = "ab" * 32
 
 
-def _machine(**kw: object) -> ImageRecord:
-    launch = LaunchSettings(
-        disk_size=3 << 30,
-        partitioning="gpt",
-        partitions={"esp": Partition(1 << 20, 100 << 20), "root": Partition(101 << 20, 1 << 30)},
-        fs_offset=101 << 20,
-        root_label="cloudimg-rootfs",
-        root_uuid="u-1",
-        root_partuuid="p-1",
-        boot="hybrid",
-        kernel_release="6.1.0-x",
-        kernel_cmdline="quiet",
-    )
-    args = {
-        "virtualization": "paravirtual",
-        "root_device_name": "/dev/xvda",
-        "kernel_id": "aki-00000000000000001",
-        "ramdisk_id": "ari-00000000000000001",
-        "description": "d",
-        "extra": {"recipe": {"name": "x"}},
-        **kw,
-    }
-    return factory.machine_image(
-        "web", DIGEST, launch, {"raw": "/a/disk.raw", "qcow2": "/a/disk.qcow2"}, **args
-    )  # type: ignore[arg-type]
+def _machine(root: str = "/dev/xvda", **kw: Any) -> ImageRecord:
+    parts = {"esp": Partition(1 << 20, 100 << 20), "root": Partition(101 << 20, 1 << 30)}
+    launch = LaunchSettings(3 << 30, "gpt", parts, 101 << 20, "cloudimg-rootfs", "u-1", "p-1",
+                            "hybrid", "6.1.0-x", kernel_cmdline="quiet")  # fmt: skip
+    reg = factory.Registration(
+        "web", "paravirtual", root, kernel_id="aki-00000000000000001",
+        ramdisk_id="ari-00000000000000001",
+    )  # fmt: skip
+    locations = {"raw": "/a/disk.raw", "qcow2": "/a/disk.qcow2"}
+    kw = {"description": "d", "extra": {"recipe": {"name": "x"}}, **kw}
+    return factory.machine_image(reg, DIGEST, launch, locations, **kw)
 
 
 # ----------------------------------------------------------------------- factory
@@ -68,7 +55,7 @@ def test_a_built_image_id_derives_from_digest_and_registration() -> None:
     assert rec.image_id == registration_id("ami", DIGEST, registered)
     assert _machine().image_id == rec.image_id  # the same inputs, the same ID
     assert _machine(description="other").image_id == rec.image_id  # not a registration key
-    assert _machine(root_device_name="/dev/sda1").image_id != rec.image_id
+    assert _machine("/dev/sda1").image_id != rec.image_id
     imported = _machine(id_extra={"imported": True})
     assert imported.image_id == registration_id(
         "ami", DIGEST, {**registered, "imported": True}
@@ -82,17 +69,17 @@ def test_machine_image_fields() -> None:
     assert rec.image_location == "/a/disk.raw"  # the first stored format
     assert rec.block_device_mappings == root_ebs_mapping("/dev/xvda", DIGEST, 3 << 30)
     assert rec.digest == DIGEST and rec.locations["qcow2"] == "/a/disk.qcow2"
-    bundled = _machine(root_device_type="instance-store", image_location="/b/m.xml")
+    bundled = _machine(instance_store=True, image_location="/b/m.xml")
     assert bundled.block_device_mappings == [{"DeviceName": "/dev/xvda", "VirtualName": "ami"}]
     assert bundled.image_location == "/b/m.xml"
 
 
 def test_kernel_and_ramdisk_ids_are_their_bytes() -> None:
-    aki = factory.kernel_image(
+    aki = factory.content_image(
         DIGEST, "k", "/k/vmlinuz", KernelSettings("debian-cloud", "linux-image", "console=hvc0"),
         release="6.1.0-x", version="6.1.1",
     )  # fmt: skip
-    ari = factory.ramdisk_image(
+    ari = factory.content_image(
         DIGEST, "r", "/k/initrd", RamdiskSettings("generated", aki.image_id), release="6.1.0-x"
     )
     assert aki.image_id == make_id("aki", DIGEST) and ari.image_id == make_id("ari", DIGEST)
@@ -129,8 +116,8 @@ def test_reregistered_is_a_new_private_image_with_the_same_launch(
 
 
 def test_rows_round_trip_with_only_their_own_settings() -> None:
-    aki = factory.kernel_image(DIGEST, "k", "/k", KernelSettings(pv_grub=True))
-    ari = factory.ramdisk_image(DIGEST, "r", "/r", RamdiskSettings(kind="distro"))
+    aki = factory.content_image(DIGEST, "k", "/k", KernelSettings(pv_grub=True))
+    ari = factory.content_image(DIGEST, "r", "/r", RamdiskSettings(kind="distro"))
     for rec, own in ((_machine(), "launch"), (aki, "kernel_settings"), (ari, "ramdisk_settings")):
         row = json.loads(json.dumps(record_to_dict(rec)))
         assert own in row

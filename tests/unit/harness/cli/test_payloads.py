@@ -9,6 +9,7 @@ from typing import Any
 
 from builder.images import responses
 from builder.images.bundle import BundleResult, Manifest, Part
+from builder.images.records import KernelSettings
 from builder.images.registry import ImageRecord
 from builder.images.store import RestoreResult, StoreTask
 
@@ -84,14 +85,16 @@ def test_kernel_catalogue() -> None:
     d = SimpleNamespace(name="debian-cloud", package="linux-image-cloud-amd64", description="x",
                         ramdisk_modules=("virtio_blk",), cmdline="console=ttyS0")  # fmt: skip
     mine = _record("aki-00000000000000001", "kernel", kernel_release="6.1.0-x",
-                   package_version="6.1.1", extra={"definition": "debian-cloud"})  # fmt: skip
-    registered = [mine, _record("aki-00000000000000002", "kernel", extra={"definition": "y"})]
+                   package_version="6.1.1",
+                   kernel_settings=KernelSettings(definition="debian-cloud"))  # fmt: skip
+    other = _record("aki-00000000000000002", "kernel", kernel_settings=KernelSettings("y"))
+    registered = [mine, other]
     want = [{
         "Name": d.name, "Package": d.package, "Description": d.description,
         "RamdiskModules": list(d.ramdisk_modules), "Cmdline": d.cmdline,
         "Registered": [{"ImageId": r.image_id, "KernelRelease": r.kernel_release,
                         "Version": r.package_version} for r in registered
-                       if r.extra.get("definition") == d.name],
+                       if r.kernel_settings.definition == d.name],
     }]  # fmt: skip
     _same(responses.kernel_catalogue([d], registered), {"Kernels": want})
     assert len(want[0]["Registered"]) == 1

@@ -25,28 +25,28 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
     qcow = tmp_path / "disk.qcow2"
     qcow.write_bytes(b"QFI\xfb" + b"\0" * 60)
     kernels = [
-        factory.kernel_image(
+        factory.content_image(
             "0" * 16 + x, f"k-{x}", str(files[f"vmlinuz-{x}"]),
             KernelSettings(cmdline="console=ttyS0"), release=f"6.1.0-{x}",
         )  # fmt: skip
         for x in "ab"
     ]
     ramdisks = [
-        factory.ramdisk_image(
+        factory.content_image(
             "0" * 16 + x, f"r-{x}", str(files[f"initrd-{x}"]),
             RamdiskSettings(kind="generated", built_for=f"aki-0000000000000000{x}"),
         )  # fmt: skip
         for x in "ab"
     ]
     pv = factory.machine_image(
-        "pv", "0" * 64, LaunchSettings(root_label="cloudimg-rootfs", kernel_cmdline="quiet"),
+        factory.Registration("pv", "paravirtual", "/dev/sda1", kernel_id="aki-0000000000000000a",
+                             ramdisk_id="ari-0000000000000000a"),
+        "0" * 64, LaunchSettings(root_label="cloudimg-rootfs", kernel_cmdline="quiet"),
         {"qcow2": str(qcow), "raw": str(disk)}, image_location=str(disk),
-        virtualization="paravirtual", root_device_name="/dev/sda1",
-        kernel_id="aki-0000000000000000a", ramdisk_id="ari-0000000000000000a",
     )  # fmt: skip
     hvm = factory.machine_image(
-        "hvm", "1" * 64, LaunchSettings(kernel_release="6.1.0-a", boot="uefi"),
-        {"raw": str(disk)}, virtualization="hvm", root_device_name="/dev/xvda",
+        factory.Registration("hvm", "hvm", "/dev/xvda"), "1" * 64,
+        LaunchSettings(kernel_release="6.1.0-a", boot="uefi"), {"raw": str(disk)},
     )  # fmt: skip
     reg.register([*kernels, *ramdisks, pv, hvm])
     return reg
