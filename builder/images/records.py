@@ -157,16 +157,22 @@ def record_from_dict(row: dict[str, Any]) -> ImageRecord:
     return ImageRecord(**data)
 
 
+_SETTINGS_CLASS: dict[str, Any] = {
+    "launch": LaunchSettings,
+    "kernel_settings": KernelSettings,
+    "ramdisk_settings": RamdiskSettings,
+}
+
+
 def _settings_from(name: str, value: dict[str, Any]) -> Any:
-    if name == "kernel_settings":
-        return KernelSettings(**value)
-    if name == "ramdisk_settings":
-        return RamdiskSettings(**value)
-    launch = dict(value)
-    launch["partitions"] = {
-        role: Partition(**span) for role, span in (launch.get("partitions") or {}).items()
-    }
-    return LaunchSettings(**launch)
+    value = dict(value)
+    if "partitions" in value:
+        value["partitions"] = _partitions(value["partitions"])
+    return _SETTINGS_CLASS[name](**value)
+
+
+def _partitions(spans: dict[str, dict[str, int]] | None) -> dict[str, Partition]:
+    return {role: Partition(**span) for role, span in (spans or {}).items()}
 
 
 # Keys of a pre-typed row's `extra` and the typed field each became, per image type.
@@ -195,8 +201,6 @@ def _lift_legacy(image_type: str, extra: dict[str, Any]) -> dict[str, Any]:
         lifted["digest"] = digest
     if locations := extra.pop("locations", None):
         lifted["locations"] = dict(locations)
-    defaults = {"machine": LaunchSettings, "kernel": KernelSettings, "ramdisk": RamdiskSettings}
-    settings_cls = defaults[image_type]
     kw: dict[str, Any] = {}
     for key, name in _LEGACY_KEYS[image_type].items():
         if key in extra:
@@ -210,8 +214,8 @@ def _lift_legacy(image_type: str, extra: dict[str, Any]) -> dict[str, Any]:
             kw["partitioning"] = partitioning
         else:  # an import's: libguestfs's report of the table stays in the report
             kw["partitioning"] = partitioning_of(partitioning)
-        kw["partitions"] = {r: Partition(**s) for r, s in (kw.get("partitions") or {}).items()}
+        kw["partitions"] = _partitions(kw.get("partitions"))
         kw["imported"] = bool(kw.get("imported", False))
-    settings = settings_cls(**kw)
-    lifted[SETTINGS_FIELD[image_type]] = settings
+    own = SETTINGS_FIELD[image_type]
+    lifted[own] = _SETTINGS_CLASS[own](**kw)
     return lifted
