@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.disk import ova
-from builder.disk.formats import FORMATS, DiskFormat, resolve_format
+from builder.disk.formats import FORMATS, DiskFormat, by_suffix, resolve_format
 from builder.disk.vmdk import VmdkImage, open_vmdk, sniff
 from builder.disk.vmdk.rawio import write_raw
 from builder.disk.vmdk.safefile import open_regular
@@ -33,13 +33,9 @@ from builder.errors import BadInput, EnvironmentProblem
 
 # What an input file may be: the table's qemu formats and the OVF packages around a VMDK.
 SOURCE_FORMATS = ("raw", "qcow2", "vmdk", "ova", "ovf")
-# What a name promises. Raw has no header, so only a name (or the caller) can say raw.
-_BY_SUFFIX = {
-    **{f.suffix: f.qemu_format for f in FORMATS.values()},
-    ".img": "raw",
-    ".ova": "ova",
-    ".ovf": "ovf",
-}
+# What a name promises beyond the format table's own suffixes. Raw has no header, so only
+# a name (or the caller) can say raw.
+_OTHER_SUFFIXES = {".img": "raw", ".ova": "ova", ".ovf": "ovf"}
 _WHAT = {
     "vmdk": "a VMDK",
     "qcow2": "a qcow2 image",
@@ -102,9 +98,10 @@ def detect(path: Path) -> str:
 
 def named_format(path: Path) -> str | None:
     """What the file's name says it holds (vmdk, qcow2, ova, ovf, raw), if anything."""
+    if fmt := by_suffix(path.name):
+        return fmt.qemu_format
     name = path.name.lower()
-    found = [s for s in _BY_SUFFIX if name.endswith(s)]
-    return _BY_SUFFIX[max(found, key=len)] if found else None
+    return next((c for suffix, c in _OTHER_SUFFIXES.items() if name.endswith(suffix)), None)
 
 
 def _found(path: Path, container: str) -> str:

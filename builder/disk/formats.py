@@ -26,7 +26,8 @@ VMDK_SUBFORMATS = ("monolithicSparse", "streamOptimized")
 
 @dataclass(frozen=True)
 class WriteOptions:
-    """How a writer that records them describes the disk (the streamOptimized descriptor)."""
+    """What a writer may record about the disk (the streamOptimized descriptor's adapter and
+    file name) and how many threads it may use."""
 
     adapter_type: str = "lsilogic"  # the controller the disk came from
     name: str | None = None  # the final file name when the output is a temporary file
