@@ -259,7 +259,7 @@ class PrivateApt:
         if reason is not None:
             raise EnvironmentProblem(
                 f"suite {self.release}: no package index from {host_mirror().debian} after "
-                f"{attempts} tries: {reason}"
+                f"{attempts} {'try' if attempts == 1 else 'tries'}: {reason}"
             )
         if not any(self.lists.glob("*_Packages")):
             raise EnvironmentProblem(f"apt-get update fetched no package index for {self.release}")
