@@ -236,7 +236,7 @@ def write_helper_element(parent: Path) -> Path:
         path.write_text(text)
         path.chmod(0o755)
     (element / "README.rst").write_text(
-        f"{HELPER}: written by amilab for one build; see builder/engines/dib.py\n"
+        f"{HELPER}: written by amilab for one build; see builder/build/engines/dib.py\n"
     )
     return parent
 
