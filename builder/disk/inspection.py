@@ -63,23 +63,25 @@ def open_guestfs(disk: Path, fmt: str, readonly: bool = True) -> Any:
 
 
 @contextlib.contextmanager
-def guest_disk(path: Path) -> Iterator[tuple[Path, str, dict[str, Any]]]:
+def guest_disk(
+    path: Path, source_format: str | None = None
+) -> Iterator[tuple[Path, str, dict[str, Any]]]:
     """Validate any input disk and yield (file, qemu format, source description). A VMDK
     goes to libguestfs only after amilab's reader has validated it; an OVA is unpacked."""
     from builder.disk.convert import open_source
 
     work = Path(tempfile.mkdtemp(prefix="amilab-inspect-"))
     try:
-        with open_source(path, work) as source:
+        with open_source(path, work, source_format) as source:
             yield source.path, source.format, source.describe()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def inspect_disk(path: Path) -> dict[str, Any]:
+def inspect_disk(path: Path, source_format: str | None = None) -> dict[str, Any]:
     if not path.exists():
         raise BadInput(f"{path}: no such file")
-    with guest_disk(path) as (disk, fmt, source):
+    with guest_disk(path, source_format) as (disk, fmt, source):
         g = open_guestfs(disk, fmt)
         try:
             report = inspect_guest(g)

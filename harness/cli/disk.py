@@ -49,7 +49,7 @@ def register_convert(sub: argparse._SubParsersAction) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     from builder.disk.inspection import inspect_disk
 
-    report = inspect_disk(Path(args.disk))
+    report = inspect_disk(Path(args.disk), source_format=args.source_format)
     return show(args, report, lambda: print_inspection(report))
 
 
@@ -59,6 +59,11 @@ def register_inspect(sub: argparse._SubParsersAction) -> None:
         "what a disk holds: partitions, filesystems, OS, bootloader, kernels (read-only)",
     )  # fmt: skip
     p.add_argument("disk")
+    p.add_argument(
+        "--source-format",
+        choices=SOURCE_FORMATS,
+        help="read DISK as this format, whatever its name says (raw: a file not named .raw/.img)",
+    )
     add_json(p)
 
 

@@ -170,3 +170,23 @@ def test_import_of_a_text_file_registers_nothing(amilab_home: Path, tmp_path: Pa
         (amilab_home / "artifacts").rglob("*")
     )
     assert not (amilab_home / "work").exists() or list((amilab_home / "work").iterdir()) == []
+
+
+def test_inspect_follows_the_same_policy(dirs: tuple[Path, Path]) -> None:
+    src, _ = dirs
+    disk = _raw_bytes(src / "disk")
+    _refused(run_amilab("inspect", str(disk)), "disk:", "--source-format raw")
+
+
+@pytest.mark.integration
+def test_inspect_reads_an_unsuffixed_raw_disk_with_source_format_raw(
+    dirs: tuple[Path, Path],
+) -> None:
+    src, _ = dirs
+    disk = _raw_bytes(src / "disk")
+    result = run_amilab("inspect", str(disk), "--source-format", "raw", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["source"]["format"] == "raw"
+    assert report["partitioning"]["device_size"] == 4 << 20
+    assert report["os"] is None
