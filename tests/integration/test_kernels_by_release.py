@@ -16,7 +16,7 @@ import yaml
 
 from builder.build import kernel
 from tests.conftest import ROOT, run_amilab
-from tests.integration.builds import build
+from tests.integration.builds import build, images
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +31,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The default PV image, and an AKI+ARI per kernel, registered by builds of the same
     recipe with that kernel (its Register step is what registers kernels today)."""
     home = tmp_path_factory.mktemp("home")
-    images = build(ROOT / "build.yaml", home, "--image", "debian-pv")["Images"]
-    pv = next(i for i in images if i["ImageType"] == "machine")
+    built = build(ROOT / "build.yaml", home, "--image", "debian-pv")["Images"]
+    pv = next(i for i in built if i["ImageType"] == "machine")
     base = next(r for r in yaml.safe_load((ROOT / "build.yaml").read_text())["images"]
                 if r["name"] == "debian-pv")  # fmt: skip
     recipes = []
@@ -43,12 +43,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     path = tmp_path_factory.mktemp("recipes") / "kernels.yaml"
     path.write_text(yaml.safe_dump({"images": recipes}))
     out = build(path, home)["Images"]
+    kernels = {i["ImageId"]: i for i in images(home, "kernel")}
     akis = {}
     for name in KERNELS:
         ami = next(i for i in out if i["Name"] == f"pv-{name}")
-        aki = next(i for i in out if i["ImageId"] == ami["KernelId"])
         akis[name] = {"aki": ami["KernelId"], "ari": ami["RamdiskId"],
-                      "release": aki["KernelRelease"]}  # fmt: skip
+                      "release": kernels[ami["KernelId"]]["KernelRelease"]}  # fmt: skip
     return {"home": home, "ami": pv["ImageId"], "aki": pv["KernelId"], "kernels": akis}
 
 
@@ -86,5 +86,9 @@ def test_other_release_boots_and_modules_tree_fails(built: dict, name: str) -> N
     tree = checks["modules-tree"]
     assert not tree["Passed"], shown
     assert f"booted {release}" in tree["Detail"], tree
-    if "kernel-release" in checks:  # logged in: the NIC driver came from the ramdisk
+    # Logged in (the NIC driver came from the ramdisk): the in-guest checks ran. If not, the
+    # verdict came from the console: bookworm-backports' 6.12.95 cloud kernel dies ~2 s into
+    # boot under this machine's QEMU TCG (double fault / GPF in slab allocation, also with
+    # -smp 1 and -cpu max), while its generic flavour and trixie's 6.12.118 boot to login.
+    if "kernel-release" in checks:
         assert checks["kernel-release"]["Actual"] == release
