@@ -36,6 +36,7 @@ from builder import ids, paths
 from builder.build.mirror import host_mirror
 from builder.build.schema import Choice, ListOf, Located, Str, _Ctx, build, key, load_nodes
 from builder.errors import BadInput, BuildFailed, EnvironmentProblem, RecipeError
+from builder.images.records import ImageRecord
 
 NAME = r"[a-z0-9][a-z0-9._-]{0,62}"
 PACKAGE = r"[a-z0-9][a-z0-9+.-]+"
@@ -55,6 +56,8 @@ SUITES = (
 DEFAULT_RELEASE = "bookworm"  # the recipe's default release, for suite-less definitions
 UPDATE_ATTEMPTS = 3  # apt-get update tries before a mirror problem is reported
 DOWNLOAD_ATTEMPTS = 2
+# an AKI record's extra key naming the files `register-kernel` stored for it
+OWN_KERNEL_KEY = "own_kernel"
 RETRY_DELAY = 5.0  # seconds before the second try, doubled for each further one
 
 
@@ -652,3 +655,53 @@ def _kernel_from(
         suite=suite,
         debs=debs,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernel behind a registered AKI
+
+
+def kernel_for_record(rec: ImageRecord, log: Path | None = None) -> Kernel:
+    """The unpacked kernel a registered AKI stands for: a catalogue kernel (fetched again
+    when the cache lost it) or one registered with `register-kernel` (its stored files)."""
+    if rec.image_type != "kernel":
+        raise BadInput(f"{rec.image_id} is a {rec.image_type} image, not a kernel")
+    settings = rec.kernel_settings
+    if settings.pv_grub:
+        raise BadInput(f"{rec.image_id} is PV-GRUB: it boots the image's own kernel")
+    if own := rec.extra.get(OWN_KERNEL_KEY):
+        from builder.build import own_kernel  # own_kernel imports this module
+
+        return own_kernel.stored_kernel(rec, own)
+    name = settings.definition or ""
+    catalogue = load_catalogue()
+    if name not in catalogue:
+        raise BadInput(f"{rec.image_id} comes from kernel {name!r}, no longer in the catalogue")
+    defn, package, version = catalogue[name], settings.package or "", rec.package_version or ""
+    if not package or not version:
+        raise BadInput(f"{rec.image_id} names no kernel package and version")
+    if _complete(kernel_dir(package, version)):
+        return cached_kernel(defn, package, version)
+    return fetch_exact(defn, package, version, log)
+
+
+def fetch_exact(
+    defn: KernelDefinition, package: str, version: str, log: Path | None = None
+) -> Kernel:
+    """Download and unpack one exact kernel package again (an AKI whose cache was cleared)."""
+    suite = suite_of(defn)
+    apt = private_apt(suite)
+    with _locked(apt.base / "lock"):
+        apt.prepare()
+        unpacked = kernel_dir(package, version)
+        if not _complete(unpacked):
+            found = _resolve_exact(apt, package, log)
+            if found.version != version:
+                raise BadInput(
+                    f"{package}={version} is no longer in the {suite} archive "
+                    f"(it now has {found.version}); build the image again"
+                )
+            wanted = [(package, version), *found.parts]
+            debs = [_cached_deb(p, v) or _download(apt, p, v, log) for p, v in wanted]
+            unpack(debs, unpacked, log)
+    return _kernel_from(unpacked, defn, package, version, suite)

@@ -25,6 +25,7 @@ from builder.build import layout as disk_mod
 from builder.build.engines import RootEngine, engine_for
 from builder.build.recipe import LoadedRecipe, load_recipes, select
 from builder.disk.formats import FORMATS
+from builder.errors import BadInput, BuildFailed
 from builder.ids import file_sha256, sparse_sha256
 from builder.images import factory
 from builder.images.records import KernelSettings, LaunchSettings, Partition, RamdiskSettings
@@ -396,16 +397,10 @@ def resolve_kernel_ref(loaded: LoadedRecipe, log: Path) -> Any:
         record = Registry().get(r.kernel)
         if record is None or record.image_type != "kernel":
             raise where.error("kernel", f"{r.kernel} is not a registered kernel image")
-        name = record.kernel_settings.definition
-        if name not in catalogue:
-            raise where.error("kernel", f"{r.kernel} comes from kernel {name!r}, now unknown")
-        package = record.kernel_settings.package or ""
         try:
-            return kernel_mod.cached_kernel(catalogue[name], package, record.package_version or "")
-        except Exception as e:  # the cache was cleared since: say what to do
-            raise where.error(
-                "kernel", f"{r.kernel} ({package} {record.package_version}): {e}"
-            ) from None
+            return kernel_mod.kernel_for_record(record, log)
+        except (BadInput, BuildFailed) as e:  # the catalogue or the stored files changed
+            raise where.error("kernel", f"{r.kernel}: {e}") from None
     if r.kernel not in catalogue:
         raise where.error(
             "kernel", f"unknown kernel {r.kernel!r}; known: {', '.join(sorted(catalogue))}"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder import paths
+from builder.build.bzimage import kernel_release
 from builder.errors import BadInput
 from builder.ids import make_id
 from builder.images import factory
@@ -152,15 +153,6 @@ def _strip_device(path: str) -> str:
 def _legacy_partition(root: str) -> int | None:
     m = re.match(r"\(hd\d+,(\d+)\)", root.strip())
     return int(m.group(1)) + 1 if m else None
-
-
-def kernel_release(vmlinuz: bytes) -> str | None:
-    """`uname -r` of a bzImage, from its setup header's kernel_version string."""
-    if len(vmlinuz) < 0x210 or vmlinuz[0x202:0x206] != b"HdrS":
-        return None
-    offset = int.from_bytes(vmlinuz[0x20E:0x210], "little") + 0x200
-    text = vmlinuz[offset : offset + 256].split(b"\0", 1)[0].decode(errors="replace")
-    return text.split(" ", 1)[0] or None
 
 
 @dataclass(frozen=True)
