@@ -1,0 +1,40 @@
+"""`add-modules`: a new AMI whose disk also holds another kernel's modules."""
+
+from __future__ import annotations
+
+import argparse
+
+from harness.cli.command import add_command
+from harness.cli.output import add_json, print_json
+
+
+def _add_modules(args: argparse.Namespace) -> int:
+    from builder.images.modules import add_modules
+
+    rec = add_modules(
+        args.image, args.kernel, default_kernel=args.default_kernel, name=args.name
+    )
+    if args.json:
+        print_json({"Images": [rec.describe()]})
+    else:
+        print(rec.image_id)
+    return 0
+
+
+def register_add_modules(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
+        "add-modules",
+        _add_modules,
+        "register a new AMI whose disk also holds a kernel's modules (depmod run for it)",
+    )
+    p.add_argument("image", metavar="AMI")
+    p.add_argument("--kernel", required=True, metavar="AKI", help="the kernel whose modules")
+    p.add_argument(
+        "--default-kernel",
+        action="store_true",
+        help="boot the new AMI with that kernel (and a ramdisk generated for it); "
+        "paravirtual images only",
+    )
+    p.add_argument("--name", help="the new AMI's name (default: <source name>-<release>)")
+    add_json(p, "print the new image as describe-images JSON")
