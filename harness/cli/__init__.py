@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from builder.errors import AmilabError
-from harness.cli import build, bundle, disk, images, imds, launch, store
+from harness.cli import build, bundle, disk, images, imds, kernel, launch, modules, store
 from harness.cli.command import Parser
 
 # in the order `amilab --help` lists them
@@ -20,6 +20,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     build.register_build,
     images.register_images,
     build.register_kernels,
+    kernel.register_register_kernel,
     disk.register_convert,
     disk.register_inspect,
     disk.register_import,
@@ -30,6 +31,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     store.register_store_tasks,
     store.register_restore,
     images.register_copy_image,
+    modules.register_add_modules,
     images.register_deregister,
     images.register_tag,  # and untag
     images.register_launch_permission,
