@@ -146,6 +146,8 @@ def _check_links(tree: Path, shown: str) -> None:
             st = p.lstat()
             rel = PurePosixPath(p.relative_to(tree).as_posix())
             if p.is_symlink():
+                if rel.name in _SOURCE_LINKS and len(rel.parts) == 1:
+                    continue  # not copied (see _SOURCE_LINKS)
                 if not _within(PurePosixPath(), rel.parent, os.readlink(p)):
                     raise BadInput(f"{shown}: link {rel} -> {os.readlink(p)} leaves the tree")
             elif not (p.is_dir() or p.is_file()) or st.st_mode & 0o6000:

@@ -4,23 +4,30 @@ Paravirtual images boot their AKI directly with their ARI and a kernel command l
 names the root by label (or UUID); HVM images boot their own bootloader from firmware. The
 AMI's ramdisk carries drivers for the AMI's kernel only, so booting another kernel without
 naming a ramdisk takes the registered ramdisk of the same kind built for that kernel, as
-the EC2 user would have had to pick the matching ARI.
+the EC2 user would have had to pick the matching ARI; when there is none and the image's own
+is amilab's generated ramdisk, one is generated for that kernel and registered as its ARI.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder import paths
 from builder.disk.formats import FORMATS, format_names
 from builder.errors import BadInput
-from builder.images.registry import ImageRecord, Registry
+from builder.ids import file_sha256
+from builder.images import factory
+from builder.images.records import RamdiskSettings
+from builder.images.registry import ImageRecord, Registry, store_artifact
 from harness.launch import pvgrub
 from harness.launch.machine import Disk
 
 # Always on the command line: a panic ends QEMU at once (with -no-reboot) instead of hanging.
 HARNESS_CMDLINE = "panic=-1"
 FORMAT_PREFERENCE = format_names("boot")  # the table's order: raw first
+GENERATED = "generated"  # the ramdisk kind amilab makes itself, for any kernel with modules
 
 
 @dataclass
@@ -121,6 +128,32 @@ def _ramdisk_for_kernel(
     return matches[-1] if matches else None
 
 
+def generated_ramdisk(kernel: ImageRecord, registry: Registry) -> ImageRecord:
+    """The generated ramdisk for another kernel, registered as its own ARI. Building it from
+    the same kernel gives the same bytes, so the ARI is made once and then found again."""
+    from builder.build.kernel import kernel_for_record
+    from builder.build.ramdisk import build_generated
+
+    resolved = kernel_for_record(kernel)
+    work = paths.work_root()
+    work.mkdir(parents=True, exist_ok=True)  # beside the artifacts: the file is moved there
+    with tempfile.TemporaryDirectory(dir=work, prefix="ramdisk-") as tmp:
+        built = build_generated(resolved, Path(tmp) / "initrd")
+        digest = file_sha256(built)
+        record = factory.content_image(
+            digest,
+            f"initrd-{resolved.release}-{GENERATED}",
+            "",
+            RamdiskSettings(kind=GENERATED, built_for=kernel.image_id),
+            release=resolved.release,
+            description=f"{GENERATED} ramdisk for {resolved.release}",
+        )
+        if existing := registry.get(record.image_id):
+            return existing
+        record.image_location = str(store_artifact(built, digest, ".initrd"))
+    return registry.register([record])[0]
+
+
 def make_plan(
     image: ImageRecord,
     kernel_ref: str | None = None,
@@ -177,14 +210,25 @@ def make_plan(
         ramdisk = registry.find(ramdisk_ref, "ramdisk")
     elif kernel.image_id != image.kernel_id and own_ramdisk is not None:
         ramdisk = _ramdisk_for_kernel(registry, kernel, own_ramdisk)
+        why_not = ""
+        if ramdisk is None and own_ramdisk.ramdisk_settings.kind == GENERATED:
+            try:
+                ramdisk = generated_ramdisk(kernel, registry)
+            except BadInput as e:  # no modules to make one from (an AKI of a bundle, say)
+                why_not = f" (none could be generated: {e})"
+            else:
+                notes.append(
+                    f"ramdisk {ramdisk.image_id} was generated for {kernel.image_id} "
+                    f"({kernel.kernel_release})"
+                )
+        elif ramdisk is not None:
+            notes.append(f"ramdisk {ramdisk.image_id} is the one built for {kernel.image_id}")
         if ramdisk is None:
             ramdisk = own_ramdisk
             notes.append(
-                f"no ramdisk is registered for {kernel.image_id}; booting the image's own "
-                f"{own_ramdisk.image_id}, built for {own_ramdisk.kernel_release}"
+                f"no ramdisk is registered for {kernel.image_id}{why_not}; booting the image's "
+                f"own {own_ramdisk.image_id}, built for {own_ramdisk.kernel_release}"
             )
-        else:
-            notes.append(f"ramdisk {ramdisk.image_id} is the one built for {kernel.image_id}")
     else:
         ramdisk = own_ramdisk
     root = root_argument(image) if ramdisk else kernel_root_argument(image, disk.bus)
