@@ -294,3 +294,27 @@ def test_cli_json_is_the_describe_images_shape(bookworm: kernel_mod.Kernel, home
     plain = run_amilab("register-kernel", "--vmlinuz", str(bookworm.vmlinuz),
                        env={"AMILAB_HOME": str(home)}, timeout=120)  # fmt: skip
     assert plain.stdout.strip() == bookworm.aki_id
+
+
+def test_a_recipe_names_a_registered_kernel(
+    bookworm: kernel_mod.Kernel, home: Path, tmp_path: Path
+) -> None:
+    """`kernel: aki-…` of a register-kernel AKI resolves to its stored files; once they are
+    gone the recipe error says so at the kernel key."""
+    from builder.build.pipeline import resolve_kernel_ref, validate
+    from builder.build.recipe import load_recipes
+    from builder.errors import RecipeError
+
+    rec = own_kernel.register(own_kernel.store_files(bookworm.vmlinuz))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "images:\n  - name: own\n    elements: [ec2-base]\n"
+        f"    kernel: {rec.image_id}\n    virtualization: paravirtual\n"
+    )
+    (loaded,) = load_recipes(recipe)
+    validate(loaded)
+    k = resolve_kernel_ref(loaded, tmp_path / "kernel.log")
+    assert k.aki_id == rec.image_id and k.release == bookworm.release
+    shutil.rmtree(home / own_kernel.STORE / bookworm.digest)
+    with pytest.raises(RecipeError, match="kernel: .*are gone"):
+        resolve_kernel_ref(loaded, tmp_path / "kernel.log")
