@@ -82,9 +82,6 @@ class FakeGuest:
     def upload(self, src: str, dest: str) -> None:
         self._p(dest).write_bytes(Path(src).read_bytes())
 
-    def command(self, argv: list[str]) -> str:
-        self.calls.append(("command", *argv))
-        return ""
 
 
 def fake_kernel(tmp: Path, release: str = RELEASE) -> Kernel:
@@ -92,6 +89,7 @@ def fake_kernel(tmp: Path, release: str = RELEASE) -> Kernel:
     (tree / "kernel/fs").mkdir(parents=True)
     (tree / "kernel/fs/isofs.ko.xz").write_bytes(b"module")
     (tree / "modules.dep").write_text("kernel/fs/isofs.ko.xz:\n")
+    (tree / "modules.dep.bin").write_bytes(b"index")
     vmlinuz = tmp / "kernel/vmlinuz"
     vmlinuz.write_bytes(os.urandom(4096))
     config = tree / "config"
@@ -140,8 +138,6 @@ def world(amilab_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     guest_root = tmp_path / "guest"
     (guest_root / "usr/lib/modules/6.1.0-56-cloud-amd64").mkdir(parents=True)
     (guest_root / "lib").symlink_to("usr/lib")  # a merged-/usr image
-    (guest_root / "sbin").mkdir()
-    (guest_root / "sbin/depmod").write_text("")
     guest = FakeGuest(guest_root, [{"part_num": 2, "part_start": 1 << 20}])
     opened: list[Path] = []
 
@@ -177,7 +173,7 @@ def test_new_ami_with_the_tree_default_kernel_and_generated_ramdisk(
     tree = guest.root / "usr/lib/modules" / RELEASE
     assert (tree / "kernel/fs/isofs.ko.xz").read_bytes() == b"module"
     assert (guest.root / f"boot/config-{RELEASE}").is_file()
-    assert ("command", "/sbin/depmod", "-a", RELEASE) in guest.calls
+    assert (tree / "modules.dep.bin").is_file()  # depmod's index, made on the host
     assert ("mount", "/dev/sda", "/") in guest.calls and guest.closed
     assert rec.name == f"pv-{RELEASE}" and rec.image_id != world["pv"].image_id
     assert rec.kernel_id == world["aki"].image_id
@@ -265,9 +261,9 @@ def test_failure_or_interrupt_leaves_nothing(
     world: dict[str, Any], monkeypatch: pytest.MonkeyPatch, error: type[BaseException]
 ) -> None:
     def broken(*args: Any) -> str:
-        raise error("depmod: boom")
+        raise error("tar_in: boom")
 
-    monkeypatch.setattr(world["guest"], "command", broken)
+    monkeypatch.setattr(world["guest"], "tar_in", broken)
     raised = KeyboardInterrupt if error is KeyboardInterrupt else BuildFailed
     with pytest.raises(raised):
         mod.add_modules("pv", world["aki"].image_id, default_kernel=True)
@@ -298,3 +294,12 @@ def test_kernel_for_aki_refuses_pv_grub_and_unknown_definitions() -> None:
             pytest.skip("kernel_for_record owns this now")
         with pytest.raises(BadInput, match="no modules tree"):
             mod.kernel_for_aki(rec)
+
+
+def test_a_tree_without_an_index_is_indexed_on_a_staged_copy(tmp_path: Path) -> None:
+    k = fake_kernel(tmp_path)
+    (k.modules_dir / "modules.dep.bin").unlink()
+    (tmp_path / "work").mkdir()
+    base = mod._indexed_tree(k, tmp_path / "work")
+    assert (base / RELEASE / "modules.dep.bin").is_file()
+    assert not (k.modules_dir / "modules.dep.bin").exists()  # the cache is only read
