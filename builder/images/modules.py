@@ -57,19 +57,10 @@ class AddModules:
 
 
 def kernel_for_aki(rec: ImageRecord) -> kernel_mod.Kernel:
-    """The unpacked kernel behind a registered AKI (its vmlinuz, modules tree, config)."""
-    for_record = getattr(kernel_mod, "kernel_for_record", None)
-    if for_record is not None:  # registered kernels of every origin (register-kernel)
-        return for_record(rec)  # type: ignore[no-any-return]
-    catalogue = kernel_mod.load_catalogue()
-    name = rec.kernel_settings.definition
-    if rec.kernel_settings.pv_grub or name not in catalogue:
-        raise BadInput(f"{rec.image_id}: no modules tree is known for this kernel ({name})")
-    package, version = rec.kernel_settings.package or "", rec.package_version or ""
-    try:
-        return kernel_mod.cached_kernel(catalogue[name], package, version)
-    except Exception:  # the cache was cleared since: fetch it again
-        return kernel_mod.resolve_kernel(catalogue[name])
+    """The unpacked kernel behind a registered AKI (vmlinuz, modules tree with depmod's
+    index, config): a catalogue kernel (fetched again if the cache lost it) or one from
+    `register-kernel`. BadInput for PV-GRUB or a kernel no longer known."""
+    return kernel_mod.kernel_for_record(rec)
 
 
 def add_modules(
@@ -88,8 +79,6 @@ def add_modules(
     registry = registry or Registry()
     source = registry.find(ami_ref, "machine")
     aki = registry.find(aki_ref, "kernel")
-    if aki.kernel_settings.pv_grub:
-        raise BadInput(f"{aki.image_id} is PV-GRUB: it boots the image's own kernel")
     if default_kernel and source.virtualization_type != "paravirtual":
         raise BadInput(
             f"--default-kernel: {source.image_id} is {source.virtualization_type}; its own "
