@@ -84,12 +84,14 @@ def add_modules(
             f"--default-kernel: {source.image_id} is {source.virtualization_type}; its own "
             "bootloader picks the kernel (an hvm image has no AKI)"
         )
-    release = aki.kernel_release or ""
+    kernel = None if aki.kernel_release else kernel_for_aki(aki)
+    release = aki.kernel_release or (kernel.release if kernel else "")
     if _has_tree(source, release):
         raise BadInput(f"{source.image_id} already holds the modules of {release}")
     name = name or f"{source.name}-{release}"
     check_name_free(registry, name)
-    state = AddModules(source, aki, kernel_for_aki(aki), name, default_kernel, registry)
+    kernel = kernel or kernel_for_aki(aki)
+    state = AddModules(source, aki, kernel, name, default_kernel, registry)
     run_steps([Workdir(), CopyDisk(), AddTree(), DefaultRamdisk(), Formats(), Register()], state)
     assert state.result is not None
     return state.result
