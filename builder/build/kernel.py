@@ -674,6 +674,9 @@ def kernel_for_record(rec: ImageRecord, log: Path | None = None) -> Kernel:
 
         return own_kernel.stored_kernel(rec, own)
     name = settings.definition or ""
+    if not name:  # registered from a bundle or an import: a vmlinuz alone
+        raise BadInput(f"{rec.image_id} was registered without its modules (not from the "
+                       "catalogue or register-kernel)")  # fmt: skip
     catalogue = load_catalogue()
     if name not in catalogue:
         raise BadInput(f"{rec.image_id} comes from kernel {name!r}, no longer in the catalogue")
