@@ -76,3 +76,23 @@ def test_pv_image_boots_it_with_a_ramdisk_generated_for_it(registered: dict) -> 
     assert result.returncode == 1, shown
     assert not checks["modules-tree"]["Passed"] and f"booted {k.release}" in \
         checks["modules-tree"]["Detail"], shown  # fmt: skip
+
+
+def test_after_add_modules_the_image_passes_with_it(registered: dict) -> None:
+    """The issue's last step for an own kernel: its modules go into a new AMI (add-modules),
+    which then passes smoke with that kernel as its default, modprobe checks included."""
+    home, k, aki = registered["home"], registered["kernel"], registered["files"]["ImageId"]
+    env = {"AMILAB_HOME": str(home)}
+    added = run_amilab("add-modules", registered["ami"]["ImageId"], "--kernel", aki,
+                       "--default-kernel", "--name", "debian-pv-own-kernel", "--json",
+                       env=env, timeout=BOOT_TIMEOUT)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    (new,) = json.loads(added.stdout)["Images"]
+    assert new["KernelId"] == aki and new["ImageId"] != registered["ami"]["ImageId"]
+    result = run_amilab("smoke", new["ImageId"], "--json", env=env, timeout=BOOT_TIMEOUT)
+    report = json.loads(result.stdout)
+    shown = f"{result.stderr[-2000:]}\n{json.dumps(report, indent=1)[-4000:]}"
+    assert result.returncode == 0 and report["Passed"], shown
+    checks = {c["Name"]: c for c in report["Checks"]}
+    assert checks["kernel-release"]["Actual"] == k.release, shown
+    assert any(n.startswith("modprobe") and c["Passed"] for n, c in checks.items()), shown
