@@ -7,7 +7,7 @@ from pathlib import Path
 
 from builder.errors import BadInput
 from harness.cli.command import add_command
-from harness.cli.output import add_json, print_json
+from harness.cli.output import add_json, print_result
 
 
 def _register_kernel(args: argparse.Namespace) -> int:
@@ -26,11 +26,7 @@ def _register_kernel(args: argparse.Namespace) -> int:
             Path(args.config) if args.config else None,
         )
     rec = own_kernel.register(stored, args.name)
-    if args.json:
-        print_json({"Images": [rec.describe()]})
-    else:
-        print(rec.image_id)
-    return 0
+    return print_result(args, {"Images": [rec.describe()]}, [rec.image_id])
 
 
 def register_register_kernel(sub: argparse._SubParsersAction) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from harness.cli.command import add_command
-from harness.cli.output import add_json, print_json
+from harness.cli.output import add_json, print_result
 
 
 def _add_modules(args: argparse.Namespace) -> int:
@@ -14,11 +14,7 @@ def _add_modules(args: argparse.Namespace) -> int:
     rec = add_modules(
         args.image, args.kernel, default_kernel=args.default_kernel, name=args.name
     )
-    if args.json:
-        print_json({"Images": [rec.describe()]})
-    else:
-        print(rec.image_id)
-    return 0
+    return print_result(args, {"Images": [rec.describe()]}, [rec.image_id])
 
 
 def register_add_modules(sub: argparse._SubParsersAction) -> None:
