@@ -12,7 +12,18 @@ import sys
 from collections.abc import Callable
 
 from builder.errors import AmilabError
-from harness.cli import build, bundle, disk, images, imds, kernel, launch, modules, store
+from harness.cli import (
+    build,
+    bundle,
+    disk,
+    images,
+    imds,
+    instances,
+    kernel,
+    launch,
+    modules,
+    store,
+)
 from harness.cli.command import Parser
 
 # in the order `amilab --help` lists them
@@ -38,6 +49,17 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     launch.register_boot,
     launch.register_smoke,
     imds.register_imds,
+    instances.register_run_instances,
+    instances.register_describe_instances,
+    instances.register_stop_instances,
+    instances.register_start_instances,
+    instances.register_reboot_instances,
+    instances.register_terminate_instances,
+    instances.register_get_console_output,
+    instances.register_ssh,
+    instances.register_key_pairs,
+    instances.register_volumes,
+    instances.register_create_image,
 ]
 
 

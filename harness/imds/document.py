@@ -174,6 +174,7 @@ SINCE: dict[str, str] = {
     "services": "2014-02-25",
     "placement/region": "2020-10-27",
     "tags": "2021-03-23",
+    "spot": "2014-11-05",
     "dynamic": "2009-04-04",
 }
 
@@ -290,6 +291,10 @@ def meta_data(md: InstanceMetadata, version: str = "latest") -> dict[str, Any]:
         leaves["public-keys"] = _dir({"0": key0}, listing=[f"0={md.key_name}"])
     if md.iam_role:
         leaves["iam"] = _iam(md)
+    if spot := md.extra.get("spot"):
+        # an announced interruption (run-instances --spot-interruption-after), as EC2 serves it
+        action = json.dumps({"action": spot["Action"], "time": spot["Time"]})
+        leaves["spot"] = _dir({"instance-action": action, "termination-time": spot["Time"]})
     if md.instance_metadata_tags and md.tags:
         leaves["tags"] = _dir({"instance": _dir(dict(md.tags))})
     return _dir({k: v for k, v in leaves.items() if _has(version, k)})

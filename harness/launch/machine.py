@@ -40,6 +40,10 @@ class Disk:
     path: Path
     format: str  # raw | qcow2 | vmdk
     bus: str = "virtio"  # virtio | nvme | ide | scsi
+    # True: the guest writes the file itself (an instance's EBS volume, kept across stops);
+    # False: writes go to a throwaway overlay (snapshot=on), the file is only read
+    persistent: bool = False
+    serial: str | None = None  # what the guest reads as the disk's serial (NVMe: the volume ID)
 
 
 @dataclass
@@ -53,6 +57,7 @@ class MachineSpec:
     ramdisk: Path | None = None
     cmdline: str = ""
     ssh_port: int | None = None
+    ssh_address: str = "127.0.0.1"  # a long-lived instance has a loopback address of its own
     imds_command: str | None = None
     console_log: Path | None = None
     console_socket: Path | None = None  # interactive: a socket the harness attaches to
@@ -61,6 +66,7 @@ class MachineSpec:
     memory_mib: int | None = None
     smp: int | None = None
     extra_layers: list[str] = field(default_factory=list)
+    extra_disks: list[Disk] = field(default_factory=list)  # EBS volumes, instance store
     # the instance as its firmware tables describe it (EC2's DMI identity); None: QEMU's own
     instance_id: str | None = None
     instance_type: str = "m1.small"
@@ -118,20 +124,30 @@ class _Ini:
         return buf.getvalue()
 
 
-def _disk_args(ini: _Ini, disk: Disk) -> None:
-    # snapshot=on: writes go to a temporary overlay, the image file is opened read-only;
-    # cache=unsafe: that overlay is thrown away, so flushes would only cost time.
-    ini.arg("drive:root", file=str(disk.path), format=disk.format, snapshot="on", cache="unsafe",
-            **{"if": "none"})  # fmt: skip
+def _disk_args(ini: _Ini, disk: Disk, name: str = "root", boot: bool = True) -> None:
+    if disk.persistent:
+        # an EBS volume: the guest's writes are the volume's; QEMU's cache is flushed when
+        # the guest asks (writeback), so a stop loses nothing the guest synced
+        ini.arg(f"drive:{name}", file=str(disk.path), format=disk.format, cache="writeback",
+                **{"if": "none"})  # fmt: skip
+    else:
+        # snapshot=on: writes go to a temporary overlay, the image file is opened read-only;
+        # cache=unsafe: that overlay is thrown away, so flushes would only cost time.
+        ini.arg(f"drive:{name}", file=str(disk.path), format=disk.format, snapshot="on",
+                cache="unsafe", **{"if": "none"})  # fmt: skip
+    order = {"bootindex": 1} if boot else {}
+    serial = disk.serial or f"amilab-{name}"
+    dev = f"device:{name}disk" if name != "root" else "device:rootdisk"
     if disk.bus == "virtio":
-        ini.arg("device:rootdisk", "virtio-blk-pci", drive="root", bootindex=1)
+        ids = {"serial": disk.serial} if disk.serial else {}
+        ini.arg(dev, "virtio-blk-pci", drive=name, **ids, **order)
     elif disk.bus == "nvme":
-        ini.arg("device:rootdisk", "nvme", drive="root", serial="amilab-root", bootindex=1)
+        ini.arg(dev, "nvme", drive=name, serial=serial, **order)
     elif disk.bus == "ide":
-        ini.arg("device:rootdisk", "ide-hd", drive="root", bus="ide.0", bootindex=1)
+        ini.arg(dev, "ide-hd", drive=name, bus="ide.0", **order)
     elif disk.bus == "scsi":
         ini.arg("device:scsi0", "virtio-scsi-pci")
-        ini.arg("device:rootdisk", "scsi-hd", drive="root", bus="scsi0.0", bootindex=1)
+        ini.arg(dev, "scsi-hd", drive=name, bus="scsi0.0", **order)
     else:
         raise ValueError(f"unknown disk bus {disk.bus}")
 
@@ -168,9 +184,11 @@ def launch_layer(spec: MachineSpec) -> str:
         ini.arg("smbios", type=1, manufacturer="Amazon EC2", product=spec.instance_type,
                 uuid=uuid, serial=uuid)  # fmt: skip
     _disk_args(ini, spec.disk)
+    for i, extra in enumerate(spec.extra_disks, 1):
+        _disk_args(ini, extra, name=f"disk{i}", boot=False)
     net: dict[str, str] = {}
     if spec.ssh_port is not None:
-        net["hostfwd"] = f"tcp:127.0.0.1:{spec.ssh_port}-:22"
+        net["hostfwd"] = f"tcp:{spec.ssh_address}:{spec.ssh_port}-:22"
     if spec.imds_command:
         # slirp splits the command on spaces itself (no shell): keep paths free of spaces
         net["guestfwd"] = f"tcp:{IMDS_ADDR}:80-cmd:{spec.imds_command}"

@@ -67,7 +67,10 @@ class _AnyHostKey(paramiko.MissingHostKeyPolicy):
 
 
 def _banner_ready(
-    port: int, check: Callable[[], None] = lambda: None, wait: float | None = None
+    port: int,
+    check: Callable[[], None] = lambda: None,
+    wait: float | None = None,
+    host: str = "127.0.0.1",
 ) -> socket.socket | None:
     """A connected socket whose peer has started talking (the SSH banner, peeked, not read),
     or None when nothing answered within `wait` (default BANNER_WAIT).
@@ -85,7 +88,7 @@ def _banner_ready(
         while time.monotonic() < deadline:
             now = time.monotonic()
             if now >= next_probe and len(pending) < MAX_PROBES:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=BANNER_SLICE)
+                sock = socket.create_connection((host, port), timeout=BANNER_SLICE)
                 sock.setblocking(False)
                 pending.append(sock)
                 next_probe = now + PROBE_INTERVAL
@@ -114,6 +117,7 @@ def wait_for_ssh(
     timeout: float,
     check: Callable[[], None],
     user: str = "root",
+    host: str = "127.0.0.1",
 ) -> SshLogin:
     """Connect and authenticate; `check()` runs between attempts and raises to give up early
     (console failure, QEMU gone)."""
@@ -127,7 +131,7 @@ def wait_for_ssh(
             raise SshTimeout(f"no SSH login within {timeout:.0f} s (last: {last})")
         attempts += 1
         try:
-            sock = _banner_ready(port, check)
+            sock = _banner_ready(port, check, host=host)
         except OSError as e:
             sock, last = None, f"connect: {e}"
         if sock is None:
@@ -140,7 +144,7 @@ def wait_for_ssh(
         client.set_missing_host_key_policy(policy)
         try:
             client.connect(
-                "127.0.0.1", port=port, username=user, pkey=pkey, sock=sock,
+                host, port=port, username=user, pkey=pkey, sock=sock,
                 look_for_keys=False, allow_agent=False, timeout=30,
                 banner_timeout=30, auth_timeout=30,
             )  # fmt: skip

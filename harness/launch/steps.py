@@ -55,6 +55,9 @@ class LaunchOptions:
     memory_mib: int | None = None
     smp: int | None = None
     extra_layers: list[str] = field(default_factory=list)  # user layers, applied last
+    # a long-lived instance's own loopback address: its SSH on port 22 there, not a free port
+    ssh_address: str | None = None
+    extra_disks: list[Disk] = field(default_factory=list)  # its other volumes
     # InstanceMetadata fields the launch sets beyond what the AMI gives (user_data, tags,
     # iam_role, http_tokens, http_endpoint, ...), as EC2's RunInstances parameters do
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -264,7 +267,9 @@ class ComposeCommand(Step[Instance]):
             kernel=p.kernel_path or (Path(p.kernel.image_location) if p.kernel else None),
             ramdisk=p.ramdisk_path or (Path(p.ramdisk.image_location) if p.ramdisk else None),
             cmdline=p.cmdline,
-            ssh_port=free_port(),
+            ssh_port=22 if o.ssh_address else free_port(),
+            ssh_address=o.ssh_address or "127.0.0.1",
+            extra_disks=list(o.extra_disks),
             imds_command=s.imds_command,
             console_log=s.dir.console_log,
             console_socket=s.dir.console_socket if o.interactive else None,
@@ -316,7 +321,7 @@ class StartNetwork(Step[Instance]):
                 return
             s.net.kill()
             err = s.net.stderr_tail()
-            if _port_taken(err) and attempt + 1 < PORT_RETRIES:
+            if _port_taken(err) and attempt + 1 < PORT_RETRIES and not s.options.ssh_address:
                 s.spec.ssh_port = free_port()  # taken since we picked it
                 compose_commands(s)
                 continue
@@ -345,7 +350,8 @@ class StartQemu(Step[Instance]):
             except Exception:  # noqa: BLE001 - QEMU gone or silent: its stderr says why
                 s.qemu.kill()
                 err = s.qemu.stderr_tail()
-                if _port_taken(err) and attempt + 1 < PORT_RETRIES and not s.net_argv:
+                retry = not s.net_argv and not s.options.ssh_address
+                if _port_taken(err) and attempt + 1 < PORT_RETRIES and retry:
                     s.spec.ssh_port = free_port()  # taken since we picked it
                     compose_commands(s)
                     continue
@@ -384,7 +390,9 @@ class WaitForSsh(Step[Instance]):
                 raise BootFailed(why + detail, watcher.tail())
 
         pkey = keys.load_private_key(s.key_path)
-        s.login = wait_for_ssh(s.spec.ssh_port, pkey, s.options.ssh_timeout, check)
+        s.login = wait_for_ssh(
+            s.spec.ssh_port, pkey, s.options.ssh_timeout, check, host=s.spec.ssh_address
+        )
         assert s.qemu_started_at is not None
         now = time.monotonic()
         s.seconds_to_ssh = round(now - s.qemu_started_at, 2)

@@ -1,0 +1,400 @@
+"""Long-lived instances, key pairs, EBS volumes and snapshots, create-image: EC2's verbs with
+the aws CLI's names. Each command parses its arguments and calls harness.instances (or
+builder.images.volumes); `--json` prints EC2's response shape, else a line or table for a
+person (IDs first, so scripts can take them)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness.cli.command import add_command
+from harness.cli.flags import add_launch_arguments, launch_request
+from harness.cli.output import add_json, print_result, show
+
+# ------------------------------------------------------------------ instances
+
+
+def _run_instances(args: argparse.Namespace) -> int:
+    from harness.instances.operations import RunRequest, parse_block_device_mapping, run_instances
+    from harness.launch.request import progress_printer
+
+    if args.spot_action not in ("terminate", "stop"):
+        from builder.errors import BadInput
+
+        raise BadInput(f"--spot-action {args.spot_action!r}: terminate or stop")
+    req = launch_request(
+        RunRequest, args, image=args.image, count=args.count, key_name=args.key_name,
+        placement=args.placement, shutdown_behavior=args.instance_initiated_shutdown_behavior,
+        block_device_mappings=[parse_block_device_mapping(m) for m in args.block_device_mapping],
+        spot_interruption_after=args.spot_interruption_after, spot_action=args.spot_action,
+    )  # fmt: skip
+    result = run_instances(req, say=None if args.json else progress_printer())
+    lines = [f"{i['InstanceId']}\t{i['State']['Name']}\t{i['PublicIpAddress']}"
+             for i in result["Instances"]]  # fmt: skip
+    return print_result(args, result, lines)
+
+
+def register_run_instances(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "run-instances", _run_instances,
+        "launch instances that keep running after the command (EC2's RunInstances)",
+        description="Launch instances of an EBS-backed AMI. Each gets a supervisor process, a "
+        "root volume over the image's snapshot and a loopback address of its own with SSH on "
+        "port 22; the command returns with them pending (describe-instances shows running).",
+    )  # fmt: skip
+    p.add_argument("image", metavar="AMI", help="AMI ID or image name")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--key-name", metavar="NAME", help="a key pair: its public key is served")
+    p.add_argument("--placement", default="us-east-1a", metavar="ZONE")
+    p.add_argument(
+        "--instance-initiated-shutdown-behavior", default="stop", choices=("stop", "terminate")
+    )
+    p.add_argument(
+        "--block-device-mapping", action="append", default=[], metavar="MAPPING",
+        help="/dev/sdb=ephemeral0, /dev/sdc=[snap-…]:[GiB][:true|false], /dev/sdb=none, "
+        "or the aws CLI's JSON list (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--spot-interruption-after", type=float, metavar="SECONDS",
+        help="announce a spot interruption at once (spot/instance-action) and carry it out "
+        "after SECONDS",
+    )  # fmt: skip
+    p.add_argument("--spot-action", default="terminate", help="terminate or stop")
+    add_launch_arguments(p, single=True)
+    add_json(p, "print the RunInstances reservation")
+
+
+def _describe_instances(args: argparse.Namespace) -> int:
+    from harness.instances.operations import describe_instances, parse_filters
+
+    result = describe_instances(args.instance_ids, parse_filters(args.filters))
+
+    def human() -> None:
+        for res in result["Reservations"]:
+            for i in res["Instances"]:
+                reason = (i.get("StateReason") or {}).get("Message", "")
+                print("\t".join([i["InstanceId"], i["State"]["Name"], i["ImageId"],
+                                 i["InstanceType"], i.get("PublicIpAddress") or "-",
+                                 i.get("KernelId") or "-", reason]))  # fmt: skip
+
+    return show(args, result, human)
+
+
+def register_describe_instances(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "describe-instances", _describe_instances, "list instances")
+    p.add_argument("instance_ids", nargs="*", metavar="INSTANCE_ID")
+    p.add_argument(
+        "--filters", action="append", default=[], metavar="Name=N,Values=V1,V2",
+        help="instance-id, image-id, instance-state-name, instance-type, key-name, tag:KEY",
+    )  # fmt: skip
+    add_json(p, "print the describe-instances shape")
+
+
+def _state_command(op: str, key: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        from harness.instances import operations
+
+        func = getattr(operations, op)
+        changes = func(args.instance_ids, wait=args.wait)
+        lines = [f"{c['InstanceId']}\t{c['PreviousState']['Name']} -> {c['CurrentState']['Name']}"
+                 for c in changes]  # fmt: skip
+        return print_result(args, {key: changes}, lines)
+
+    return run
+
+
+def _register_state(
+    sub: argparse._SubParsersAction, name: str, op: str, key: str, help: str
+) -> None:
+    p = add_command(sub, name, _state_command(op, key), help)
+    p.add_argument("instance_ids", nargs="+", metavar="INSTANCE_ID")
+    p.add_argument("--wait", action="store_true", help="return once the change is complete")
+    add_json(p)
+
+
+def register_stop_instances(sub: argparse._SubParsersAction) -> None:
+    _register_state(sub, "stop-instances", "stop_instances", "StoppingInstances",
+                    "stop instances (ACPI power button, then forced); volumes stay")  # fmt: skip
+
+
+def register_start_instances(sub: argparse._SubParsersAction) -> None:
+    _register_state(sub, "start-instances", "start_instances", "StartingInstances",
+                    "start stopped instances again on the same volumes and address")  # fmt: skip
+
+
+def register_terminate_instances(sub: argparse._SubParsersAction) -> None:
+    _register_state(sub, "terminate-instances", "terminate_instances", "TerminatingInstances",
+                    "terminate instances; DeleteOnTermination volumes are deleted")  # fmt: skip
+
+
+def _reboot(args: argparse.Namespace) -> int:
+    from harness.instances.operations import reboot_instances
+
+    reboot_instances(args.instance_ids)
+    return print_result(args, {"Return": True}, list(args.instance_ids))
+
+
+def register_reboot_instances(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "reboot-instances", _reboot, "reboot running instances")
+    p.add_argument("instance_ids", nargs="+", metavar="INSTANCE_ID")
+    add_json(p)
+
+
+def _console(args: argparse.Namespace) -> int:
+    from harness.instances.operations import console_output
+
+    out = console_output(args.instance_id)
+    return show(args, out, lambda: sys.stdout.write(out["Output"]))
+
+
+def register_get_console_output(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "get-console-output", _console, "an instance's serial console")
+    p.add_argument("instance_id", metavar="INSTANCE_ID")
+    add_json(p)
+
+
+def _ssh(args: argparse.Namespace) -> int:
+    from builder.errors import BadInput, EnvironmentProblem
+    from harness.instances.operations import ssh_target
+
+    address, own_key = ssh_target(args.instance_id)
+    key = args.identity or own_key
+    if key is None:
+        raise BadInput(
+            f"{args.instance_id} was launched with a key pair: give its private key with -i FILE"
+        )
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        raise EnvironmentProblem("ssh is missing (Debian's openssh-client)")
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    argv = [ssh, "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o",
+            "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
+            f"{args.user}@{address}", *command]  # fmt: skip
+    sys.stdout.flush()
+    os.execv(ssh, argv)
+    return 0  # not reached
+
+
+def register_ssh(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "ssh", _ssh, "ssh to a running instance's address, port 22")
+    p.add_argument("instance_id", metavar="INSTANCE_ID")
+    p.add_argument(
+        "-i",
+        "--identity",
+        type=Path,
+        metavar="KEY.pem",
+        help="private key (default: the instance's own, when launched without one)",
+    )
+    p.add_argument("-l", "--user", default="root")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND to run")
+
+
+# ------------------------------------------------------------------ key pairs
+
+
+def _create_key_pair(args: argparse.Namespace) -> int:
+    from harness.instances.keypairs import create_key_pair
+
+    row, private = create_key_pair(args.key_name, args.key_type)
+    payload = {k: v for k, v in row.items() if k != "PublicKey"} | {"KeyMaterial": private}
+    return show(args, payload, lambda: sys.stdout.write(private))
+
+
+def _import_key_pair(args: argparse.Namespace) -> int:
+    from builder.errors import BadInput
+    from harness.instances.keypairs import import_key_pair
+
+    try:
+        material = Path(args.public_key_material).read_text()
+    except OSError as e:
+        raise BadInput(f"--public-key-material {args.public_key_material}: {e.strerror}") from None
+    row = import_key_pair(args.key_name, material)
+    return print_result(args, {k: v for k, v in row.items() if k != "PublicKey"},
+                        [row["KeyName"]])  # fmt: skip
+
+
+def _describe_key_pairs(args: argparse.Namespace) -> int:
+    from harness.instances.keypairs import describe_key_pairs
+
+    rows = describe_key_pairs(args.key_names)
+    return print_result(args, {"KeyPairs": rows},
+                        [f"{r['KeyName']}\t{r['KeyFingerprint']}" for r in rows])  # fmt: skip
+
+
+def _delete_key_pair(args: argparse.Namespace) -> int:
+    from harness.instances.keypairs import delete_key_pair
+
+    delete_key_pair(args.key_name)
+    return print_result(args, {"Return": True}, [])
+
+
+def register_key_pairs(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
+        "create-key-pair",
+        _create_key_pair,
+        "make a key pair: amilab keeps the public half, prints the private key once",
+    )
+    p.add_argument("--key-name", required=True)
+    p.add_argument("--key-type", default="ed25519", choices=("ed25519", "rsa"))
+    add_json(p, "CreateKeyPair's response (KeyMaterial is the private key)")
+    p = add_command(sub, "import-key-pair", _import_key_pair, "register your own public key")
+    p.add_argument("--key-name", required=True)
+    p.add_argument("--public-key-material", required=True, metavar="FILE.pub")
+    add_json(p)
+    p = add_command(sub, "describe-key-pairs", _describe_key_pairs, "list key pairs")
+    p.add_argument("--key-names", nargs="*", default=[], metavar="NAME")
+    add_json(p)
+    p = add_command(sub, "delete-key-pair", _delete_key_pair, "forget a key pair")
+    p.add_argument("--key-name", required=True)
+    add_json(p)
+
+
+# ---------------------------------------------------------- volumes, snapshots
+
+
+def _create_volume(args: argparse.Namespace) -> int:
+    from builder.images.lifecycle import parse_tags
+    from builder.images.volumes import create_volume, public
+
+    vol = create_volume(args.size, args.snapshot_id, args.availability_zone, args.volume_type,
+                        parse_tags(args.tag))  # fmt: skip
+    return print_result(args, public(vol), [vol["VolumeId"]])
+
+
+def _attach_volume(args: argparse.Namespace) -> int:
+    from harness.instances.operations import attach_volume
+
+    att = attach_volume(args.volume_id, args.instance_id, args.device)
+    return print_result(args, att, [f"{att['VolumeId']}\t{att['State']}"])
+
+
+def _detach_volume(args: argparse.Namespace) -> int:
+    from harness.instances.operations import detach_volume
+
+    att = detach_volume(args.volume_id, args.instance_id)
+    return print_result(args, att, [f"{att['VolumeId']}\t{att['State']}"])
+
+
+def _describe_volumes(args: argparse.Namespace) -> int:
+    from builder.images.volumes import describe_volumes
+
+    rows = describe_volumes(args.volume_ids)
+    lines = [f"{v['VolumeId']}\t{v['State']}\t{v['Size']}\t{v['SnapshotId'] or '-'}\t"
+             + ",".join(a["InstanceId"] for a in v["Attachments"]) for v in rows]  # fmt: skip
+    return print_result(args, {"Volumes": rows}, lines)
+
+
+def _delete_volume(args: argparse.Namespace) -> int:
+    from builder.images.volumes import delete_volume
+
+    delete_volume(args.volume_id)
+    return print_result(args, {"Return": True}, [])
+
+
+def _create_snapshot(args: argparse.Namespace) -> int:
+    from builder.images.volumes import create_snapshot, public
+
+    snap = create_snapshot(args.volume_id, args.description or "")
+    return print_result(args, public(snap), [snap["SnapshotId"]])
+
+
+def _describe_snapshots(args: argparse.Namespace) -> int:
+    from builder.images.volumes import describe_snapshots
+
+    rows = describe_snapshots(args.snapshot_ids)
+    lines = [f"{s['SnapshotId']}\t{s['State']}\t{s['VolumeId']}\t{s['VolumeSize']}" for s in rows]
+    return print_result(args, {"Snapshots": rows}, lines)
+
+
+def _copy_snapshot(args: argparse.Namespace) -> int:
+    from builder.images.volumes import copy_snapshot
+
+    snap = copy_snapshot(args.source_snapshot_id, args.description)
+    return print_result(args, {"SnapshotId": snap["SnapshotId"]}, [snap["SnapshotId"]])
+
+
+def _delete_snapshot(args: argparse.Namespace) -> int:
+    from builder.images.volumes import delete_snapshot
+
+    delete_snapshot(args.snapshot_id)
+    return print_result(args, {"Return": True}, [])
+
+
+def register_volumes(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "create-volume", _create_volume, "an EBS volume: empty or from a snapshot")
+    p.add_argument("--size", type=int, metavar="GiB")
+    p.add_argument("--snapshot-id")
+    p.add_argument("--availability-zone", default="us-east-1a")
+    p.add_argument("--volume-type", default="gp2")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    add_json(p)
+    p = add_command(sub, "attach-volume", _attach_volume, "attach a volume to a stopped instance")
+    p.add_argument("--volume-id", required=True)
+    p.add_argument("--instance-id", required=True)
+    p.add_argument("--device", required=True, metavar="/dev/sdX")
+    add_json(p)
+    p = add_command(sub, "detach-volume", _detach_volume, "detach a volume (instance stopped)")
+    p.add_argument("--volume-id", required=True)
+    p.add_argument("--instance-id")
+    add_json(p)
+    p = add_command(sub, "describe-volumes", _describe_volumes, "list volumes")
+    p.add_argument("volume_ids", nargs="*", metavar="VOLUME_ID")
+    add_json(p)
+    p = add_command(sub, "delete-volume", _delete_volume, "delete an available volume")
+    p.add_argument("--volume-id", required=True)
+    add_json(p)
+    p = add_command(sub, "create-snapshot", _create_snapshot, "an immutable copy of a volume")
+    p.add_argument("--volume-id", required=True)
+    p.add_argument("--description")
+    add_json(p)
+    p = add_command(sub, "describe-snapshots", _describe_snapshots, "list snapshots")
+    p.add_argument("snapshot_ids", nargs="*", metavar="SNAPSHOT_ID")
+    add_json(p)
+    p = add_command(sub, "copy-snapshot", _copy_snapshot, "a snapshot under a new ID")
+    p.add_argument("--source-snapshot-id", required=True)
+    p.add_argument("--description")
+    add_json(p)
+    p = add_command(
+        sub,
+        "delete-snapshot",
+        _delete_snapshot,
+        "delete a snapshot (refused while a registered image uses it)",
+    )
+    p.add_argument("--snapshot-id", required=True)
+    add_json(p)
+
+
+# ------------------------------------------------------------------ create-image
+
+
+def _create_image(args: argparse.Namespace) -> int:
+    from harness.instances.operations import create_image
+
+    rec = create_image(args.instance_id, args.name, args.no_reboot, args.description or "")
+    return print_result(args, {"ImageId": rec.image_id}, [rec.image_id])
+
+
+def register_create_image(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
+        "create-image",
+        _create_image,
+        "an AMI from an instance: its volumes snapshotted, the AMI refers to them",
+    )
+    p.add_argument("instance_id", metavar="INSTANCE_ID")
+    p.add_argument("--name", required=True)
+    p.add_argument("--description")
+    p.add_argument(
+        "--no-reboot",
+        action="store_true",
+        help="snapshot the running instance without stopping it first",
+    )
+    add_json(p)

@@ -1,0 +1,296 @@
+"""The process behind one running instance: `python -m harness.instances.supervisor i-…`.
+
+It owns the instance's QEMU, its network's QEMU, its metadata service (a thread) and its
+console log, and it alone moves the instance through pending → running → stopping →
+stopped (or shutting-down → terminated), writing each state to the registry. Commands reach
+it by signal: SIGTERM stops or terminates it (the record's `Amilab.Desired` says which),
+SIGHUP reboots it. Both QEMUs are started with the parent-death signal from this process's
+main thread, so a `kill -9` of the supervisor kills them too; describe-instances notices
+the dead supervisor (PID and start time) and says stopped, with the reason.
+
+A guest that powers itself off stops (or terminates, per its
+instance-initiated shutdown behaviour); one that reboots is started again on the same
+volumes. The console tells which: Linux prints "reboot: Power down" or "reboot: Restarting
+system" last, and QEMU (-no-reboot) exits either way.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from builder.errors import AmilabError
+from builder.images import volumes
+from builder.images.registry import Registry
+from builder.images.tables import Row
+from builder.steps import Step, StepRunner
+from harness.imds.document import block_device_mapping
+from harness.instances import store
+from harness.instances.types import instance_type
+from harness.launch import accel
+from harness.launch import instance as launch_dirs
+from harness.launch.machine import Disk
+from harness.launch.plan import make_plan
+from harness.launch.steps import (
+    ComposeCommand,
+    Instance,
+    LaunchOptions,
+    StartMetadataService,
+    StartNetwork,
+    StartQemu,
+    WriteMetadata,
+)
+
+POLL = 0.2
+STOP_GRACE = 20.0  # seconds the guest gets to shut down on an ACPI power button before quit
+REBOOT_LIMIT = 3  # guest-initiated reboots within REBOOT_WINDOW before it counts as a crash
+REBOOT_WINDOW = 120.0
+
+_requests: list[str] = []
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _requests.append("reboot" if signum == signal.SIGHUP else "stop")
+
+
+def _log(text: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
+
+
+class OpenInstanceDir(Step[Instance]):
+    """The instance's directory lives as long as the instance, not as long as one boot."""
+
+    name = "instance"
+
+    def __init__(self, record: Row) -> None:
+        self.record = record
+
+    def run(self, s: Instance) -> None:
+        iid = self.record["InstanceId"]
+        s.dir = launch_dirs.InstanceDir(iid, Path(self.record["Amilab"]["Dir"]))
+        launch_dirs.instance_logs().mkdir(parents=True, exist_ok=True)
+        s.public_key = self.record["Amilab"]["PublicKey"]
+        key = s.dir.path / "id_ed25519"
+        s.key_path = key if key.exists() else None
+
+
+def attached_disks(record: Row, bus: str) -> tuple[Disk, list[Disk]]:
+    """The root volume and the other block devices, in mapping order."""
+    root: Disk | None = None
+    others: list[Disk] = []
+    for m in record["BlockDeviceMappings"]:
+        vol = volumes.volumes().find(m["Ebs"]["VolumeId"], "InvalidVolume.NotFound")
+        serial = vol["VolumeId"].replace("-", "")  # as EC2's NVMe volumes name themselves
+        disk = Disk(volumes.volume_path(vol), "qcow2", bus, persistent=True, serial=serial)
+        if m["DeviceName"] == record["RootDeviceName"]:
+            root = disk
+        else:
+            others.append(disk)
+    for i, path in enumerate(record["Amilab"].get("InstanceStore", [])):
+        others.append(Disk(Path(path), "qcow2", bus, persistent=True, serial=f"ephemeral{i}"))
+    if root is None:
+        raise AmilabError(f"{record['InstanceId']} has no root volume")
+    return root, others
+
+
+def instance_metadata(record: Row) -> dict[str, Any]:
+    """What the metadata service serves beyond what the image gives."""
+    a = record["Amilab"]
+    md: dict[str, Any] = dict(a["Launch"].get("Metadata") or {})
+    if "user_data_b64" in md:
+        import base64
+
+        md["user_data"] = base64.b64decode(md.pop("user_data_b64"))
+    md["public_key"] = a["PublicKey"]
+    md["key_name"] = record.get("KeyName") or f"amilab-{record['InstanceId']}"
+    md["instance_type"] = record["InstanceType"]
+    md["availability_zone"] = record["Placement"]["AvailabilityZone"]
+    md["ami_launch_index"] = record.get("AmiLaunchIndex", 0)
+    md["reservation_id"] = a.get("ReservationId", "")
+    mappings = [
+        {"DeviceName": m["DeviceName"], "Ebs": {}} for m in record["BlockDeviceMappings"]
+    ] + [
+        {"DeviceName": d, "VirtualName": f"ephemeral{i}"}
+        for i, d in enumerate(a.get("InstanceStoreDevices", []))
+    ]
+    md["block_device_mapping"] = block_device_mapping(record["RootDeviceName"], mappings)
+    if spot := a.get("Spot"):
+        md.setdefault("extra", {})["spot"] = spot
+    return md
+
+
+def build_instance(record: Row) -> Instance:
+    a = record["Amilab"]
+    launch = a["Launch"]
+    image = Registry().find(record["ImageId"], "machine")
+    itype = instance_type(record["InstanceType"])
+    bus = launch.get("DiskBus") or itype.disk_bus
+    plan = make_plan(
+        image,
+        kernel_ref=record.get("KernelId") if image.virtualization_type != "hvm" else None,
+        ramdisk_ref=(record.get("RamdiskId") or "none")
+        if image.virtualization_type != "hvm"
+        else None,
+        firmware=launch.get("Firmware"),
+        disk_bus=bus,
+        append=launch.get("Append"),
+    )
+    plan.disk, extra = attached_disks(record, bus)
+    plan.imported = False  # an instance's volume is its own; VM Import's fixes went into it
+    options = LaunchOptions(
+        accelerator=accel.choose(launch.get("Accel") or "auto"),
+        open_network=bool(launch.get("OpenNetwork")),
+        extra_layers=list(launch.get("Layers") or []),
+        metadata=instance_metadata(record),
+        ssh_address=record["PublicIpAddress"],
+        extra_disks=extra,
+        memory_mib=itype.qemu_memory(),
+        smp=itype.qemu_smp(),
+        say=_log,
+    )
+    return Instance(plan, options)
+
+
+def _update(iid: str, change: Any) -> Row:
+    return store.instances().update(iid, change, "InvalidInstanceID.NotFound")
+
+
+def _console_end(inst: Instance) -> str:
+    """Why QEMU ended, from the console's last lines: poweroff, reboot or panic."""
+    assert inst.dir is not None
+    try:
+        tail = inst.dir.console_log.read_text(errors="replace")[-4000:]
+    except OSError:
+        return "gone"
+    if "Kernel panic" in tail:
+        return "panic"
+    if "reboot: Restarting system" in tail:
+        return "reboot"
+    if "reboot: Power down" in tail or "reboot: System halted" in tail:
+        return "poweroff"
+    return "gone"
+
+
+def supervise(iid: str) -> int:
+    record = store.find(iid)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # detached: no terminal's Ctrl-C is ours
+    final = "stopped"
+    reason: tuple[str, str] | None = store.USER_SHUTDOWN
+    try:
+        inst = build_instance(record)
+        with StepRunner(inst) as runner:
+            runner.run_all([OpenInstanceDir(record), WriteMetadata(), StartMetadataService(),
+                            ComposeCommand(), StartNetwork(), StartQemu()])  # fmt: skip
+            final, reason = _run(iid, inst)
+    except AmilabError as e:
+        _log(f"launch failed: {e}")
+        final = "stopped" if store.find(iid)["Amilab"].get("Desired") != "terminate" else final
+        reason = ("Server.InternalError", f"Server.InternalError: {str(e).splitlines()[0]}")
+    except BaseException as e:  # noqa: BLE001 - the record must say what happened
+        _log(f"supervisor failed: {type(e).__name__}: {e}")
+        reason = ("Server.InternalError", f"Server.InternalError: {type(e).__name__}: {e}")
+        raise
+    finally:
+        _finish(iid, final, reason)
+    return 0
+
+
+def _run(iid: str, inst: Instance) -> tuple[str, tuple[str, str] | None]:
+    assert inst.qemu is not None and inst.dir is not None
+
+    def running(r: Row) -> None:
+        r["Amilab"]["QemuPid"] = inst.qemu.pid if inst.qemu else None
+        r["Amilab"]["NetworkPid"] = inst.net.pid if inst.net else None
+        if r["State"]["Name"] == "pending":
+            store.set_state(r, "running")
+
+    _update(iid, running)
+    _log(f"running: QEMU {inst.qemu.pid}")
+    reboots: list[float] = []
+    spot = (inst.options.metadata.get("extra") or {}).get("spot")
+    while True:
+        if _requests:
+            what = _requests.pop(0)
+            if what == "reboot":
+                _log("reboot requested")
+                _restart(inst, powerdown=True)
+                continue
+            desired = store.find(iid)["Amilab"].get("Desired") or "stop"
+            _log(f"{desired} requested")
+            inst.qemu.stop(inst.dir.qmp_socket, timeout=STOP_GRACE, powerdown=True)
+            if desired == "terminate":
+                return "terminated", store.USER_SHUTDOWN
+            return "stopped", store.USER_SHUTDOWN
+        if spot and time.time() >= spot["At"]:
+            _log(f"spot interruption: {spot['Action']}")
+            _update(iid, lambda r: r["Amilab"].update(
+                Desired="terminate" if spot["Action"] == "terminate" else "stop"))  # fmt: skip
+            inst.qemu.stop(inst.dir.qmp_socket, timeout=2.0, powerdown=True)
+            why = ("Server.SpotInstanceTermination",
+                   "Server.SpotInstanceTermination: Spot instance termination")  # fmt: skip
+            return ("terminated" if spot["Action"] == "terminate" else "stopped"), why
+        if not inst.qemu.alive():
+            end = _console_end(inst)
+            _log(f"QEMU exited ({end}, status {inst.qemu.exit_status()})")
+            if end in ("reboot", "panic"):
+                now = time.monotonic()
+                reboots = [t for t in reboots if now - t < REBOOT_WINDOW] + [now]
+                if len(reboots) <= REBOOT_LIMIT:
+                    _restart(inst, powerdown=False)
+                    continue
+                return "stopped", ("Server.InternalError",
+                                   f"Server.InternalError: the guest restarted {len(reboots)} "
+                                   f"times within {REBOOT_WINDOW:.0f} s (last: {end})")  # fmt: skip
+            if end == "poweroff":
+                behaviour = store.find(iid)["Amilab"].get("ShutdownBehavior", "stop")
+                final = "terminated" if behaviour == "terminate" else "stopped"
+                return final, store.GUEST_SHUTDOWN
+            err = inst.qemu.stderr_tail(2)
+            return "stopped", ("Server.InternalError",
+                               "Server.InternalError: QEMU exited unexpectedly"
+                               + (f": {err}" if err else ""))  # fmt: skip
+        time.sleep(POLL)
+
+
+def _restart(inst: Instance, powerdown: bool) -> None:
+    """A new QEMU on the same volumes, network and metadata (a reboot)."""
+    assert inst.qemu is not None and inst.dir is not None
+    if inst.qemu.alive():
+        inst.qemu.stop(inst.dir.qmp_socket, timeout=STOP_GRACE, powerdown=powerdown)
+    StartQemu().run(inst)
+    iid = inst.instance_id
+    _update(iid, lambda r: r["Amilab"].update(QemuPid=inst.qemu.pid if inst.qemu else None))
+    _log(f"restarted: QEMU {inst.qemu.pid if inst.qemu else '?'}")
+
+
+def _finish(iid: str, final: str, reason: tuple[str, str] | None) -> None:
+    from harness.instances.operations import release_terminated
+
+    def change(r: Row) -> None:
+        desired = r["Amilab"].get("Desired")
+        name = "terminated" if desired == "terminate" or final == "terminated" else "stopped"
+        store.set_state(r, name, reason)
+        r["Amilab"].update(QemuPid=None, NetworkPid=None, Supervisor=None, Desired=None)
+
+    r = _update(iid, change)
+    if r["State"]["Name"] == "terminated":
+        release_terminated(r)
+    _log(f"{r['State']['Name']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m harness.instances.supervisor INSTANCE_ID", file=sys.stderr)
+        return 2
+    return supervise(args[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Instance records without booting: EC2's refusals for instance types, key pairs, the
+block device mapping shorthand, and a record whose supervisor is gone read back stopped."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder.errors import BadInput
+from harness.instances import keypairs, operations, store
+from harness.instances.types import check_image, instance_type
+
+
+def test_instance_types_refuse_as_ec2() -> None:
+    check_image(instance_type("m1.small"), "x86_64", "paravirtual")
+    check_image(instance_type("t2.micro"), "x86_64", "hvm")
+    with pytest.raises(BadInput, match="^InvalidParameterCombination: Virtualization type 'hvm'"):
+        check_image(instance_type("t3.micro"), "x86_64", "paravirtual")
+    with pytest.raises(BadInput, match="^InvalidParameterValue: The architecture 'arm64'"):
+        check_image(instance_type("t4g.micro"), "x86_64", "hvm")
+    with pytest.raises(BadInput, match="^InvalidParameterCombination: Non-Windows"):
+        check_image(instance_type("t1.micro"), "x86_64", "hvm")
+    with pytest.raises(BadInput, match="^InvalidParameterValue: Invalid value 'z9.huge'"):
+        instance_type("z9.huge")
+    assert instance_type("t3.micro").disk_bus == "nvme"
+    assert instance_type("t2.micro").disk_bus == "virtio"
+
+
+def test_block_device_mapping_shorthand() -> None:
+    parse = operations.parse_block_device_mapping
+    assert parse("/dev/sdb=ephemeral0") == {"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"}
+    assert parse("/dev/sdb=none") == {"DeviceName": "/dev/sdb", "NoDevice": ""}
+    assert parse("/dev/sdf=:2:false") == {
+        "DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 2, "DeleteOnTermination": False}
+    }  # fmt: skip
+    assert parse("/dev/sdf=snap-1:") == {"DeviceName": "/dev/sdf", "Ebs": {"SnapshotId": "snap-1"}}
+    for bad in ("sdb=ephemeral0", "/dev/sdf=:x", "/dev/sdf=", '[{"x": 1}]'):
+        with pytest.raises(BadInput):
+            parse(bad)
+
+
+def test_key_pairs(amilab_home: Path, tmp_path: Path) -> None:
+    row, private = keypairs.create_key_pair("k1")
+    assert private.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert row["KeyFingerprint"].startswith("SHA256:")
+    assert private not in str(store.key_pairs().list())  # only the public half is kept
+    with pytest.raises(BadInput, match="^InvalidKeyPair.Duplicate"):
+        keypairs.create_key_pair("k1")
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    imported = keypairs.import_key_pair("mine", (tmp_path / "id.pub").read_text())
+    assert (
+        imported["KeyFingerprint"]
+        in subprocess.run(
+            ["ssh-keygen", "-l", "-f", str(tmp_path / "id.pub")], capture_output=True, text=True
+        ).stdout
+    )
+    with pytest.raises(BadInput, match="^InvalidKey.Format"):
+        keypairs.import_key_pair("bad", "ssh-ed25519 !!!notbase64")
+    assert [r["KeyName"] for r in keypairs.describe_key_pairs()] == ["k1", "mine"]
+    with pytest.raises(BadInput, match="^InvalidKeyPair.NotFound"):
+        keypairs.describe_key_pairs(["nope"])
+    assert keypairs.delete_key_pair("k1") and not keypairs.delete_key_pair("k1")
+
+
+def test_dead_supervisor_reads_back_stopped_with_a_reason(amilab_home: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    rec = {
+        "InstanceId": "i-0123456789abcdef0", "ImageId": "ami-0123456789abcdef0",
+        "State": store.state("running"), "InstanceType": "m1.small", "Tags": [],
+        "BlockDeviceMappings": [],
+        "Amilab": {"Dir": str(amilab_home / "x"), "Supervisor": {"Pid": gone.pid, "Start": 1}},
+    }  # fmt: skip
+    store.instances().insert(rec["InstanceId"], rec)
+    (got,) = operations.describe_instances()["Reservations"][0]["Instances"]
+    assert got["State"] == {"Code": 80, "Name": "stopped"}
+    assert got["StateReason"]["Code"] == "Server.InternalError"
+    assert f"pid {gone.pid}" in got["StateReason"]["Message"]
+    with pytest.raises(BadInput, match="^InvalidInstanceID.NotFound"):
+        operations.terminate_instances(["i-0000000000000000f"])
+    with pytest.raises(BadInput, match="^IncorrectInstanceState"):
+        operations.reboot_instances([rec["InstanceId"]])
+
+
+def test_same_process_tells_a_reused_pid() -> None:
+    import os
+
+    me = os.getpid()
+    start = store.process_start(me)
+    assert store.same_process(me, start)
+    assert not store.same_process(me, (start or 0) + 1)
