@@ -11,6 +11,7 @@ DEBS=(
   ovmf seabios sudo curl uidmap grub-pc-bin grub-efi-amd64-bin grub2-common
   linux-image-cloud-amd64 amazon-ec2-utils netcat-openbsd socat
   openssl procps iproute2
+  chromium  # headless: tests/integration/test_matrix.py renders the HTML report
 )
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup: run as root (apt-get, chroot and mounts need it)" >&2

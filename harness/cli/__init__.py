@@ -21,6 +21,7 @@ from harness.cli import (
     instances,
     kernel,
     launch,
+    matrix,
     modules,
     store,
 )
@@ -48,6 +49,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     images.register_launch_permission,
     launch.register_boot,
     launch.register_smoke,
+    matrix.register_matrix,
     imds.register_imds,
     instances.register_run_instances,
     instances.register_describe_instances,

@@ -5,7 +5,9 @@ No QEMU may outlive the harness, whatever ends the harness:
   (QMP `quit`, then SIGKILL after a timeout);
 - SIGKILL of the harness, which runs no cleanup: the kernel kills QEMU, because QEMU is
   started with PR_SET_PDEATHSIG. That signal fires when the *thread* that forked QEMU ends,
-  so QEMU must be started from a thread that lives as long as the harness (the main thread).
+  so QEMU must be started from a thread that lives as long as the harness: the main thread,
+  or a worker thread marked with `lasting_thread()` that ends only after its QEMUs are
+  stopped (the matrix's cell workers, which live until the run is over).
 QEMU runs in its own process group so a terminal's Ctrl-C reaches only the harness, which
 then shuts QEMU down in order instead of racing it.
 """
@@ -37,6 +39,19 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+_LASTING: set[int] = set()
+
+
+def lasting_thread() -> None:
+    """Declare the calling thread one that outlives every QEMU it starts (it stops them
+    before it ends), so QEMU may be started from it; `thread_done()` when it ends."""
+    _LASTING.add(threading.get_ident())
+
+
+def thread_done() -> None:
+    _LASTING.discard(threading.get_ident())
+
+
 def unix_path(path: Path) -> str:
     """A connectable path for a Unix socket even when `path` exceeds sun_path's 108 bytes
     (deep test directories do): go through /proc/self/fd of the directory."""
@@ -58,7 +73,8 @@ class QemuProcess:
         self._qmp: QEMUMonitorProtocol | None = None
 
     def start(self, env: dict[str, str] | None = None, interactive: bool = False) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        here = threading.current_thread()
+        if here is not threading.main_thread() and threading.get_ident() not in _LASTING:
             # PR_SET_PDEATHSIG would kill QEMU as soon as this thread ends
             raise RuntimeError("QEMU must be started from the main thread")
         parent = os.getpid()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,15 @@ def resolve_images(req: SmokeRequest, say: Any) -> list[ImageRecord]:
 
 
 def smoke_instance(
-    image: ImageRecord, kernel: str | None, req: SmokeRequest, chosen: accel.Accelerator, say: Any
+    image: ImageRecord,
+    kernel: str | None,
+    req: SmokeRequest,
+    chosen: accel.Accelerator,
+    say: Any,
+    started: Callable[[Instance], None] | None = None,
 ) -> SmokeReport:
+    """One instance's smoke test. `started(instance)` is called before its steps run, so a
+    caller running several at once (the matrix) can stop this one's QEMU from outside."""
     plan = req.plan(image, kernel)
     for note in plan.notes:
         say(f"note: {note}")
@@ -102,6 +110,8 @@ def smoke_instance(
     inst = Instance(plan, req.options(chosen, say))
     steps: list[Step[Instance]] = [cls() for cls in LAUNCH_STEPS]
     steps += [WaitForSsh(), RunChecks(report)]
+    if started is not None:
+        started(inst)
     try:
         run_steps(steps, inst)
     except BootFailed as e:

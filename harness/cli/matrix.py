@@ -1,0 +1,152 @@
+"""`amilab matrix`: images × kernels × launch options, one smoke run per cell."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from builder.errors import BadInput
+from harness.cli.command import add_command
+from harness.cli.output import add_json
+from harness.launch.accel import ACCELERATORS
+
+# the option axes on the command line (harness.matrix.cells.OPTIONS), repeatable
+AXES = (
+    ("--firmware", "firmware", "hvm firmware: bios or uefi (paravirtual images: SKIP)"),
+    ("--instance-type", "instance_type", "meta-data/instance-type"),
+    ("--http-tokens", "http_tokens", "optional or required (IMDSv2 only)"),
+    ("--disk-bus", "disk_bus", "how the root disk is attached: virtio, nvme, ide, scsi"),
+)
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of 1 or more")
+    return n
+
+
+def _retries(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 or more")
+    return int(text)
+
+
+def _matrix(args: argparse.Namespace) -> int:
+    from harness.matrix import spec as spec_mod
+    from harness.matrix.run import MatrixRequest, matrix
+
+    axes = {dest: getattr(args, dest) for _, dest, _ in AXES}
+    if args.file:
+        if args.images or args.kernels or any(axes.values()) or args.exclude:
+            raise BadInput("give the cells either in a matrix file or with --image/--kernel/…")
+        spec = spec_mod.load(Path(args.file))
+        if args.recipes:
+            spec.recipes = args.recipes
+    else:
+        if not args.images:
+            raise BadInput("matrix needs a matrix file or at least one --image")
+        spec = spec_mod.from_arguments(args.images, args.kernels, axes, args.exclude, args.recipes)
+    req = MatrixRequest(
+        spec=spec,
+        jobs=args.jobs,
+        retries=args.retries,
+        accel=args.accel,
+        ssh_timeout=args.ssh_timeout,
+        keep=args.keep,
+        known_issues=args.known_issues,
+        json=args.json,
+        json_file=args.json_file,
+        junit=args.junit,
+        html=args.html,
+        baseline=args.baseline,
+        fail_on=args.fail_on,
+    )
+    return matrix(req)
+
+
+def register_matrix(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
+        "matrix",
+        _matrix,
+        "smoke-test images × kernels × options in parallel, compare runs",
+        description="Run one smoke test per cell (image × kernel × launch options) on fresh "
+        "instances, several at once; recipes not built yet are built first, once. Each cell "
+        "is PASS, FAIL (image or kernel at fault), ERROR (harness or host; retried) or SKIP, "
+        "with a class and console evidence. Exit 1 when a cell fails (--fail-on regression: "
+        "only on a regression against --baseline), 130 when interrupted.",
+    )
+    p.add_argument("file", nargs="?", metavar="MATRIX.yaml", help="a matrix file")
+    p.add_argument(
+        "--image",
+        dest="images",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="recipe name (built from --recipes) or AMI ID/name (repeat)",
+    )
+    p.add_argument(
+        "--kernel",
+        dest="kernels",
+        action="append",
+        default=[],
+        metavar="AKI",
+        help="own, a kernel name or aki- ID (repeat; default: own)",
+    )
+    for option, dest, help in AXES:
+        p.add_argument(option, dest=dest, action="append", default=[], help=f"{help} (repeat)")
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="IMAGE:KERNEL",
+        help="leave this cell out (repeat)",
+    )
+    p.add_argument(
+        "--recipes",
+        type=Path,
+        metavar="FILE",
+        help="the recipe file recipe names come from (default build.yaml)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_positive,
+        metavar="N",
+        help="guests at once (default: what cores and free memory allow)",
+    )
+    p.add_argument(
+        "--retries",
+        type=_retries,
+        default=1,
+        metavar="N",
+        help="further attempts of a cell that ends in ERROR (default 1)",
+    )
+    p.add_argument(
+        "--known-issues",
+        type=Path,
+        metavar="FILE",
+        help="YAML: console patterns of known issues, their class and verdict",
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="OLD.json",
+        help="an earlier run's JSON report: mark regressions, fixes, new, vanished",
+    )
+    p.add_argument(
+        "--fail-on",
+        choices=("failure", "regression"),
+        default="failure",
+        help="exit 1 on any failed cell (default) or only on regressions",
+    )
+    p.add_argument("--accel", choices=ACCELERATORS, default="auto")
+    p.add_argument("--ssh-timeout", type=float, default=300.0, metavar="SECONDS")
+    p.add_argument("--keep", action="store_true", help="keep the instance directories")
+    add_json(p, "print the report as JSON (one object per cell)")
+    p.add_argument("--json-file", type=Path, metavar="FILE", help="also write the JSON report")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML")
+    p.add_argument("--html", type=Path, metavar="FILE", help="also write the HTML report")

@@ -1,0 +1,116 @@
+"""Before any cell runs: build the recipes the matrix names (each once), register the
+catalogue kernels it names, decide which cells cannot apply (SKIP), and plan every cell
+once in this thread, so the ramdisks generated for other kernels are made and registered
+one at a time rather than raced by parallel cells. Anything the user named wrongly stops
+the run here (exit 2), before a guest starts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from builder.errors import BadInput
+from builder.images.registry import ImageRecord, Registry
+from harness.launch import pvgrub
+from harness.launch.plan import make_plan
+from harness.matrix.cells import Cell
+
+
+def recipe_names(path: Path) -> set[str]:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return set()  # not a recipe file we can read: names are then AMIs (or wrong)
+    images = doc.get("images") if isinstance(doc, dict) else None
+    return {r["name"] for r in images or [] if isinstance(r, dict) and "name" in r}
+
+
+def resolve_images(
+    refs: list[str], recipes: Path, say: Callable[[str], None], quiet: bool
+) -> dict[str, ImageRecord]:
+    names = recipe_names(recipes)
+    registry = Registry()
+    out: dict[str, ImageRecord] = {}
+    for ref in refs:
+        if ref in names:
+            from builder.build.pipeline import build_file  # only a recipe needs the builder
+
+            say(f"building {ref} from {recipes}")
+            out[ref] = build_file(recipes, image=ref, quiet=quiet)[0]
+        else:
+            try:
+                out[ref] = registry.find(ref, "machine")
+            except BadInput:
+                raise BadInput(
+                    f"image {ref!r}: neither a recipe in {recipes} nor a registered AMI"
+                ) from None
+    return out
+
+
+def resolve_kernel(ref: str, registry: Registry, say: Callable[[str], None]) -> str:
+    """An AKI ID for a kernel name or ID; a catalogue name not registered yet is
+    downloaded and registered (with its generated ramdisk) once."""
+    if ref in pvgrub.ALIASES:
+        return ref
+    try:
+        return registry.find(ref, "kernel").image_id
+    except BadInput:
+        pass
+    from builder.build.kernel import load_catalogue
+    from builder.images.modules import register_catalogue_kernel
+
+    if ref not in load_catalogue():
+        known = ", ".join(sorted(load_catalogue()))
+        raise BadInput(f"kernel {ref!r}: not a registered AKI nor a catalogue kernel ({known})")
+    for aki in registry.list("kernel"):
+        if aki.kernel_settings.definition == ref:
+            return aki.image_id
+    say(f"registering kernel {ref}")
+    aki, _ = register_catalogue_kernel(ref, registry)
+    return aki.image_id
+
+
+def skip_reason(cell: Cell, image: ImageRecord) -> str:
+    opts = cell.option_dict
+    if image.virtualization_type == "hvm":
+        if cell.kernel_ref is not None:
+            return "another kernel applies to paravirtual images; this one is hvm"
+        if "ramdisk" in opts:
+            return "a ramdisk applies to paravirtual images; this one is hvm"
+    elif "firmware" in opts:
+        return "firmware applies to hvm images; this one is paravirtual"
+    return ""
+
+
+def prepare(
+    cells: list[Cell], recipes: Path, say: Callable[[str], None], quiet: bool = False
+) -> list[Cell]:
+    images = resolve_images(list(dict.fromkeys(c.image for c in cells)), recipes, say, quiet)
+    registry = Registry()
+    akis = {
+        ref: resolve_kernel(ref, registry, say)
+        for ref in dict.fromkeys(c.kernel_ref for c in cells if c.kernel_ref)
+    }
+    out = []
+    for cell in cells:
+        image = images[cell.image]
+        ref = akis.get(cell.kernel_ref) if cell.kernel_ref else None
+        cell = cell.resolved(image_id=image.image_id, kernel_ref=ref)
+        cell = cell.resolved(skip=skip_reason(cell, image))
+        if not cell.skip:
+            opts = cell.option_dict
+            try:
+                make_plan(
+                    image,
+                    ref,
+                    opts.get("ramdisk"),
+                    opts.get("firmware"),
+                    disk_bus=opts.get("disk_bus", "virtio"),
+                    registry=registry,
+                )
+            except BadInput as e:
+                raise BadInput(f"cell {cell.key}: {e}") from None
+        out.append(cell)
+    return out

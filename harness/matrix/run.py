@@ -1,0 +1,121 @@
+"""`amilab matrix`: prepare the cells, run them with an executor, compare, report.
+
+Whatever ends the run (its last cell, Ctrl-C, SIGTERM), the reports are written, with the
+cells that did not finish marked not run; the exit code is 130 for an interrupted run,
+else 1 when a cell failed or errored (or, with `--fail-on regression`, only on a
+regression against the baseline) and 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from builder.signals import sigterm_as_interrupt
+from builder.steps import interrupts_held
+from harness.launch import accel
+from harness.launch.request import progress_printer
+from harness.matrix import baseline, html, known
+from harness.matrix.cell_run import RunSettings
+from harness.matrix.cells import Cell
+from harness.matrix.executor import Executor, LocalExecutor, default_jobs
+from harness.matrix.prepare import prepare
+from harness.matrix.progress import MatrixProgress
+from harness.matrix.report import Run, print_table, write_junit
+from harness.matrix.results import ERROR, FAIL, CellResult
+from harness.matrix.spec import MatrixSpec
+
+INTERRUPTED = 130
+
+
+@dataclass(kw_only=True)
+class MatrixRequest:
+    spec: MatrixSpec
+    jobs: int | None = None
+    retries: int = 1
+    accel: str = "auto"
+    ssh_timeout: float = 300.0
+    keep: bool = False
+    known_issues: Path | None = None
+    json: bool = False
+    json_file: Path | None = None
+    junit: Path | None = None
+    html: Path | None = None
+    baseline: Path | None = None
+    fail_on: str = "failure"  # failure | regression
+
+
+def _write_reports(req: MatrixRequest, run: Run) -> None:
+    doc = run.to_json()
+    if req.json_file:
+        req.json_file.parent.mkdir(parents=True, exist_ok=True)
+        req.json_file.write_text(json.dumps(doc, indent=2) + "\n")
+    if req.junit:
+        write_junit(run, req.junit)
+    if req.html:
+        html.write(run, req.html)
+    if req.json:
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_table(run, Console())
+
+
+def exit_code(run: Run, fail_on: str) -> int:
+    if run.interrupted:
+        return INTERRUPTED
+    if fail_on == "regression":
+        return 1 if run.comparison and run.comparison.regressions else 0
+    return 1 if any(r.status in (FAIL, ERROR) for r in run.results) else 0
+
+
+def matrix(req: MatrixRequest, executor: Executor | None = None) -> int:
+    say = progress_printer()
+    # paramiko's transport threads log every early probe sshd drops (with a traceback);
+    # the cells' verdicts say what matters, so their noise stays out of the display
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    issues = tuple(known.load(req.known_issues)) if req.known_issues else ()
+    old = baseline.load(req.baseline) if req.baseline else None
+    jobs = req.jobs or default_jobs()
+    cells: list[Cell] = req.spec.cells()
+    results: list[CellResult] = []
+    interrupted = False
+    t0 = time.monotonic()
+    chosen_name = req.accel
+    with sigterm_as_interrupt():
+        try:
+            chosen = accel.choose(req.accel)
+            chosen_name = chosen.name
+            say(f"accelerator: {chosen.describe()}; {len(cells)} cells, {jobs} at once")
+            cells = prepare(cells, req.spec.recipes, say, quiet=req.json)
+            settings = RunSettings(
+                chosen.name, chosen.reason, req.ssh_timeout, req.retries, req.keep, issues
+            )
+            runnable = [c for c in cells if not c.skip]
+            executor = executor or LocalExecutor(jobs)
+            with MatrixProgress(len(runnable)) as shown:
+                try:
+                    ran = executor.run(runnable, settings, shown.started, shown.done)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    ran = getattr(executor, "results", [])
+            by_key = {r.cell.key: r for r in ran}
+            results = [by_key.get(c.key) or CellResult(c, not_run=not c.skip) for c in cells]
+        except KeyboardInterrupt:  # before or between the cells: none of them ran
+            interrupted = True
+            done = {r.cell.key for r in results}
+            results += [CellResult(c, not_run=True) for c in cells if c.key not in done]
+        if interrupted:
+            say("interrupted: every guest stopped; writing the reports")
+        run = Run(results, chosen_name, jobs, time.monotonic() - t0, interrupted)
+        if old is not None and req.baseline is not None:
+            run.comparison = baseline.compare(old, results, str(req.baseline))
+        with interrupts_held():  # a second Ctrl-C must not cut the reports short
+            _write_reports(req, run)
+    return exit_code(run, req.fail_on)
