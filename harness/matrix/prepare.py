@@ -64,7 +64,7 @@ def resolve_kernel(ref: str, registry: Registry, say: Callable[[str], None]) -> 
     if ref not in load_catalogue():
         known = ", ".join(sorted(load_catalogue()))
         raise BadInput(f"kernel {ref!r}: not a registered AKI nor a catalogue kernel ({known})")
-    for aki in registry.list("kernel"):
+    for aki in reversed(registry.list("kernel")):  # the newest registered from it
         if aki.kernel_settings.definition == ref:
             return aki.image_id
     say(f"registering kernel {ref}")

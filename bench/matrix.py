@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Matrix benchmark: one 12-cell matrix run three ways in one run, plus a single-boot peer.
+
+The cells: the default paravirtual image × its own, bullseye's and sid's cloud kernels ×
+`--http-tokens optional|required` × `--instance-type m1.small|m1.large` (every cell boots).
+1. `amilab matrix` with its default VM budget;
+2. `amilab matrix --jobs 1`;
+3. the peer: a shell loop of `amilab smoke` calls over the same cells.
+Each prints wall time, cells per minute, CPU seconds per cell (amilab and every QEMU it ran:
+the children's rusage) and the CPU-bound limit (cores ÷ CPU seconds per cell, per minute).
+Target (issue 13), TCG on the 2-core machine: the default matrix ≥ 1.5× the loop's cells
+per minute.
+
+Single boot: virtme-ng (`vng --run VMLINUZ --disable-kvm --force-9p -- uname -r`, booting
+the host's root over 9p with Debian's generic kernel) beside amilab's median time to SSH from
+the default run. Needs `pip install virtme-ng` and Debian's linux-image-amd64 on the host;
+without them that line says what is missing.
+
+Usage: .venv/bin/python bench/matrix.py [--json] [--skip-loop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = 1.5
+KERNELS = ("own", "debian-cloud-bullseye", "debian-cloud-sid")
+TOKENS = ("optional", "required")
+TYPES = ("m1.small", "m1.large")
+
+
+def amilab() -> list[str]:
+    beside = Path(sys.executable).parent / "amilab"
+    return [str(beside)] if beside.exists() else [sys.executable, "-m", "harness.cli"]
+
+
+def timed(argv: list[str], home: Path) -> tuple[subprocess.CompletedProcess[str], float, float]:
+    """Run; (result, wall seconds, CPU seconds of it and every descendant it waited for)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    result = subprocess.run(argv, cwd=ROOT, env={**os.environ, "AMILAB_HOME": str(home)},
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=7200, check=False)  # fmt: skip
+    wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return result, wall, cpu
+
+
+def cells() -> list[tuple[str, str, str]]:
+    return [(k, t, i) for k in KERNELS for t in TOKENS for i in TYPES]
+
+
+def matrix_args(ami: str) -> list[str]:
+    args = ["matrix", "--image", ami]
+    for k in KERNELS:
+        args += ["--kernel", k]
+    for t in TOKENS:
+        args += ["--http-tokens", t]
+    for i in TYPES:
+        args += ["--instance-type", i]
+    return args
+
+
+def loop_script(ami: str, akis: dict[str, str]) -> str:
+    lines = ["set -u", "fail=0"]
+    for k, t, i in cells():
+        kernel = f"--kernel {akis[k]} " if k != "own" else ""
+        cmd = " ".join(amilab())
+        lines.append(f"{cmd} smoke {ami} {kernel}--http-tokens {t} --instance-type {i} --json "
+                     ">/dev/null 2>&1 || fail=$((fail+1))")  # fmt: skip
+    return "\n".join(lines + ['echo "$fail"']) + "\n"
+
+
+def line(name: str, n: int, wall: float, cpu: float, cores: int) -> dict:
+    per_cell = cpu / n
+    row = {"Method": name, "Cells": n, "WallSeconds": round(wall, 1),
+           "CellsPerMinute": round(n / wall * 60, 2), "CpuSecondsPerCell": round(per_cell, 2),
+           "CpuBoundCellsPerMinute": round(cores / per_cell * 60, 2)}  # fmt: skip
+    print(
+        f"{name:<22} {wall:7.1f} s  {row['CellsPerMinute']:6.2f} cells/min  "
+        f"{per_cell:6.2f} CPU s/cell  CPU-bound limit {row['CpuBoundCellsPerMinute']:.2f}/min"
+    )
+    return row
+
+
+def virtme(ssh_median: float | None) -> dict:
+    vng = shutil.which("vng") or str(Path(sys.executable).parent / "vng")
+    kernels = sorted(glob.glob("/boot/vmlinuz-*-amd64"))
+    generic = [k for k in kernels if "cloud" not in k]
+    if not Path(vng).exists():
+        print("virtme-ng: not installed (pip install virtme-ng)")
+        return {"VirtmeNg": "not installed"}
+    if not generic:
+        print("virtme-ng: Debian's generic kernel is not installed on the host (linux-image-amd64)")
+        return {"VirtmeNg": "no generic kernel"}
+    path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/libexec/qemu",
+                            "/usr/lib/qemu", os.environ.get("PATH", "")])  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    argv = [vng, "--run", generic[-1], "--disable-kvm", "--force-9p", "--", "uname", "-r"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False,
+                       env={**os.environ, "PATH": path}, stdin=subprocess.DEVNULL)  # fmt: skip
+    wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    ok = r.returncode == 0 and r.stdout.strip()
+    amilab_ssh = f"; amilab's median time to SSH in the matrix: {ssh_median:.2f} s"
+    print(f"virtme-ng to `uname -r`: {wall:.2f} s wall, {cpu:.1f} CPU s"
+          + ("" if ok else f" (failed: {r.stderr.strip()[-200:]})")
+          + (amilab_ssh if ssh_median else ""))  # fmt: skip
+    return {"VirtmeNgSeconds": round(wall, 2), "VirtmeNgCpuSeconds": round(cpu, 2),
+            "VirtmeNgOk": bool(ok), "AmilabMedianSecondsToSsh": ssh_median}  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--skip-loop", action="store_true", help="leave the shell loop out")
+    args = ap.parse_args()
+    cores = os.cpu_count() or 1
+    home = Path(tempfile.mkdtemp(prefix="amilab-bench-matrix-"))
+    try:
+        r, _, _ = timed([*amilab(), "build", "build.yaml", "--image", "debian-pv", "--json"], home)
+        if r.returncode != 0:
+            sys.exit(f"bench: build failed:\n{r.stderr[-3000:]}")
+        ami = json.loads(r.stdout)["Images"][0]["ImageId"]
+        # warm-up: registers the other kernels and their ramdisks, so no method pays for it
+        warm = home / "warm.json"
+        timed([*amilab(), "matrix", "--image", ami, "--kernel", "debian-cloud-bullseye",
+               "--kernel", "debian-cloud-sid", "--json-file", str(warm)], home)  # fmt: skip
+        akis = {"own": ""}
+        for c in json.loads(warm.read_text())["Cells"]:
+            akis[c["Kernel"]] = c["KernelId"]
+        n = len(cells())
+        rows = []
+        report = home / "default.json"
+        _, wall, cpu = timed([*amilab(), *matrix_args(ami), "--json-file", str(report)], home)
+        rows.append(line("matrix (default jobs)", n, wall, cpu, cores))
+        doc = json.loads(report.read_text())
+        ssh = [c["SecondsToSsh"] for c in doc["Cells"] if c.get("SecondsToSsh")]
+        _, wall, cpu = timed([*amilab(), *matrix_args(ami), "--jobs", "1"], home)
+        rows.append(line("matrix --jobs 1", n, wall, cpu, cores))
+        if not args.skip_loop:
+            _, wall, cpu = timed(["bash", "-c", loop_script(ami, akis)], home)
+            rows.append(line("loop of amilab smoke", n, wall, cpu, cores))
+            ratio = rows[0]["CellsPerMinute"] / rows[2]["CellsPerMinute"]
+            print(f"default matrix / loop: {ratio:.2f}× cells per minute (target ≥ {TARGET}×) "
+                  f"with {doc['Jobs']} guests at once")  # fmt: skip
+        extra = virtme(statistics.median(ssh) if ssh else None)
+        if args.json:
+            print(json.dumps({"Rows": rows, **extra}, indent=2))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
