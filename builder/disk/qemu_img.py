@@ -60,12 +60,14 @@ def convert(
     options: Sequence[str] = (),
     sparse: bool = True,
     label: str | None = None,
+    force_share: bool = False,
 ) -> None:
     """`qemu-img convert -f SRC_FORMAT -O OUT_FORMAT [-o OPT]...`; `sparse=False` writes
-    zeros too (-S 0). `label` names the output format in the error (default OUT_FORMAT)."""
+    zeros too (-S 0). `label` names the output format in the error (default OUT_FORMAT).
+    `force_share` (-U) reads a source a running QEMU holds open (a --no-reboot snapshot)."""
     tool()
     _existing(src)
-    args = ["convert", "-q", "-f", src_format, "-O", out_format]
+    args = ["convert", "-q", *(["-U"] if force_share else []), "-f", src_format, "-O", out_format]
     for opt in options:
         args += ["-o", opt]
     if not sparse:

@@ -133,7 +133,9 @@ def create_snapshot(volume_id: str, description: str = "") -> Row:
     try:
         work.mkdir(parents=True)
         raw = work / "volume.raw"
-        qemu_img.convert(volume_path(vol), raw, src_format="qcow2", out_format="raw")
+        # -U: a running instance's QEMU holds the volume (create-image --no-reboot)
+        qemu_img.convert(volume_path(vol), raw, src_format="qcow2", out_format="raw",
+                         force_share=True)  # fmt: skip
         digest = sparse_sha256(raw)
         size = raw.stat().st_size
         stored = store_artifact(raw, digest, ".raw")

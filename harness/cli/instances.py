@@ -32,6 +32,7 @@ def _run_instances(args: argparse.Namespace) -> int:
         placement=args.placement, shutdown_behavior=args.instance_initiated_shutdown_behavior,
         block_device_mappings=[parse_block_device_mapping(m) for m in args.block_device_mapping],
         spot_interruption_after=args.spot_interruption_after, spot_action=args.spot_action,
+        spot_notice=args.spot_notice,
     )  # fmt: skip
     result = run_instances(req, say=None if args.json else progress_printer())
     lines = [f"{i['InstanceId']}\t{i['State']['Name']}\t{i['PublicIpAddress']}"
@@ -61,10 +62,17 @@ def register_run_instances(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--spot-interruption-after", type=float, metavar="SECONDS",
-        help="announce a spot interruption at once (spot/instance-action) and carry it out "
-        "after SECONDS",
+        help="a spot interruption SECONDS after launch, announced at spot/instance-action "
+        "--spot-notice seconds ahead, then carried out",
     )  # fmt: skip
     p.add_argument("--spot-action", default="terminate", help="terminate or stop")
+    p.add_argument(
+        "--spot-notice",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long before the interruption it is announced (EC2: 120)",
+    )
     add_launch_arguments(p, single=True)
     add_json(p, "print the RunInstances reservation")
 
@@ -183,7 +191,14 @@ def _ssh(args: argparse.Namespace) -> int:
 
 
 def register_ssh(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "ssh", _ssh, "ssh to a running instance's address, port 22")
+    p = add_command(
+        sub,
+        "ssh",
+        _ssh,
+        "ssh to a running instance's address, port 22",
+        description="amilab ssh [-i KEY.pem] INSTANCE [-- COMMAND]: options come "
+        "before the instance, as with ssh itself",
+    )
     p.add_argument("instance_id", metavar="INSTANCE_ID")
     p.add_argument(
         "-i",
@@ -193,7 +208,7 @@ def register_ssh(sub: argparse._SubParsersAction) -> None:
         help="private key (default: the instance's own, when launched without one)",
     )
     p.add_argument("-l", "--user", default="root")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND to run")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="[--] COMMAND to run")
 
 
 # ------------------------------------------------------------------ key pairs

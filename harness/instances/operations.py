@@ -51,6 +51,7 @@ class RunRequest(LaunchRequest):
     block_device_mappings: list[dict[str, Any]] = field(default_factory=list)
     spot_interruption_after: float | None = None
     spot_action: str = "terminate"
+    spot_notice: float = 120.0  # EC2 announces an interruption two minutes ahead
 
 
 # ------------------------------------------------------------------ supervision
@@ -317,7 +318,7 @@ def _launch_one(
         spot = None
         if req.spot_interruption_after is not None:
             at = time.time() + req.spot_interruption_after
-            spot = {"Action": req.spot_action, "At": at,
+            spot = {"Action": req.spot_action, "At": at, "NoticeAt": at - req.spot_notice,
                     "Time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))}  # fmt: skip
         with store.locked("addresses"):
             address = addresses.allocate()
@@ -360,8 +361,9 @@ def _launch_one(
             }
             if rec["InstanceLifecycle"] is None:
                 del rec["InstanceLifecycle"]
-            store.instances().insert(iid, rec)
-        _spawn(iid)
+            with store.locked(iid):  # a describe meanwhile waits for the supervisor's PID
+                store.instances().insert(iid, rec)
+                _spawn(iid)
         return rec
     except BaseException:
         if rec is not None:

@@ -16,6 +16,7 @@ system" last, and QEMU (-no-reboot) exits either way.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -28,7 +29,7 @@ from builder.images import volumes
 from builder.images.registry import Registry
 from builder.images.tables import Row
 from builder.steps import Step, StepRunner
-from harness.imds.document import block_device_mapping
+from harness.imds.document import block_device_mapping, document, write_document
 from harness.instances import store
 from harness.instances.types import instance_type
 from harness.launch import accel
@@ -46,7 +47,9 @@ from harness.launch.steps import (
 )
 
 POLL = 0.2
-STOP_GRACE = 20.0  # seconds the guest gets to shut down on an ACPI power button before quit
+# seconds a guest gets to shut down on the ACPI power button before QEMU is ended (EC2 waits
+# minutes; a guest with nothing handling the button, e.g. no systemd-logind, waits it out)
+STOP_GRACE = float(os.environ.get("AMILAB_STOP_TIMEOUT", "20"))
 REBOOT_LIMIT = 3  # guest-initiated reboots within REBOOT_WINDOW before it counts as a crash
 REBOOT_WINDOW = 120.0
 
@@ -118,7 +121,7 @@ def instance_metadata(record: Row) -> dict[str, Any]:
         for i, d in enumerate(a.get("InstanceStoreDevices", []))
     ]
     md["block_device_mapping"] = block_device_mapping(record["RootDeviceName"], mappings)
-    if spot := a.get("Spot"):
+    if (spot := a.get("Spot")) and time.time() >= spot["NoticeAt"]:
         md.setdefault("extra", {})["spot"] = spot
     return md
 
@@ -184,10 +187,11 @@ def supervise(iid: str) -> int:
     reason: tuple[str, str] | None = store.USER_SHUTDOWN
     try:
         inst = build_instance(record)
+        service = StartMetadataService()
         with StepRunner(inst) as runner:
-            runner.run_all([OpenInstanceDir(record), WriteMetadata(), StartMetadataService(),
+            runner.run_all([OpenInstanceDir(record), WriteMetadata(), service,
                             ComposeCommand(), StartNetwork(), StartQemu()])  # fmt: skip
-            final, reason = _run(iid, inst)
+            final, reason = _run(iid, inst, service, record["Amilab"].get("Spot"))
     except AmilabError as e:
         _log(f"launch failed: {e}")
         final = "stopped" if store.find(iid)["Amilab"].get("Desired") != "terminate" else final
@@ -201,7 +205,31 @@ def supervise(iid: str) -> int:
     return 0
 
 
-def _run(iid: str, inst: Instance) -> tuple[str, tuple[str, str] | None]:
+SPOT_REASON = (
+    "Server.SpotInstanceTermination",
+    "Server.SpotInstanceTermination: Spot instance termination",
+)
+
+
+def _interrupted(r: Row, terminate: bool) -> None:
+    r["Amilab"]["Desired"] = "terminate" if terminate else "stop"
+    store.set_state(r, "shutting-down" if terminate else "stopping", SPOT_REASON)
+
+
+def _announce(inst: Instance, service: StartMetadataService, spot: dict[str, Any]) -> None:
+    """From now on the metadata service serves spot/instance-action."""
+    assert inst.metadata is not None and inst.dir is not None
+    inst.metadata.extra["spot"] = spot
+    tree = document(inst.metadata)
+    write_document(inst.metadata, inst.dir.metadata_doc)
+    if service.server is not None:
+        service.server.tree = tree  # one reference swap: a request sees the old or the new
+    _log(f"spot interruption announced: {spot['Action']} at {spot['Time']}")
+
+
+def _run(
+    iid: str, inst: Instance, service: StartMetadataService, spot: dict[str, Any] | None
+) -> tuple[str, tuple[str, str] | None]:
     assert inst.qemu is not None and inst.dir is not None
 
     def running(r: Row) -> None:
@@ -213,7 +241,7 @@ def _run(iid: str, inst: Instance) -> tuple[str, tuple[str, str] | None]:
     _update(iid, running)
     _log(f"running: QEMU {inst.qemu.pid}")
     reboots: list[float] = []
-    spot = (inst.options.metadata.get("extra") or {}).get("spot")
+    announced = bool(spot) and "spot" in (inst.options.metadata.get("extra") or {})
     while True:
         if _requests:
             what = _requests.pop(0)
@@ -227,18 +255,25 @@ def _run(iid: str, inst: Instance) -> tuple[str, tuple[str, str] | None]:
             if desired == "terminate":
                 return "terminated", store.USER_SHUTDOWN
             return "stopped", store.USER_SHUTDOWN
+        if spot and not announced and time.time() >= spot["NoticeAt"]:
+            _announce(inst, service, spot)
+            announced = True
         if spot and time.time() >= spot["At"]:
             _log(f"spot interruption: {spot['Action']}")
-            _update(iid, lambda r: r["Amilab"].update(
-                Desired="terminate" if spot["Action"] == "terminate" else "stop"))  # fmt: skip
+            terminate = spot["Action"] == "terminate"
+            why = SPOT_REASON
+            _update(iid, lambda r, t=terminate: _interrupted(r, t))
             inst.qemu.stop(inst.dir.qmp_socket, timeout=2.0, powerdown=True)
-            why = ("Server.SpotInstanceTermination",
-                   "Server.SpotInstanceTermination: Spot instance termination")  # fmt: skip
             return ("terminated" if spot["Action"] == "terminate" else "stopped"), why
         if not inst.qemu.alive():
             end = _console_end(inst)
             _log(f"QEMU exited ({end}, status {inst.qemu.exit_status()})")
-            if end in ("reboot", "panic"):
+            failure = _boot_failure(inst)
+            if end == "panic" or failure is not None:
+                # a kernel that panics would panic again: stopped, with the console's reason
+                why = failure or "kernel panic"
+                return "stopped", ("Server.InternalError", f"Server.InternalError: {why}")
+            if end == "reboot":
                 now = time.monotonic()
                 reboots = [t for t in reboots if now - t < REBOOT_WINDOW] + [now]
                 if len(reboots) <= REBOOT_LIMIT:
@@ -246,7 +281,7 @@ def _run(iid: str, inst: Instance) -> tuple[str, tuple[str, str] | None]:
                     continue
                 return "stopped", ("Server.InternalError",
                                    f"Server.InternalError: the guest restarted {len(reboots)} "
-                                   f"times within {REBOOT_WINDOW:.0f} s (last: {end})")  # fmt: skip
+                                   f"times within {REBOOT_WINDOW:.0f} s")  # fmt: skip
             if end == "poweroff":
                 behaviour = store.find(iid)["Amilab"].get("ShutdownBehavior", "stop")
                 final = "terminated" if behaviour == "terminate" else "stopped"
@@ -256,6 +291,15 @@ def _run(iid: str, inst: Instance) -> tuple[str, tuple[str, str] | None]:
                                "Server.InternalError: QEMU exited unexpectedly"
                                + (f": {err}" if err else ""))  # fmt: skip
         time.sleep(POLL)
+
+
+def _boot_failure(inst: Instance) -> str | None:
+    """The console's diagnosis of a boot that cannot succeed (harness.launch.console)."""
+    if inst.watcher is None:
+        return None
+    inst.watcher.poll()
+    failure = inst.watcher.failure()
+    return failure.describe() if failure else None
 
 
 def _restart(inst: Instance, powerdown: bool) -> None:

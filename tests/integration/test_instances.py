@@ -1,0 +1,323 @@
+"""Instances that live (issue 15), through the CLI, on real guests.
+
+One module, three instances, each exercised for many things:
+1. the 2008 session (seeds/002): the default PV image launched with `--kernel` of another
+   registered kernel (bullseye's cloud kernel, `register-kernel --deb`); describe-instances
+   says running with that KernelId; SSH to the instance's own address on port 22 answers
+   `uname -r` with that kernel's release and the metadata's kernel-id is that AKI; then
+   `kill -9` of its supervisor: no QEMU of it within 5 s, and describe says stopped with why.
+2. a launch with `--ramdisk none` (ramdisk-id is 404 inside), an extra EBS volume without
+   DeleteOnTermination and an instance-store disk (ebs1, ephemeral0 in the metadata); a file
+   and a package installed over SSH; stop/start keeps the file; reboot; console output;
+   create-image (stopped, then --no-reboot); terminate removes the root volume and leaves the
+   other one.
+3. the new AMI relaunched with a volume made from a snapshot of that other volume: the file,
+   the package and the volume's data are there; a spot interruption announced 30 s ahead is
+   served at spot/instance-action and carried out at the announced time.
+Then EC2's refusals, each exit 2 with EC2's error code.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+
+from builder.build import kernel
+from builder.ids import sparse_sha256
+from harness.launch.ssh import run, wait_for_ssh
+from tests.conftest import ROOT, need, run_amilab
+from tests.integration.builds import build
+
+pytestmark = pytest.mark.integration
+
+OTHER_KERNEL = "debian-cloud-bullseye"  # one .deb; boots the bookworm image under TCG
+BOOT = 600  # seconds; TCG on a shared 2-core machine
+SHARED: dict[str, Any] = {}
+
+
+def cli(env: dict, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    res = run_amilab(*args, env=env["env"], timeout=900)
+    if ok:
+        assert res.returncode == 0, f"amilab {' '.join(args)}: {res.returncode}\n{res.stderr}"
+    return res
+
+
+def cli_json(env: dict, *args: str) -> Any:
+    return json.loads(cli(env, *args, "--json").stdout)
+
+
+def describe(env: dict, iid: str) -> dict:
+    (res,) = cli_json(env, "describe-instances", iid)["Reservations"]
+    return res["Instances"][0]
+
+
+def wait_state(env: dict, iid: str, state: str, timeout: float = BOOT) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = describe(env, iid)
+        if got["State"]["Name"] == state:
+            return got
+        assert time.monotonic() < deadline, f"{iid} is {got['State']} after {timeout} s"
+        time.sleep(0.5)
+
+
+def login(env: dict, address: str) -> paramiko.SSHClient:
+    key = paramiko.Ed25519Key.from_private_key_file(str(env["pem"]))
+    return wait_for_ssh(22, key, BOOT, lambda: None, host=address).client
+
+
+def sh(client: paramiko.SSHClient, command: str) -> str:
+    res = run(client, command, timeout=120)
+    assert res.status == 0, f"{command}: {res.status}\n{res.output}"
+    return res.output.strip()
+
+
+def curl(client: paramiko.SSHClient, path: str) -> tuple[str, str]:
+    out = run(client, f"curl -s -w '\\n%{{http_code}}' http://169.254.169.254{path}").output
+    body, _, code = out.rpartition("\n")
+    return code.strip(), body
+
+
+def supervisor_of(env: dict, iid: str) -> dict:
+    with sqlite3.connect(env["home"] / "registry.sqlite") as db:
+        (text,) = db.execute("SELECT record FROM instances WHERE id = ?", (iid,)).fetchone()
+    return json.loads(text)["Amilab"]
+
+
+def processes_in(directory: str) -> list[int]:
+    """PIDs whose working directory is the instance's (its QEMUs run there)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if os.readlink(proc / "cwd") == directory:
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    need("dpkg-deb", "dpkg")
+    need("ssh", "openssh-client")
+    home = tmp_path_factory.mktemp("home")
+    e: dict[str, Any] = {"home": home, "env": {"AMILAB_HOME": str(home),
+                                                "AMILAB_STOP_TIMEOUT": "5"}}  # fmt: skip
+    built = build(ROOT / "build.yaml", home, "--image", "debian-pv")["Images"]
+    e["ami"] = next(i for i in built if i["ImageType"] == "machine")
+    k = kernel.resolve_kernel(kernel.definition(OTHER_KERNEL))
+    assert k.deb is not None
+    (aki,) = cli_json(e, "register-kernel", "--deb", str(k.deb))["Images"]
+    e["aki"], e["release"] = aki["ImageId"], k.release
+    pem = home / "k1.pem"
+    pem.write_text(cli(e, "create-key-pair", "--key-name", "k1").stdout)
+    pem.chmod(0o600)
+    e["pem"] = pem
+    pkg = tmp_path_factory.mktemp("pkg")
+    (pkg / "DEBIAN").mkdir()
+    (pkg / "DEBIAN/control").write_text(
+        "Package: amilab-hello\nVersion: 1.0\nArchitecture: all\n"
+        "Maintainer: amilab <amilab@localhost>\nDescription: a package installed over SSH\n"
+    )
+    (pkg / "usr/share/amilab-hello").mkdir(parents=True)
+    (pkg / "usr/share/amilab-hello/hello").write_text("hello from a package\n")
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(pkg), str(home / "hello.deb")],
+                   check=True, capture_output=True)  # fmt: skip
+    e["deb"] = home / "hello.deb"
+    yield e
+    for res in cli_json(e, "describe-instances")["Reservations"]:
+        for inst in res["Instances"]:
+            if inst["State"]["Name"] != "terminated":
+                cli(e, "terminate-instances", inst["InstanceId"], "--wait", ok=False)
+
+
+def test_2008_session_then_kill_9_of_its_supervisor(env: dict) -> None:
+    t0 = time.monotonic()
+    res = cli_json(env, "run-instances", env["ami"]["ImageId"], "--kernel", env["aki"],
+                   "--key-name", "k1")  # fmt: skip
+    (inst,) = res["Instances"]
+    iid, address = inst["InstanceId"], inst["PublicIpAddress"]
+    assert inst["State"]["Name"] == "pending" and address.startswith("127.")
+    got = wait_state(env, iid, "running")
+    assert got["KernelId"] == env["aki"] and got["ImageId"] == env["ami"]["ImageId"]
+    assert got["KeyName"] == "k1" and got["InstanceType"] == "m1.small"
+    client = login(env, address)  # port 22 of the instance's own address
+    print(f"2008 session: SSH {time.monotonic() - t0:.1f} s after run-instances")
+    assert sh(client, "uname -r") == env["release"]
+    assert curl(client, "/2008-02-01/meta-data/kernel-id") == ("200", env["aki"])
+    client.close()
+    via_cli = cli(env, "ssh", "-i", str(env["pem"]), iid, "--", "uname", "-r")
+    assert via_cli.stdout.strip() == env["release"]
+
+    a = supervisor_of(env, iid)
+    qemus = processes_in(a["Dir"])
+    assert len(qemus) == 2, qemus  # the guest's QEMU and its network's
+    os.kill(a["Supervisor"]["Pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    while processes_in(a["Dir"]) and time.monotonic() - killed < 5:
+        time.sleep(0.1)
+    assert not processes_in(a["Dir"]), "a QEMU outlived its supervisor by 5 s"
+    print(f"kill -9: no QEMU left after {time.monotonic() - killed:.2f} s")
+    got = describe(env, iid)
+    assert got["State"]["Name"] == "stopped"
+    assert got["StateReason"]["Code"] == "Server.InternalError"
+    assert "supervisor" in got["StateReason"]["Message"]
+    cli(env, "terminate-instances", iid, "--wait")
+    assert describe(env, iid)["State"]["Name"] == "terminated"
+
+
+def _disk_by_serial(client: paramiko.SSHClient, volume_id: str) -> str:
+    serial = volume_id.replace("-", "")
+    out = sh(client, "for d in /sys/block/nvme*n1; do echo ${d##*/} $(cat $d/device/serial); done")
+    disks = dict(reversed(line.split(maxsplit=1)) for line in out.splitlines())
+    return "/dev/" + disks[serial]
+
+
+def test_change_stop_start_reboot_image_terminate(env: dict) -> None:
+    ami = env["ami"]
+    original = sparse_sha256(Path(ami["Locations"]["raw"]))
+    res = cli_json(env, "run-instances", ami["ImageId"], "--ramdisk", "none", "--disk-bus", "nvme",
+                   "--key-name", "k1", "--tag", "Name=web",
+                   "--block-device-mapping", "/dev/sdf=:1:false",
+                   "--block-device-mapping", "/dev/sdb=ephemeral0")  # fmt: skip
+    iid = res["Instances"][0]["InstanceId"]
+    got = wait_state(env, iid, "running")
+    by_tag = cli_json(env, "describe-instances", "--filters", "Name=tag:Name,Values=web")
+    assert [i["InstanceId"] for r in by_tag["Reservations"] for i in r["Instances"]] == [iid]
+    assert got["RamdiskId"] is None
+    vols = {m["DeviceName"]: m["Ebs"] for m in got["BlockDeviceMappings"]}
+    root_vol, data_vol = vols[ami["RootDeviceName"]]["VolumeId"], vols["/dev/sdf"]["VolumeId"]
+    assert vols["/dev/sdf"]["DeleteOnTermination"] is False
+    client = login(env, got["PublicIpAddress"])
+    assert curl(client, "/2008-02-01/meta-data/ramdisk-id")[0] == "404"
+    listing = curl(client, "/latest/meta-data/block-device-mapping/")[1].split()
+    assert {"ami", "root", "ebs1", "ephemeral0"} <= set(listing)
+    assert curl(client, "/latest/meta-data/block-device-mapping/ebs1")[1] == "/dev/sdf"
+    assert sh(client, "ls /sys/block | grep -c nvme") == "3"  # root, sdf, ephemeral0
+    sh(client, "echo changed > /root/marker")
+    sftp = client.open_sftp()
+    sftp.put(str(env["deb"]), "/root/hello.deb")
+    sftp.close()
+    sh(client, "dpkg -i /root/hello.deb")
+    data_dev = _disk_by_serial(client, data_vol)
+    sh(client, f"printf amilab-volume-data | dd of={data_dev} conv=fsync status=none; sync")
+    boot_id = sh(client, "cat /proc/sys/kernel/random/boot_id")
+    client.close()
+
+    t = time.monotonic()
+    cli(env, "stop-instances", iid, "--wait")
+    print(f"stop: {time.monotonic() - t:.1f} s")
+    assert describe(env, iid)["State"]["Name"] == "stopped"
+    cli(env, "start-instances", iid, "--wait")
+    client = login(env, got["PublicIpAddress"])
+    assert sh(client, "cat /root/marker") == "changed"
+    assert "Linux version" in cli(env, "get-console-output", iid).stdout
+    client.close()
+    cli(env, "reboot-instances", iid)
+    deadline = time.monotonic() + BOOT
+    while True:
+        assert time.monotonic() < deadline, "no new boot after reboot-instances"
+        try:
+            client = login(env, got["PublicIpAddress"])
+            new_id = sh(client, "cat /proc/sys/kernel/random/boot_id")
+            client.close()
+            if new_id != boot_id:
+                break
+        except Exception:  # noqa: BLE001 - going down or coming up
+            pass
+        time.sleep(1)
+
+    new_ami = cli(env, "create-image", iid, "--name", "changed").stdout.strip()
+    assert describe(env, iid)["State"]["Name"] in ("pending", "running")  # started again
+    image = cli_json(env, "images", "--image-id", new_ami)["Images"][0]
+    assert image["State"] == "available" and image["KernelId"] == ami["KernelId"]
+    snaps = {m["DeviceName"]: m["Ebs"]["SnapshotId"] for m in image["BlockDeviceMappings"]}
+    original_snap = ami["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    assert snaps[ami["RootDeviceName"]] != original_snap
+    described = cli_json(env, "describe-snapshots", snaps[ami["RootDeviceName"]])["Snapshots"]
+    assert described[0]["State"] == "completed" and described[0]["VolumeId"] == root_vol
+    wait_state(env, iid, "running")
+    quick = cli(env, "create-image", iid, "--name", "changed-no-reboot", "--no-reboot")
+    assert describe(env, iid)["State"]["Name"] == "running"
+    assert cli_json(env, "images", "--image-id", quick.stdout.strip())["Images"][0]["State"] == (
+        "available"
+    )
+    data_snap = cli_json(env, "create-snapshot", "--volume-id", data_vol)["SnapshotId"]
+
+    cli(env, "terminate-instances", iid, "--wait")
+    left = {v["VolumeId"]: v for v in cli_json(env, "describe-volumes")["Volumes"]}
+    assert root_vol not in left  # DeleteOnTermination
+    assert left[data_vol]["State"] == "available" and not left[data_vol]["Attachments"]
+    # the original image and its snapshot never changed
+    assert sparse_sha256(Path(ami["Locations"]["raw"])) == original
+    now = cli_json(env, "images", "--image-id", ami["ImageId"])["Images"][0]
+    assert now["BlockDeviceMappings"] == ami["BlockDeviceMappings"]
+    assert now["Locations"] == ami["Locations"]
+    SHARED.update(new_ami=new_ami, data_snap=data_snap, root_snap=snaps[ami["RootDeviceName"]])
+
+
+def test_relaunch_sees_the_changes_and_a_spot_interruption(env: dict) -> None:
+    assert SHARED, "needs test_change_stop_start_reboot_image_terminate"
+    res = cli_json(env, "run-instances", SHARED["new_ami"], "--ramdisk", "none",
+                   "--disk-bus", "nvme", "--key-name", "k1",
+                   "--block-device-mapping", f"/dev/sdg={SHARED['data_snap']}:",
+                   "--spot-interruption-after", "130", "--spot-notice", "30")  # fmt: skip
+    iid = res["Instances"][0]["InstanceId"]
+    got = wait_state(env, iid, "running")
+    client = login(env, got["PublicIpAddress"])
+    assert sh(client, "cat /root/marker") == "changed"
+    assert "install ok installed" in sh(client, "dpkg -s amilab-hello")
+    vols = {m["DeviceName"]: m["Ebs"]["VolumeId"] for m in got["BlockDeviceMappings"]}
+    dev = _disk_by_serial(client, vols["/dev/sdg"])
+    assert sh(client, f"head -c 18 {dev}") == "amilab-volume-data"
+    code, _ = curl(client, "/latest/meta-data/spot/instance-action")
+    assert code == "404", "announced before the notice"
+    deadline = time.monotonic() + 120
+    while (answer := curl(client, "/latest/meta-data/spot/instance-action"))[0] != "200":
+        assert time.monotonic() < deadline, "never announced"
+        time.sleep(1)
+    action = json.loads(answer[1])
+    at = calendar.timegm(time.strptime(action["time"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert action["action"] == "terminate"
+    print(f"spot: announced {at - time.time():.1f} s ahead")
+    assert 20 <= at - time.time() <= 31
+    client.close()
+    while describe(env, iid)["State"]["Name"] == "running":
+        assert time.time() < at + 30, "not interrupted"
+        time.sleep(0.5)
+    print(f"spot: interrupted {time.time() - at:+.1f} s from the announced time")
+    assert abs(time.time() - at) <= 5
+    got = wait_state(env, iid, "terminated", 60)
+    assert got["StateReason"]["Code"] == "Server.SpotInstanceTermination"
+
+
+def test_ec2_refusals_exit_2_with_ec2_codes(env: dict) -> None:
+    ami = env["ami"]["ImageId"]
+    before = cli_json(env, "describe-volumes")["Volumes"]
+    cases = [
+        (("run-instances", ami, "--instance-type", "t3.micro"), "InvalidParameterCombination"),
+        (("run-instances", ami, "--instance-type", "t4g.micro"), "InvalidParameterValue"),
+        (("run-instances", ami, "--block-device-mapping", "/dev/sdb=ephemeral0",
+          "--block-device-mapping", "/dev/sdc=ephemeral1"), "InvalidBlockDeviceMapping"),
+        (("delete-snapshot", "--snapshot-id", SHARED.get("root_snap", "snap-x")),
+         "InvalidSnapshot.InUse"),
+        (("terminate-instances", "i-0000000000000000f"), "InvalidInstanceID.NotFound"),
+        (("run-instances", ami, "--key-name", "nope"), "InvalidKeyPair.NotFound"),
+    ]  # fmt: skip
+    for args, code in cases:
+        res = cli(env, *args, ok=False)
+        assert res.returncode == 2, f"{args}: {res.returncode} {res.stderr}"
+        assert code in res.stderr and "Traceback" not in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert cli_json(env, "describe-volumes")["Volumes"] == before  # nothing half-made
