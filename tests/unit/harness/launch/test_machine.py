@@ -102,7 +102,14 @@ def test_user_layer_by_path(tmp_path: Path) -> None:
     layer = tmp_path / "mine.ini"
     layer.write_text("[cpu]\n@ = max\n")
     argv = command_line(_spec(extra_layers=[str(layer)]))
-    assert _opt(argv, "-cpu") == ["max"]
+    # the model is the user's; the TCG layer's cx16=off (QEMU 7.2's cmpxchg16b) stays merged in
+    assert _opt(argv, "-cpu") == ["max,cx16=off"]
+
+
+def test_tcg_layer_hides_cmpxchg16b() -> None:
+    argv = command_line(_spec(accelerator=TCG))
+    assert _opt(argv, "-accel") == ["tcg,thread=multi"]
+    assert _opt(argv, "-cpu") == ["qemu64,cx16=off"]
 
 
 def test_percent_survives_configparser() -> None:
