@@ -72,6 +72,44 @@ def menu_lst(release: str, args: str, initrd: bool, root_partition: int | None) 
     return "\n".join(lines + [""])
 
 
+def first_entry(text: str, menu: str) -> tuple[int, int, str, bool] | None:
+    """The first boot entry of a grub.cfg (`menu="grub"`) or menu.lst (`"menu"`): its line
+    span [start, end), the kernel release it boots (from /boot/vmlinuz-<release>) and whether
+    it loads an initrd; None when the file has no entry booting a /boot/vmlinuz-*."""
+    lines = text.splitlines()
+    opener = "menuentry " if menu == "grub" else "title "
+    starts = [i for i, ln in enumerate(lines) if ln.lstrip().startswith(opener)]
+    for n, start in enumerate(starts):
+        if menu == "grub":
+            end = next((i + 1 for i in range(start + 1, len(lines)) if lines[i].strip() == "}"),
+                       len(lines))  # fmt: skip
+        else:
+            end = starts[n + 1] if n + 1 < len(starts) else len(lines)
+        block = lines[start:end]
+        words = [w for ln in block for w in ln.split()]
+        kernels = [w for w in words if w.startswith("/boot/vmlinuz-")]
+        if kernels:
+            release = kernels[0].removeprefix("/boot/vmlinuz-")
+            initrd = any(ln.split()[:1] == ["initrd"] for ln in block)
+            return start, end, release, initrd
+    return None
+
+
+def with_default_entry(text: str, menu: str, release: str) -> str:
+    """`text` (grub.cfg or menu.lst) with a copy of its first entry, for `release`, put before
+    it, so the menu's default (entry 0) boots that kernel and the old one stays listed: what
+    Debian's update-grub does when a newer kernel is installed. Same arguments, same root."""
+    found = first_entry(text, menu)
+    if found is None:
+        raise BuildFailed(f"no boot entry for a /boot/vmlinuz-* in the image's {menu} menu")
+    start, end, old, _ = found
+    lines = text.splitlines()
+    entry = [ln.replace(f"vmlinuz-{old}", f"vmlinuz-{release}")
+             .replace(f"initrd.img-{old}", f"initrd.img-{release}")
+             .replace(f"Linux {old}", f"Linux {release}") for ln in lines[start:end]]  # fmt: skip
+    return "\n".join(lines[:start] + entry + lines[start:]) + "\n"
+
+
 def install_boot_files(
     root: Path,
     vmlinuz: Path,

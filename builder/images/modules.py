@@ -16,14 +16,16 @@ unpacked into the cache; the image's kmod reads it (smoke's modprobe checks prov
 from __future__ import annotations
 
 import copy
+import posixpath
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from builder import paths
 from builder.build import kernel as kernel_mod
+from builder.disk import e2fs
 from builder.disk.formats import FORMATS
 from builder.disk.inspection import mount_all, open_guestfs
 from builder.errors import BadInput, BuildFailed
@@ -72,18 +74,15 @@ def add_modules(
     registry: Registry | None = None,
 ) -> ImageRecord:
     """Register a new AMI: `ami_ref`'s disk plus the modules tree of kernel `aki_ref`, with
-    depmod run for it; with `default_kernel`, that AKI (and a generated ramdisk for it, when
-    the source boots with one) is the new image's default. BadInput (exit 2) for an unknown
-    image, an AKI that is not a kernel, a taken name, an hvm image asked for a default kernel,
-    or an image that already holds that kernel's modules."""
+    depmod run for it; with `default_kernel`, that kernel is what the new image boots: a
+    paravirtual image's AKI (with a ramdisk generated for it when the source boots with one),
+    an hvm image's first GRUB entry (the kernel, and an initrd generated for it, into /boot,
+    as installing a kernel package in an EC2 HVM instance does). BadInput (exit 2) for an
+    unknown image, an AKI that is not a kernel, a taken name, an image whose GRUB menu has no
+    entry to copy, or an image that already holds that kernel's modules."""
     registry = registry or Registry()
     source = registry.find(ami_ref, "machine")
     aki = registry.find(aki_ref, "kernel")
-    if default_kernel and source.virtualization_type != "paravirtual":
-        raise BadInput(
-            f"--default-kernel: {source.image_id} is {source.virtualization_type}; its own "
-            "bootloader picks the kernel (an hvm image has no AKI)"
-        )
     kernel = None if aki.kernel_release else kernel_for_aki(aki)
     release = aki.kernel_release or (kernel.release if kernel else "")
     if _has_tree(source, release):
@@ -135,23 +134,34 @@ class CopyDisk(Step[AddModules]):
 
 
 class AddTree(Step[AddModules]):
+    """The kernel's modules tree (and config; for an hvm image's default kernel also its
+    vmlinuz, initrd and boot menu entries) into the copy: with e2fsprogs where the root is an
+    ext2/3/4 filesystem at a known offset, else through libguestfs (an import's mountpoints,
+    LVM, xfs, a filesystem e2fsprogs cannot write safely)."""
+
     name = "modules"
 
     def run(self, s: AddModules) -> None:
         assert s.disk is not None and s.work is not None
         k = s.kernel
-        tarball, base = s.work / "modules.tar", _indexed_tree(k, s.work)
-        subprocess.run(
-            ["tar", "-C", str(base), "--owner=0", "--group=0", "--numeric-owner",
-             "-cf", str(tarball), k.release],
-            check=True, capture_output=True,
-        )  # fmt: skip
+        base = _indexed_tree(k, s.work)
+        boot = _boot_files(s)
+        fs = None if _import_mounts(s.source) else e2fs.open_fs(s.disk, _root_offset(s.source))
+        if fs is not None:
+            try:
+                target = E2fsTarget(fs)
+                s.notes += install(target, base, k.release, k.config, boot)
+                target.commit()
+                s.notes.append("written with e2fsprogs (debugfs), checked with e2fsck -fn")
+                return
+            except e2fs.Unsupported as e:
+                s.notes.append(f"libguestfs instead of e2fsprogs: {e}")
         s.handle = open_guestfs(s.disk, "raw", readonly=False)
         g = s.handle
         try:
             _mount_root(g, s.source)
             try:
-                s.notes += install_tree(g, tarball, k.release, k.config)
+                s.notes += install(GuestfsTarget(g, s.work), base, k.release, k.config, boot)
             finally:
                 g.umount_all()
             g.shutdown()  # flushes the copy; an error here is an error of the whole run
@@ -163,6 +173,115 @@ class AddTree(Step[AddModules]):
         if s.handle is not None:
             s.handle.close()  # stops the appliance if run() did not
             s.handle = None
+
+
+@dataclass
+class BootFiles:
+    """An hvm image's new default kernel, and where to make its initrd and menus."""
+
+    kernel: kernel_mod.Kernel
+    work: Path
+
+
+def _hvm(s: AddModules) -> bool:
+    return s.source.virtualization_type == "hvm"
+
+
+def _boot_files(s: AddModules) -> BootFiles | None:
+    if not (s.default_kernel and _hvm(s)):
+        return None
+    assert s.work is not None
+    return BootFiles(s.kernel, s.work)
+
+
+def _import_mounts(source: ImageRecord) -> list[Any]:
+    os_ = source.extra.get("os") or {}
+    return list(os_.get("mountpoints") or []) if isinstance(os_, dict) else []
+
+
+def _root_offset(source: ImageRecord) -> int:
+    launch = source.launch
+    if (launch.partitioning or "none") == "none":
+        return 0
+    root = launch.partitions.get("root")
+    return root.offset if root is not None else launch.fs_offset
+
+
+class E2fsTarget:
+    """The image's root filesystem through debugfs: paths resolved as the guest resolves
+    them, commands collected and run at once by `commit` (then e2fsck checks the result)."""
+
+    def __init__(self, fs: e2fs.E2fs) -> None:
+        self.fs = fs
+        self.commands: list[str] = []
+        self.made: set[str] = set()  # directories the pending commands create
+
+    def resolve(self, path: str) -> str:
+        return self.fs.resolve(path)
+
+    def exists(self, path: str) -> bool:
+        return path in self.made or self.fs.lookup(self.fs.resolve(path)) is not None
+
+    def read_text(self, path: str) -> str | None:
+        return self.fs.read_text(path)
+
+    def _parents(self, path: str) -> None:
+        parent = posixpath.dirname(path)
+        if parent in self.made:
+            return
+        mk = self.fs.mkdir_commands(parent)
+        self.commands += mk
+        self.made.update(c.split('"')[1] for c in mk)
+
+    def put_tree(self, src: Path, dest: str) -> None:
+        self._parents(dest)
+        self.commands += self.fs.tree_commands(src, dest)
+
+    def put_file(self, src: Path, dest: str) -> None:
+        self._parents(dest)
+        self.commands += self.fs.file_commands(src, dest)
+
+    def commit(self) -> None:
+        self.fs.run(self.commands)
+
+
+class GuestfsTarget:
+    """The image's filesystems mounted in the libguestfs appliance."""
+
+    def __init__(self, g: Any, work: Path) -> None:
+        self.g, self.work = g, work
+
+    def resolve(self, path: str) -> str:
+        g, parts, tail = self.g, path.rstrip("/"), []
+        while parts and not g.exists(parts):  # realpath needs an existing path
+            parts, name = posixpath.split(parts)
+            tail.insert(0, name)
+        return posixpath.join(str(g.realpath(parts or "/")), *tail)
+
+    def exists(self, path: str) -> bool:
+        return bool(self.g.exists(path))
+
+    def read_text(self, path: str) -> str | None:
+        if not self.g.is_file(path, followsymlinks=True):
+            return None
+        return bytes(self.g.read_file(path)).decode(errors="replace")
+
+    def put_tree(self, src: Path, dest: str) -> None:
+        tarball = self.work / "modules.tar"
+        subprocess.run(
+            ["tar", "-C", str(src.parent), "--owner=0", "--group=0", "--numeric-owner",
+             "-cf", str(tarball), src.name],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        parent = posixpath.dirname(dest)
+        self.g.mkdir_p(parent)
+        self.g.tar_in(str(tarball), parent)
+        if posixpath.basename(dest) != src.name:
+            self.g.rename(posixpath.join(parent, src.name), dest)
+
+    def put_file(self, src: Path, dest: str) -> None:
+        self.g.mkdir_p(posixpath.dirname(dest))
+        self.g.upload(str(src), dest)
 
 
 def _indexed_tree(k: kernel_mod.Kernel, work: Path) -> Path:
@@ -181,9 +300,8 @@ def _indexed_tree(k: kernel_mod.Kernel, work: Path) -> Path:
 def _mount_root(g: Any, source: ImageRecord) -> None:
     """Mount the image's filesystems: an import's inspected mountpoints, else the root the
     launch settings locate (the whole disk, or the partition at its recorded offset)."""
-    os_ = source.extra.get("os") or {}
-    if isinstance(os_, dict) and os_.get("mountpoints"):
-        mount_all(g, os_["mountpoints"], readonly=False)
+    if _import_mounts(source):
+        mount_all(g, source.extra["os"]["mountpoints"], readonly=False)
         return
     g.mount(root_device(g, source.launch), "/")
 
@@ -206,20 +324,68 @@ def root_device(g: Any, launch: LaunchSettings) -> str:
     raise BadInput(f"no partition starts at {offset} on the disk: cannot find the root")
 
 
-def install_tree(g: Any, tarball: Path, release: str, config: Path | None) -> list[str]:
-    """Unpack the modules tar (one top directory, `release`, depmod's index inside) where
-    the guest's kmod looks. BadInput if that tree is already there."""
-    base = str(g.realpath("/lib/modules")) if g.exists("/lib/modules") else "/lib/modules"
-    if g.exists(f"{base}/{release}"):
-        raise BadInput(f"the image already holds {base}/{release}")
-    g.mkdir_p(base)
-    g.tar_in(str(tarball), base)
-    notes = [f"modules: {base}/{release}"]
+class Target(Protocol):
+    def resolve(self, path: str) -> str: ...
+    def exists(self, path: str) -> bool: ...
+    def read_text(self, path: str) -> str | None: ...
+    def put_tree(self, src: Path, dest: str) -> None: ...
+    def put_file(self, src: Path, dest: str) -> None: ...
+
+
+def install(
+    t: Target, base: Path, release: str, config: Path | None, boot: BootFiles | None = None
+) -> list[str]:
+    """The modules tree `base/<release>` (depmod's index inside) where the guest's kmod looks
+    (/lib/modules as the image resolves it), the config beside the image's kernels, and for an
+    hvm image's new default kernel its vmlinuz and initrd in /boot with a first entry in the
+    image's GRUB menus (grub.cfg; menu.lst for PV-GRUB). BadInput if that tree is there."""
+    where = t.resolve(f"/lib/modules/{release}")
+    if t.exists(where):
+        raise BadInput(f"the image already holds {where}")
+    t.put_tree(base / release, where)
+    notes = [f"modules: {where}"]
     if config is not None and config.is_file():
-        g.mkdir_p("/boot")
-        g.upload(str(config), f"/boot/config-{release}")
+        t.put_file(config, t.resolve(f"/boot/config-{release}"))
         notes.append(f"config: /boot/config-{release}")
     notes.append(f"depmod: index made by depmod -b on the host for {release}")
+    if boot is not None:
+        notes += _install_boot(t, boot)
+    return notes
+
+
+def _install_boot(t: Target, boot: BootFiles) -> list[str]:
+    """What Debian's kernel package and update-grub would leave: /boot/vmlinuz-<release>,
+    /boot/initrd.img-<release> when the current entry loads an initrd, and a copy of the
+    menus' first entry for that kernel put first (the old kernel stays on the menu)."""
+    from builder.build.bootloader import first_entry, with_default_entry
+
+    menus = {}
+    for path, kind in (("/boot/grub/grub.cfg", "grub"), ("/boot/grub/menu.lst", "menu")):
+        text = t.read_text(path)
+        if text is not None:
+            menus[path] = (kind, text)
+    if "/boot/grub/grub.cfg" not in menus:
+        raise BadInput("--default-kernel: the image has no /boot/grub/grub.cfg to boot it from")
+    kind, text = menus["/boot/grub/grub.cfg"]
+    found = first_entry(text, kind)
+    if found is None:
+        raise BadInput("--default-kernel: the image's grub.cfg has no /boot/vmlinuz-* entry")
+    k = boot.kernel
+    t.put_file(k.vmlinuz, t.resolve(f"/boot/vmlinuz-{k.release}"))
+    notes = [f"kernel: /boot/vmlinuz-{k.release}"]
+    if found[3]:  # the image boots with an initrd: one generated for this kernel
+        from builder.build import ramdisk as ramdisk_mod
+
+        initrd = ramdisk_mod.build_generated(k, boot.work / f"initrd.img-{k.release}")
+        t.put_file(initrd, t.resolve(f"/boot/initrd.img-{k.release}"))
+        notes.append(f"initrd: /boot/initrd.img-{k.release} (generated for it)")
+    for path, (kind, text) in menus.items():
+        if first_entry(text, kind) is None:
+            continue
+        out = boot.work / f"menu-{posixpath.basename(path)}"
+        out.write_text(with_default_entry(text, kind, k.release))
+        t.put_file(out, t.resolve(path))
+        notes.append(f"{path}: first entry boots {k.release}")
     return notes
 
 
@@ -230,7 +396,7 @@ class DefaultRamdisk(Step[AddModules]):
     name = "ramdisk"
 
     def run(self, s: AddModules) -> None:
-        if not s.default_kernel or not s.source.ramdisk_id:
+        if not s.default_kernel or not s.source.ramdisk_id or _hvm(s):
             return
         registered = [
             r for r in s.registry.list("ramdisk")
@@ -292,11 +458,14 @@ class Register(Step[AddModules]):
         launch = copy.deepcopy(src.launch)
         trees = launch.kernel_releases or ([launch.kernel_release] if launch.kernel_release else [])
         launch.kernel_releases = [*trees, release]
+        if s.default_kernel and _hvm(s):  # its own GRUB boots this kernel now
+            launch.kernel_release = release
+        pv_default = s.default_kernel and not _hvm(s)
         reg = factory.Registration.of(src)
         reg = factory.Registration(
             s.name, reg.virtualization, reg.root_device_name, reg.architecture,
-            s.aki.image_id if s.default_kernel else reg.kernel_id,
-            (s.ari.image_id if s.ari else None) if s.default_kernel else reg.ramdisk_id,
+            s.aki.image_id if pv_default else reg.kernel_id,
+            (s.ari.image_id if s.ari else None) if pv_default else reg.ramdisk_id,
         )  # fmt: skip
         first = next(iter(src.locations), "raw")
         rec = factory.machine_image(

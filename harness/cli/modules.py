@@ -29,8 +29,8 @@ def register_add_modules(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--default-kernel",
         action="store_true",
-        help="boot the new AMI with that kernel (and a ramdisk generated for it); "
-        "paravirtual images only",
+        help="boot the new AMI with that kernel (and a ramdisk generated for it): a "
+        "paravirtual image's AKI, an hvm image's first GRUB entry (kernel and initrd in /boot)",
     )
     p.add_argument("--name", help="the new AMI's name (default: <source name>-<release>)")
     add_json(p, "print the new image as describe-images JSON")

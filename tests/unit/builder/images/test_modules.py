@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from builder.build.bootloader import first_entry, grub_cfg, menu_lst
 from builder.build.kernel import Kernel
 from builder.errors import BadInput, BuildFailed
 from builder.ids import file_sha256, sparse_sha256
@@ -66,8 +68,11 @@ class FakeGuest:
     def exists(self, path: str) -> bool:
         return self._p(path).exists()
 
-    def is_file(self, path: str) -> bool:
+    def is_file(self, path: str, followsymlinks: bool = False) -> bool:
         return self._p(path).is_file()
+
+    def read_file(self, path: str) -> bytes:
+        return self._p(path).read_bytes()
 
     def realpath(self, path: str) -> str:
         return "/" + str(self._p(path).resolve().relative_to(self.root.resolve()))
@@ -219,6 +224,41 @@ def test_hvm_partitioned_root_found_by_offset(world: dict[str, Any]) -> None:
     assert rec.virtualization_type == "hvm" and rec.kernel_id is None
 
 
+def test_hvm_default_kernel_goes_first_in_its_own_grub_menus(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An hvm image boots its own GRUB: the kernel, an initrd made for it and a first menu
+    entry go into the disk, as installing a kernel package in an EC2 HVM instance does."""
+    monkeypatch.setattr("builder.build.ramdisk.build_generated",
+                        lambda k, out: (out.write_bytes(b"initrd"), out)[1])  # fmt: skip
+    old = "6.1.0-56-cloud-amd64"
+    grub = world["guest"].root / "boot/grub"
+    grub.mkdir(parents=True)
+    args = "root=UUID=0f0f ro console=ttyS0"
+    (grub / "grub.cfg").write_text(grub_cfg(old, args, initrd=True))
+    (grub / "menu.lst").write_text(menu_lst(old, args, initrd=True, root_partition=3))
+    rec = mod.add_modules("hvm", world["aki"].image_id, default_kernel=True)
+    boot = world["guest"].root / "boot"
+    assert (boot / f"vmlinuz-{RELEASE}").read_bytes() == world["kernel"].vmlinuz.read_bytes()
+    assert (boot / f"initrd.img-{RELEASE}").read_bytes() == b"initrd"
+    for name, kind in (("grub.cfg", "grub"), ("menu.lst", "menu")):
+        text = (grub / name).read_text()
+        assert first_entry(text, kind)[2:] == (RELEASE, True), text  # type: ignore[index]
+        assert f"vmlinuz-{old} {args}" in text and f"vmlinuz-{RELEASE} {args}" in text
+    assert rec.kernel_id is None and rec.launch.expected_release == RELEASE
+
+
+def test_hvm_default_kernel_without_a_grub_menu_is_refused(
+    world: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = {r.image_id for r in Registry().list()}
+    assert main(["add-modules", "hvm", "--kernel", "sid", "--default-kernel"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no /boot/grub/grub.cfg" in err, err
+    assert {r.image_id for r in Registry().list()} == before
+    assert _leftovers(world["home"]) == []
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -227,7 +267,6 @@ def test_hvm_partitioned_root_found_by_offset(world: dict[str, Any]) -> None:
         (["pv", "--kernel", "{own_ari}"], "is a ramdisk image, not a kernel image"),
         (["pv", "--kernel", "own-initrd"], "no such kernel image"),
         (["pv", "--kernel", "own"], "already holds the modules of 6.1.0-56-cloud-amd64"),
-        (["hvm", "--kernel", "sid", "--default-kernel"], "--default-kernel: .* is hvm"),
         (["pv", "--kernel", "sid", "--name", "hvm"], "already in use"),
     ],
 )
@@ -301,3 +340,32 @@ def test_a_tree_without_an_index_is_indexed_on_a_staged_copy(tmp_path: Path) -> 
     base = mod._indexed_tree(k, tmp_path / "work")
     assert (base / RELEASE / "modules.dep.bin").is_file()
     assert not (k.modules_dir / "modules.dep.bin").exists()  # the cache is only read
+
+
+def test_ext4_root_is_written_with_e2fsprogs_not_libguestfs(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """A real ext4 root in a GPT-style partition: debugfs writes the copy (no appliance: the
+    fake libguestfs handle is never opened), e2fsck passes, the source stays as it was."""
+    from tests.unit.builder.disk.test_e2fs import OFFSET, _image, _merged_usr
+
+    disk = _image(tmp_path, _merged_usr(tmp_path))
+    digest = sparse_sha256(disk)
+    src = factory.machine_image(
+        factory.Registration("ext4", "paravirtual", "/dev/sda1",
+                             kernel_id=world["own_aki"].image_id),
+        digest, LaunchSettings(disk_size=disk.stat().st_size, partitioning="gpt",
+                               partitions={"root": Partition(OFFSET, 64 << 20)}),
+        {"raw": str(disk)},
+    )  # fmt: skip
+    Registry().register([src])
+    rec = mod.add_modules("ext4", world["aki"].image_id)
+    assert world["opened"] == []
+    assert rec.extra["add_modules_notes"][0] == f"modules: /usr/lib/modules/{RELEASE}"
+    assert "e2fsprogs" in rec.extra["add_modules_notes"][-1]
+    new = Path(rec.locations["raw"])
+    out = subprocess.run(["debugfs", "-R", f"ls /usr/lib/modules/{RELEASE}/kernel/fs",
+                          f"{new}?offset={OFFSET}"], capture_output=True, text=True)  # fmt: skip
+    assert "isofs.ko.xz" in out.stdout
+    assert subprocess.run(["e2fsck", "-fn", f"{new}?offset={OFFSET}"]).returncode == 0
+    assert sparse_sha256(disk) == digest and _leftovers(world["home"]) == []
