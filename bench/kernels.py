@@ -7,7 +7,8 @@
   aki+ari warm     the same right after, same cache, a new AMILAB_HOME: nothing downloaded.
   add-modules      `amilab add-modules debian-pv --kernel AKI --default-kernel` of the default
                    PV image (built first, not timed): a sparse copy of the disk, the kernel's
-                   modules tree written through libguestfs, the new AMI registered.
+                   modules tree written with e2fsprogs (debugfs; the root is ext4), the new
+                   AMI registered.
   rebuild          `amilab build` of the same recipe with `kernel: <that kernel>`, the way to
                    get the same result without add-modules (the user's own warm caches: the
                    base root tree and the kernel are cached, as they would be).
@@ -36,8 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# bookworm-backports' 6.12.95 cloud kernel dies under this machine's TCG; trixie's boots
-DEFAULT_KERNEL = "debian-cloud-trixie"
+DEFAULT_KERNEL = "debian-cloud-bookworm-backports"
 _REGISTER = (
     "import json, sys, time\n"
     "t0 = time.monotonic()\n"
