@@ -17,6 +17,7 @@ import struct
 import subprocess
 from pathlib import Path
 
+from builder.build import reproducible
 from builder.build.layout import DiskLayout
 from builder.errors import BuildFailed, EnvironmentProblem
 
@@ -162,10 +163,13 @@ def _mkimage(platform: str, out: Path, early_cfg: Path, log: Path) -> None:
     _checked(argv, log, f"grub-mkimage for {platform}")
 
 
-def _checked(argv: list[str], log: Path, what: str) -> None:
+def _checked(argv: list[str], log: Path, what: str, env: dict[str, str] | None = None) -> None:
     with open(log, "ab") as f:
         f.write(("# " + " ".join(argv) + "\n").encode())
-        result = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, check=False)
+        result = subprocess.run(
+            argv, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            check=False,
+        )  # fmt: skip
     if result.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
         raise BuildFailed(f"bootloader: {what} failed: {' '.join(tail)}")
@@ -196,17 +200,26 @@ def install_bios(disk: Path, layout: DiskLayout, work: Path, early_cfg: Path, lo
         f.write(struct.pack("<Q", sector))
 
 
-def install_uefi(disk: Path, layout: DiskLayout, work: Path, early_cfg: Path, log: Path) -> None:
+def install_uefi(
+    disk: Path, layout: DiskLayout, work: Path, early_cfg: Path, log: Path, epoch: int = 0
+) -> None:
     efi = work / "BOOTX64.EFI"
     _mkimage("x86_64-efi", efi, early_cfg, log)
     offset, size = layout.parts["esp"]
     esp = work / "esp.img"
     with open(esp, "wb") as f:
         f.truncate(size)
-    _checked(["mkfs.vfat", "-F", "32", "-n", "EFI", str(esp)], log, "mkfs.vfat")
-    env_img = f"{esp}"
-    _checked(["mmd", "-i", env_img, "::/EFI", "::/EFI/BOOT"], log, "mmd")
-    _checked(["mcopy", "-i", env_img, str(efi), "::/EFI/BOOT/BOOTX64.EFI"], log, "mcopy")
+    # reproducible: a volume ID from the root's UUID instead of the clock, constants for
+    # mkfs.vfat's other time-based fields, and directory entries dated at the epoch (mtools
+    # reads SOURCE_DATE_EPOCH)
+    volume_id = layout.uuid.replace("-", "")[:8]
+    mkfs = ["mkfs.vfat", "--invariant", "-i", volume_id, "-F", "32", "-n", "EFI", str(esp)]
+    _checked(mkfs, log, "mkfs.vfat", reproducible.fake_time_env(epoch))
+    env = reproducible.fake_time_env(epoch)
+    _checked(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], log, "mmd", env)
+    os.utime(efi, (epoch, epoch))
+    copy = ["mcopy", "-m", "-i", str(esp), str(efi), "::/EFI/BOOT/BOOTX64.EFI"]
+    _checked(copy, log, "mcopy", env)
     _copy_into(esp, disk, offset)
     esp.unlink()
 
@@ -223,7 +236,9 @@ def _copy_into(src: Path, disk: Path, offset: int, chunk: int = 1 << 20) -> None
             pos += len(block)
 
 
-def install(disk: Path, layout: DiskLayout, uuid: str, work: Path, log: Path) -> None:
+def install(
+    disk: Path, layout: DiskLayout, uuid: str, work: Path, log: Path, epoch: int = 0
+) -> None:
     if layout.boot is None:
         return
     early_cfg = work / "grub-early.cfg"
@@ -233,4 +248,4 @@ def install(disk: Path, layout: DiskLayout, uuid: str, work: Path, log: Path) ->
     if layout.boot in ("bios", "hybrid"):
         install_bios(disk, layout, work, early_cfg, log)
     if layout.boot in ("uefi", "hybrid"):
-        install_uefi(disk, layout, work, early_cfg, log)
+        install_uefi(disk, layout, work, early_cfg, log, epoch)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid as uuid_mod
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.build import reproducible
 from builder.errors import BuildFailed
 
 _GPT_TAIL = 33 * 512  # backup GPT header and entries at the end of the disk
@@ -82,22 +84,34 @@ def _run(argv: list[str], log: Path, stdin: str | None = None, env: dict | None 
     return result.stdout.decode(errors="replace")
 
 
+def table_ids(seed: str, roles: list[str]) -> tuple[str, dict[str, str]]:
+    """The disk's label-id and each partition's GUID, derived from `seed` (the root
+    filesystem's UUID, itself from the recipe) instead of sfdisk's random ones."""
+    disk = uuid_mod.uuid5(uuid_mod.NAMESPACE_URL, f"amilab:disk:{seed}")
+    parts = {r: str(uuid_mod.uuid5(uuid_mod.NAMESPACE_URL, f"amilab:{r}:{seed}")) for r in roles}
+    return str(disk), parts
+
+
 def _partition(
-    out: Path, size: int, scheme: str, roles: list[str], log: Path
+    out: Path, size: int, scheme: str, roles: list[str], log: Path, seed: str
 ) -> tuple[dict[str, tuple[int, int]], str]:
     """Write the table; ({role: (offset, size)}, PARTUUID of the root partition)."""
-    lines = ["label: gpt" if scheme == "gpt" else "label: dos"]
+    disk_id, part_ids = table_ids(seed, roles)
+    if scheme == "gpt":
+        lines = ["label: gpt", f"label-id: {disk_id.upper()}"]
+    else:
+        lines = ["label: dos", f"label-id: 0x{disk_id[:8]}"]
     for role in roles:
         gpt_type, mbr_type, part_size = _PARTS[role]
         spec = "type=" + (gpt_type if scheme == "gpt" else str(mbr_type))
         if part_size:
             spec += f", size={part_size // 512}"
         if scheme == "gpt":
-            spec += f", name={role}"
+            spec += f", name={role}, uuid={part_ids[role].upper()}"
         elif role == "root":
             spec += ", bootable"
         lines.append(spec)
-    lines[1] = "start=2048, " + lines[1]
+    lines[2] = "start=2048, " + lines[2]
     _run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(out)], log, "\n".join(lines))
     table = json.loads(_run(["sfdisk", "--json", str(out)], log))["partitiontable"]
     sector = int(table.get("sectorsize", 512))
@@ -123,14 +137,18 @@ def make_disk(
     partitioning: str,
     log: Path,
     boot: str | None = None,
+    epoch: int = 0,
 ) -> DiskLayout:
+    """The disk with the tree in it; every time in the filesystem is `epoch` or a clamped
+    file time (builder.build.reproducible), every identifier derives from `uuid`."""
     out.unlink(missing_ok=True)
     with open(out, "wb") as f:
         f.truncate(size)
     parts: dict[str, tuple[int, int]] = {}
     offset, fs_size, partuuid = 0, size, None
     if partitioning != "none":
-        parts, partuuid = _partition(out, size, partitioning, plan(partitioning, boot), log)
+        roles = plan(partitioning, boot)
+        parts, partuuid = _partition(out, size, partitioning, roles, log, uuid)
         offset, fs_size = parts["root"]
     fs_size -= fs_size % 4096
     argv = [
@@ -150,5 +168,6 @@ def make_disk(
         str(out),
         f"{fs_size // 1024}k",
     ]
-    _run(argv, log)
+    _run(argv, log, env=reproducible.fake_time_env(epoch))
+    reproducible.set_inode_ctimes(f"{out}?offset={offset}" if offset else str(out), epoch, log)
     return DiskLayout(size, label, uuid, partitioning, offset, fs_size, partuuid, parts, boot)

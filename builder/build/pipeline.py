@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import paths
-from builder.build import bootloader, chroot, elements, rootfs
+from builder.build import bootloader, chroot, elements, reproducible, rootfs
 from builder.build import kernel as kernel_mod
 from builder.build import layout as disk_mod
 from builder.build.engines import RootEngine, engine_for
@@ -55,6 +55,7 @@ class BuildState:
     records: list[ImageRecord] = field(default_factory=list)
     base_cached: bool = False
     root_uuid: str = ""
+    epoch: int = 0  # the build epoch: every time that reaches the disk (reproducible.py)
     engine: RootEngine = field(init=False)  # the recipe's root engine (builder.build.engines)
 
     def __post_init__(self) -> None:
@@ -84,6 +85,8 @@ class BuildState:
             "IMAGE_ELEMENT": " ".join(e.name for e in self.elements),
             "ELEMENTS_PATH": ":".join(str(p) for p in paths.elements_path()),
             "AMILAB_KERNEL_RELEASE": self.kernel.release if self.kernel else "",
+            # tools run by hooks (shadow's, dpkg's, mkinitramfs) date what they write by it
+            reproducible.EPOCH_VARIABLE: str(self.epoch),
         }
 
 
@@ -137,6 +140,8 @@ class BaseRoot(Step[BuildState]):
 
     def run(self, s: BuildState) -> None:
         s.engine.make_root(s)
+        s.epoch = reproducible.build_epoch(s.root)
+        s.stages.detail(f"build epoch {s.epoch}")
 
 
 class Elements(Step[BuildState]):
@@ -205,6 +210,7 @@ class Finalise(Step[BuildState]):
                     if f.is_file() and f.name != "lock":
                         f.unlink()
         disk_mod.write_fstab(s.root, s.recipe.disk.label)
+        reproducible.normalise_tree(s.root, s.epoch)
 
 
 class BootFiles(Step[BuildState]):
@@ -245,6 +251,7 @@ class Disk(Step[BuildState]):
             s.recipe.partitioning,
             s.logs / "disk.log",
             boot=s.recipe.boot_mode,
+            epoch=s.epoch,
         )
         # the tree is in the disk now; free the space before writing formats
         chroot.remove_tree(s.root)
@@ -257,7 +264,9 @@ class Bootloader(Step[BuildState]):
         if s.layout is None or s.layout.boot is None:
             return
         s.stages.detail(f"GRUB for {s.layout.boot}")
-        bootloader.install(s.raw, s.layout, s.root_uuid, s.workdir, s.logs / "bootloader.log")
+        bootloader.install(
+            s.raw, s.layout, s.root_uuid, s.workdir, s.logs / "bootloader.log", s.epoch
+        )
 
 
 class Formats(Step[BuildState]):

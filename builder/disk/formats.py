@@ -12,6 +12,8 @@ qemu-img.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +104,31 @@ class Qcow2(DiskFormat):
 class Vmdk(DiskFormat):
     name, suffix, qemu_format = "vmdk", ".vmdk", "vmdk"
     subformat = "monolithicSparse"
+
+    def _write(self, src: Path, out: Path, src_format: str, how: WriteOptions) -> int | None:
+        super()._write(src, out, src_format, how)
+        content_cid(out)
+        return None
+
+
+_CID = re.compile(rb"\nCID=([0-9a-fA-F]{8})\n")
+
+
+def content_cid(path: Path, head: int = 1 << 16) -> None:
+    """Replace the random content ID qemu-img writes into a VMDK's descriptor with one
+    derived from the file's bytes (the CID field itself read as zeros), so the same disk
+    converts to the same file (reproducible images)."""
+    with open(path, "r+b") as f:
+        start = f.read(head)
+        m = _CID.search(start)
+        if m is None:
+            return
+        digest = hashlib.sha256(start[: m.start(1)] + b"0" * 8 + start[m.end(1) :])
+        while block := f.read(1 << 20):
+            digest.update(block)
+        cid = int.from_bytes(digest.digest()[:4], "little") or 1
+        f.seek(m.start(1))
+        f.write(f"{cid:08x}".encode())
 
 
 class VmdkStream(DiskFormat):
