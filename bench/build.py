@@ -4,8 +4,12 @@
 
   native cold             empty XDG_CACHE_HOME and AMILAB_HOME: no cached base root tree, no
                           cached kernel package; mmdebstrap and the kernel .deb from the mirror.
-  native warm             right after, same XDG_CACHE_HOME and AMILAB_HOME, recipe unchanged:
-                          the cached base and kernel are reused (nothing is downloaded).
+  native warm             right after, same XDG_CACHE_HOME, a new AMILAB_HOME (nothing
+                          registered there yet): the cached base and kernel are reused
+                          (nothing is downloaded) and the whole image is made again.
+  native unchanged        then the cold build's AMILAB_HOME again, recipe and inputs
+                          unchanged: the registered AMI is returned ("Cached": true),
+                          nothing is built, registered or stored (issue 18: <= 2 s).
   diskimage-builder cold  the same recipe with `engine: diskimage-builder`, its own empty
                           XDG_CACHE_HOME and AMILAB_HOME: no DIB image cache (.deb files,
                           debootstrap tarball), no cached kernel package.
@@ -44,6 +48,7 @@ from builder.images.registry import Registry  # noqa: E402
 
 COLD_RATIO_TARGET = 0.5
 WARM_TARGET_S = 15.0
+UNCHANGED_TARGET_S = 2.0
 
 
 @dataclass
@@ -57,6 +62,8 @@ class Run:
     error: str = ""
     round: int = 1
     load: float = 0.0  # 1-minute load average when it started: other work skews timings
+    cached: bool | None = None  # the build's "Cached" (an earlier build's AMI returned)
+    new_files: int = 0  # files the build added to AMILAB_HOME's artifacts and registry
 
 
 def amilab_command() -> list[str]:
@@ -82,6 +89,7 @@ def write_recipe(directory: Path, recipe: dict, engine: str) -> Path:
 def timed_build(run: Run, recipe: Path, home: Path, cache: Path) -> Run:
     env = {**os.environ, "AMILAB_HOME": str(home), "XDG_CACHE_HOME": str(cache)}
     run.load = round(os.getloadavg()[0], 2)
+    before = _stored(home)
     start = time.monotonic()
     result = subprocess.run(
         [*amilab_command(), "build", str(recipe), "--json"],
@@ -97,11 +105,22 @@ def timed_build(run: Run, recipe: Path, home: Path, cache: Path) -> Run:
     if not run.ok:
         run.error = "\n".join(result.stderr.strip().splitlines()[-15:])
         return run
-    run.image_id = json.loads(result.stdout)["Images"][0]["ImageId"]
+    image = json.loads(result.stdout)["Images"][0]
+    run.image_id, run.cached = image["ImageId"], image.get("Cached")
+    run.new_files = len(_stored(home) - before)
     record = Registry(home).get(run.image_id)
     if record is not None:
         run.stages = dict(record.extra.get("timings", {}))
     return run
+
+
+def _stored(home: Path) -> set[str]:
+    """The artifacts under a home, plus the registry's size as a pseudo-file."""
+    found = {str(p) for p in (home / "artifacts").rglob("*") if p.is_file()}
+    registry = home / "registry.sqlite"
+    if registry.exists():
+        found.add(f"registry:{len(Registry(home).list())}")
+    return found
 
 
 def one_round(recipe: dict, work: Path, number: int) -> list[Run]:
@@ -110,7 +129,13 @@ def one_round(recipe: dict, work: Path, number: int) -> list[Run]:
     native_home, native_cache = work / "native-home", work / "native-cache"
     plan = [
         (Run("native cold", "empty caches"), native, native_home, native_cache),
-        (Run("native warm", "same caches, unchanged recipe"), native, native_home, native_cache),
+        (Run("native warm", "same caches, new home"), native, work / "warm-home", native_cache),
+        (
+            Run("native unchanged", "same caches and home, inputs unchanged"),
+            native,
+            native_home,
+            native_cache,
+        ),  # fmt: skip
         (Run("diskimage-builder cold", "empty caches"), dib, work / "dib-home", work / "dib-cache"),
     ]
     runs = []
@@ -138,6 +163,8 @@ def medians(runs: list[Run]) -> dict[str, Run]:
             seconds=round(statistics.median(r.seconds for r in done), 1),
             ok=True,
             stages={"rootfs": round(statistics.median(rootfs), 1)} if rootfs else {},
+            cached=all(r.cached for r in done),
+            new_files=max(r.new_files for r in done),
         )
     return out
 
@@ -161,6 +188,14 @@ def verdicts(runs: dict[str, Run]) -> dict[str, dict]:
                 "target": "(information)",
                 "met": None,
             }
+    same = runs.get("native unchanged")
+    if same and same.ok:
+        out["native unchanged rebuild seconds (Cached, nothing stored)"] = {
+            "value": same.seconds,
+            "target": f"<= {UNCHANGED_TARGET_S:g}",
+            "met": same.seconds <= UNCHANGED_TARGET_S and same.cached is True
+            and same.new_files == 0,
+        }  # fmt: skip
     if warm and warm.ok:
         out["native warm seconds"] = {
             "value": warm.seconds,
@@ -208,7 +243,8 @@ def report(recipe: dict, source: Path, runs: list[Run], ratios: dict[str, dict])
         "cold: a new, empty XDG_CACHE_HOME (amilab's base-tree and kernel caches; for",
         "      diskimage-builder also its image cache of .deb files) and a new AMILAB_HOME;",
         "      the host's page cache and the mirror are not reset.",
-        "warm: native only, the same caches right after its cold build, recipe unchanged.",
+        "warm: native only, the same caches right after its cold build, in a new home.",
+        "unchanged: the cold build's home and caches again: its AMI, Cached, nothing stored.",
         "load: the 1-minute load average as the build started; other work on a shared",
         "      machine skews single samples (use --rounds N for medians).",
     ]
@@ -237,7 +273,7 @@ def main() -> int:
             else:
                 shutil.rmtree(work, ignore_errors=True)
         runs += done
-        if len(done) < 3 or not all(r.ok for r in done):
+        if len(done) < 4 or not all(r.ok for r in done):
             break
     ratios = verdicts(medians(runs))
     if args.json:

@@ -12,6 +12,7 @@ DEBS=(
   linux-image-cloud-amd64 amazon-ec2-utils netcat-openbsd socat
   openssl procps iproute2
   chromium  # headless: tests/integration/test_matrix.py renders the HTML report
+  diffoscope-minimal  # build --verify: how two builds' files differ
 )
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup: run as root (apt-get, chroot and mounts need it)" >&2

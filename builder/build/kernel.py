@@ -458,6 +458,18 @@ def resolve_version(
         return _resolve_exact(apt, defn.package, log)
 
 
+def fresh_index(suite: str, log: Path | None = None) -> Path:
+    """The private apt index of `suite`, fetched when missing or older than INDEX_MAX_AGE
+    (what a build's inputs are resolved from); its lists directory."""
+    apt = private_apt(suite)
+    with _locked(apt.base / "lock"):
+        apt.prepare()
+        age = apt.index_age()
+        if age is None or age > INDEX_MAX_AGE:
+            _try_update(apt, log, must=age is None)
+    return apt.lists
+
+
 def resolve_versions(
     definitions: list[KernelDefinition], release: str = DEFAULT_RELEASE, log: Path | None = None
 ) -> list[Resolution]:

@@ -8,8 +8,10 @@ transaction, so a build that did not finish registers nothing.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import paths
-from builder.build import bootloader, chroot, elements, reproducible, rootfs
+from builder.build import bootloader, chroot, elements, inputs, reproducible, rootfs
 from builder.build import kernel as kernel_mod
 from builder.build import layout as disk_mod
 from builder.build.engines import RootEngine, engine_for
@@ -56,6 +58,9 @@ class BuildState:
     base_cached: bool = False
     root_uuid: str = ""
     epoch: int = 0  # the build epoch: every time that reaches the disk (reproducible.py)
+    inputs: inputs.BuildInputs | None = None  # what went in (builder.build.inputs)
+    installed: dict[str, str] = field(default_factory=dict)  # package -> version in the tree
+    keep: Path | None = None  # --verify: the tree and raw disk are moved here, not registered
     engine: RootEngine = field(init=False)  # the recipe's root engine (builder.build.engines)
 
     def __post_init__(self) -> None:
@@ -210,6 +215,7 @@ class Finalise(Step[BuildState]):
                     if f.is_file() and f.name != "lock":
                         f.unlink()
         disk_mod.write_fstab(s.root, s.recipe.disk.label)
+        s.installed = inputs.installed_packages(s.root)
         reproducible.normalise_tree(s.root, s.epoch)
 
 
@@ -253,8 +259,10 @@ class Disk(Step[BuildState]):
             boot=s.recipe.boot_mode,
             epoch=s.epoch,
         )
-        # the tree is in the disk now; free the space before writing formats
-        chroot.remove_tree(s.root)
+        # the tree is in the disk now; free the space before writing formats (--verify
+        # keeps it to say which files differ)
+        if s.keep is None:
+            chroot.remove_tree(s.root)
 
 
 class Bootloader(Step[BuildState]):
@@ -298,7 +306,7 @@ class Register(Step[BuildState]):
                 release=k.release, version=k.version, description=f"{k.package} {k.version}",
             )  # fmt: skip
         ]
-        ari_id = None
+        ari_id, ari = None, None
         if s.ramdisk:
             digest = file_sha256(s.ramdisk)
             path = self._store(s, s.ramdisk, digest, ".initrd")
@@ -332,6 +340,7 @@ class Register(Step[BuildState]):
             description=r.description,
             image_location=locations[r.disk.formats[0]],
             extra={
+                inputs.RECORD_KEY: self._inputs(s, k.digest, ari and ari.digest),
                 "recipe_digest": r.digest,
                 "recipe": asdict(r),
                 "recipe_file": s.loaded.where.path,
@@ -345,6 +354,24 @@ class Register(Step[BuildState]):
         )
         records.append(ami)
         s.records = Registry().register(records)
+
+    @staticmethod
+    def _inputs(s: BuildState, kernel_digest: str, ramdisk_digest: str | None) -> dict[str, Any]:
+        """What went in (describe-images shows it as `amilab:BuildInputs`)."""
+        i = s.inputs
+        assert i is not None
+        return {
+            "InputsDigest": i.digest,
+            "RecipeDigest": i.recipe_digest,
+            "Engine": i.engine,
+            "ElementsDigest": i.elements_digest,
+            "Kernel": i.kernel,
+            "KernelDigest": kernel_digest,
+            "RamdiskDigest": ramdisk_digest,
+            "PackageIndexDigest": i.package_index,
+            "Packages": [f"{n}={v}" for n, v in s.installed.items()],
+            "BuildEpoch": s.epoch,
+        }
 
     @staticmethod
     def _launch(layout: disk_mod.DiskLayout, cmdline: str, release: str) -> LaunchSettings:
@@ -427,22 +454,76 @@ def validate(loaded: LoadedRecipe) -> None:
         raise where.error("kernel", f"unknown kernel {r.kernel!r}; known: {known}")
 
 
-def build_recipe(loaded: LoadedRecipe, quiet: bool = False) -> ImageRecord:
-    """Run the pipeline for one recipe; returns the registered AMI record."""
+class Keep(Step[BuildState]):
+    """--verify: instead of registering, keep the raw disk and the tree for comparison."""
+
+    name = "keep"
+
+    def run(self, s: BuildState) -> None:
+        assert s.keep is not None
+        s.keep.mkdir(parents=True, exist_ok=True)
+        os.rename(s.raw, s.keep / "disk.raw")
+        try:
+            os.rename(s.root, s.keep / "root")
+        except OSError:  # the tree is on the memory-backed scratch: it stays there, renamed
+            kept = s.root.with_name(s.root.name + "-kept")
+            os.rename(s.root, kept)
+            (s.keep / "root").symlink_to(kept)
+
+
+@dataclass(frozen=True)
+class Built:
+    image: ImageRecord
+    cached: bool  # an earlier build of the same inputs registered it: nothing was built
+
+
+def run_pipeline(loaded: LoadedRecipe, state_inputs: inputs.BuildInputs, quiet: bool,
+                 keep: Path | None = None) -> BuildState:  # fmt: skip
+    """The steps for one recipe; with `keep`, Keep instead of Register (nothing registered)."""
+    steps = PIPELINE if keep is None else (*PIPELINE[:-1], Keep)
     with Stages(loaded.recipe.name, quiet=quiet) as stages:
         state = BuildState(loaded, stages)
+        state.inputs, state.keep = state_inputs, keep
         run_steps(
-            (step_cls() for step_cls in PIPELINE),
+            (step_cls() for step_cls in steps),
             state,
             around=lambda step: stages.stage(step.name, step.what),
         )
-    return next(r for r in state.records if r.image_type == "machine")
+    return state
 
 
-def build_file(path: Path, image: str | None = None, quiet: bool = False) -> list[ImageRecord]:
-    """Build every recipe in `path` (or the one named `image`); all are validated first."""
+def build_recipe(loaded: LoadedRecipe, quiet: bool = False) -> Built:
+    """The registered AMI of the recipe: the one an earlier build of the same inputs
+    registered (nothing built, nothing stored), else a new build's."""
+    found = inputs.of_recipe(loaded)
+    cached = inputs.registered(found)
+    if cached is not None:
+        if not quiet:
+            print(
+                f"[{loaded.recipe.name}] unchanged inputs ({found.digest[:12]}): "
+                f"{cached.image_id} is already registered",
+                file=sys.stderr,
+            )
+        return Built(cached, True)
+    state = run_pipeline(loaded, found, quiet)
+    return Built(next(r for r in state.records if r.image_type == "machine"), False)
+
+
+def chosen_recipes(path: Path, image: str | None = None) -> list[LoadedRecipe]:
+    """The recipes of `path` (or the one named `image`), all validated."""
     chosen = select(load_recipes(path), image)
     for loaded in chosen:
         validate(loaded)
+    return chosen
+
+
+def build_all(path: Path, image: str | None = None, quiet: bool = False) -> list[Built]:
+    """Build every recipe in `path` (or the one named `image`); all are validated first."""
+    chosen = chosen_recipes(path, image)
     with sigterm_as_interrupt():
         return [build_recipe(loaded, quiet=quiet) for loaded in chosen]
+
+
+def build_file(path: Path, image: str | None = None, quiet: bool = False) -> list[ImageRecord]:
+    """`build_all`'s AMI records."""
+    return [b.image for b in build_all(path, image, quiet)]

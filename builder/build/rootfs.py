@@ -24,7 +24,9 @@ BASE_PACKAGES = ("systemd-sysv", "udev", "kmod", "openssh-server", "curl")
 _CACHE_VERSION = "1"
 
 
-def base_key(release: str, packages: list[str]) -> str:
+def base_key(release: str, packages: list[str], index: str = "") -> str:
+    """`index`: the digest of the package index the set resolves through (a changed index
+    may install other versions, so it makes a new base)."""
     mirror = host_mirror()
     blob = json.dumps(
         {
@@ -34,16 +36,19 @@ def base_key(release: str, packages: list[str]) -> str:
             "variant": "minbase",
             "sources": mirror.apt_lines(release),
             "packages": sorted(set(packages)),
+            **({"index": index} if index else {}),
         },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def base_tarball(release: str, packages: list[str], log: Path) -> tuple[Path, bool]:
+def base_tarball(
+    release: str, packages: list[str], log: Path, index: str = ""
+) -> tuple[Path, bool]:
     """Path of the cached base tarball, building it if needed; (path, was_cached)."""
     packages = sorted({p for p in packages if not p.endswith("-")})
-    key = base_key(release, packages)
+    key = base_key(release, packages, index)
     cache = paths.cache_dir() / "rootfs"
     tar = cache / f"{release}-{key}.tar"
     if tar.exists():

@@ -49,6 +49,8 @@ def describe_image(rec: ImageRecord) -> dict[str, Any]:
         out["PackageVersion"] = rec.package_version
     if rec.locations:
         out["Locations"] = rec.locations
+    if rec.extra.get("build_inputs"):  # what went into a built AMI (builder.build.inputs)
+        out["amilab:BuildInputs"] = rec.extra["build_inputs"]
     out["OwnerId"] = rec.owner_id or account_id()
     out["Public"] = rec.public
     out["LaunchPermissions"] = [{"UserId": a} for a in rec.launch_permissions] + (

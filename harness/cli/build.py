@@ -8,14 +8,26 @@ from pathlib import Path
 from builder.build.recipe import keys_help
 from builder.images import responses
 from harness.cli.command import add_command
-from harness.cli.output import add_json, print_builds, print_kernels, show
+from harness.cli.output import add_json, print_builds, print_kernels, print_verdicts, show
 
 
 def _build(args: argparse.Namespace) -> int:
-    from builder.build.pipeline import build_file
+    if args.verify:
+        return _verify(args)
+    from builder.build.pipeline import build_all
 
-    results = build_file(Path(args.recipe_file), image=args.image, quiet=args.json)
-    return show(args, {"Images": [r.describe() for r in results]}, lambda: print_builds(results))
+    built = build_all(Path(args.recipe_file), image=args.image, quiet=args.json)
+    payload = {"Images": [{**b.image.describe(), "Cached": b.cached} for b in built]}
+    return show(args, payload, lambda: print_builds([b.image for b in built]))
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Build twice, register nothing; exit 1 when the disks differ, saying where."""
+    from builder.build.verify import verify_file
+
+    verdicts = verify_file(Path(args.recipe_file), image=args.image, quiet=args.json)
+    show(args, {"Verify": [v.describe() for v in verdicts]}, lambda: print_verdicts(verdicts))
+    return 0 if all(v.reproducible for v in verdicts) else 1
 
 
 def _kernels(args: argparse.Namespace) -> int:
@@ -36,6 +48,11 @@ def register_build(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("recipe_file", nargs="?", default="build.yaml", help="default: build.yaml")
     p.add_argument("--image", help="build only the recipe with this name")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="build twice without registering; exit 1 naming what differs when the disks do",
+    )
     add_json(p, "print describe-images JSON")
 
 

@@ -74,6 +74,23 @@ def print_builds(records: list[ImageRecord]) -> None:
             console.print(f"  {fmt}: {loc}")
 
 
+def print_verdicts(verdicts: list[Any]) -> None:
+    """`build --verify`: one line per recipe, then each difference."""
+    for v in verdicts:
+        if v.reproducible:
+            console.print(f"[green]reproducible[/] [bold]{v.name}[/]: disk {v.digests[0]}")
+            continue
+        console.print(
+            f"[red]not reproducible[/] [bold]{v.name}[/]: disks {v.digests[0][:16]} and "
+            f"{v.digests[1][:16]} differ"
+        )
+        for d in v.differences:
+            how = f": {d['First']} / {d['Second']}" if "First" in d else ""
+            console.print(f"  {d['Path']}: {d['What']}{how}", markup=False, highlight=False)
+            if d.get("Diffoscope"):
+                console.print(d["Diffoscope"], markup=False, highlight=False)
+
+
 def print_import(record: ImageRecord) -> None:
     x = record.extra
     os_ = x.get("os") or {}
