@@ -103,11 +103,23 @@ def registered(inputs: BuildInputs) -> ImageRecord | None:
     want = inputs.digest
     for rec in Registry().list("machine"):
         recorded = rec.extra.get(RECORD_KEY) or {}
-        if recorded.get("InputsDigest") != want:
+        if want != recorded.get("InputsDigest") and want not in recorded.get("AlsoFrom", []):
             continue
         if all(Path(p).exists() for p in rec.locations.values()):
             return rec
     return None
+
+
+def add_inputs(registry: Registry, rec: ImageRecord, digest: str) -> None:
+    """A build from other inputs made an AMI's very disk (say the package index moved on
+    but resolved nothing new): those inputs find it too from now on (`AlsoFrom`)."""
+
+    def change(r: ImageRecord) -> None:
+        recorded = r.extra.setdefault(RECORD_KEY, {})
+        if digest != recorded.get("InputsDigest") and digest not in recorded.get("AlsoFrom", []):
+            recorded["AlsoFrom"] = [*recorded.get("AlsoFrom", []), digest]
+
+    registry.update(rec.image_id, change)
 
 
 def installed_packages(root: Path) -> dict[str, str]:

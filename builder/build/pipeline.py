@@ -353,7 +353,11 @@ class Register(Step[BuildState]):
             },
         )
         records.append(ami)
-        s.records = Registry().register(records)
+        registry = Registry()
+        s.records = registry.register(records)
+        kept = next(r for r in s.records if r.image_type == "machine")
+        if kept is not ami:  # the same disk was registered before, from other inputs
+            inputs.add_inputs(registry, kept, ami.extra[inputs.RECORD_KEY]["InputsDigest"])
 
     @staticmethod
     def _inputs(s: BuildState, kernel_digest: str, ramdisk_digest: str | None) -> dict[str, Any]:
