@@ -53,7 +53,7 @@ def configured_epoch() -> int | None:
 
 def derived_epoch(root: Path) -> int:
     """The newest package's date in the tree: dpkg keeps each package's files' mtimes, and
-    every Debian package ships its changelog. 0 for a tree without any."""
+    every Debian package ships its changelog. 0 for a tree without packages."""
     newest = 0
     doc = root / "usr/share/doc"
     if doc.is_dir():
@@ -66,6 +66,15 @@ def derived_epoch(root: Path) -> int:
                 except OSError:
                     continue
                 newest = max(newest, int(st.st_mtime))
+    if newest:
+        return newest
+    # a tree made without documentation (path-excluded): the programs' times, which dpkg
+    # also keeps from the packages
+    for rel in ("usr/bin", "usr/sbin"):
+        if (root / rel).is_dir():
+            for entry in os.scandir(root / rel):
+                if entry.is_file(follow_symlinks=False):
+                    newest = max(newest, int(entry.stat(follow_symlinks=False).st_mtime))
     return newest
 
 
