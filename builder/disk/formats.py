@@ -78,6 +78,10 @@ class DiskFormat:
         qemu_img.convert(
             src, out, src_format=src_format, out_format=self.qemu_format,
             options=self.options, label=self.name,
+            # one request at a time: two cold builds under load gave one raw disk but two
+            # monolithicSparse VMDKs (measured); with one coroutine the layout of the
+            # clusters qemu-img allocates cannot depend on which request finishes first
+            coroutines=1,
         )
         return None
 

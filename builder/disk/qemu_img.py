@@ -61,10 +61,12 @@ def convert(
     sparse: bool = True,
     label: str | None = None,
     force_share: bool = False,
+    coroutines: int | None = None,
 ) -> None:
     """`qemu-img convert -f SRC_FORMAT -O OUT_FORMAT [-o OPT]...`; `sparse=False` writes
     zeros too (-S 0). `label` names the output format in the error (default OUT_FORMAT).
-    `force_share` (-U) reads a source a running QEMU holds open (a --no-reboot snapshot)."""
+    `force_share` (-U) reads a source a running QEMU holds open (a --no-reboot snapshot).
+    `coroutines` (-m) bounds the parallel requests (1: one after the other)."""
     tool()
     _existing(src)
     args = ["convert", "-q", *(["-U"] if force_share else []), "-f", src_format, "-O", out_format]
@@ -72,6 +74,8 @@ def convert(
         args += ["-o", opt]
     if not sparse:
         args += ["-S", "0"]
+    if coroutines:
+        args += ["-m", str(coroutines)]
     try:
         _run([*args, str(src), str(dst)], f"convert to {label or out_format}")
     except BaseException:
