@@ -109,7 +109,7 @@ def timed_build(run: Run, recipe: Path, home: Path, cache: Path) -> Run:
     run.image_id, run.cached = image["ImageId"], image.get("Cached")
     run.new_files = len(_stored(home) - before)
     record = Registry(home).get(run.image_id)
-    if record is not None:
+    if record is not None and not run.cached:  # a cached AMI's timings are its old build's
         run.stages = dict(record.extra.get("timings", {}))
     return run
 
