@@ -92,3 +92,29 @@ def test_same_process_tells_a_reused_pid() -> None:
     start = store.process_start(me)
     assert store.same_process(me, start)
     assert not store.same_process(me, (start or 0) + 1)
+
+
+def test_metadata_names_the_launch_mapping_and_gates_the_spot_notice() -> None:
+    import time
+
+    from harness.instances.supervisor import instance_metadata
+
+    now = time.time()
+    rec = {
+        "InstanceId": "i-0123456789abcdef0", "InstanceType": "m1.small", "KeyName": "k1",
+        "Placement": {"AvailabilityZone": "us-east-1b"}, "RootDeviceName": "/dev/sda1",
+        "BlockDeviceMappings": [{"DeviceName": "/dev/sda1", "Ebs": {"VolumeId": "vol-1"}},
+                                {"DeviceName": "/dev/sdf", "Ebs": {"VolumeId": "vol-2"}}],
+        "Amilab": {"PublicKey": "ssh-ed25519 AAAA k1", "Launch": {"Metadata": {}},
+                   "InstanceStoreDevices": ["/dev/sdb"],
+                   "Spot": {"Action": "stop", "At": now + 60, "NoticeAt": now + 30,
+                            "Time": "2030-01-01T00:00:00Z"}},
+    }  # fmt: skip
+    md = instance_metadata(rec)
+    assert md["block_device_mapping"] == {
+        "ami": "/dev/sda1", "root": "/dev/sda1", "ebs1": "/dev/sdf", "ephemeral0": "/dev/sdb"
+    }  # fmt: skip
+    assert md["key_name"] == "k1" and md["availability_zone"] == "us-east-1b"
+    assert "spot" not in md.get("extra", {})  # not announced yet
+    rec["Amilab"]["Spot"]["NoticeAt"] = now - 1
+    assert instance_metadata(rec)["extra"]["spot"]["Action"] == "stop"
