@@ -170,7 +170,7 @@ def _ssh(args: argparse.Namespace) -> int:
     from builder.errors import BadInput, EnvironmentProblem
     from harness.instances.operations import ssh_target
 
-    address, own_key = ssh_target(args.instance_id)
+    address, port, own_key = ssh_target(args.instance_id)
     key = args.identity or own_key
     if key is None:
         raise BadInput(
@@ -184,6 +184,7 @@ def _ssh(args: argparse.Namespace) -> int:
         command = command[1:]
     argv = [ssh, "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o",
             "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
+            "-p", str(port),
             f"{args.user}@{address}", *command]  # fmt: skip
     sys.stdout.flush()
     os.execv(ssh, argv)

@@ -321,7 +321,7 @@ def _launch_one(
             spot = {"Action": req.spot_action, "At": at, "NoticeAt": at - req.spot_notice,
                     "Time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))}  # fmt: skip
         with store.locked("addresses"):
-            address = addresses.allocate()
+            address, ssh_port = addresses.allocate()
             rec = {
                 "InstanceId": iid,
                 "ImageId": image.image_id,
@@ -351,6 +351,7 @@ def _launch_one(
                 "Amilab": {
                     "Dir": str(directory),
                     "PublicKey": public_key,
+                    "SshPort": ssh_port,
                     "ReservationId": reservation,
                     "ShutdownBehavior": req.shutdown_behavior,
                     "Launch": _launch_settings(req, bus),
@@ -607,15 +608,16 @@ def console_output(instance_id: str, latest: bool = True) -> dict[str, Any]:
     }
 
 
-def ssh_target(instance_id: str) -> tuple[str, Path | None]:
-    """(address, the instance's own private key when it has one)."""
+def ssh_target(instance_id: str) -> tuple[str, int, Path | None]:
+    """(address, SSH port, the instance's own private key when it has one)."""
     rec = reconcile(store.find(instance_id))
     if rec["State"]["Name"] != "running":
         raise BadInput(
             f"IncorrectInstanceState: {instance_id} is {rec['State']['Name']}, not running"
         )
     key = Path(rec["Amilab"]["Dir"]) / "id_ed25519"
-    return rec["PublicIpAddress"], key if key.exists() else None
+    port = int(rec["Amilab"].get("SshPort") or 22)
+    return rec["PublicIpAddress"], port, key if key.exists() else None
 
 
 # ------------------------------------------------------------ volumes on instances

@@ -150,6 +150,7 @@ def build_instance(record: Row) -> Instance:
         extra_layers=list(launch.get("Layers") or []),
         metadata=instance_metadata(record),
         ssh_address=record["PublicIpAddress"],
+        ssh_port=int(a.get("SshPort") or 22),
         extra_disks=extra,
         memory_mib=itype.qemu_memory(),
         smp=itype.qemu_smp(),

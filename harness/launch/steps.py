@@ -57,6 +57,7 @@ class LaunchOptions:
     extra_layers: list[str] = field(default_factory=list)  # user layers, applied last
     # a long-lived instance's own loopback address: its SSH on port 22 there, not a free port
     ssh_address: str | None = None
+    ssh_port: int | None = None  # with ssh_address: 22 unless the host's own sshd holds it
     extra_disks: list[Disk] = field(default_factory=list)  # its other volumes
     # InstanceMetadata fields the launch sets beyond what the AMI gives (user_data, tags,
     # iam_role, http_tokens, http_endpoint, ...), as EC2's RunInstances parameters do
@@ -267,7 +268,7 @@ class ComposeCommand(Step[Instance]):
             kernel=p.kernel_path or (Path(p.kernel.image_location) if p.kernel else None),
             ramdisk=p.ramdisk_path or (Path(p.ramdisk.image_location) if p.ramdisk else None),
             cmdline=p.cmdline,
-            ssh_port=22 if o.ssh_address else free_port(),
+            ssh_port=(o.ssh_port or 22) if o.ssh_address else free_port(),
             ssh_address=o.ssh_address or "127.0.0.1",
             extra_disks=list(o.extra_disks),
             imds_command=s.imds_command,

@@ -71,9 +71,15 @@ def wait_state(env: dict, iid: str, state: str, timeout: float = BOOT) -> dict:
         time.sleep(0.5)
 
 
-def login(env: dict, address: str) -> paramiko.SSHClient:
+def login(env: dict, iid: str) -> paramiko.SSHClient:
+    """SSH to the instance's own address, port 22 (unless the host's sshd holds port 22 of
+    every address: then the port the instance was given, printed)."""
     key = paramiko.Ed25519Key.from_private_key_file(str(env["pem"]))
-    return wait_for_ssh(22, key, BOOT, lambda: None, host=address).client
+    address = describe(env, iid)["PublicIpAddress"]
+    port = supervisor_of(env, iid)["SshPort"]
+    if port != 22:
+        print(f"note: port 22 is taken on this host; {iid} has SSH on {address}:{port}")
+    return wait_for_ssh(port, key, BOOT, lambda: None, host=address).client
 
 
 def sh(client: paramiko.SSHClient, command: str) -> str:
@@ -152,7 +158,7 @@ def test_2008_session_then_kill_9_of_its_supervisor(env: dict) -> None:
     got = wait_state(env, iid, "running")
     assert got["KernelId"] == env["aki"] and got["ImageId"] == env["ami"]["ImageId"]
     assert got["KeyName"] == "k1" and got["InstanceType"] == "m1.small"
-    client = login(env, address)  # port 22 of the instance's own address
+    client = login(env, iid)  # port 22 of the instance's own address
     print(f"2008 session: SSH {time.monotonic() - t0:.1f} s after run-instances")
     assert sh(client, "uname -r") == env["release"]
     assert curl(client, "/2008-02-01/meta-data/kernel-id") == ("200", env["aki"])
@@ -199,7 +205,7 @@ def test_change_stop_start_reboot_image_terminate(env: dict) -> None:
     vols = {m["DeviceName"]: m["Ebs"] for m in got["BlockDeviceMappings"]}
     root_vol, data_vol = vols[ami["RootDeviceName"]]["VolumeId"], vols["/dev/sdf"]["VolumeId"]
     assert vols["/dev/sdf"]["DeleteOnTermination"] is False
-    client = login(env, got["PublicIpAddress"])
+    client = login(env, iid)
     assert curl(client, "/2008-02-01/meta-data/ramdisk-id")[0] == "404"
     listing = curl(client, "/latest/meta-data/block-device-mapping/")[1].split()
     assert {"ami", "root", "ebs1", "ephemeral0"} <= set(listing)
@@ -220,7 +226,7 @@ def test_change_stop_start_reboot_image_terminate(env: dict) -> None:
     print(f"stop: {time.monotonic() - t:.1f} s")
     assert describe(env, iid)["State"]["Name"] == "stopped"
     cli(env, "start-instances", iid, "--wait")
-    client = login(env, got["PublicIpAddress"])
+    client = login(env, iid)
     assert sh(client, "cat /root/marker") == "changed"
     assert "Linux version" in cli(env, "get-console-output", iid).stdout
     client.close()
@@ -229,7 +235,7 @@ def test_change_stop_start_reboot_image_terminate(env: dict) -> None:
     while True:
         assert time.monotonic() < deadline, "no new boot after reboot-instances"
         try:
-            client = login(env, got["PublicIpAddress"])
+            client = login(env, iid)
             new_id = sh(client, "cat /proc/sys/kernel/random/boot_id")
             client.close()
             if new_id != boot_id:
@@ -275,7 +281,7 @@ def test_relaunch_sees_the_changes_and_a_spot_interruption(env: dict) -> None:
                    "--spot-interruption-after", "130", "--spot-notice", "30")  # fmt: skip
     iid = res["Instances"][0]["InstanceId"]
     got = wait_state(env, iid, "running")
-    client = login(env, got["PublicIpAddress"])
+    client = login(env, iid)
     assert sh(client, "cat /root/marker") == "changed"
     assert "install ok installed" in sh(client, "dpkg -s amilab-hello")
     vols = {m["DeviceName"]: m["Ebs"]["VolumeId"] for m in got["BlockDeviceMappings"]}

@@ -8,6 +8,7 @@ out before EC2 does."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from typing import Any
 
@@ -83,7 +84,12 @@ def _describe(env: dict, iid: str) -> dict:
 
 def _root_device(env: dict, inst: dict) -> str:
     key = paramiko.Ed25519Key.from_private_key_file(str(env["pem"]))
-    login = wait_for_ssh(22, key, BOOT, lambda: None, host=inst["PublicIpAddress"])
+    with sqlite3.connect(env["home"] / "registry.sqlite") as db:
+        (port,) = db.execute(
+            "SELECT json_extract(record, '$.Amilab.SshPort') FROM instances WHERE id = ?",
+            (inst["InstanceId"],),
+        ).fetchone()
+    login = wait_for_ssh(port, key, BOOT, lambda: None, host=inst["PublicIpAddress"])
     try:
         return run(login.client, "findmnt -n -o SOURCE /").output.strip()
     finally:
