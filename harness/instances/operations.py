@@ -214,7 +214,10 @@ def run_instances(req: RunRequest, say: Any = None) -> dict[str, Any]:
             f"{req.shutdown_behavior!r}: stop or terminate"
         )
     registry = Registry()
-    image = registry.find(req.image, "machine")
+    try:
+        image = registry.find(req.image, "machine")
+    except BadInput as e:
+        raise BadInput(f"InvalidAMIID.NotFound: {e}") from None
     if image.state != "available":
         raise BadInput(f"InvalidAMIID.Unavailable: {image.image_id} is {image.state}")
     if image.root_device_type != "ebs":
