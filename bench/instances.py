@@ -126,8 +126,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(dir=home) as work:
             raw = Path(work) / "v.raw"
             t0 = time.monotonic()
-            subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", path, str(raw)],
-                           check=True)  # fmt: skip
+            convert = ["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", path, str(raw)]
+            subprocess.run(convert, check=True)
             h = hashlib.sha256()
             with open(raw, "rb") as f:
                 while chunk := f.read(1 << 20):
