@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from pathlib import Path
 
 from builder.errors import EnvironmentProblem
 from harness.instances import store
@@ -29,22 +30,39 @@ def _free(address: str, port: int = 22) -> int | None:
         return int(sock.getsockname()[1])
 
 
+def port_22_held_everywhere() -> bool:
+    """Whether a socket listens on port 22 of every address (0.0.0.0 or ::), as a host's
+    own sshd does: then no loopback address can have port 22 for an instance."""
+    tables = (("/proc/net/tcp", "00000000:0016"), ("/proc/net/tcp6", "0" * 32 + ":0016"))
+    for table, wildcard in tables:
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[1] == wildcard and fields[3] == "0A":  # LISTEN
+                return True
+    return False
+
+
 def allocate(taken_extra: set[str] | None = None) -> tuple[str, int]:
     """An address and its SSH port: 22, unless something on the host listens on port 22 of
     every address (an sshd bound to 0.0.0.0 holds 22 on all of 127.0.0.0/8 too); then a
-    free port of that address, which describe-instances' callers read from the record.
+    free port of that address, kept in the instance's record. An address whose port 22 is
+    bound already (another AMILAB_HOME's instance) is skipped.
     Call with `store.locked("addresses")` held, and record it before releasing."""
     taken = set(taken_extra or ())
     for rec in store.instances().list():
         if rec["State"]["Name"] != "terminated" and rec.get("PublicIpAddress"):
             taken.add(rec["PublicIpAddress"])
+    everywhere = port_22_held_everywhere()
     for host in NETWORK.hosts():
         address = str(host)
         if address.endswith(".0") or address in taken:
             continue
-        if _free(address) is not None:
-            return address, 22
-        if (port := _free(address, 0)) is not None:  # port 22 is held for every address
+        port = _free(address, 0 if everywhere else 22)
+        if port is not None:
             return address, port
     raise EnvironmentProblem(f"no free loopback address left in {NETWORK}")
 
