@@ -30,6 +30,10 @@ def _free(address: str, port: int = 22) -> int | None:
         return int(sock.getsockname()[1])
 
 
+def bindable(address: str, port: int) -> bool:
+    return _free(address, port) is not None
+
+
 def port_22_held_everywhere() -> bool:
     """Whether a socket listens on port 22 of every address (0.0.0.0 or ::), as a host's
     own sshd does: then no loopback address can have port 22 for an instance."""

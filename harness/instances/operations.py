@@ -534,12 +534,33 @@ def start_instances(ids: list[str], wait: bool = False, timeout: float = 120) ->
             )
         with store.locked(iid):
             if prev == "stopped":
+                _readdress(iid)
                 rec = store.instances().update(iid, lambda r: store.set_state(r, "pending"))
                 _spawn(iid)
         if wait:
             rec = wait_for(iid, ("running",), timeout)
         out.append(_transition(store.find(iid), prev))
     return out
+
+
+def _readdress(iid: str) -> None:
+    """A stopped instance holds no socket, so its address may have been taken meanwhile
+    (by an instance of another AMILAB_HOME): then it starts with a new one, as an EC2
+    instance without an Elastic IP gets a new public address at every start."""
+    with store.locked("addresses"):
+        rec = store.find(iid)
+        old, port = rec["PublicIpAddress"], int(rec["Amilab"].get("SshPort") or 22)
+        if addresses.bindable(old, port):
+            return
+        address, ssh_port = addresses.allocate()
+
+        def change(r: Row) -> None:
+            r["PublicIpAddress"] = r["PrivateIpAddress"] = address
+            r["PublicDnsName"] = addresses.dns_name(address)
+            r["PrivateDnsName"] = f"ip-{address.replace('.', '-')}.ec2.internal"
+            r["Amilab"]["SshPort"] = ssh_port
+
+        store.instances().update(iid, change)
 
 
 def reboot_instances(ids: list[str]) -> None:

@@ -230,7 +230,7 @@ def test_change_stop_start_reboot_image_terminate(env: dict) -> None:
     print(f"stop: {time.monotonic() - t:.1f} s")
     assert describe(env, iid)["State"]["Name"] == "stopped"
     cli(env, "start-instances", iid, "--wait")
-    client = login(env, iid)
+    client = login(env, iid)  # its address may be new, as on EC2
     assert sh(client, "cat /root/marker") == "changed"
     assert "Linux version" in cli(env, "get-console-output", iid).stdout
     client.close()
