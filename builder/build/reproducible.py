@@ -39,6 +39,13 @@ VOLATILE_FILES = (
 # account on the day of the build
 _SHADOW_FILES = ("etc/shadow", "etc/shadow-")
 _CHANGELOGS = ("changelog.Debian.gz", "changelog.gz")
+# Identities a package's postinst makes at random for the machine it is installed on; each
+# is replaced by the package's own way of making it at the first boot of every instance
+# (as /etc/machine-id is emptied). open-iscsi (diskimage-builder's `base` installs it):
+# iscsid generates the name when the file says GenerateName=yes.
+PER_MACHINE = {
+    "etc/iscsi/initiatorname.iscsi": "## amilab: made at first boot by iscsid\nGenerateName=yes\n",
+}
 
 
 def configured_epoch() -> int | None:
@@ -84,12 +91,17 @@ def build_epoch(root: Path) -> int:
 
 
 def normalise_tree(root: Path, epoch: int) -> None:
-    """Drop the volatile files, date shadow entries at the epoch, clamp every file's mtime
-    to the epoch and make its atime the same (reading a file during the build changes it)."""
+    """Drop the volatile files, leave per-machine identities to the first boot, date shadow
+    entries at the epoch, clamp every file's mtime to the epoch and make its atime the same
+    (reading a file during the build changes it)."""
     for rel in VOLATILE_FILES:
         path = root / rel
         if path.is_file() or path.is_symlink():
             path.unlink()
+    for rel, text in PER_MACHINE.items():
+        path = root / rel
+        if path.is_file() and not path.is_symlink():
+            path.write_text(text)
     day = str(epoch // 86400)
     for rel in _SHADOW_FILES:
         path = root / rel

@@ -32,6 +32,8 @@ def tree(root: Path) -> Path:
     (root / "var/log/dpkg.log").write_text(time.ctime())
     (root / "var/log/apt/history.log").write_text(time.ctime())
     (root / "etc/link").symlink_to("shadow")
+    (root / "etc/iscsi").mkdir()
+    (root / "etc/iscsi/initiatorname.iscsi").write_text("InitiatorName=iqn.1993-08.x:01:y\n")
     return root
 
 
@@ -62,6 +64,7 @@ def test_normalise_drops_logs_dates_shadow_and_clamps_every_time(tmp_path: Path)
                 assert st.st_atime == st.st_mtime, name
     assert os.lstat(old).st_mtime == EPOCH - 500  # older package times are kept
     assert os.lstat(root).st_mtime == EPOCH
+    assert "GenerateName=yes" in (root / "etc/iscsi/initiatorname.iscsi").read_text()
     assert (root / "etc/shadow").read_text() == (
         f"root:*:{EPOCH // 86400}:0:99999:7:::\nnobody:*::0:99999:7:::\n"
     )
