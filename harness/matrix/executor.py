@@ -102,6 +102,8 @@ class LocalExecutor:
         started: Callable[[Cell], None],
         done: Callable[[CellResult], None],
     ) -> list[CellResult]:
+        if not cells:
+            return []
         todo: queue.Queue[int] = queue.Queue()
         for i in range(len(cells)):
             todo.put(i)
@@ -123,7 +125,13 @@ class LocalExecutor:
                     done(result)
             finally:
                 process.thread_done()
+                with self._lock:
+                    ended.append(threading.current_thread().name)
+                    if len(ended) == len(threads):
+                        all_ended.set()
 
+        ended: list[str] = []
+        all_ended = threading.Event()
         threads = [
             threading.Thread(target=worker, name=f"cell-{n}", daemon=True)
             for n in range(min(self.jobs, len(cells)))
@@ -131,10 +139,10 @@ class LocalExecutor:
         for t in threads:
             t.start()
         try:
-            _join(threads)
+            _wait(all_ended)
         except KeyboardInterrupt:
             # again while waiting: a guest may have been starting when the first kill ran
-            _join(threads, interruptible=False, tick=self.cancel)
+            _wait(all_ended, interruptible=False, tick=self.cancel)
             raise
         finally:
             self._fill_not_run(cells, results)
@@ -148,17 +156,18 @@ class LocalExecutor:
                 results[i] = CellResult(cell, not_run=True)
 
 
-def _join(
-    threads: list[threading.Thread],
-    interruptible: bool = True,
-    tick: Callable[[], None] = lambda: None,
+def _wait(
+    done: threading.Event, interruptible: bool = True, tick: Callable[[], None] = lambda: None
 ) -> None:
-    """Wait for the workers; with a timeout, so the main thread still takes signals."""
-    for t in threads:
-        while t.is_alive():
-            tick()
-            try:
-                t.join(0.2)
-            except KeyboardInterrupt:
-                if interruptible:
-                    raise
+    """Wait for the workers' end. Not `Thread.join`: a KeyboardInterrupt that lands inside
+    join(timeout) can leave the thread marked stopped while it still runs (seen here on
+    3.11), and the run would then exit without the cells' cleanups. An Event's wait has no
+    such state; the timeout lets the main thread take signals."""
+    while True:
+        tick()
+        try:
+            if done.wait(0.2):
+                return
+        except KeyboardInterrupt:
+            if interruptible:
+                raise
