@@ -14,7 +14,7 @@ import pytest
 
 from builder.ids import sparse_sha256
 from tests.conftest import AMILAB, ROOT, run_amilab
-from tests.integration.builds import build
+from tests.integration.builds import build, debugfs, exists
 from tests.integration.test_build import recipe_file
 
 pytestmark = pytest.mark.integration
@@ -143,6 +143,42 @@ def test_smoke_of_the_imported_ami(exported: dict) -> None:
     checks = {c["Name"]: c for c in runs[0]["Checks"]}
     assert checks["kernel-release"]["Actual"] == record.launch.kernel_releases[0]
     assert sparse_sha256(Path(record.image_location)) == before
+
+
+def test_add_modules_on_the_imported_disk_goes_through_libguestfs(
+    exported: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """add-modules' fallback for real: an imported disk is described by what inspection
+    found (its mountpoints), so libguestfs writes the copy, not e2fsprogs. With
+    `--default-kernel` the kernel, an initrd made for it and a first GRUB entry go in too."""
+    from builder.images.modules import register_catalogue_kernel
+    from builder.images.registry import Registry
+
+    home = exported["home"]
+    monkeypatch.setenv("AMILAB_HOME", str(home))
+    aki, _ = register_catalogue_kernel("debian-cloud-sid")  # cached: about a second
+    imported = exported["imported"]
+    before = sparse_sha256(Path(imported["ImageLocation"]))
+    result = run_amilab("add-modules", imported["ImageId"], "--kernel", aki.image_id,
+                        "--default-kernel", "--json", env={"AMILAB_HOME": str(home)})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    new = json.loads(result.stdout)["Images"][0]
+    record = Registry(home).get(new["ImageId"])
+    assert record is not None and record.launch.expected_release == aki.kernel_release
+    notes = record.extra["add_modules_notes"]
+    assert not any("e2fsprogs" in n for n in notes), notes
+    built = Registry(exported["tmp"] / "build-home").get(exported["built"]["ImageId"])
+    assert built is not None  # the disk it was exported from: the same layout
+    raw, offset = new["Locations"]["raw"], built.launch.partitions["root"].offset
+    release = aki.kernel_release
+    assert exists(raw, f"/usr/lib/modules/{release}/modules.dep.bin", offset), notes
+    assert exists(raw, f"/boot/initrd.img-{release}", offset), notes
+    grub = debugfs(raw, "cat /boot/grub/grub.cfg", offset)
+    assert grub.index(f"vmlinuz-{release}") < grub.index("vmlinuz-6.1."), grub
+    fsck = subprocess.run(["e2fsck", "-fn", f"{raw}?offset={offset}"], capture_output=True,
+                          text=True)  # fmt: skip
+    assert fsck.returncode == 0, fsck.stdout
+    assert sparse_sha256(Path(imported["ImageLocation"])) == before
 
 
 def test_convert_leaves_nothing_when_interrupted(exported: dict, tmp_path: Path) -> None:
