@@ -76,8 +76,12 @@ class DiskFormat:
 
     def _write(self, src: Path, out: Path, src_format: str, how: WriteOptions) -> int | None:
         qemu_img.convert(
-            src, out, src_format=src_format, out_format=self.qemu_format,
-            options=self.options, label=self.name,
+            src,
+            out,
+            src_format=src_format,
+            out_format=self.qemu_format,
+            options=self.options,
+            label=self.name,
             # one request at a time: two cold builds under load gave one raw disk but two
             # monolithicSparse VMDKs (measured); with one coroutine the layout of the
             # clusters qemu-img allocates cannot depend on which request finishes first
@@ -94,7 +98,9 @@ class Raw(DiskFormat):
             return super()._write(src, out, src_format, how)
         result = subprocess.run(
             ["cp", "--sparse=always", str(src), str(out)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise BuildFailed(f"copying {src.name}: {result.stderr.strip()}")
@@ -115,24 +121,37 @@ class Vmdk(DiskFormat):
         return None
 
 
-_CID = re.compile(rb"\nCID=([0-9a-fA-F]{8})\n")
+_CID = re.compile(rb"\nCID=([0-9a-fA-F]{1,8})\n")
 
 
 def content_cid(path: Path, head: int = 1 << 16) -> None:
     """Replace the random content ID qemu-img writes into a VMDK's descriptor with one
-    derived from the file's bytes (the CID field itself read as zeros), so the same disk
-    converts to the same file (reproducible images)."""
+    derived from the file's bytes, so the same disk converts to the same file (reproducible
+    images). qemu-img prints the CID without leading zeros (1 in 16 has 7 digits or fewer),
+    so the descriptor is rewritten with an 8-digit CID, taking the room from the NUL padding
+    after its text; the digest is of that form with the CID read as zeros."""
     with open(path, "r+b") as f:
         start = f.read(head)
         m = _CID.search(start)
         if m is None:
             return
-        digest = hashlib.sha256(start[: m.start(1)] + b"0" * 8 + start[m.end(1) :])
+        width = m.end(1) - m.start(1)
+        text_end = start.find(b"\0", m.end())
+        room = 8 - width
+        if room and (text_end < 0 or start[text_end : text_end + room] != b"\0" * room):
+            raise BuildFailed(f"{path.name}: no room in the VMDK descriptor for an 8-digit CID")
+        if text_end < 0:
+            text_end = len(start)
+
+        def with_cid(cid: bytes) -> bytes:
+            return start[: m.start(1)] + cid + start[m.end(1) : text_end] + start[text_end + room :]
+
+        digest = hashlib.sha256(with_cid(b"0" * 8))
         while block := f.read(1 << 20):
             digest.update(block)
         cid = int.from_bytes(digest.digest()[:4], "little") or 1
-        f.seek(m.start(1))
-        f.write(f"{cid:08x}".encode())
+        f.seek(0)
+        f.write(with_cid(f"{cid:08x}".encode()))
 
 
 class VmdkStream(DiskFormat):

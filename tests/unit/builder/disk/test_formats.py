@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,40 @@ def test_each_rows_create_options_are_qemu_imgs(name: str, tmp_path: Path) -> No
     out = tmp_path / f"blank{fmt.suffix}"
     qemu_img.create(out, fmt.qemu_format, size=1 << 20, options=fmt.options)
     assert qemu_img.info(out)["format-specific"]["data"]["create-type"] == fmt.subformat
+
+
+def _qemu_vmdk(raw: Path, out: Path, cid: str) -> None:
+    """qemu-img's monolithicSparse VMDK of `raw`, its random CID replaced by `cid` as qemu-img
+    would print it (no leading zeros), the descriptor's NUL padding taking up the difference."""
+    subprocess.run(["qemu-img", "convert", "-q", "-O", "vmdk", str(raw), str(out)], check=True)
+    data = bytearray(out.read_bytes())
+    at = data.index(b"\nCID=") + 5
+    old_end = data.index(b"\n", at)
+    text_end = data.index(b"\0", old_end)
+    text = bytes(data[at:text_end]).replace(data[at:old_end], cid.encode(), 1)
+    padded = text + b"\0" * (text_end - at - len(text))
+    data[at:text_end] = padded
+    out.write_bytes(bytes(data))
+
+
+def test_a_vmdk_cid_of_any_width_becomes_one_content_cid(tmp_path: Path) -> None:
+    """qemu-img prints the CID with %x: 1 in 16 conversions has fewer than 8 digits (a cold
+    build pair once differed only there). Any width gives the same file afterwards."""
+    from builder.disk.formats import content_cid
+
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(os.urandom(1 << 16) + bytes(1 << 20))
+    variants = []
+    for cid in ("c3b6e6b", "40fcf846", "7"):
+        (tmp_path / cid).mkdir()
+        out = tmp_path / cid / "disk.vmdk"  # the descriptor names its own file
+        _qemu_vmdk(raw, out, cid)
+        assert f"\nCID={cid}\n".encode() in out.read_bytes()
+        content_cid(out)
+        variants.append(out)
+    assert filecmp.cmp(variants[0], variants[1], shallow=False)
+    assert filecmp.cmp(variants[0], variants[2], shallow=False)
+    assert b"\nCID=c3b6e6b\n" not in variants[0].read_bytes()
+    qemu_img.check(variants[0], "vmdk")  # still a sound VMDK, holding the same disk
+    same = subprocess.run(["qemu-img", "compare", "-q", str(raw), str(variants[0])])
+    assert same.returncode == 0
