@@ -27,6 +27,7 @@ from builder.images import bundle as bundle_mod
 from builder.images import factory
 from builder.images.records import KernelSettings, LaunchSettings, Partition, RamdiskSettings
 from builder.images.registry import ImageRecord, Registry, account_id, store_artifact
+from builder.images.shapes import owner_of
 
 _ACCOUNT_LEN = 12
 
@@ -416,7 +417,7 @@ class ImageFilter:
     image_ids: list[str] = field(default_factory=list)
 
     def matches(self, rec: ImageRecord) -> bool:
-        owner = rec.owner_id or account_id()
+        owner = owner_of(rec)
         if self.owners and owner not in {_owner(o) for o in self.owners}:
             return False
         if self.names and not any(fnmatch.fnmatchcase(rec.name, p) for p in self.names):

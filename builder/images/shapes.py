@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from builder.errors import BadInput
@@ -14,7 +17,32 @@ if TYPE_CHECKING:
     from builder.images.records import ImageRecord
 
 
+# The account a request acts as (the API server sets it per request thread from the access
+# key that signed it); unset, everything acts as the local account.
+_acting_as: ContextVar[str | None] = ContextVar("amilab_account", default=None)
+
+
 def account_id() -> str:
+    """The account the current call acts as: the API request's, else the local one."""
+    return _acting_as.get() or local_account_id()
+
+
+@contextmanager
+def acting_as(account: str) -> Iterator[None]:
+    """Run the calls inside as `account` (who owns what they register, who "self" is)."""
+    token = _acting_as.set(account)
+    try:
+        yield
+    finally:
+        _acting_as.reset(token)
+
+
+def owner_of(rec: ImageRecord) -> str:
+    """Records registered before owners were kept belong to the local account."""
+    return rec.owner_id or local_account_id()
+
+
+def local_account_id() -> str:
     """This user's 12-digit account ID: AMILAB_ACCOUNT_ID, or one derived from the uid so it
     stays the same across sessions without configuration."""
     if configured := os.environ.get("AMILAB_ACCOUNT_ID"):
@@ -51,7 +79,7 @@ def describe_image(rec: ImageRecord) -> dict[str, Any]:
         out["Locations"] = rec.locations
     if rec.extra.get("build_inputs"):  # what went into a built AMI (builder.build.inputs)
         out["amilab:BuildInputs"] = rec.extra["build_inputs"]
-    out["OwnerId"] = rec.owner_id or account_id()
+    out["OwnerId"] = owner_of(rec)
     out["Public"] = rec.public
     out["LaunchPermissions"] = [{"UserId": a} for a in rec.launch_permissions] + (
         [{"Group": "all"}] if rec.public else []

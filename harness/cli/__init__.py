@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from builder.errors import AmilabError
 from harness.cli import (
+    api,
     build,
     bundle,
     disk,
@@ -62,6 +63,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     instances.register_key_pairs,
     instances.register_volumes,
     instances.register_create_image,
+    api.register_api,
 ]
 
 

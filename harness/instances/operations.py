@@ -109,6 +109,7 @@ def _spawn(iid: str) -> None:
     env = dict(os.environ)
     here = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
+    env["AMILAB_ACCOUNT_ID"] = owner_of_instance(store.find(iid))  # its identity document's
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "harness.instances.supervisor", iid],
@@ -263,7 +264,7 @@ def run_instances(req: RunRequest, say: Any = None) -> dict[str, Any]:
         raise
     return {
         "ReservationId": reservation,
-        "OwnerId": image.owner_id,
+        "OwnerId": _owner(),
         "Instances": [public(store.find(r["InstanceId"])) for r in launched],
     }
 
@@ -352,6 +353,7 @@ def _launch_one(
                 ],  # fmt: skip
                 "InstanceLifecycle": "spot" if spot else None,
                 "Amilab": {
+                    "OwnerId": _owner(),  # the account that launched it (API: the signer's)
                     "Dir": str(directory),
                     "PublicKey": public_key,
                     "SshPort": ssh_port,
@@ -447,7 +449,7 @@ def describe_instances(
             continue
         rid = r["Amilab"].get("ReservationId", "r-0")
         res = reservations.setdefault(
-            rid, {"ReservationId": rid, "OwnerId": _owner(), "Instances": []}
+            rid, {"ReservationId": rid, "OwnerId": owner_of_instance(r), "Instances": []}
         )
         res["Instances"].append(public(r))
     return {"Reservations": list(reservations.values())}
@@ -457,6 +459,13 @@ def _owner() -> str:
     from builder.images.shapes import account_id
 
     return account_id()
+
+
+def owner_of_instance(rec: Row) -> str:
+    """Who launched it; instances launched before owners were kept are the local account's."""
+    from builder.images.shapes import local_account_id
+
+    return str(rec["Amilab"].get("OwnerId") or local_account_id())
 
 
 # ---------------------------------------------------------------- state changes

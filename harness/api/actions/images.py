@@ -1,0 +1,363 @@
+"""Images: describe, register, deregister, copy, create from an instance, attributes, and
+the store/restore tasks — over builder.images.lifecycle/store and harness.instances."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from builder import paths
+from builder.errors import AmilabError
+from builder.images import lifecycle, store
+from builder.images.records import ImageRecord
+from builder.images.registry import Registry
+from builder.images.shapes import owner_of
+from harness.api.actions.common import (
+    Context,
+    Params,
+    Result,
+    action,
+    field,
+    filters_of,
+    is_ec2_id,
+    match_filters,
+    require,
+)
+from harness.api.errors import ApiError, from_library
+
+IMAGE_PREFIXES = ("ami", "aki", "ari")
+
+_FILTERS = {
+    "image-id": field("ImageId"),
+    "name": field("Name"),
+    "description": field("Description"),
+    "image-type": field("ImageType"),
+    "architecture": field("Architecture"),
+    "kernel-id": field("KernelId"),
+    "ramdisk-id": field("RamdiskId"),
+    "virtualization-type": field("VirtualizationType"),
+    "root-device-type": field("RootDeviceType"),
+    "root-device-name": field("RootDeviceName"),
+    "state": field("State"),
+    "owner-id": field("OwnerId"),
+    "is-public": field("Public"),
+    "hypervisor": field("Hypervisor"),
+    "image-location": field("ImageLocation"),
+    "block-device-mapping.snapshot-id": field("BlockDeviceMappings", "Ebs", "SnapshotId"),
+    "block-device-mapping.device-name": field("BlockDeviceMappings", "DeviceName"),
+    "block-device-mapping.volume-size": field("BlockDeviceMappings", "Ebs", "VolumeSize"),
+}
+
+
+def check_image_id(value: Any) -> str:
+    if not isinstance(value, str) or not any(is_ec2_id(value, p) for p in IMAGE_PREFIXES):
+        raise ApiError("InvalidAMIID.Malformed", f'Invalid id: "{value}" (expecting "ami-...")')
+    return value
+
+
+def visible(rec: ImageRecord, account: str) -> bool:
+    """What EC2 lets an account see and launch: its own, public, or shared with it."""
+    return owner_of(rec) == account or rec.public or account in rec.launch_permissions
+
+
+def not_found(image_id: str) -> ApiError:
+    return ApiError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
+
+
+def find_visible(image_id: Any, ctx: Context) -> ImageRecord:
+    rec = Registry().get(check_image_id(image_id))
+    if rec is None or not visible(rec, ctx.account_id):
+        raise not_found(str(image_id))
+    return rec
+
+
+def find_owned(image_id: Any, ctx: Context) -> ImageRecord:
+    rec = find_visible(image_id, ctx)
+    if owner_of(rec) != ctx.account_id:
+        raise ApiError(
+            "AuthFailure", f"Not authorized for image:{rec.image_id} (owned by another account)"
+        )
+    return rec
+
+
+def image_item(rec: ImageRecord) -> dict[str, Any]:
+    d = rec.describe()
+    d["Hypervisor"] = "xen"
+    d.setdefault("PlatformDetails", "Linux/UNIX")
+    d.setdefault("UsageOperation", "RunInstances")
+    d.setdefault("ImageOwnerAlias", None)
+    return d
+
+
+@action("DescribeImages", "InvalidAMIID.NotFound")
+def describe_images(p: Params, ctx: Context) -> Result:
+    ids = [check_image_id(i) for i in p.get("ImageIds") or []]
+    flt = lifecycle.ImageFilter(
+        owners=list(p.get("Owners") or []),
+        executable_by=list(p.get("ExecutableUsers") or []),
+        image_ids=ids,
+    )
+    filters = filters_of(p)
+    records = [r for r in lifecycle.describe_images(None, flt) if visible(r, ctx.account_id)]
+    if ids:
+        missing = sorted(set(ids) - {r.image_id for r in records})
+        if missing and not p.get("Owners") and not p.get("ExecutableUsers") and not filters:
+            raise ApiError(
+                "InvalidAMIID.NotFound", f"The image ids '[{', '.join(missing)}]' do not exist"
+            )
+    items = [image_item(r) for r in records]
+    return {"Images": [i for i in items if match_filters(i, filters, _FILTERS)]}
+
+
+@action("DeregisterImage", "InvalidAMIID.NotFound")
+def deregister_image(p: Params, ctx: Context) -> Result:
+    rec = find_owned(require(p, "ImageId"), ctx)
+    lifecycle.deregister(rec.image_id)
+    return {"Return": True}
+
+
+@action("CopyImage", "InvalidParameterValue")
+def copy_image(p: Params, ctx: Context) -> Result:
+    src = find_visible(require(p, "SourceImageId"), ctx)
+    name = require(p, "Name")
+    if src.image_type != "machine":
+        raise ApiError("InvalidAMIID.Unavailable", f"{src.image_id} is not a machine image")
+    if p.get("Encrypted"):
+        raise ApiError("UnsupportedOperation", "encrypted copies are not made here")
+    rec = lifecycle.copy_image(
+        src.image_id, name, description=p.get("Description"),
+        copy_tags=bool(p.get("CopyImageTags")) and owner_of(src) == ctx.account_id,
+    )  # fmt: skip
+    return {"ImageId": rec.image_id}
+
+
+@action("CreateImage", "InvalidInstanceID.NotFound")
+def create_image(p: Params, ctx: Context) -> Result:
+    from harness.api.actions.instances import find_instance
+    from harness.instances import operations
+
+    rec = find_instance(require(p, "InstanceId"), ctx)
+    name = require(p, "Name")
+    _check_name(name)
+    try:
+        image = operations.create_image(
+            rec["InstanceId"], name, no_reboot=bool(p.get("NoReboot")),
+            description=p.get("Description") or "",
+        )  # fmt: skip
+    except AmilabError as e:
+        err = from_library(e)
+        if "already in use" in str(e):
+            err = ApiError("InvalidAMIName.Duplicate", str(e))
+        raise err from None
+    tags = _tag_specs(p, "image")
+    if tags:
+        lifecycle.tag([image.image_id], tags)
+    return {"ImageId": image.image_id}
+
+
+def _check_name(name: str) -> None:
+    # EC2: 3-128 characters: letters, numbers, ( ) [ ] space . / - ' @ _
+    if not re.fullmatch(r"[A-Za-z0-9()\[\] ./\-'@_]{3,128}", name):
+        raise ApiError("InvalidAMIName.Malformed", f"AMI name '{name}' is invalid")
+
+
+def _tag_specs(p: Params, resource_type: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for spec in p.get("TagSpecifications") or []:
+        if spec.get("ResourceType") in (resource_type, None):
+            out.update({t["Key"]: t.get("Value", "") for t in spec.get("Tags") or []})
+    return out
+
+
+@action("RegisterImage", "InvalidParameterValue")
+def register_image(p: Params, ctx: Context) -> Result:
+    name = require(p, "Name")
+    _check_name(name)
+    location = p.get("ImageLocation")
+    if not location:
+        raise ApiError(
+            "UnsupportedOperation",
+            "RegisterImage here takes an ImageLocation (a bundle manifest); EBS-backed "
+            "images come from CreateImage, CopyImage or CreateRestoreImageTask",
+        )
+    for ref in (p.get("KernelId"), p.get("RamdiskId")):
+        if ref:
+            find_visible(ref, ctx)
+    path = Path(location)
+    if not path.is_file():
+        raise ApiError("InvalidManifest", f"ImageLocation {location}: no such manifest")
+    rec = lifecycle.register_manifest(
+        path, name=name, description=p.get("Description") or "",
+        virtualization=p.get("VirtualizationType"),
+    )  # fmt: skip
+    for want, got, what in ((p.get("KernelId"), rec.kernel_id, "KernelId"),
+                            (p.get("RamdiskId"), rec.ramdisk_id, "RamdiskId")):  # fmt: skip
+        if want and want != got:  # the manifest names its own: refuse rather than mislead
+            lifecycle.deregister(rec.image_id, force=True)
+            raise ApiError("InvalidParameterValue", f"{what} {want}: the manifest names {got}")
+    return {"ImageId": rec.image_id}
+
+
+# ---------------------------------------------------------------- attributes
+
+
+@action("DescribeImageAttribute", "InvalidAMIID.NotFound")
+def describe_image_attribute(p: Params, ctx: Context) -> Result:
+    rec = find_visible(require(p, "ImageId"), ctx)
+    attribute = require(p, "Attribute")
+    out: Result = {"ImageId": rec.image_id}
+    if attribute == "launchPermission":
+        if owner_of(rec) != ctx.account_id:
+            raise ApiError("AuthFailure", f"Not authorized for image:{rec.image_id}")
+        out["LaunchPermissions"] = rec.describe()["LaunchPermissions"]
+    elif attribute == "description":
+        out["Description"] = {"Value": rec.description}
+    elif attribute == "kernel":
+        out["KernelId"] = {"Value": rec.kernel_id}
+    elif attribute == "ramdisk":
+        out["RamdiskId"] = {"Value": rec.ramdisk_id}
+    elif attribute == "blockDeviceMapping":
+        out["BlockDeviceMappings"] = rec.block_device_mappings
+    elif attribute == "bootMode":
+        out["BootMode"] = {"Value": "uefi" if rec.launch.boot == "uefi" else "legacy-bios"}
+    else:
+        raise ApiError("InvalidRequest", f"The attribute {attribute} is not supported here")
+    return out
+
+
+@action("ModifyImageAttribute", "InvalidAMIID.NotFound")
+def modify_image_attribute(p: Params, ctx: Context) -> Result:
+    rec = find_owned(require(p, "ImageId"), ctx)
+    attribute = p.get("Attribute")
+    if p.get("Description") or attribute == "description":
+        value = (p.get("Description") or {}).get("Value", p.get("Value"))
+        if value is None:
+            raise ApiError("MissingParameter", "The request must contain the parameter Value")
+
+        def change(r: ImageRecord) -> None:
+            r.description = str(value)
+
+        Registry().update(rec.image_id, change)
+        return {}
+    lp = p.get("LaunchPermission") or {}
+    add = [x for x in lp.get("Add") or []]
+    remove = [x for x in lp.get("Remove") or []]
+    op = p.get("OperationType")
+    if p.get("UserIds") or p.get("UserGroups"):
+        items = [{"UserId": u} for u in p.get("UserIds") or []]
+        items += [{"Group": g} for g in p.get("UserGroups") or []]
+        if op not in ("add", "remove"):
+            raise ApiError("InvalidParameterValue", "OperationType must be add or remove")
+        (add if op == "add" else remove).extend(items)
+    if not add and not remove:
+        raise ApiError("MissingParameter", "The request must contain LaunchPermission")
+    public: bool | None = None
+    for item in add + remove:
+        if item.get("Group") not in (None, "all"):
+            raise ApiError("InvalidParameterValue", f"Invalid group '{item.get('Group')}'")
+        if item.get("Group") == "all":
+            public = item in add
+        if item.get("OrganizationArn") or item.get("OrganizationalUnitArn"):
+            raise ApiError("UnsupportedOperation", "organizations are not kept here")
+    try:
+        lifecycle.set_launch_permission(
+            rec.image_id, public=public,
+            add=[i["UserId"] for i in add if i.get("UserId")],
+            remove=[i["UserId"] for i in remove if i.get("UserId")],
+        )  # fmt: skip
+    except AmilabError as e:
+        raise ApiError("InvalidAMIAttributeItemValue", str(e)) from None
+    return {}
+
+
+@action("ResetImageAttribute", "InvalidAMIID.NotFound")
+def reset_image_attribute(p: Params, ctx: Context) -> Result:
+    rec = find_owned(require(p, "ImageId"), ctx)
+    if require(p, "Attribute") != "launchPermission":
+        raise ApiError("InvalidParameterValue", "only launchPermission can be reset")
+    lifecycle.set_launch_permission(rec.image_id, reset=True)
+    return {"Return": True}
+
+
+# ------------------------------------------------------------ store / restore
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _bucket(name: Any, ctx: Context) -> tuple[str, str | None]:
+    """EC2's bucket name as the store's target: an S3 bucket at the server's --s3-endpoint,
+    else a directory of that name under $AMILAB_HOME/api/buckets."""
+    if not isinstance(name, str) or not _BUCKET.fullmatch(name):
+        raise ApiError("InvalidParameterValue", f"Invalid value '{name}' for Bucket")
+    endpoint = ctx.server.settings.get("s3_endpoint")
+    if endpoint:
+        return f"s3://{name}", endpoint
+    root = paths.amilab_home() / "api" / "buckets" / name
+    root.mkdir(parents=True, exist_ok=True)
+    return str(root), None
+
+
+def _bucket_name(url: str) -> str:
+    return url.removeprefix("s3://").split("/")[0] if url.startswith("s3://") else Path(url).name
+
+
+@action("CreateStoreImageTask", "InvalidAMIID.NotFound")
+def create_store_image_task(p: Params, ctx: Context) -> Result:
+    rec = find_owned(require(p, "ImageId"), ctx)
+    if rec.image_type != "machine":
+        raise ApiError("InvalidAMIID.Unavailable", f"{rec.image_id} is not a machine image")
+    spec, endpoint = _bucket(require(p, "Bucket"), ctx)
+    key = store.parse_bucket(spec, endpoint).key(rec.image_id)
+    from builder.images.shapes import acting_as
+
+    account = ctx.account_id
+
+    def run() -> None:  # the task's progress and outcome are in the task log
+        with acting_as(account), contextlib.suppress(Exception):  # recorded Failed there
+            store.store_image(rec.image_id, spec, endpoint_url=endpoint)
+
+    threading.Thread(target=run, name=f"store-{rec.image_id}", daemon=True).start()
+    return {"ObjectKey": key}
+
+
+@action("DescribeStoreImageTasks", "InvalidAMIID.NotFound")
+def describe_store_image_tasks(p: Params, ctx: Context) -> Result:
+    ids = [check_image_id(i) for i in p.get("ImageIds") or []]
+    mine = {r.image_id for r in Registry().list("machine") if owner_of(r) == ctx.account_id}
+    tasks = [t for t in store.TaskLog().recent() if t.image_id in mine or t.image_id in ids]
+    if ids:
+        tasks = [t for t in tasks if t.image_id in ids]
+    latest: dict[str, Any] = {}
+    for t in tasks:  # EC2 shows each image's latest task
+        latest[t.image_id] = t
+    out = []
+    for t in latest.values():
+        d = t.describe()
+        d["Bucket"] = _bucket_name(t.bucket)
+        d.pop("ObjectKey", None)
+        out.append({k: v for k, v in d.items() if v is not None})
+    filters = filters_of(p)
+    fields = {"task-state": field("StoreTaskState"), "bucket": field("Bucket")}
+    return {"StoreImageTaskResults": [d for d in out if match_filters(d, filters, fields)]}
+
+
+@action("CreateRestoreImageTask", "InvalidParameterValue")
+def create_restore_image_task(p: Params, ctx: Context) -> Result:
+    spec, endpoint = _bucket(require(p, "Bucket"), ctx)
+    key = require(p, "ObjectKey")
+    if "/" in key.replace("\\", "/").lstrip("/") and ".." in key.split("/"):
+        raise ApiError("InvalidParameterValue", f"Invalid value '{key}' for ObjectKey")
+    name = p.get("Name")
+    if name:
+        _check_name(name)
+    try:
+        result = store.restore_image(spec, key, name=name, endpoint_url=endpoint)
+    except AmilabError as e:
+        err = from_library(e)
+        if "already in use" in str(e):
+            err = ApiError("InvalidAMIName.Duplicate", str(e))
+        raise err from None
+    return {"ImageId": result.image.image_id}

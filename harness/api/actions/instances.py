@@ -1,0 +1,458 @@
+"""Instances: RunInstances and the state changes over harness.instances.operations, the
+describes Terraform and the waiters poll, instance types and credit specifications."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+from typing import Any
+
+from builder.errors import AmilabError
+from builder.images.tables import JsonTable, Row
+from harness.api.actions import network
+from harness.api.actions.common import (
+    Context,
+    Params,
+    Result,
+    action,
+    check_id,
+    field,
+    filters_of,
+    match_filters,
+    require,
+)
+from harness.api.actions.images import find_visible
+from harness.api.errors import ApiError, from_library
+from harness.instances import operations, store
+from harness.instances.types import TYPES, InstanceType
+from harness.launch.request import USER_DATA_MAX
+
+_token_lock = threading.Lock()
+
+
+def find_instance(instance_id: Any, ctx: Context) -> Row:
+    iid = check_id(instance_id, "i", "InvalidInstanceID.Malformed")
+    rec = store.instances().get(iid)
+    if rec is None or operations.owner_of_instance(rec) != ctx.account_id:
+        raise ApiError("InvalidInstanceID.NotFound", f"The instance ID '{iid}' does not exist")
+    return rec
+
+
+def _ids(p: Params, ctx: Context, required: bool = True) -> list[str]:
+    ids = list(p.get("InstanceIds") or [])
+    if required and not ids:
+        raise ApiError("MissingParameter", "The request must contain the parameter InstanceId")
+    return [find_instance(i, ctx)["InstanceId"] for i in ids]
+
+
+def instance_item(rec: Row, account: str) -> dict[str, Any]:
+    """The record as EC2 describes it, with the network fields Terraform expects."""
+    item = operations.public(rec)
+    zone = (item.get("Placement") or {}).get("AvailabilityZone") or network.ZONES[0]
+    if zone not in network.ZONES:
+        zone = network.ZONES[0]
+    group = {"GroupId": network.default_group_id(account), "GroupName": "default"}
+    vpc, subnet = network.default_vpc_id(account), network.subnet_id(account, zone)
+    item.setdefault("VpcId", vpc)
+    item.setdefault("SubnetId", subnet)
+    item.setdefault("SecurityGroups", [group])
+    item.setdefault("Monitoring", {"State": "disabled"})
+    item.setdefault("EbsOptimized", False)
+    item.setdefault("SourceDestCheck", True)
+    item.setdefault("EnaSupport", False)
+    item.setdefault("PlatformDetails", "Linux/UNIX")
+    item.setdefault("UsageOperation", "RunInstances")
+    item.setdefault("CpuOptions", {"CoreCount": 1, "ThreadsPerCore": 1})
+    item.setdefault(
+        "MetadataOptions",
+        {
+            "State": "applied",
+            "HttpTokens": "optional",
+            "HttpPutResponseHopLimit": 1,
+            "HttpEndpoint": "enabled",
+        },
+    )
+    item.setdefault("CapacityReservationSpecification", {"CapacityReservationPreference": "open"})
+    item.setdefault("MaintenanceOptions", {"AutoRecovery": "default"})
+    item.setdefault("PrivateDnsNameOptions", {"HostnameType": "ip-name"})
+    item.setdefault("NetworkInterfaces", [{
+        "NetworkInterfaceId": "eni-" + rec["InstanceId"][2:], "SubnetId": subnet, "VpcId": vpc,
+        "Status": "in-use", "PrivateIpAddress": rec.get("PrivateIpAddress"),
+        "Groups": [group], "SourceDestCheck": True, "InterfaceType": "interface",
+        "OwnerId": account, "Attachment": {"DeviceIndex": 0, "Status": "attached",
+                                           "DeleteOnTermination": True},
+    }])  # fmt: skip
+    if item["State"]["Name"] in ("stopped", "terminated"):
+        item.pop("PublicIpAddress", None)
+        item["PublicDnsName"] = ""
+    return item
+
+
+_FILTERS = {
+    "instance-id": field("InstanceId"),
+    "image-id": field("ImageId"),
+    "instance-state-name": field("State", "Name"),
+    "instance-state-code": field("State", "Code"),
+    "instance-type": field("InstanceType"),
+    "key-name": field("KeyName"),
+    "kernel-id": field("KernelId"),
+    "ramdisk-id": field("RamdiskId"),
+    "availability-zone": field("Placement", "AvailabilityZone"),
+    "private-ip-address": field("PrivateIpAddress"),
+    "ip-address": field("PublicIpAddress"),
+    "dns-name": field("PublicDnsName"),
+    "private-dns-name": field("PrivateDnsName"),
+    "architecture": field("Architecture"),
+    "root-device-type": field("RootDeviceType"),
+    "root-device-name": field("RootDeviceName"),
+    "virtualization-type": field("VirtualizationType"),
+    "vpc-id": field("VpcId"),
+    "subnet-id": field("SubnetId"),
+    "instance.group-id": field("SecurityGroups", "GroupId"),
+    "instance.group-name": field("SecurityGroups", "GroupName"),
+    "launch-time": field("LaunchTime"),
+    "instance-lifecycle": field("InstanceLifecycle"),
+    "block-device-mapping.volume-id": field("BlockDeviceMappings", "Ebs", "VolumeId"),
+    "block-device-mapping.device-name": field("BlockDeviceMappings", "DeviceName"),
+}
+
+
+# ---------------------------------------------------------------------- run
+
+
+def _user_data(p: Params) -> bytes | None:
+    text = p.get("UserData")
+    if text is None:
+        return None
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError("InvalidParameterValue", "Invalid BASE64 encoding of user data") from None
+    if len(data) > USER_DATA_MAX:
+        raise ApiError("InvalidParameterValue", "User data is limited to 16384 bytes")
+    return data
+
+
+def _client_tokens() -> JsonTable:
+    return JsonTable("api_client_tokens", "client token")
+
+
+def _launch_key(p: Params) -> str:
+    """What makes two RunInstances the same request, for ClientToken's check."""
+    keep = {k: v for k, v in p.items() if k != "ClientToken"}
+    return repr(sorted(keep.items(), key=lambda kv: kv[0]))
+
+
+@action("RunInstances", "InvalidParameterValue")
+def run_instances(p: Params, ctx: Context) -> Result:
+    token = p.get("ClientToken")
+    if token is not None and not (1 <= len(token) <= 64):
+        raise ApiError("InvalidParameterValue", "ClientToken: 1-64 ASCII characters")
+    if not token:
+        return _run(p, ctx)
+    key = f"{ctx.account_id}/{token}"
+    with _token_lock:  # one launch per token, even when a retry races the first attempt
+        seen = _client_tokens().get(key)
+        if seen is not None:
+            if seen["Request"] != _launch_key(p):
+                raise ApiError("IdempotentParameterMismatch",
+                               f"ClientToken {token} was used with other parameters")  # fmt: skip
+            return _reservation(seen["ReservationId"], ctx)
+        result = _run(p, ctx)
+        _client_tokens().insert(key, {"ReservationId": result["ReservationId"],
+                                      "Request": _launch_key(p)})  # fmt: skip
+        return result
+
+
+def _reservation(rid: str, ctx: Context) -> Result:
+    for res in operations.describe_instances()["Reservations"]:
+        if res["ReservationId"] == rid and res["OwnerId"] == ctx.account_id:
+            return _reservation_item(res, ctx)
+    raise ApiError("InvalidReservationID.NotFound", f"reservation {rid} does not exist")
+
+
+def _reservation_item(res: dict[str, Any], ctx: Context) -> Result:
+    recs = {r["InstanceId"]: r for r in store.instances().list()}
+    return {
+        "ReservationId": res["ReservationId"], "OwnerId": res["OwnerId"],
+        "Groups": [{"GroupId": network.default_group_id(ctx.account_id),
+                    "GroupName": "default"}],
+        "Instances": [instance_item(recs.get(i["InstanceId"], {**i, "Amilab": {}}),
+                                    ctx.account_id) for i in res["Instances"]],
+    }  # fmt: skip
+
+
+def _run(p: Params, ctx: Context) -> Result:
+    image = find_visible(require(p, "ImageId"), ctx)
+    if image.image_type != "machine":
+        raise ApiError("InvalidAMIID.NotFound", f"{image.image_id} is not a machine image")
+    lo, hi = int(require(p, "MinCount")), int(require(p, "MaxCount"))
+    if lo < 1 or hi < lo:
+        raise ApiError(
+            "InvalidParameterValue", f"MinCount {lo} and MaxCount {hi}: need 1 <= min <= max"
+        )
+    if lo > operations.MAX_COUNT:
+        raise ApiError(
+            "InstanceLimitExceeded",
+            f"Your quota allows for {operations.MAX_COUNT} more running instance(s)",
+        )
+    kernel, ramdisk = p.get("KernelId"), p.get("RamdiskId")
+    if kernel:
+        k = find_visible(kernel, ctx)
+        if k.image_type != "kernel":
+            raise ApiError("InvalidParameterValue", f"KernelId {kernel} is not a kernel image")
+    if ramdisk:
+        r = find_visible(ramdisk, ctx)
+        if r.image_type != "ramdisk":
+            raise ApiError("InvalidParameterValue", f"RamdiskId {ramdisk} is not a ramdisk image")
+    zone = (p.get("Placement") or {}).get("AvailabilityZone") or network.ZONES[0]
+    if zone not in network.ZONES:
+        raise ApiError("InvalidParameterValue", f"Invalid availability zone: [{zone}]")
+    if subnet := p.get("SubnetId"):
+        zones = {network.subnet_id(ctx.account_id, z): z for z in network.ZONES}
+        if subnet not in zones:
+            raise ApiError("InvalidSubnetID.NotFound", f"The subnet ID '{subnet}' does not exist")
+        zone = zones[subnet]
+    for gid in p.get("SecurityGroupIds") or []:
+        network.find_group(gid, ctx.account_id)
+    tags = [
+        f"{t['Key']}={t.get('Value', '')}"
+        for s in p.get("TagSpecifications") or []
+        if s.get("ResourceType") in ("instance", None)
+        for t in s.get("Tags") or []
+    ]
+    user_data = _user_data(p)
+    mappings = []
+    for m in p.get("BlockDeviceMappings") or []:
+        if not str(m.get("DeviceName", "")).startswith("/dev/"):
+            raise ApiError("InvalidBlockDeviceMapping", f"device name {m.get('DeviceName')!r}")
+        mappings.append({k: v for k, v in m.items() if k in ("DeviceName", "Ebs", "VirtualName",
+                                                            "NoDevice")})  # fmt: skip
+    from harness.instances.operations import RunRequest
+
+    try:
+        req = RunRequest(
+            image=image.image_id, count=min(hi, operations.MAX_COUNT),
+            key_name=p.get("KeyName"), placement=zone,
+            shutdown_behavior=p.get("InstanceInitiatedShutdownBehavior") or "stop",
+            block_device_mappings=mappings, kernels=[kernel] if kernel else [],
+            ramdisk=ramdisk, instance_type=p.get("InstanceType") or None, tags=tags,
+        )  # fmt: skip
+        if user_data is not None:
+            req.metadata["user_data"] = user_data
+        result = operations.run_instances(req)
+    except AmilabError as e:
+        raise from_library(e) from None
+    res = {"ReservationId": result["ReservationId"], "OwnerId": result["OwnerId"],
+           "Instances": result["Instances"]}  # fmt: skip
+    return _reservation_item(res, ctx)
+
+
+# ------------------------------------------------------------------- describe
+
+
+def _mine(ctx: Context, ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """The caller's reservations (their instances made true first: reconcile)."""
+    out = []
+    for res in operations.describe_instances(ids or None)["Reservations"]:
+        if res["OwnerId"] == ctx.account_id:
+            out.append(_reservation_item(res, ctx))
+    return out
+
+
+@action("DescribeInstances", "InvalidInstanceID.NotFound")
+def describe_instances(p: Params, ctx: Context) -> Result:
+    ids = _ids(p, ctx, required=False)
+    filters = filters_of(p)
+    reservations = []
+    for res in _mine(ctx, ids):
+        res["Instances"] = [i for i in res["Instances"] if match_filters(i, filters, _FILTERS)]
+        if res["Instances"]:
+            reservations.append(res)
+    return {"Reservations": reservations}
+
+
+def _status(name: str) -> dict[str, Any]:
+    status = {"running": "ok", "pending": "initializing"}.get(name, "not-applicable")
+    detail = {"ok": "passed", "initializing": "initializing"}.get(status)
+    out: dict[str, Any] = {"Status": status}
+    if detail:
+        out["Details"] = [{"Name": "reachability", "Status": detail}]
+    return out
+
+
+@action("DescribeInstanceStatus", "InvalidInstanceID.NotFound")
+def describe_instance_status(p: Params, ctx: Context) -> Result:
+    ids = _ids(p, ctx, required=False)
+    everything = bool(p.get("IncludeAllInstances"))
+    fields = {"instance-state-name": field("InstanceState", "Name"),
+              "availability-zone": field("AvailabilityZone"),
+              "instance-status.status": field("InstanceStatus", "Status"),
+              "system-status.status": field("SystemStatus", "Status")}  # fmt: skip
+    out = []
+    for res in _mine(ctx, ids):
+        for i in res["Instances"]:
+            state = i["State"]["Name"]
+            if not everything and state != "running":
+                continue
+            item = {
+                "InstanceId": i["InstanceId"],
+                "InstanceState": i["State"],
+                "AvailabilityZone": i["Placement"]["AvailabilityZone"],
+                "SystemStatus": _status(state),
+                "InstanceStatus": _status(state),
+            }
+            if match_filters(item, filters_of(p), fields):
+                out.append(item)
+    return {"InstanceStatuses": out}
+
+
+# ---------------------------------------------------------------- state changes
+
+
+@action("StopInstances", "IncorrectInstanceState")
+def stop_instances(p: Params, ctx: Context) -> Result:
+    return {"StoppingInstances": operations.stop_instances(_ids(p, ctx))}
+
+
+@action("StartInstances", "IncorrectInstanceState")
+def start_instances(p: Params, ctx: Context) -> Result:
+    return {"StartingInstances": operations.start_instances(_ids(p, ctx))}
+
+
+@action("TerminateInstances", "IncorrectInstanceState")
+def terminate_instances(p: Params, ctx: Context) -> Result:
+    return {"TerminatingInstances": operations.terminate_instances(_ids(p, ctx))}
+
+
+@action("RebootInstances", "IncorrectInstanceState")
+def reboot_instances(p: Params, ctx: Context) -> Result:
+    operations.reboot_instances(_ids(p, ctx))
+    return {}
+
+
+@action("GetConsoleOutput", "InvalidInstanceID.NotFound")
+def get_console_output(p: Params, ctx: Context) -> Result:
+    rec = find_instance(require(p, "InstanceId"), ctx)
+    out = operations.console_output(rec["InstanceId"], latest=bool(p.get("Latest")))
+    text = out["Output"]
+    return {"InstanceId": out["InstanceId"], "Timestamp": out["Timestamp"],
+            "Output": base64.b64encode(text.encode()).decode()}  # fmt: skip
+
+
+@action("DescribeInstanceAttribute", "InvalidInstanceID.NotFound")
+def describe_instance_attribute(p: Params, ctx: Context) -> Result:
+    rec = find_instance(require(p, "InstanceId"), ctx)
+    attribute = require(p, "Attribute")
+    amilab = rec.get("Amilab") or {}
+    md = (amilab.get("Launch") or {}).get("Metadata") or {}
+    values: dict[str, tuple[str, Any]] = {
+        "instanceType": ("InstanceType", {"Value": rec["InstanceType"]}),
+        "kernel": ("KernelId", {"Value": rec.get("KernelId")}),
+        "ramdisk": ("RamdiskId", {"Value": rec.get("RamdiskId")}),
+        "userData": ("UserData", {"Value": md.get("user_data_b64")}),
+        "disableApiTermination": ("DisableApiTermination", {"Value": False}),
+        "disableApiStop": ("DisableApiStop", {"Value": False}),
+        "instanceInitiatedShutdownBehavior": (
+            "InstanceInitiatedShutdownBehavior", {"Value": amilab.get("ShutdownBehavior")}),
+        "rootDeviceName": ("RootDeviceName", {"Value": rec.get("RootDeviceName")}),
+        "blockDeviceMapping": ("BlockDeviceMappings", rec.get("BlockDeviceMappings") or []),
+        "groupSet": ("Groups", [{"GroupId": network.default_group_id(ctx.account_id),
+                                 "GroupName": "default"}]),
+        "sourceDestCheck": ("SourceDestCheck", {"Value": True}),
+        "ebsOptimized": ("EbsOptimized", {"Value": False}),
+        "enaSupport": ("EnaSupport", {"Value": False}),
+    }  # fmt: skip
+    if attribute not in values:
+        raise ApiError(
+            "InvalidParameterValue", f"Value ({attribute}) for parameter attribute is invalid."
+        )
+    key, value = values[attribute]
+    return {"InstanceId": rec["InstanceId"], key: value}
+
+
+@action("ModifyInstanceAttribute", "InvalidInstanceID.NotFound")
+def modify_instance_attribute(p: Params, ctx: Context) -> Result:
+    find_instance(require(p, "InstanceId"), ctx)
+    # what is already so is accepted (Terraform sends these); changing a launch setting of
+    # an existing instance is not done here
+    same = {"DisableApiTermination": False, "DisableApiStop": False, "SourceDestCheck": True,
+            "EbsOptimized": False}  # fmt: skip
+    for key, value in p.items():
+        if key == "InstanceId":
+            continue
+        if key in same and isinstance(value, dict) and value.get("Value") == same[key]:
+            continue
+        raise ApiError(
+            "UnsupportedOperation", f"ModifyInstanceAttribute {key} is not supported here"
+        )
+    return {}
+
+
+# ------------------------------------------------------------ types and credits
+
+
+def _type_item(t: InstanceType) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "InstanceType": t.name, "CurrentGeneration": t.nitro,
+        "FreeTierEligible": t.name in ("t2.micro", "t3.micro"),
+        "SupportedUsageClasses": ["on-demand", "spot"],
+        "SupportedRootDeviceTypes": ["ebs"] + (["instance-store"] if t.instance_store_gib else []),
+        "SupportedVirtualizationTypes": list(t.virtualization),
+        "BareMetal": False, "Hypervisor": t.hypervisor,
+        "ProcessorInfo": {"SupportedArchitectures": list(t.architectures)},
+        "VCpuInfo": {"DefaultVCpus": t.vcpus, "DefaultCores": t.vcpus,
+                     "DefaultThreadsPerCore": 1},
+        "MemoryInfo": {"SizeInMiB": t.memory_mib},
+        "InstanceStorageSupported": bool(t.instance_store_gib),
+        "EbsInfo": {"EbsOptimizedSupport": "supported" if t.nitro else "unsupported",
+                    "EncryptionSupport": "unsupported",
+                    "NvmeSupport": "required" if t.nitro else "unsupported"},
+        "BurstablePerformanceSupported": t.name.startswith("t"),
+        "AutoRecoverySupported": False,
+        "SupportedBootModes": ["legacy-bios", "uefi"],
+    }  # fmt: skip
+    if t.instance_store_gib:
+        item["InstanceStorageInfo"] = {
+            "TotalSizeInGB": sum(t.instance_store_gib),
+            "Disks": [{"SizeInGB": t.instance_store_gib[0], "Count": len(t.instance_store_gib),
+                       "Type": "ssd" if t.nitro else "hdd"}],
+        }  # fmt: skip
+    return item
+
+
+@action("DescribeInstanceTypes", "InvalidInstanceType")
+def describe_instance_types(p: Params, ctx: Context) -> Result:
+    names = p.get("InstanceTypes") or list(TYPES)
+    for n in names:
+        if n not in TYPES:
+            raise ApiError(
+                "InvalidInstanceType", f"The following supplied instance types do not exist: [{n}]"
+            )
+    fields = {"instance-type": field("InstanceType"),
+              "current-generation": field("CurrentGeneration"),
+              "processor-info.supported-architecture":
+                  field("ProcessorInfo", "SupportedArchitectures"),
+              "supported-virtualization-type": field("SupportedVirtualizationTypes"),
+              "burstable-performance-supported": field("BurstablePerformanceSupported"),
+              "hypervisor": field("Hypervisor")}  # fmt: skip
+    items = [_type_item(TYPES[n]) for n in names]
+    return {"InstanceTypes": [i for i in items if match_filters(i, filters_of(p), fields)]}
+
+
+@action("DescribeInstanceCreditSpecifications", "InvalidInstanceID.NotFound")
+def describe_instance_credit_specifications(p: Params, ctx: Context) -> Result:
+    ids = _ids(p, ctx, required=False)
+    out = []
+    for res in _mine(ctx, ids):
+        for i in res["Instances"]:
+            t = i["InstanceType"]
+            if t.startswith("t"):
+                out.append(
+                    {
+                        "InstanceId": i["InstanceId"],
+                        "CpuCredits": "standard" if t.startswith("t2") else "unlimited",
+                    }
+                )
+    return {"InstanceCreditSpecifications": out}

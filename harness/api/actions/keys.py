@@ -1,0 +1,81 @@
+"""Key pairs over harness.instances.keypairs (one table for the whole home: key names are
+not scoped by account here)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from harness.api.actions.common import (
+    Context,
+    Params,
+    Result,
+    action,
+    field,
+    filters_of,
+    match_filters,
+    require,
+)
+from harness.api.errors import ApiError
+from harness.instances import keypairs
+
+_FIELDS = {"key-name": field("KeyName"), "fingerprint": field("KeyFingerprint"),
+           "key-pair-id": field("KeyPairId"), "key-type": field("KeyType")}  # fmt: skip
+
+
+@action("CreateKeyPair", "InvalidParameterValue")
+def create_key_pair(p: Params, ctx: Context) -> Result:
+    if p.get("KeyFormat") not in (None, "pem"):
+        raise ApiError("InvalidParameterValue", "KeyFormat: only pem is made here")
+    row, private = keypairs.create_key_pair(require(p, "KeyName"), p.get("KeyType") or "rsa")
+    return {"KeyName": row["KeyName"], "KeyFingerprint": row["KeyFingerprint"],
+            "KeyMaterial": private, "KeyPairId": row["KeyPairId"], "Tags": []}  # fmt: skip
+
+
+@action("ImportKeyPair", "InvalidKey.Format")
+def import_key_pair(p: Params, ctx: Context) -> Result:
+    material = require(p, "PublicKeyMaterial")  # a blob: the parser has base64-decoded it
+    if isinstance(material, str):
+        try:
+            material = base64.b64decode(material, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(
+                "InvalidKey.Format", "Key is not in valid OpenSSH public key format"
+            ) from None
+    try:
+        text = bytes(material).decode("ascii")
+    except UnicodeDecodeError:
+        raise ApiError(
+            "InvalidKey.Format", "Key is not in valid OpenSSH public key format"
+        ) from None
+    row = keypairs.import_key_pair(require(p, "KeyName"), text)
+    return {"KeyName": row["KeyName"], "KeyFingerprint": row["KeyFingerprint"],
+            "KeyPairId": row["KeyPairId"], "Tags": []}  # fmt: skip
+
+
+@action("DescribeKeyPairs", "InvalidKeyPair.NotFound")
+def describe_key_pairs(p: Params, ctx: Context) -> Result:
+    rows = keypairs.describe_key_pairs(p.get("KeyNames") or None)
+    if ids := p.get("KeyPairIds"):
+        known = {r["KeyPairId"] for r in keypairs.describe_key_pairs()}
+        for i in ids:
+            if i not in known:
+                raise ApiError("InvalidKeyPair.NotFound", f"The key pair '{i}' does not exist")
+        rows = [r for r in rows if r["KeyPairId"] in ids]
+    if p.get("IncludePublicKey"):
+        rows = [{**r, "PublicKey": keypairs.find_key_pair(r["KeyName"])["PublicKey"]} for r in rows]
+    return {"KeyPairs": [r for r in rows if match_filters(r, filters_of(p), _FIELDS)]}
+
+
+@action("DeleteKeyPair", "InvalidKeyPair.NotFound")
+def delete_key_pair(p: Params, ctx: Context) -> Result:
+    name = p.get("KeyName")
+    if not name and p.get("KeyPairId"):
+        rows = [r for r in keypairs.describe_key_pairs() if r["KeyPairId"] == p["KeyPairId"]]
+        name = rows[0]["KeyName"] if rows else None
+    if not name:
+        if p.get("KeyPairId"):
+            return {"Return": True}
+        raise ApiError("MissingParameter", "The request must contain the parameter KeyName")
+    keypairs.delete_key_pair(name)
+    return {"Return": True}

@@ -1,0 +1,148 @@
+"""CreateTags, DeleteTags, DescribeTags across the resources kept here: images (through
+builder.images.lifecycle), instances, volumes, snapshots, security groups."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from builder.images import lifecycle, volumes
+from builder.images.registry import Registry
+from builder.images.shapes import owner_of
+from builder.images.tables import JsonTable, Row
+from harness.api.actions import network, storage
+from harness.api.actions.common import (
+    Context,
+    Params,
+    Result,
+    action,
+    field,
+    filters_of,
+    match_filters,
+    require,
+    tags_of,
+)
+from harness.api.actions.images import IMAGE_PREFIXES, find_owned
+from harness.api.actions.instances import find_instance
+from harness.api.errors import ApiError
+from harness.instances import store
+
+_TYPES = {"ami": "image", "aki": "image", "ari": "image", "i": "instance", "vol": "volume",
+          "snap": "snapshot", "sg": "security-group"}  # fmt: skip
+
+
+def _row_table(resource: str, ctx: Context) -> tuple[JsonTable, str]:
+    prefix = resource.split("-")[0]
+    if prefix == "i":
+        return store.instances(), find_instance(resource, ctx)["InstanceId"]
+    if prefix == "vol":
+        return volumes.volumes(), storage.find_volume(resource, ctx)["VolumeId"]
+    if prefix == "snap":
+        return volumes.snapshots(), storage.find_snapshot(resource, ctx, owned=True)["SnapshotId"]
+    if prefix == "sg":
+        g = network.find_group(resource, ctx.account_id)
+        if network.groups().get(g["GroupId"]) is None:
+            network.groups().insert(g["GroupId"], g)
+        return network.groups(), g["GroupId"]
+    raise ApiError("InvalidID", f'The ID "{resource}" is not valid')
+
+
+Change = Callable[[dict[str, str]], None]
+
+
+def _check(resources: list[str], ctx: Context) -> tuple[list[str], list[Callable[[Change], None]]]:
+    """The images among the resources, and for each other resource a function applying a
+    change to its tags; all are looked up before any is changed, so an unknown ID changes
+    nothing."""
+    images: list[str] = []
+    rows: list[Callable[[Change], None]] = []
+    for r in resources:
+        if r.split("-")[0] in IMAGE_PREFIXES:
+            images.append(find_owned(r, ctx).image_id)
+            continue
+        table, key = _row_table(r, ctx)
+
+        def on_row(change: Change, table: JsonTable = table, key: str = key) -> None:
+            def apply(row: Row) -> None:
+                tags = tags_of(row.get("Tags"))
+                change(tags)
+                row["Tags"] = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+
+            table.update(key, apply)
+
+        rows.append(on_row)
+    return images, rows
+
+
+@action("CreateTags", "InvalidID")
+def create_tags(p: Params, ctx: Context) -> Result:
+    resources = require(p, "Resources")
+    items = [f"{t['Key']}={t.get('Value', '')}" for t in require(p, "Tags")]
+    tags = lifecycle.parse_tags(items)  # EC2's limits, as `amilab tag` applies them
+    images, rows = _check(resources, ctx)
+    if images:
+        lifecycle.tag(images, tags)
+    for apply in rows:
+        apply(lambda have: have.update(tags))
+    return {}
+
+
+@action("DeleteTags", "InvalidID")
+def delete_tags(p: Params, ctx: Context) -> Result:
+    resources = require(p, "Resources")
+    given = p.get("Tags")
+    images, rows = _check(resources, ctx)
+    for image_id in images:  # KEY removes whatever the value, KEY=VALUE only that value
+        rec = Registry().get(image_id)
+        items = [t["Key"] + (f"={t['Value']}" if "Value" in t else "") for t in given or []]
+        if given is None and rec is not None:
+            items = list(rec.tags)
+        lifecycle.untag([image_id], items)
+
+    def change(have: dict[str, str]) -> None:
+        if given is None:
+            have.clear()
+        for t in given or []:
+            if t["Key"] in have and ("Value" not in t or have[t["Key"]] == t["Value"]):
+                del have[t["Key"]]
+
+    for apply in rows:
+        apply(change)
+    return {}
+
+
+def _all_tagged(ctx: Context) -> list[tuple[str, str, dict[str, str]]]:
+    """(resource ID, resource type, tags) of everything the caller owns."""
+    out: list[tuple[str, str, dict[str, str]]] = []
+    for rec in Registry().list():
+        if owner_of(rec) == ctx.account_id:
+            out.append((rec.image_id, "image", dict(rec.tags)))
+    from harness.instances import operations
+
+    for r in store.instances().list():
+        if operations.owner_of_instance(r) == ctx.account_id:
+            out.append((r["InstanceId"], "instance", tags_of(r.get("Tags"))))
+    for v in volumes.volumes().list():
+        if storage._volume_owner(v) == ctx.account_id:
+            out.append((v["VolumeId"], "volume", tags_of(v.get("Tags"))))
+    for s in volumes.snapshots().list():
+        if storage._snapshot_visible(s, ctx.account_id) and s.get("OwnerId") in (
+            ctx.account_id,
+            None,
+            "",
+        ):
+            out.append((s["SnapshotId"], "snapshot", tags_of(s.get("Tags"))))
+    for g in network.account_groups(ctx.account_id):
+        out.append((g["GroupId"], "security-group", tags_of(g.get("Tags"))))
+    return out
+
+
+@action("DescribeTags")
+def describe_tags(p: Params, ctx: Context) -> Result:
+    items: list[dict[str, Any]] = [
+        {"ResourceId": rid, "ResourceType": kind, "Key": k, "Value": v}
+        for rid, kind, tags in _all_tagged(ctx) for k, v in sorted(tags.items())
+    ]  # fmt: skip
+    fields = {"resource-id": field("ResourceId"), "resource-type": field("ResourceType"),
+              "key": field("Key"), "value": field("Value")}  # fmt: skip
+    return {"Tags": [i for i in items if match_filters(i, filters_of(p), fields)]}
