@@ -80,8 +80,13 @@ def filters_of(params: Params) -> dict[str, list[str]]:
 
 
 def tags_of(obj: Any) -> dict[str, str]:
-    """Tags as a dict from EC2's list shape."""
-    return {t["Key"]: t.get("Value", "") for t in (obj or [])}
+    """Tags as a dict from EC2's list shape (a request's: each needs its Key)."""
+    out: dict[str, str] = {}
+    for t in obj or []:
+        if not isinstance(t, dict) or not t.get("Key"):
+            raise ApiError("InvalidParameterValue", "Tag keys must not be empty")
+        out[t["Key"]] = t.get("Value") or ""
+    return out
 
 
 def _values(item: Any) -> list[str]:

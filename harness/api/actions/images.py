@@ -25,6 +25,7 @@ from harness.api.actions.common import (
     is_ec2_id,
     match_filters,
     require,
+    tags_of,
 )
 from harness.api.errors import ApiError, from_library
 
@@ -168,7 +169,7 @@ def _tag_specs(p: Params, resource_type: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for spec in p.get("TagSpecifications") or []:
         if spec.get("ResourceType") in (resource_type, None):
-            out.update({t["Key"]: t.get("Value", "") for t in spec.get("Tags") or []})
+            out.update(tags_of(spec.get("Tags")))
     return out
 
 

@@ -21,6 +21,7 @@ from harness.api.actions.common import (
     filters_of,
     match_filters,
     require,
+    tags_of,
 )
 from harness.api.actions.images import find_visible
 from harness.api.errors import ApiError, from_library
@@ -172,8 +173,11 @@ def _reservation(rid: str, ctx: Context) -> Result:
     raise ApiError("InvalidReservationID.NotFound", f"reservation {rid} does not exist")
 
 
-def _reservation_item(res: dict[str, Any], ctx: Context) -> Result:
-    recs = {r["InstanceId"]: r for r in store.instances().list()}
+def _reservation_item(
+    res: dict[str, Any], ctx: Context, recs: dict[str, Row] | None = None
+) -> Result:
+    if recs is None:
+        recs = {r["InstanceId"]: r for r in store.instances().list()}
     return {
         "ReservationId": res["ReservationId"], "OwnerId": res["OwnerId"],
         "Groups": [{"GroupId": network.default_group_id(ctx.account_id),
@@ -217,10 +221,10 @@ def _run(p: Params, ctx: Context) -> Result:
     for gid in p.get("SecurityGroupIds") or []:
         network.find_group(gid, ctx.account_id)
     tags = [
-        f"{t['Key']}={t.get('Value', '')}"
+        f"{k}={v}"
         for s in p.get("TagSpecifications") or []
         if s.get("ResourceType") in ("instance", None)
-        for t in s.get("Tags") or []
+        for k, v in tags_of(s.get("Tags")).items()
     ]
     user_data = _user_data(p)
     mappings = []
@@ -255,9 +259,10 @@ def _run(p: Params, ctx: Context) -> Result:
 def _mine(ctx: Context, ids: list[str] | None = None) -> list[dict[str, Any]]:
     """The caller's reservations (their instances made true first: reconcile)."""
     out = []
+    recs = {r["InstanceId"]: r for r in store.instances().list()}
     for res in operations.describe_instances(ids or None)["Reservations"]:
         if res["OwnerId"] == ctx.account_id:
-            out.append(_reservation_item(res, ctx))
+            out.append(_reservation_item(res, ctx, recs))
     return out
 
 

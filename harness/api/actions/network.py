@@ -21,6 +21,7 @@ from harness.api.actions.common import (
     filters_of,
     match_filters,
     require,
+    tags_of,
 )
 from harness.api.errors import ApiError
 
@@ -196,7 +197,8 @@ def create_security_group(p: Params, ctx: Context) -> Result:
     if any(g["GroupName"] == name for g in account_groups(ctx.account_id)):
         raise ApiError("InvalidGroup.Duplicate", f"The security group '{name}' already exists")
     gid = random_id("sg")
-    tags = [t for s in p.get("TagSpecifications") or [] for t in s.get("Tags") or []]
+    tags = [{"Key": k, "Value": v} for s in p.get("TagSpecifications") or []
+            for k, v in tags_of(s.get("Tags")).items()]  # fmt: skip
     row = {
         "GroupId": gid, "GroupName": name, "Description": description,
         "OwnerId": ctx.account_id, "VpcId": vpc, "IpPermissions": [],

@@ -77,7 +77,7 @@ def _check(resources: list[str], ctx: Context) -> tuple[list[str], list[Callable
 @action("CreateTags", "InvalidID")
 def create_tags(p: Params, ctx: Context) -> Result:
     resources = require(p, "Resources")
-    items = [f"{t['Key']}={t.get('Value', '')}" for t in require(p, "Tags")]
+    items = [f"{k}={v}" for k, v in tags_of(require(p, "Tags")).items()]
     tags = lifecycle.parse_tags(items)  # EC2's limits, as `amilab tag` applies them
     images, rows = _check(resources, ctx)
     if images:
@@ -91,6 +91,8 @@ def create_tags(p: Params, ctx: Context) -> Result:
 def delete_tags(p: Params, ctx: Context) -> Result:
     resources = require(p, "Resources")
     given = p.get("Tags")
+    if given is not None:
+        tags_of([{"Value": "", **t} for t in given])  # each names its Key
     images, rows = _check(resources, ctx)
     for image_id in images:  # KEY removes whatever the value, KEY=VALUE only that value
         rec = Registry().get(image_id)
