@@ -227,6 +227,60 @@ def register_manifest(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def register_snapshot(
+    name: str,
+    root_device: str,
+    mappings: list[dict[str, Any]],
+    *,
+    virtualization: str = "hvm",
+    architecture: str = "x86_64",
+    kernel_id: str | None = None,
+    ramdisk_id: str | None = None,
+    description: str = "",
+) -> ImageRecord:
+    """RegisterImage of an EBS-backed AMI: the snapshot mapped at `root_device` is its disk
+    (read to find its partitions and root filesystem, never written); the other mappings
+    are kept as given. A new ID every time, as EC2 gives."""
+    from builder.images import volumes
+
+    registry = Registry()
+    check_name_free(registry, name)
+    _check_launch_refs(registry, kernel_id, ramdisk_id)
+    root = next((m for m in mappings if m.get("DeviceName") == root_device), None)
+    snap_id = ((root or {}).get("Ebs") or {}).get("SnapshotId")
+    if not snap_id:
+        raise BadInput(
+            f"InvalidBlockDeviceMapping: the root device {root_device} must map a snapshot"
+        )
+    out = []
+    for m in mappings:  # each snapshot must exist; sizes default to the snapshot's
+        m = {**m, "Ebs": dict(m["Ebs"])} if "Ebs" in m else dict(m)
+        if (ebs := m.get("Ebs")) and ebs.get("SnapshotId"):
+            snap = volumes.find_snapshot(ebs["SnapshotId"])
+            ebs.setdefault("VolumeSize", snap["VolumeSize"])
+            ebs.setdefault("DeleteOnTermination", True)
+            ebs.setdefault("VolumeType", "standard")
+            ebs.setdefault("Encrypted", False)
+        out.append(m)
+    snap = volumes.find_snapshot(snap_id)
+    if snap["State"] != "completed":
+        raise BadInput(f"IncorrectState: snapshot {snap_id} is {snap['State']}")
+    disk = volumes.snapshot_path(snap)
+    launch = probe_disk(disk)
+    kernel = registry.get(kernel_id) if kernel_id else None
+    launch.kernel_release = kernel.kernel_release if kernel else None
+    reg = factory.Registration(
+        name, virtualization, root_device, architecture, kernel_id, ramdisk_id
+    )
+    digest = snap["Amilab"].get("Digest") or sparse_sha256(disk)
+    image = factory.machine_image(
+        reg, digest, launch, {"raw": str(disk)}, description=description,
+        extra={"registered_from": snap_id}, fresh=True,
+    )  # fmt: skip
+    image.block_device_mappings = out
+    return registry.register_new(image)
+
+
 def _record_for(
     m: bundle_mod.Manifest,
     image: Path,

@@ -12,7 +12,10 @@ from harness.api import accounts as accounts_mod
 from harness.api.server import make_server
 
 
-def serve(*, bind: str, port: int, accounts_file: Path | None, s3_endpoint: str | None) -> None:
+def serve(
+    *, bind: str, port: int, accounts_file: Path | None, s3_endpoint: str | None,
+    log: bool = False,
+) -> None:  # fmt: skip
     if accounts_file is None:
         accounts_file = accounts_mod.default_accounts_file()
         accounts_mod.ensure_default(accounts_file)
@@ -20,7 +23,7 @@ def serve(*, bind: str, port: int, accounts_file: Path | None, s3_endpoint: str 
     if not 0 <= port <= 65535:
         raise BadInput(f"--port {port}: must be 0-65535")
     try:
-        server = make_server(bind, port, accounts, {"s3_endpoint": s3_endpoint})
+        server = make_server(bind, port, accounts, {"s3_endpoint": s3_endpoint, "log": log})
     except OSError as e:
         raise BadInput(f"--bind {bind} --port {port}: {e.strerror}") from None
     host, real_port = server.server_address[:2]

@@ -70,6 +70,14 @@ class Handler(BaseHTTPRequestHandler):
         self._handle(self.rfile.read(length))
 
     def _send(self, status: int, body: bytes, request_id: str) -> None:
+        if self.server.settings.get("log"):  # one line per request: what clients asked
+            code = (
+                body.split(b"<Code>", 1)[1].split(b"</Code>", 1)[0].decode()
+                if status >= 400
+                else ""
+            )
+            print(f"amilab api: {self._action or '-'} {status} {code}".rstrip(), file=sys.stderr,
+                  flush=True)  # fmt: skip
         self.send_response(status)
         self.send_header("Content-Type", "text/xml;charset=UTF-8")
         self.send_header("Content-Length", str(len(body)))
@@ -81,6 +89,8 @@ class Handler(BaseHTTPRequestHandler):
         request_id = request_id or str(uuid.uuid4())
         self._send(err.status, protocol.error(service, err, request_id), request_id)
 
+    _action = ""
+
     def _handle(self, body: bytes) -> None:
         request_id = str(uuid.uuid4())
         service = "ec2"
@@ -91,7 +101,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.server.accounts,
             )  # fmt: skip
             fields = _form(urlsplit(self.path).query, body, self.headers.get("Content-Type", ""))
-            action = fields.get("Action", "")
+            action = self._action = fields.get("Action", "")
             if signed_for == "sts" or action in STS_ACTIONS:
                 service = "sts"
             if not action:

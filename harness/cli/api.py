@@ -12,7 +12,7 @@ def _serve(args: argparse.Namespace) -> int:
     from harness.api.serve import serve
 
     serve(bind=args.bind, port=args.port, accounts_file=args.accounts,
-          s3_endpoint=args.s3_endpoint)  # fmt: skip
+          s3_endpoint=args.s3_endpoint, log=args.log)  # fmt: skip
     return 0
 
 
@@ -32,6 +32,7 @@ def register_api(sub: argparse._SubParsersAction) -> None:
         help="YAML: accounts: [{AccountId, AccessKeyId, SecretAccessKey}] (default: one "
         "for the local account, made at $AMILAB_HOME/api/accounts.yaml)",
     )  # fmt: skip
+    s.add_argument("--log", action="store_true", help="one line per request on stderr")
     s.add_argument(
         "--s3-endpoint", metavar="URL",
         help="where CreateStoreImageTask's buckets are (default: directories under "

@@ -179,11 +179,7 @@ def register_image(p: Params, ctx: Context) -> Result:
     _check_name(name)
     location = p.get("ImageLocation")
     if not location:
-        raise ApiError(
-            "UnsupportedOperation",
-            "RegisterImage here takes an ImageLocation (a bundle manifest); EBS-backed "
-            "images come from CreateImage, CopyImage or CreateRestoreImageTask",
-        )
+        return _register_ebs(p, ctx, name)
     for ref in (p.get("KernelId"), p.get("RamdiskId")):
         if ref:
             find_visible(ref, ctx)
@@ -199,6 +195,40 @@ def register_image(p: Params, ctx: Context) -> Result:
         if want and want != got:  # the manifest names its own: refuse rather than mislead
             lifecycle.deregister(rec.image_id, force=True)
             raise ApiError("InvalidParameterValue", f"{what} {want}: the manifest names {got}")
+    return {"ImageId": rec.image_id}
+
+
+def _register_ebs(p: Params, ctx: Context, name: str) -> Result:
+    """An EBS-backed AMI from a snapshot the caller may use (its root device's mapping)."""
+    from harness.api.actions.storage import find_snapshot
+
+    mappings = list(p.get("BlockDeviceMappings") or [])
+    if not mappings:
+        raise ApiError(
+            "MissingParameter", "The request must contain ImageLocation or BlockDeviceMapping"
+        )
+    root = p.get("RootDeviceName") or mappings[0].get("DeviceName")
+    if not root or not str(root).startswith("/dev/"):
+        raise ApiError("InvalidParameterValue", f"Invalid value '{root}' for RootDeviceName")
+    for m in mappings:
+        if not str(m.get("DeviceName", "")).startswith("/dev/"):
+            raise ApiError("InvalidBlockDeviceMapping", f"device name {m.get('DeviceName')!r}")
+        if (m.get("Ebs") or {}).get("SnapshotId"):
+            find_snapshot(m["Ebs"]["SnapshotId"], ctx)
+    virt = p.get("VirtualizationType") or ("paravirtual" if p.get("KernelId") else "hvm")
+    if virt not in ("paravirtual", "hvm"):
+        raise ApiError("InvalidParameterValue", f"Invalid value '{virt}' for VirtualizationType")
+    arch = p.get("Architecture") or "x86_64"
+    if arch not in ("i386", "x86_64", "arm64"):
+        raise ApiError("InvalidParameterValue", f"Invalid value '{arch}' for Architecture")
+    for ref, kind in ((p.get("KernelId"), "kernel"), (p.get("RamdiskId"), "ramdisk")):
+        if ref and find_visible(ref, ctx).image_type != kind:
+            raise ApiError("InvalidParameterValue", f"{ref} is not a {kind} image")
+    rec = lifecycle.register_snapshot(
+        name, root, mappings, virtualization=virt, architecture=arch,
+        kernel_id=p.get("KernelId"), ramdisk_id=p.get("RamdiskId"),
+        description=p.get("Description") or "",
+    )  # fmt: skip
     return {"ImageId": rec.image_id}
 
 

@@ -1,0 +1,385 @@
+"""`amilab api serve` driven by the aws CLI and boto3 (issue 16), on real guests.
+
+One server and one build for the module; two guests booted at once (one launched by the
+aws CLI, one by boto3, both with another registered kernel), one of them stopped and
+started again; a third launch (account B's, of an AMI shared with it) is terminated while
+pending, so it never costs a boot.
+1. aws CLI: describe-images with owners and filters, create-key-pair, run-instances
+   --kernel-id, wait instance-running, describe-instances, SSH with the key pair,
+   get-console-output, create-image, wait image-available, create-snapshot, wait
+   snapshot-completed, stop/start with the waiters, terminate, wait instance-terminated,
+   create-store-image-task, describe-store-image-tasks, create-restore-image-task.
+2. boto3, the 2008 session (seeds/002): describe_images of the machine, kernel and ramdisk
+   images, run_instances with a kernel_id, describe_instances until running, `uname -r` over
+   SSH is that kernel's release and meta-data/kernel-id is its AKI.
+3. two accounts (seeds/004): B cannot see A's AMI (InvalidAMIID.NotFound), A shares it, B sees
+   it with --executable-users self, launches it, copies it and owns the copy; a request with
+   a wrong secret is AuthFailure and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import paramiko
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from builder.build import kernel
+from harness.launch.ssh import run, wait_for_ssh
+from tests.conftest import AMILAB, ROOT, need, run_amilab
+from tests.integration.builds import build
+
+pytestmark = pytest.mark.integration
+logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
+
+OTHER_KERNEL = "debian-cloud-bullseye"
+BOOT = 600
+A = {
+    "AccountId": "111111111111",
+    "AccessKeyId": "AKIAAMILABTESTAAAAAA",
+    "SecretAccessKey": "a-secret",
+}
+B = {
+    "AccountId": "222222222222",
+    "AccessKeyId": "AKIAAMILABTESTBBBBBB",
+    "SecretAccessKey": "b-secret",
+}
+AWS = [sys.executable, "-m", "awscli"]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    need("dpkg-deb", "dpkg")
+    home = tmp_path_factory.mktemp("home")
+    env = {
+        "AMILAB_HOME": str(home),
+        "AMILAB_STOP_TIMEOUT": "5",
+        "AMILAB_ACCOUNT_ID": A["AccountId"],
+    }
+    t0 = time.monotonic()
+    built = build(ROOT / "build.yaml", home, "--image", "debian-pv", env=env)["Images"]
+    ami = next(i for i in built if i["ImageType"] == "machine")
+    k = kernel.resolve_kernel(kernel.definition(OTHER_KERNEL))
+    assert k.deb is not None
+    res = run_amilab("register-kernel", "--deb", str(k.deb), "--json", env=env, check=True)
+    (aki,) = json.loads(res.stdout)["Images"]
+    accounts = home / "accounts.yaml"
+    accounts.write_text(json.dumps({"accounts": [A, B]}))  # JSON is YAML
+    server = subprocess.Popen(
+        [*AMILAB, "api", "serve", "--port", "0", "--accounts", str(accounts), "--log"],
+        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    line = server.stdout.readline() if server.stdout else ""
+    assert "serving EC2 at http://" in line, line + (server.stderr.read() if server.stderr else "")
+    url = line.split(" at ", 1)[1].split()[0].rstrip("/")
+    print(f"setup (build, kernel, server) {time.monotonic() - t0:.1f} s; {url}")
+    state: dict[str, Any] = {
+        "home": home,
+        "env": env,
+        "url": url,
+        "ami": ami["ImageId"],
+        "aki": aki["ImageId"],
+        "release": k.release,
+        "server": server,
+    }
+    yield state
+    ec2 = client(state, A)
+    for r in (
+        ec2.describe_instances()["Reservations"]
+        + client(state, B).describe_instances()["Reservations"]
+    ):
+        for i in r["Instances"]:
+            if i["State"]["Name"] != "terminated":
+                run_amilab("terminate-instances", i["InstanceId"], "--wait", env=env)
+    server.terminate()
+    _, err = server.communicate(timeout=30)
+    calls = [ln.split()[2:] for ln in err.splitlines() if ln.startswith("amilab api: ")]
+    print(
+        "requests served:",
+        len(calls),
+        "errors:",
+        sorted({" ".join(c) for c in calls if c[1] != "200"}),
+    )
+    assert "Traceback" not in err, err[-3000:]
+
+
+def client(api: dict, who: dict, service: str = "ec2", secret: str | None = None) -> Any:
+    return boto3.client(
+        service, endpoint_url=api["url"], region_name="us-east-1",
+        aws_access_key_id=who["AccessKeyId"],
+        aws_secret_access_key=secret or who["SecretAccessKey"],
+        config=Config(retries={"max_attempts": 2}),
+    )  # fmt: skip
+
+
+def aws(api: dict, *args: str, who: dict = A) -> Any:
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": who["AccessKeyId"],
+           "AWS_SECRET_ACCESS_KEY": who["SecretAccessKey"], "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}  # fmt: skip
+    res = subprocess.run([*AWS, "--endpoint-url", api["url"], "--output", "json", "ec2", *args],
+                         env=env, capture_output=True, text=True, timeout=BOOT)  # fmt: skip
+    assert res.returncode == 0, f"aws ec2 {' '.join(args)}: {res.returncode}\n{res.stderr}"
+    return json.loads(res.stdout) if res.stdout.strip() else None
+
+
+def ssh_port(api: dict, iid: str) -> int:
+    with sqlite3.connect(api["home"] / "registry.sqlite") as db:
+        (text,) = db.execute("SELECT record FROM instances WHERE id = ?", (iid,)).fetchone()
+    return int(json.loads(text)["Amilab"].get("SshPort") or 22)
+
+
+def login(api: dict, address: str, iid: str, pem: Path) -> paramiko.SSHClient:
+    key = paramiko.RSAKey.from_private_key_file(str(pem))
+    return wait_for_ssh(ssh_port(api, iid), key, BOOT, lambda: None, host=address).client
+
+
+def sh(c: paramiko.SSHClient, command: str) -> str:
+    res = run(c, command, timeout=120)
+    assert res.status == 0, f"{command}: {res.status}\n{res.output}"
+    return res.output.strip()
+
+
+def curl(c: paramiko.SSHClient, path: str) -> tuple[str, str]:
+    out = run(c, f"curl -s -w '\\n%{{http_code}}' http://169.254.169.254{path}").output
+    body, _, code = out.rpartition("\n")
+    return code.strip(), body
+
+
+def test_aws_cli_and_boto3_drive_real_guests(api: dict) -> None:
+    t0 = time.monotonic()
+    found = aws(api, "describe-images", "--owners", "self", "--filters",
+                "Name=name,Values=debian-p?", "Name=virtualization-type,Values=paravirtual",
+                )  # fmt: skip
+    assert [i["ImageId"] for i in found["Images"]] == [api["ami"]]
+    image = found["Images"][0]
+    assert image["OwnerId"] == A["AccountId"] and image["KernelId"].startswith("aki-")
+    pem = api["home"] / "k1.pem"
+    made = aws(api, "create-key-pair", "--key-name", "k1")
+    pem.write_text(made["KeyMaterial"])
+    pem.chmod(0o600)
+    # the aws CLI's launch and boto3's (the 2008 session) boot at the same time
+    res = aws(api, "run-instances", "--image-id", api["ami"], "--kernel-id", api["aki"],
+              "--key-name", "k1", "--instance-type", "m1.small", "--count", "1",
+              "--tag-specifications", "ResourceType=instance,Tags=[{Key=Name,Value=cli}]",
+              )  # fmt: skip
+    (inst,) = res["Instances"]
+    x = inst["InstanceId"]
+    assert inst["State"]["Name"] == "pending" and inst["KernelId"] == api["aki"]
+    ec2 = client(api, A)
+    machine = ec2.describe_images(ImageIds=[api["ami"]])["Images"][0]
+    kernels = ec2.describe_images(Filters=[{"Name": "image-type", "Values": ["kernel"]}])["Images"]
+    ramdisks = ec2.describe_images(Filters=[{"Name": "image-type", "Values": ["ramdisk"]}])[
+        "Images"
+    ]
+    assert api["aki"] in {k["ImageId"] for k in kernels}
+    assert machine["RamdiskId"] in {r["ImageId"] for r in ramdisks}
+    key2 = ec2.create_key_pair(KeyName="k2")
+    pem2 = api["home"] / "k2.pem"
+    pem2.write_text(key2["KeyMaterial"])
+    pem2.chmod(0o600)
+    y = ec2.run_instances(
+        ImageId=api["ami"],
+        KernelId=api["aki"],
+        MinCount=1,
+        MaxCount=1,
+        KeyName="k2",
+        ClientToken="session-2008",
+    )["Instances"][0]["InstanceId"]
+    again = ec2.run_instances(ImageId=api["ami"], KernelId=api["aki"], MinCount=1, MaxCount=1,
+                              KeyName="k2", ClientToken="session-2008")  # fmt: skip
+    assert [i["InstanceId"] for i in again["Instances"]] == [y]  # ClientToken: no second launch
+
+    aws(api, "wait", "instance-running", "--instance-ids", x)
+    got = aws(api, "describe-instances", "--instance-ids", x)["Reservations"][0]["Instances"][0]
+    assert got["State"]["Name"] == "running" and got["KernelId"] == api["aki"]
+    assert got["Tags"] == [{"Key": "Name", "Value": "cli"}]
+    cx = login(api, got["PublicIpAddress"], x, pem)
+    print(f"aws CLI instance: SSH {time.monotonic() - t0:.1f} s after run-instances")
+    assert sh(cx, "uname -r") == api["release"]
+    sh(cx, "echo made-through-the-api > /root/api.txt && sync")
+    cx.close()
+    # boto3: describe_instances until running, then the 2008 session's checks
+    deadline = time.monotonic() + BOOT
+    while True:
+        yi = ec2.describe_instances(InstanceIds=[y])["Reservations"][0]["Instances"][0]
+        if yi["State"]["Name"] == "running":
+            break
+        assert time.monotonic() < deadline and yi["State"]["Name"] == "pending", yi["State"]
+        time.sleep(1)
+    cy = login(api, yi["PublicIpAddress"], y, pem2)
+    assert sh(cy, "uname -r") == api["release"]
+    assert curl(cy, "/2008-02-01/meta-data/kernel-id") == ("200", api["aki"])
+    assert curl(cy, "/2008-02-01/meta-data/ami-id") == ("200", api["ami"])
+    # the image's generated ramdisk is made again for the other kernel (its own ARI): served;
+    # a launch without one would answer 404, as seeds/002 shows
+    ramdisk = curl(cy, "/2008-02-01/meta-data/ramdisk-id")
+    assert ramdisk == (("200", yi["RamdiskId"]) if yi.get("RamdiskId") else ("404", ramdisk[1]))
+    cy.close()
+    ec2.terminate_instances(InstanceIds=[y])
+
+    console = aws(api, "get-console-output", "--instance-id", x)
+    assert "Linux version" in console["Output"]
+    new = aws(api, "create-image", "--instance-id", x, "--name", "made-by-the-api", "--no-reboot")
+    aws(api, "wait", "image-available", "--image-ids", new["ImageId"])
+    root = got["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+    snap = aws(api, "create-snapshot", "--volume-id", root, "--description", "root of x")
+    aws(api, "wait", "snapshot-completed", "--snapshot-ids", snap["SnapshotId"])
+    stopping = aws(api, "stop-instances", "--instance-ids", x)["StoppingInstances"][0]
+    assert stopping["PreviousState"]["Name"] == "running"
+    aws(api, "wait", "instance-stopped", "--instance-ids", x)
+    aws(api, "start-instances", "--instance-ids", x)
+    aws(api, "wait", "instance-running", "--instance-ids", x)
+    got = aws(api, "describe-instances", "--instance-ids", x)["Reservations"][0]["Instances"][0]
+    cx = login(api, got["PublicIpAddress"], x, pem)
+    assert sh(cx, "cat /root/api.txt") == "made-through-the-api"  # kept across stop/start
+    cx.close()
+    aws(api, "terminate-instances", "--instance-ids", x)
+    aws(api, "wait", "instance-terminated", "--instance-ids", x, y)
+
+    # seeds/003: the AMI made above, stored as one object and restored under a new ID
+    key = aws(api, "create-store-image-task", "--image-id", new["ImageId"], "--bucket", "amis")
+    assert key["ObjectKey"] == f"{new['ImageId']}.bin"
+    deadline = time.monotonic() + 300
+    while True:
+        (task,) = aws(api, "describe-store-image-tasks", "--image-ids",
+                      new["ImageId"])["StoreImageTaskResults"]  # fmt: skip
+        if task["StoreTaskState"] != "InProgress":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    assert task["StoreTaskState"] == "Completed" and task["ProgressPercentage"] == 100, task
+    restored = aws(api, "create-restore-image-task", "--bucket", "amis", "--object-key",
+                   key["ObjectKey"], "--name", "restored-by-the-api")  # fmt: skip
+    (r,) = aws(api, "describe-images", "--image-ids", restored["ImageId"])["Images"]
+    assert r["ImageId"] != new["ImageId"] and r["Name"] == "restored-by-the-api"
+    assert r["State"] == "available"
+    print(f"aws CLI + boto3 sessions: {time.monotonic() - t0:.1f} s")
+
+
+def test_sharing_between_two_accounts(api: dict) -> None:
+    a, b = client(api, A), client(api, B)
+    with pytest.raises(ClientError) as e:
+        b.describe_images(ImageIds=[api["ami"]])
+    assert e.value.response["Error"]["Code"] == "InvalidAMIID.NotFound"
+    with pytest.raises(ClientError) as e:
+        b.run_instances(ImageId=api["ami"], MinCount=1, MaxCount=1)
+    assert e.value.response["Error"]["Code"] == "InvalidAMIID.NotFound"
+    # a wrong secret: AuthFailure, and the permission is not granted
+    forged = client(api, A, secret="not-a-secret")
+    with pytest.raises(ClientError) as e:
+        forged.modify_image_attribute(ImageId=api["ami"], LaunchPermission={
+            "Add": [{"UserId": B["AccountId"]}]})  # fmt: skip
+    assert e.value.response["Error"]["Code"] == "AuthFailure"
+    assert b.describe_images(ExecutableUsers=["self"])["Images"] == []
+    a.modify_image_attribute(ImageId=api["ami"], LaunchPermission={
+        "Add": [{"UserId": B["AccountId"]}]})  # fmt: skip
+    perms = a.describe_image_attribute(ImageId=api["ami"], Attribute="launchPermission")
+    assert perms["LaunchPermissions"] == [{"UserId": B["AccountId"]}]
+    shared = b.describe_images(ExecutableUsers=["self"])["Images"]
+    assert [i["ImageId"] for i in shared] == [api["ami"]]
+    assert b.describe_images(Owners=["self"])["Images"] == []
+    launched = b.run_instances(ImageId=api["ami"], MinCount=1, MaxCount=1)
+    (bi,) = launched["Instances"]
+    assert launched["OwnerId"] == B["AccountId"]
+    b.terminate_instances(InstanceIds=[bi["InstanceId"]])  # launched is enough: no boot
+    assert a.describe_instances(Filters=[{"Name": "instance-id", "Values": [bi["InstanceId"]]}])[
+        "Reservations"] == []  # fmt: skip
+    copy = b.copy_image(SourceImageId=api["ami"], SourceRegion="us-east-1", Name="b-copy")
+    (c,) = b.describe_images(Owners=["self"])["Images"]
+    assert c["ImageId"] == copy["ImageId"] and c["OwnerId"] == B["AccountId"]
+    assert client(api, B, "sts").get_caller_identity()["Account"] == B["AccountId"]
+    b.get_waiter("instance_terminated").wait(
+        InstanceIds=[bi["InstanceId"]], WaiterConfig={"Delay": 1, "MaxAttempts": 120}
+    )
+
+
+TF_MIRRORS = (
+    "/opt/tf-plugins",
+    "/usr/share/terraform/plugins",
+    "/usr/local/share/terraform/plugins",
+)
+TF_MAIN = """
+terraform {
+  required_providers {
+    aws = { source = "hashicorp/aws", version = "5.100.0" }
+  }
+}
+variable "endpoint" { type = string }
+variable "ami" { type = string }
+provider "aws" {
+  region                  = "us-east-1"
+  access_key              = "%(key)s"
+  secret_key              = "%(secret)s"
+  skip_metadata_api_check = true
+  skip_region_validation  = true
+  endpoints {
+    ec2 = var.endpoint
+    sts = var.endpoint
+  }
+}
+resource "aws_instance" "guest" {
+  ami           = var.ami
+  instance_type = "m1.small"
+  tags          = { Name = "from-terraform" }
+}
+output "id" { value = aws_instance.guest.id }
+"""
+
+
+def test_terraform_apply_boots_and_destroy_terminates(api: dict, tmp_path: Path) -> None:
+    """Terraform is not in the package registries: used where it is installed, with the
+    AWS provider in a local filesystem mirror (AMILAB_TF_MIRROR, or a known place)."""
+    import shutil
+
+    terraform = shutil.which("terraform")
+    mirrors = [os.environ.get("AMILAB_TF_MIRROR", ""), *TF_MIRRORS]
+    mirror = next(
+        (m for m in mirrors if m and Path(m, "registry.terraform.io/hashicorp/aws").is_dir()), None
+    )
+    if terraform is None or mirror is None:
+        pytest.skip("terraform or its AWS provider mirror is not installed here")
+    (tmp_path / "cli.tfrc").write_text(
+        f'provider_installation {{\n  filesystem_mirror {{\n    path = "{mirror}"\n'
+        '    include = ["registry.terraform.io/hashicorp/aws"]\n  }\n'
+        '  direct { exclude = ["registry.terraform.io/hashicorp/aws"] }\n}\n'
+    )
+    (tmp_path / "main.tf").write_text(
+        TF_MAIN % {"key": A["AccessKeyId"], "secret": A["SecretAccessKey"]}
+    )
+    env = {**os.environ, "TF_CLI_CONFIG_FILE": str(tmp_path / "cli.tfrc"), "TF_IN_AUTOMATION": "1",
+           "CHECKPOINT_DISABLE": "1"}  # fmt: skip
+    tf_vars = ["-var", f"endpoint={api['url']}", "-var", f"ami={api['ami']}"]
+
+    def tf(*args: str) -> str:
+        res = subprocess.run([terraform, *args, "-no-color", "-input=false"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=BOOT)  # fmt: skip
+        assert res.returncode == 0, (
+            f"terraform {args[0]}: {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+        )
+        return res.stdout
+
+    t0 = time.monotonic()
+    tf("init")
+    tf("apply", "-auto-approve", *tf_vars)
+    iid = json.loads(tf("output", "-json"))["id"]["value"]
+    print(f"terraform apply: {time.monotonic() - t0:.1f} s to running ({iid})")
+    ec2 = client(api, A)
+    got = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert got["State"]["Name"] == "running" and got["ImageId"] == api["ami"]
+    assert {"Key": "Name", "Value": "from-terraform"} in got["Tags"]
+    tf("destroy", "-auto-approve", *tf_vars)
+    got = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert got["State"]["Name"] == "terminated"
+    print(f"terraform apply + destroy: {time.monotonic() - t0:.1f} s")
