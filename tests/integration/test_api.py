@@ -377,7 +377,7 @@ def test_terraform_apply_boots_and_destroy_terminates(api: dict, tmp_path: Path)
     got = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
     assert got["State"]["Name"] == "running" and got["ImageId"] == api["ami"]
     assert {"Key": "Name", "Value": "from-terraform"} in got["Tags"]
-    tf("destroy", "-auto-approve", *tf_vars)
+    tf("destroy", "-auto-approve", "-refresh=false", *tf_vars)  # it was read just now
     got = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
     assert got["State"]["Name"] == "terminated"
     print(f"terraform apply + destroy: {time.monotonic() - t0:.1f} s")
