@@ -716,3 +716,52 @@ def _register_restored(
     result.image = registry.register_new(image)
     result.seconds = time.monotonic() - started
     return result
+
+
+# ------------------------------------------------------------------ single files
+
+FILE_MEMBER = "file"
+
+
+def put_file(target: Target, key: str, path: Path, metadata: dict[str, str]) -> int:
+    """One file (a disk, a kernel, a ramdisk) as an object of its own, in the same stream as
+    an image's (gzip of a sparse tar with the digests trailer): the matrix's fleet moves
+    artifacts this way. Returns the bytes stored."""
+    writer = target.writer(key, {**metadata, "amilab-format": FORMAT})
+    try:
+        tar = transfer.threaded(_tar([_Member(FILE_MEMBER, path)], lambda _: None, [0]))
+        transfer.pipe(transfer.compressed(tar, lambda _: None), writer.write)
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def get_file(target: Target, key: str, dest: Path) -> None:
+    """The file of a `put_file` object to `dest` (holes kept), checked against the object's
+    trailer; BadInput for a corrupt, truncated or foreign object."""
+    where = f"{target.url}/{key}"
+    sinks: dict[str, _Sink] = {}
+
+    def on_member(m: sparsetar.Member) -> _Sink:
+        if m.name in sinks or m.name not in (FILE_MEMBER, TRAILER_MEMBER):
+            raise BadInput(f"{where}: unexpected member {m.name!r}")
+        sinks[m.name] = _Sink(dest if m.name == FILE_MEMBER else None)
+        return sinks[m.name]
+
+    gunzip = transfer.GunzipStage(where, strict=True)
+    reader = sparsetar.TarReader(on_member)
+    try:
+        download = transfer.threaded(target.reader(key))
+        transfer.pipe(transfer.decompressed(download, gunzip), reader.feed)
+        gunzip.close()
+        reader.close()
+    finally:
+        for s in sinks.values():
+            s.close()
+    if FILE_MEMBER not in sinks or TRAILER_MEMBER not in sinks:
+        raise BadInput(f"{where}: object ends early (truncated)")
+    want = _json(sinks[TRAILER_MEMBER].mem, where).get("Members", {}).get(FILE_MEMBER) or {}
+    got = sinks[FILE_MEMBER]
+    if want.get("SHA256") != got.sha256.hexdigest() or want.get("Size") != got.size:
+        raise BadInput(f"{where}: the file does not match its digest (corrupt)")

@@ -9,6 +9,7 @@ from builder.errors import BadInput
 from harness.cli.command import add_command
 from harness.cli.output import add_json
 from harness.launch.accel import ACCELERATORS
+from harness.matrix.connect import Tls, check_address
 
 # the option axes on the command line (harness.matrix.cells.OPTIONS), repeatable
 AXES = (
@@ -35,11 +36,25 @@ def _retries(text: str) -> int:
     return int(text)
 
 
+def _tls(args: argparse.Namespace) -> Tls | None:
+    files = (args.tls_ca, args.tls_cert, args.tls_key)
+    if not any(files):
+        return None
+    if not all(files):
+        raise BadInput("TLS needs all three of --tls-ca, --tls-cert and --tls-key")
+    return Tls(*files)
+
+
 def _matrix(args: argparse.Namespace) -> int:
     from harness.matrix import spec as spec_mod
     from harness.matrix.run import MatrixRequest, matrix
 
     axes = {dest: getattr(args, dest) for _, dest, _ in AXES}
+    tls = _tls(args)
+    if args.scheduler:
+        check_address(args.scheduler, tls)  # before anything is built
+    elif tls or args.artifacts:
+        raise BadInput("--tls-*/--artifacts apply to --scheduler")
     if args.file:
         if args.images or args.kernels or any(axes.values()) or args.exclude:
             raise BadInput("give the cells either in a matrix file or with --image/--kernel/…")
@@ -64,6 +79,10 @@ def _matrix(args: argparse.Namespace) -> int:
         html=args.html,
         baseline=args.baseline,
         fail_on=args.fail_on,
+        scheduler=args.scheduler,
+        tls=tls,
+        artifacts=args.artifacts,
+        endpoint_url=args.endpoint_url,
     )
     return matrix(req)
 
@@ -142,6 +161,26 @@ def register_matrix(sub: argparse._SubParsersAction) -> None:
         choices=("failure", "regression"),
         default="failure",
         help="exit 1 on any failed cell (default) or only on regressions",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the cells on a running dask scheduler's workers (tcp:// on loopback only, "
+        "else tls://); default: an embedded cluster on this machine",
+    )
+    p.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA the scheduler's cert is from")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="this client's certificate")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="this client's private key")
+    p.add_argument(
+        "--artifacts",
+        metavar="s3://BUCKET/PREFIX|DIR",
+        help="move disks, kernels and ramdisks to the workers through this bucket or shared "
+        "directory (S3 credentials from boto3's usual chain)",
+    )
+    p.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="S3 endpoint for --artifacts (else AMILAB_S3_ENDPOINT_URL or boto3's config)",
     )
     p.add_argument("--accel", choices=ACCELERATORS, default="auto")
     p.add_argument("--ssh-timeout", type=float, default=300.0, metavar="SECONDS")

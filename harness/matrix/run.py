@@ -24,7 +24,9 @@ from harness.launch.request import progress_printer
 from harness.matrix import baseline, html, known
 from harness.matrix.cell_run import RunSettings
 from harness.matrix.cells import Cell
-from harness.matrix.executor import Executor, LocalExecutor, default_jobs
+from harness.matrix.connect import Tls
+from harness.matrix.executor import Executor, default_jobs
+from harness.matrix.fleet import DaskExecutor
 from harness.matrix.prepare import prepare
 from harness.matrix.progress import MatrixProgress
 from harness.matrix.report import Run, print_table, write_junit
@@ -49,6 +51,10 @@ class MatrixRequest:
     html: Path | None = None
     baseline: Path | None = None
     fail_on: str = "failure"  # failure | regression
+    scheduler: str | None = None  # a running dask scheduler; None: the embedded cluster
+    tls: Tls | None = None
+    artifacts: str | None = None  # s3://bucket/prefix or a shared directory
+    endpoint_url: str | None = None
 
 
 def _write_reports(req: MatrixRequest, run: Run) -> None:
@@ -90,15 +96,26 @@ def matrix(req: MatrixRequest, executor: Executor | None = None) -> int:
     chosen_name = req.accel
     with sigterm_as_interrupt():
         try:
-            chosen = accel.choose(req.accel)
-            chosen_name = chosen.name
-            say(f"accelerator: {chosen.describe()}; {len(cells)} cells, {jobs} at once")
+            executor = executor or DaskExecutor(
+                jobs, scheduler=req.scheduler, tls=req.tls, artifacts_at=req.artifacts,
+                endpoint_url=req.endpoint_url, accel=req.accel, say=say,
+            )  # fmt: skip
+            if isinstance(executor, DaskExecutor):
+                executor.open()  # a scheduler that cannot run cells: exit 3 before any build
+            if req.scheduler is None:
+                chosen = accel.choose(req.accel)
+                chosen_name = chosen.name
+                say(f"accelerator: {chosen.describe()}; {len(cells)} cells, {jobs} at once")
+                settings = RunSettings(
+                    chosen.name, chosen.reason, req.ssh_timeout, req.retries, req.keep, issues
+                )
+            else:  # each worker probes its own host's accelerator
+                chosen_name = f"{req.accel} (per worker)"
+                say(f"{len(cells)} cells on the workers of {req.scheduler}")
+                named = req.accel if req.accel != "auto" else "tcg"
+                settings = RunSettings(named, "", req.ssh_timeout, req.retries, req.keep, issues)
             cells = prepare(cells, req.spec.recipes, say, quiet=req.json)
-            settings = RunSettings(
-                chosen.name, chosen.reason, req.ssh_timeout, req.retries, req.keep, issues
-            )
             runnable = [c for c in cells if not c.skip]
-            executor = executor or LocalExecutor(jobs)
             with MatrixProgress(len(runnable)) as shown:
                 try:
                     ran = executor.run(runnable, settings, shown.started, shown.done)
@@ -111,8 +128,12 @@ def matrix(req: MatrixRequest, executor: Executor | None = None) -> int:
             interrupted = True
             done = {r.cell.key for r in results}
             results += [CellResult(c, not_run=True) for c in cells if c.key not in done]
+        finally:
+            if isinstance(executor, DaskExecutor):
+                executor.close()
         if interrupted:
             say("interrupted: every guest stopped; writing the reports")
+        jobs = getattr(executor, "slots", jobs)
         run = Run(results, chosen_name, jobs, time.monotonic() - t0, interrupted)
         if old is not None and req.baseline is not None:
             run.comparison = baseline.compare(old, results, str(req.baseline))
