@@ -16,12 +16,18 @@ the host's root over 9p with Debian's generic kernel) beside amilab's median tim
 the default run. Needs `pip install virtme-ng` and Debian's linux-image-amd64 on the host;
 without them that line says what is missing.
 
-Usage: .venv/bin/python bench/matrix.py [--json] [--skip-loop]
+With `--scheduler ADDRESS` (or `--scheduler start`: a `dask scheduler` and two `dask worker`s
+on 127.0.0.2 and 127.0.0.3, one VM slot each, sharing the bench's AMILAB_HOME) only the
+default run and the same cells on that scheduler's workers are measured, and the Dask
+overhead is printed: (fleet wall - embedded wall) / embedded wall; target ≤ 10 %.
+
+Usage: .venv/bin/python bench/matrix.py [--json] [--skip-loop] [--scheduler ADDRESS|start]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -39,6 +45,7 @@ TARGET = 1.5
 KERNELS = ("own", "debian-cloud-bullseye", "debian-cloud-sid")
 TOKENS = ("optional", "required")
 TYPES = ("m1.small", "m1.large")
+FLEET_TARGET = 10.0  # % of the embedded run's wall time
 
 
 def amilab() -> list[str]:
@@ -125,10 +132,62 @@ def virtme(ssh_median: float | None) -> dict:
             "VirtmeNgOk": bool(ok), "AmilabMedianSecondsToSsh": ssh_median}  # fmt: skip
 
 
+@contextlib.contextmanager
+def local_fleet(home: Path):  # type: ignore[no-untyped-def]
+    """A scheduler and two workers (one VM slot each) on this machine, stopped by PID."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dask = str(Path(sys.executable).parent / "dask")
+    env = {**os.environ, "AMILAB_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": ROOT, "env": env,
+             "start_new_session": True}  # fmt: skip
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], **quiet)]  # fmt: skip
+    address = f"tcp://127.0.0.1:{port}"
+    try:
+        time.sleep(3)
+        for host in ("127.0.0.2", "127.0.0.3"):
+            procs.append(subprocess.Popen([dask, "worker", address, "--host", host, "--nthreads",
+                                           "1", "--resources", "VM=1", "--memory-limit", "0",
+                                           "--no-dashboard", "--preload",
+                                           "harness.matrix.worker"], **quiet))  # fmt: skip
+        time.sleep(5)
+        yield address
+    finally:
+        for p in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, 15)
+            p.wait(30)
+
+
+def fleet_overhead(ami: str, home: Path, address: str, cores: int) -> list[dict]:
+    n = len(cells())
+    rows = []
+    _, wall, cpu = timed([*amilab(), *matrix_args(ami)], home)
+    rows.append(line("matrix (embedded)", n, wall, cpu, cores))
+    r, fwall, fcpu = timed([*amilab(), *matrix_args(ami), "--scheduler", address], home)
+    if r.returncode not in (0, 1):
+        sys.exit(f"bench: the fleet run failed:\n{r.stderr[-3000:]}")
+    rows.append(line("matrix --scheduler", n, fwall, fcpu, cores))
+    pct = 100 * (fwall - wall) / wall
+    rows[-1]["OverheadPercent"] = round(pct, 1)
+    print(f"Dask overhead over the embedded run: {pct:+.1f} % of its wall time "
+          f"(target ≤ {FLEET_TARGET:.0f} %); load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--skip-loop", action="store_true", help="leave the shell loop out")
+    ap.add_argument(
+        "--scheduler",
+        metavar="ADDRESS|start",
+        help="only the embedded run against the same cells on these workers",
+    )
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     home = Path(tempfile.mkdtemp(prefix="amilab-bench-matrix-"))
@@ -144,6 +203,15 @@ def main() -> int:
         akis = {"own": ""}
         for c in json.loads(warm.read_text())["Cells"]:
             akis[c["Kernel"]] = c["KernelId"]
+        if args.scheduler:
+            with contextlib.ExitStack() as stack:
+                address = args.scheduler
+                if address == "start":
+                    address = stack.enter_context(local_fleet(home))
+                rows = fleet_overhead(ami, home, address, cores)
+            if args.json:
+                print(json.dumps({"Rows": rows}, indent=2))
+            return 0
         n = len(cells())
         rows = []
         report = home / "default.json"
