@@ -7,6 +7,7 @@ import fnmatch
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from harness.api.accounts import Account
@@ -94,6 +95,8 @@ def _values(item: Any) -> list[str]:
         return []
     if isinstance(item, bool):
         return ["true" if item else "false"]
+    if isinstance(item, datetime):
+        return [item.strftime("%Y-%m-%dT%H:%M:%S.000Z")]
     if isinstance(item, list):
         return [v for x in item for v in _values(x)]
     return [str(item)]

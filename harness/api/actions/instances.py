@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import threading
+from datetime import datetime
 from typing import Any
 
 from builder.errors import AmilabError
@@ -84,10 +85,26 @@ def instance_item(rec: Row, account: str) -> dict[str, Any]:
         "OwnerId": account, "Attachment": {"DeviceIndex": 0, "Status": "attached",
                                            "DeleteOnTermination": True},
     }])  # fmt: skip
+    # times as datetimes: the serializer parses strings with dateutil, a fifth of a describe
+    item["LaunchTime"] = _when(item.get("LaunchTime"))
+    item["BlockDeviceMappings"] = [
+        {**m, "Ebs": {**m["Ebs"], "AttachTime": _when(m["Ebs"].get("AttachTime"))}}
+        if "Ebs" in m else m
+        for m in item.get("BlockDeviceMappings") or []
+    ]  # fmt: skip
     if item["State"]["Name"] in ("stopped", "terminated"):
         item.pop("PublicIpAddress", None)
         item["PublicDnsName"] = ""
     return item
+
+
+def _when(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value
 
 
 _FILTERS = {
