@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 
 from builder.build import reproducible
+from builder.build.arch import of as arch_of
 from builder.build.layout import DiskLayout
 from builder.errors import BuildFailed, EnvironmentProblem
 
@@ -26,14 +27,29 @@ _COMMON = [
     "configfile", "serial", "terminal", "echo", "test", "gzio", "minicmd", "sleep", "reboot",
     "halt", "ls", "cat",
 ]  # fmt: skip
-MODULES = {"i386-pc": ["biosdisk", *_COMMON], "x86_64-efi": ["efi_gop", *_COMMON]}
+MODULES = {
+    "i386-pc": ["biosdisk", *_COMMON],
+    "x86_64-efi": ["efi_gop", *_COMMON],
+    "arm64-efi": ["efi_gop", *_COMMON],
+}
+# GRUB's platforms an image of each architecture carries: an i386 kernel boots from BIOS only
+# (GRUB x86_64-efi cannot hand over to a 32-bit kernel's EFI stub), arm64 from UEFI only
+PLATFORMS = {"x86_64": ("i386-pc", "x86_64-efi"), "i386": ("i386-pc",), "arm64": ("arm64-efi",)}
 _KERNEL_SECTOR = 0x5C  # boot.S: GRUB_BOOT_MACHINE_KERNEL_SECTOR
 _BLOCKLIST_START = 0x200 - 12  # diskboot.S: first blocklist entry's start sector
 _MBR_CODE = 440  # bytes of boot code before the disk signature and partition table
 
 
-def grub_dir() -> Path:
-    return Path(os.environ.get("AMILAB_GRUB_DIR", "/usr/lib/grub"))
+def grub_dir(platform: str = "i386-pc") -> Path:
+    """Where `platform`'s modules are: the host's GRUB, or for arm64-efi (an arm64 package,
+    not installable on an amd64 host) grub-efi-arm64-bin unpacked from the mirror."""
+    if "AMILAB_GRUB_DIR" in os.environ:
+        return Path(os.environ["AMILAB_GRUB_DIR"])
+    if platform == "arm64-efi" and not Path("/usr/lib/grub/arm64-efi").is_dir():
+        from builder.build import archpkg
+
+        return archpkg.unpacked("grub-efi-arm64-bin", "arm64") / "usr/lib/grub"
+    return Path("/usr/lib/grub")
 
 
 def kernel_args(uuid: str, base_cmdline: str, extra: str) -> str:
@@ -119,6 +135,7 @@ def install_boot_files(
     initrd: Path | None,
     args: str,
     root_partition: int | None,
+    architecture: str = "x86_64",
 ) -> None:
     """Kernel, initrd and menus into the tree (before mkfs), plus GRUB's module directories
     so `insmod` in grub.cfg works as on an installed system."""
@@ -130,8 +147,8 @@ def install_boot_files(
         shutil.copyfile(initrd, boot / f"initrd.img-{release}")
     (boot / "grub/grub.cfg").write_text(grub_cfg(release, args, initrd is not None))
     (boot / "grub/menu.lst").write_text(menu_lst(release, args, initrd is not None, root_partition))
-    for platform in MODULES:
-        src = grub_dir() / platform
+    for platform in PLATFORMS[architecture]:
+        src = grub_dir(platform) / platform
         if src.is_dir():
             dest = boot / "grub" / platform
             shutil.copytree(src, dest, dirs_exist_ok=True, ignore=_only_modules)
@@ -153,7 +170,7 @@ def _mkimage(platform: str, out: Path, early_cfg: Path, log: Path) -> None:
         raise EnvironmentProblem("grub-mkimage is missing (grub-pc-bin, grub-efi-amd64-bin)")
     argv = [
         "grub-mkimage",
-        "--directory", str(grub_dir() / platform),
+        "--directory", str(grub_dir(platform) / platform),
         "--format", platform,
         "--prefix", "/boot/grub",
         "--config", str(early_cfg),
@@ -187,7 +204,7 @@ def install_bios(disk: Path, layout: DiskLayout, work: Path, early_cfg: Path, lo
     if len(core_bytes) > room:
         raise BuildFailed(f"bootloader: core.img ({len(core_bytes)} bytes) exceeds {room} bytes")
     sector = start // 512
-    boot_img = (grub_dir() / "i386-pc/boot.img").read_bytes()
+    boot_img = (grub_dir("i386-pc") / "i386-pc/boot.img").read_bytes()
     with open(disk, "r+b") as f:
         f.seek(start)
         f.write(core_bytes)
@@ -201,10 +218,18 @@ def install_bios(disk: Path, layout: DiskLayout, work: Path, early_cfg: Path, lo
 
 
 def install_uefi(
-    disk: Path, layout: DiskLayout, work: Path, early_cfg: Path, log: Path, epoch: int = 0
+    disk: Path,
+    layout: DiskLayout,
+    work: Path,
+    early_cfg: Path,
+    log: Path,
+    epoch: int = 0,
+    architecture: str = "x86_64",
 ) -> None:
-    efi = work / "BOOTX64.EFI"
-    _mkimage("x86_64-efi", efi, early_cfg, log)
+    target = arch_of(architecture)
+    assert target.grub_efi and target.efi_loader, architecture
+    efi = work / target.efi_loader
+    _mkimage(target.grub_efi, efi, early_cfg, log)
     offset, size = layout.parts["esp"]
     esp = work / "esp.img"
     with open(esp, "wb") as f:
@@ -218,7 +243,7 @@ def install_uefi(
     env = reproducible.fake_time_env(epoch)
     _checked(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], log, "mmd", env)
     os.utime(efi, (epoch, epoch))
-    copy = ["mcopy", "-m", "-i", str(esp), str(efi), "::/EFI/BOOT/BOOTX64.EFI"]
+    copy = ["mcopy", "-m", "-i", str(esp), str(efi), f"::/EFI/BOOT/{target.efi_loader}"]
     _checked(copy, log, "mcopy", env)
     _copy_into(esp, disk, offset)
     esp.unlink()
@@ -237,7 +262,13 @@ def _copy_into(src: Path, disk: Path, offset: int, chunk: int = 1 << 20) -> None
 
 
 def install(
-    disk: Path, layout: DiskLayout, uuid: str, work: Path, log: Path, epoch: int = 0
+    disk: Path,
+    layout: DiskLayout,
+    uuid: str,
+    work: Path,
+    log: Path,
+    epoch: int = 0,
+    architecture: str = "x86_64",
 ) -> None:
     if layout.boot is None:
         return
@@ -248,4 +279,4 @@ def install(
     if layout.boot in ("bios", "hybrid"):
         install_bios(disk, layout, work, early_cfg, log)
     if layout.boot in ("uefi", "hybrid"):
-        install_uefi(disk, layout, work, early_cfg, log, epoch)
+        install_uefi(disk, layout, work, early_cfg, log, epoch, architecture)

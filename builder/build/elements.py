@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from builder.build import chroot
+from builder.build.arch import of as arch_of
 from builder.build.schema import Located
 from builder.errors import BadInput, BuildFailed
 
@@ -120,7 +121,9 @@ def resolve(
     return order
 
 
-def package_installs(elements: Sequence[Element]) -> list[PackageInstall]:
+def package_installs(
+    elements: Sequence[Element], architecture: str = "x86_64"
+) -> list[PackageInstall]:
     """package-installs.yaml of every element (diskimage-builder's format: a mapping of
     package name to nothing or {phase, uninstall, arch})."""
     out: list[PackageInstall] = []
@@ -139,7 +142,9 @@ def package_installs(elements: Sequence[Element]) -> list[PackageInstall]:
             if not isinstance(opts, dict):
                 raise BadInput(f"{path}: {pkg}: expected nothing or a mapping")
             arch = opts.get("arch")
-            if arch and "amd64" not in str(arch).split(",") and "x86_64" not in str(arch):
+            # diskimage-builder's filter names Debian's or EC2's architecture
+            wanted = {architecture, arch_of(architecture).deb}
+            if arch and not wanted & set(str(arch).split(",")):
                 continue
             phase = str(opts.get("phase", "install.d"))
             if phase not in {p for p, _ in PHASES}:

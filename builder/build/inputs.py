@@ -21,6 +21,7 @@ from typing import Any
 from builder import paths
 from builder.build import elements
 from builder.build import kernel as kernel_mod
+from builder.build.arch import of as arch_of
 from builder.build.recipe import LoadedRecipe
 from builder.images.registry import ImageRecord, Registry
 
@@ -64,11 +65,11 @@ def elements_digest(found: list[elements.Element]) -> str:
     return h.hexdigest()
 
 
-def index_digest(suite: str, log: Path | None = None) -> str:
+def index_digest(suite: str, log: Path | None = None, architecture: str = "x86_64") -> str:
     """The private apt index's state for `suite` (fetched when missing or old): its Release
     files name the digest of every Packages file, so equal Release files mean an equal
     index."""
-    lists = kernel_mod.fresh_index(suite, log)
+    lists = kernel_mod.fresh_index(suite, log, architecture)
     h = hashlib.sha256()
     found = sorted(p for p in lists.glob("*Release") if p.is_file())
     for path in found:
@@ -93,7 +94,7 @@ def of_recipe(loaded: LoadedRecipe, log: Path | None = None) -> BuildInputs:
     r = loaded.recipe
     found = elements.resolve(r.elements, paths.elements_path(), loaded.where)
     kernel = kernel_input(loaded, log)
-    index = index_digest(r.release, log)
+    index = index_digest(r.release, log, r.architecture)
     return BuildInputs(r.digest, r.engine, elements_digest(found), kernel, index)
 
 
@@ -122,7 +123,7 @@ def add_inputs(registry: Registry, rec: ImageRecord, digest: str) -> None:
     registry.update(rec.image_id, change)
 
 
-def installed_packages(root: Path) -> dict[str, str]:
+def installed_packages(root: Path, architecture: str = "x86_64") -> dict[str, str]:
     """name → version of every package dpkg lists as installed in the tree."""
     status = root / "var/lib/dpkg/status"
     out: dict[str, str] = {}
@@ -136,6 +137,7 @@ def installed_packages(root: Path) -> dict[str, str]:
                 fields[key] = value.strip()
         if fields.get("Status", "").endswith(" installed") and "Package" in fields:
             arch = fields.get("Architecture", "")
-            name = fields["Package"] + (f":{arch}" if arch not in ("", "all", "amd64") else "")
+            native = (arch_of(architecture).deb, "", "all")
+            name = fields["Package"] + (f":{arch}" if arch not in native else "")
             out[name] = fields.get("Version", "")
     return dict(sorted(out.items()))

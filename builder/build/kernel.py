@@ -33,6 +33,8 @@ from pathlib import Path
 import yaml
 
 from builder import ids, paths
+from builder.build.arch import NAMES as ARCHITECTURES
+from builder.build.arch import of as arch_of
 from builder.build.mirror import host_mirror
 from builder.build.schema import Choice, ListOf, Located, Str, _Ctx, build, key, load_nodes
 from builder.errors import BadInput, BuildFailed, EnvironmentProblem, RecipeError
@@ -42,7 +44,7 @@ NAME = r"[a-z0-9][a-z0-9._-]{0,62}"
 PACKAGE = r"[a-z0-9][a-z0-9+.-]+"
 MODULE = r"[A-Za-z0-9_-]{1,64}"
 INDEX_MAX_AGE = 24 * 3600  # seconds; a fresher index is reused without asking the mirror
-_EXACT_IMAGE = re.compile(r"linux-image-\d[^\s]*")
+_EXACT_IMAGE = re.compile(r"linux-image-\d+\.\d+[^\s]*")  # not 686-pae, a flavour
 # suites a definition may name: what the machine's mirror carries kernels for
 SUITES = (
     "bullseye",
@@ -83,6 +85,9 @@ class KernelDefinition:
         (),
     )
     cmdline: str = key(Str(max_len=1024), "default kernel command line", "console=ttyS0")
+    architecture: str = key(
+        Choice(ARCHITECTURES), "the kernel's architecture (EC2's name); its packages' too", "x86_64"
+    )
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,7 @@ class Kernel:
     # where it was resolved; the same package from another suite is the same kernel
     suite: str = field(default="", compare=False)
     debs: tuple[Path, ...] = ()  # every .deb unpacked into the tree (split packages: several)
+    architecture: str = "x86_64"  # EC2's name (arch.py)
 
     @property
     def aki_id(self) -> str:
@@ -185,6 +191,7 @@ class PrivateApt:
 
     base: Path
     release: str  # the suite, e.g. bookworm-backports
+    deb_arch: str = "amd64"  # Debian's architecture the index is fetched for
 
     @property
     def lists(self) -> Path:
@@ -224,8 +231,8 @@ class PrivateApt:
             # binary caches; without them every apt-cache call re-parses the whole index
             "Dir::Cache::pkgcache": "pkgcache.bin",
             "Dir::Cache::srcpkgcache": "srcpkgcache.bin",
-            "APT::Architecture": "amd64",
-            "APT::Architectures": "amd64",
+            "APT::Architecture": self.deb_arch,
+            "APT::Architectures": self.deb_arch,
             # the cache sits under root's home, which the _apt sandbox user cannot enter
             "APT::Sandbox::User": "root",
             "Acquire::Languages": "none",
@@ -259,6 +266,8 @@ class PrivateApt:
         previous index (or none) in place."""
         argv = ["apt-get", *self.options(), "-q", "update"]
         reason = _retried(argv, log, attempts)
+        if reason is not None and self._without_security(reason, log):
+            reason = None
         if reason is not None:
             raise EnvironmentProblem(
                 f"suite {self.release}: no package index from {host_mirror().debian} after "
@@ -267,6 +276,21 @@ class PrivateApt:
         if not any(self.lists.glob("*_Packages")):
             raise EnvironmentProblem(f"apt-get update fetched no package index for {self.release}")
         (self.base / "state/updated").touch()
+
+    def _without_security(self, reason: str, log: Path | None) -> bool:
+        """True when only the security suite's index could not be had and the release's own
+        is here: then the index goes on without security updates, said in the log. (This
+        machine's mirror has served a bookworm-security i386 Packages.xz of another size than
+        its Release names for hours; every i386 lookup failed with it.)"""
+        security = host_mirror().security
+        main = list(self.lists.glob(f"*_dists_{self.release}_main_binary-{self.deb_arch}_Packages"))
+        if not security or security.split("://", 1)[-1] not in reason or not main:
+            return False
+        if log:
+            with open(log, "a") as f:
+                f.write(f"amilab: {self.release}-security ({self.deb_arch}) index unavailable, "
+                        f"resolving without it: {reason}\n")  # fmt: skip
+        return True
 
     def show(self, package: str) -> dict[str, str] | None:
         """The candidate version's control fields, or None when the index lacks the package."""
@@ -444,24 +468,27 @@ class Resolution:
         return _complete(kernel_dir(self.package, self.version))
 
 
-def private_apt(suite: str) -> PrivateApt:
-    return PrivateApt(paths.cache_dir() / "apt" / suite, suite)
+def private_apt(suite: str, architecture: str = "x86_64") -> PrivateApt:
+    """The index of `suite` for one architecture (amd64's keeps its old place in the cache)."""
+    deb = arch_of(architecture).deb
+    return PrivateApt(paths.cache_dir() / "apt" / (suite if deb == "amd64" else f"{suite}-{deb}"),
+                      suite, deb)  # fmt: skip
 
 
 def resolve_version(
     defn: KernelDefinition, release: str = DEFAULT_RELEASE, log: Path | None = None
 ) -> Resolution:
     """The exact package and version a definition resolves to, from the index alone."""
-    apt = private_apt(suite_of(defn, release))
+    apt = private_apt(suite_of(defn, release), defn.architecture)
     with _locked(apt.base / "lock"):
         apt.prepare()
         return _resolve_exact(apt, defn.package, log)
 
 
-def fresh_index(suite: str, log: Path | None = None) -> Path:
+def fresh_index(suite: str, log: Path | None = None, architecture: str = "x86_64") -> Path:
     """The private apt index of `suite`, fetched when missing or older than INDEX_MAX_AGE
     (what a build's inputs are resolved from); its lists directory."""
-    apt = private_apt(suite)
+    apt = private_apt(suite, architecture)
     with _locked(apt.base / "lock"):
         apt.prepare()
         age = apt.index_age()
@@ -484,7 +511,7 @@ def resolve_kernel(
     defn: KernelDefinition, release: str = DEFAULT_RELEASE, log: Path | None = None
 ) -> Kernel:
     """Resolve, download (once) and unpack (once) the kernel a definition names."""
-    apt = private_apt(suite_of(defn, release))
+    apt = private_apt(suite_of(defn, release), defn.architecture)
     with _locked(apt.base / "lock"):
         apt.prepare()
         found = _resolve_exact(apt, defn.package, log)
@@ -666,6 +693,7 @@ def _kernel_from(
         deb=own,
         suite=suite,
         debs=debs,
+        architecture=defn.architecture,
     )
 
 
@@ -705,7 +733,7 @@ def fetch_exact(
 ) -> Kernel:
     """Download and unpack one exact kernel package again (an AKI whose cache was cleared)."""
     suite = suite_of(defn)
-    apt = private_apt(suite)
+    apt = private_apt(suite, defn.architecture)
     with _locked(apt.base / "lock"):
         apt.prepare()
         unpacked = kernel_dir(package, version)

@@ -24,6 +24,7 @@ from builder import paths
 from builder.build import bootloader, chroot, elements, inputs, reproducible, rootfs
 from builder.build import kernel as kernel_mod
 from builder.build import layout as disk_mod
+from builder.build.arch import of as arch_of
 from builder.build.engines import RootEngine, engine_for
 from builder.build.recipe import LoadedRecipe, load_recipes, select
 from builder.disk.formats import FORMATS
@@ -85,7 +86,7 @@ class BuildState:
             "DIB_RELEASE": r.release,
             "DISTRO_NAME": "debian",
             "DIB_INIT_SYSTEM": "systemd",
-            "ARCH": "amd64",
+            "ARCH": arch_of(r.architecture).deb,
             "IMAGE_NAME": r.name,
             "IMAGE_ELEMENT": " ".join(e.name for e in self.elements),
             "ELEMENTS_PATH": ":".join(str(p) for p in paths.elements_path()),
@@ -122,7 +123,7 @@ class Resolve(Step[BuildState]):
     def run(self, s: BuildState) -> None:
         r = s.recipe
         s.elements = elements.resolve(r.elements, paths.elements_path(), s.loaded.where)
-        installs = elements.package_installs(s.elements)
+        installs = elements.package_installs(s.elements, r.architecture)
         wanted = list(rootfs.BASE_PACKAGES) + list(r.packages)
         wanted += [p.name for p in installs if not p.uninstall]
         if r.ramdisk == "distro":
@@ -215,7 +216,7 @@ class Finalise(Step[BuildState]):
                     if f.is_file() and f.name != "lock":
                         f.unlink()
         disk_mod.write_fstab(s.root, s.recipe.disk.label)
-        s.installed = inputs.installed_packages(s.root)
+        s.installed = inputs.installed_packages(s.root, s.recipe.architecture)
         reproducible.normalise_tree(s.root, s.epoch)
 
 
@@ -238,6 +239,7 @@ class BootFiles(Step[BuildState]):
             s.ramdisk,
             bootloader.kernel_args(s.root_uuid, k.cmdline, s.recipe.kernel_cmdline),
             roles.index("root") + 1,
+            s.recipe.architecture,
         )
 
 
@@ -273,8 +275,9 @@ class Bootloader(Step[BuildState]):
             return
         s.stages.detail(f"GRUB for {s.layout.boot}")
         bootloader.install(
-            s.raw, s.layout, s.root_uuid, s.workdir, s.logs / "bootloader.log", s.epoch
-        )
+            s.raw, s.layout, s.root_uuid, s.workdir, s.logs / "bootloader.log", s.epoch,
+            s.recipe.architecture,
+        )  # fmt: skip
 
 
 class Formats(Step[BuildState]):
@@ -304,6 +307,7 @@ class Register(Step[BuildState]):
                 k.digest, f"{k.name}-{k.release}", str(kernel_path),
                 KernelSettings(definition=k.name, package=k.package, cmdline=k.cmdline),
                 release=k.release, version=k.version, description=f"{k.package} {k.version}",
+                architecture=k.architecture,
             )  # fmt: skip
         ]
         ari_id, ari = None, None
@@ -313,6 +317,7 @@ class Register(Step[BuildState]):
             ari = factory.content_image(
                 digest, f"initrd-{k.release}-{r.ramdisk}", str(path),
                 RamdiskSettings(kind=r.ramdisk, built_for=k.aki_id), release=k.release,
+                architecture=k.architecture,
                 description=f"{r.ramdisk} ramdisk for {k.release}",
             )  # fmt: skip
             records.append(ari)
@@ -452,10 +457,22 @@ def validate(loaded: LoadedRecipe) -> None:
     """Checks that need more than the recipe file: elements and kernel names exist."""
     r, where = loaded.recipe, loaded.where
     found = elements.resolve(r.elements, paths.elements_path(), where)
-    elements.package_installs(found)
-    if not r.kernel.startswith("aki-") and r.kernel not in kernel_mod.load_catalogue():
-        known = ", ".join(sorted(kernel_mod.load_catalogue()))
+    elements.package_installs(found, r.architecture)
+    if r.kernel.startswith("aki-"):
+        return
+    catalogue = kernel_mod.load_catalogue()
+    if r.kernel not in catalogue:
+        known = ", ".join(sorted(catalogue))
         raise where.error("kernel", f"unknown kernel {r.kernel!r}; known: {known}")
+    # the image's own kernel goes into its tree (modules, /boot): it must be of its
+    # architecture; booting another is `smoke --kernel`'s to try
+    if (kernel_arch := catalogue[r.kernel].architecture) != r.architecture:
+        same = sorted(n for n, d in catalogue.items() if d.architecture == r.architecture)
+        raise where.error(
+            "kernel",
+            f"{r.kernel} is an {kernel_arch} kernel and this image is {r.architecture}; "
+            f"{r.architecture} kernels: {', '.join(same) or 'none'}",
+        )
 
 
 class Keep(Step[BuildState]):

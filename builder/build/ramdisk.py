@@ -288,23 +288,50 @@ def with_parents(entries: list[Entry]) -> list[Entry]:
 
 
 def _is_static_elf(path: Path) -> bool:
-    """True for a 64-bit little-endian ELF without a PT_INTERP (dynamic loader) header."""
+    """True for a little-endian ELF (32- or 64-bit) without a PT_INTERP (dynamic loader)
+    header."""
     with open(path, "rb") as f:
         head = f.read(64)
-        if head[:4] != b"\x7fELF" or head[4] != 2:
+        if head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] != 1:
             return False
-        (phoff,) = struct.unpack_from("<Q", head, 32)
-        phentsize, phnum = struct.unpack_from("<HH", head, 54)
+        if head[4] == 2:
+            (phoff,) = struct.unpack_from("<Q", head, 32)
+            phentsize, phnum = struct.unpack_from("<HH", head, 54)
+        else:
+            (phoff,) = struct.unpack_from("<I", head, 28)
+            phentsize, phnum = struct.unpack_from("<HH", head, 42)
         f.seek(phoff)
         table = f.read(phentsize * phnum)
     types = [struct.unpack_from("<I", table, i * phentsize)[0] for i in range(phnum)]
     return 3 not in types
 
 
+def busybox_for(architecture: str) -> Path:
+    """The static busybox of the kernel's architecture: the host's own for x86_64, else
+    busybox-static of that architecture from the mirror (unpacked, never installed)."""
+    if architecture == "x86_64":
+        return BUSYBOX
+    from builder.build import archpkg
+
+    return archpkg.unpacked("busybox-static", architecture) / "bin/busybox"
+
+
+def _applets(busybox: Path) -> subprocess.CompletedProcess[str]:
+    try:
+        res = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True)
+    except OSError as e:  # another architecture's, not runnable here
+        return subprocess.CompletedProcess([], 1, "", str(e))
+    if res.returncode != 0 and busybox != BUSYBOX and BUSYBOX.exists():
+        # the same Debian release's busybox-static is built with one config on every
+        # architecture: the host's lists the same applets
+        return _applets(BUSYBOX)
+    return res
+
+
 def busybox_entries(busybox: Path = BUSYBOX) -> list[Entry]:
     if not busybox.exists() or not _is_static_elf(busybox):
         raise EnvironmentProblem(f"{busybox} is missing or not static (install busybox-static)")
-    res = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True)
+    res = _applets(busybox)
     if res.returncode != 0:
         raise EnvironmentProblem(f"{busybox} --list-full failed: {res.stderr.strip()}")
     out = [Entry("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes())]
@@ -316,7 +343,7 @@ def busybox_entries(busybox: Path = BUSYBOX) -> list[Entry]:
 
 def ramdisk_entries(kernel: Kernel, staging: Path) -> list[Entry]:
     order = stage_modules(kernel, staging)
-    entries = busybox_entries()
+    entries = busybox_entries(busybox_for(kernel.architecture))
     entries += tree_entries(staging / "lib", prefix="lib/")
     entries += [Entry("lib", stat.S_IFDIR | 0o755)]
     entries += [Entry(d, stat.S_IFDIR | 0o755) for d in ("dev", "proc", "sys", "newroot", "run")]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from builder.build.arch import NAMES as ARCHITECTURES
 from builder.build.engines import ENGINES
 from builder.build.schema import (
     Bool,
@@ -90,7 +91,12 @@ class Recipe:
     name: str = key(Str(NAME, "lowercase letters, digits, . _ -"), "image name", required=True)
     description: str = key(Str(max_len=255), "free text shown by `amilab images`", "")
     release: str = key(Choice(RELEASES), "Debian release of the base root filesystem", "bookworm")
-    architecture: str = key(Choice(("x86_64",)), "machine architecture", "x86_64")
+    architecture: str = key(
+        Choice(ARCHITECTURES),
+        "machine architecture (EC2's name): i386 trees are made natively, arm64 ones through "
+        "qemu-user-static; the kernel must be of the same architecture",
+        "x86_64",
+    )
     elements: tuple[str, ...] = key(
         ListOf(Str(NAME, "an element name")),
         "elements to run (diskimage-builder layout), dependencies added",
@@ -210,6 +216,14 @@ def _cross_check(recipe: Recipe, where: Located) -> None:
     if recipe.virtualization == "hvm" and recipe.partitioning == "none":
         raise where.error(
             "disk.partitioning", "an hvm image boots its own bootloader: use mbr or gpt"
+        )
+    if recipe.virtualization == "hvm" and recipe.architecture == "i386" and recipe.boot != "bios":
+        raise where.error("boot", "an i386 hvm image boots on BIOS only (GRUB i386-pc): use bios")
+    if recipe.virtualization == "hvm" and recipe.architecture == "arm64" and recipe.boot != "uefi":
+        raise where.error("boot", "an arm64 hvm image boots on UEFI only: use uefi")
+    if recipe.engine == "diskimage-builder" and recipe.architecture != "x86_64":
+        raise where.error(
+            "engine", "diskimage-builder builds x86_64 here (untested for others): use native"
         )
     if recipe.modules == "omit" and recipe.ramdisk == "distro":
         raise where.error(

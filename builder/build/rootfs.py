@@ -15,6 +15,8 @@ import subprocess
 from pathlib import Path
 
 from builder import paths
+from builder.build.arch import ensure_foreign
+from builder.build.arch import of as arch_of
 from builder.build.mirror import host_mirror
 from builder.errors import BuildFailed, EnvironmentProblem
 
@@ -24,7 +26,7 @@ BASE_PACKAGES = ("systemd-sysv", "udev", "kmod", "openssh-server", "curl")
 _CACHE_VERSION = "1"
 
 
-def base_key(release: str, packages: list[str], index: str = "") -> str:
+def base_key(release: str, packages: list[str], index: str = "", deb_arch: str = "amd64") -> str:
     """`index`: the digest of the package index the set resolves through (a changed index
     may install other versions, so it makes a new base)."""
     mirror = host_mirror()
@@ -32,7 +34,7 @@ def base_key(release: str, packages: list[str], index: str = "") -> str:
         {
             "v": _CACHE_VERSION,
             "release": release,
-            "arch": "amd64",
+            "arch": deb_arch,
             "variant": "minbase",
             "sources": mirror.apt_lines(release),
             "packages": sorted(set(packages)),
@@ -44,18 +46,23 @@ def base_key(release: str, packages: list[str], index: str = "") -> str:
 
 
 def base_tarball(
-    release: str, packages: list[str], log: Path, index: str = ""
+    release: str, packages: list[str], log: Path, index: str = "", architecture: str = "x86_64"
 ) -> tuple[Path, bool]:
     """Path of the cached base tarball, building it if needed; (path, was_cached)."""
     packages = sorted({p for p in packages if not p.endswith("-")})
-    key = base_key(release, packages, index)
+    target = arch_of(architecture)
+    key = base_key(release, packages, index, target.deb)
     cache = paths.cache_dir() / "rootfs"
     tar = cache / f"{release}-{key}.tar"
     if tar.exists():
         return tar, True
     if not shutil.which("mmdebstrap"):
         raise EnvironmentProblem("mmdebstrap is missing (run scripts/setup.sh)")
+    # amd64's keep their old place; another architecture's .debs must not be offered to it
     debs = paths.cache_dir() / "debs" / release
+    if target.deb != "amd64":
+        debs = debs.with_name(f"{release}-{target.deb}")
+    ensure_foreign(target)  # arm64: qemu-user-static through binfmt_misc runs its scripts
     debs.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     partial = tar.with_suffix(f".tar.partial{os.getpid()}")
@@ -63,6 +70,7 @@ def base_tarball(
         "mmdebstrap",
         "--mode=root",
         "--variant=minbase",
+        f"--architectures={target.deb}",
         "--format=tar",
         "--skip=essential/unlink",
         # nothing of the tree must survive a crash of the build: no fsync per file

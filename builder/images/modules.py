@@ -515,11 +515,12 @@ def register_catalogue_kernel(
         k.digest, f"{k.name}-{k.release}", str(kernel_path),
         KernelSettings(definition=k.name, package=k.package, cmdline=k.cmdline),
         release=k.release, version=k.version, description=f"{k.package} {k.version}",
+        architecture=k.architecture,
     )  # fmt: skip
     ari = factory.content_image(
         digest, f"initrd-{k.release}-generated", str(initrd_path),
         RamdiskSettings(kind="generated", built_for=k.aki_id), release=k.release,
-        description=f"generated ramdisk for {k.release}",
+        description=f"generated ramdisk for {k.release}", architecture=k.architecture,
     )  # fmt: skip
     aki, ari = registry.register([aki, ari])
     return aki, ari

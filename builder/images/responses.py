@@ -45,6 +45,7 @@ def kernel_catalogue(
             {
                 "Name": d.name,
                 "Package": d.package,
+                "Architecture": d.architecture,
                 "Description": d.description,
                 "RamdiskModules": list(d.ramdisk_modules),
                 "Cmdline": d.cmdline,

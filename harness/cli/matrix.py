@@ -17,6 +17,7 @@ AXES = (
     ("--instance-type", "instance_type", "meta-data/instance-type"),
     ("--http-tokens", "http_tokens", "optional or required (IMDSv2 only)"),
     ("--disk-bus", "disk_bus", "how the root disk is attached: virtio, nvme, ide, scsi"),
+    ("--architecture", "architecture", "x86_64, i386 or arm64: images of another: SKIP"),
 )
 
 

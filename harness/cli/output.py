@@ -108,12 +108,13 @@ def print_import(record: ImageRecord) -> None:
 
 def print_kernels(rows: list[dict[str, Any]]) -> None:
     table = Table(title="kernels (kernels/*.yaml)")
-    for col in ("Name", "Suite", "Package", "Version", "Release", "Downloaded", "AKI"):
+    for col in ("Name", "Suite", "Arch", "Package", "Version", "Release", "Downloaded", "AKI"):
         table.add_column(col)
     for row in rows:
         table.add_row(
             row["Name"],
             row.get("Suite", ""),
+            row.get("Architecture", "x86_64"),
             row["Package"],
             row.get("Version", ""),
             row.get("KernelRelease", ""),

@@ -30,7 +30,7 @@ from builder.images.records import ImageRecord, now_iso
 from builder.images.registry import Registry
 from builder.images.tables import Row
 from harness.instances import addresses, keypairs, store
-from harness.instances.types import DEFAULT_TYPE, instance_type
+from harness.instances.types import default_type, instance_type
 from harness.launch import instance as launch_dirs
 from harness.launch import keys
 from harness.launch.request import LaunchRequest
@@ -226,7 +226,7 @@ def run_instances(req: RunRequest, say: Any = None) -> dict[str, Any]:
             f"UnsupportedOperation: {image.image_id} is instance-store backed; run-instances "
             "here launches EBS-backed images (use boot/smoke for bundles)"
         )
-    itype = instance_type(req.instance_type or DEFAULT_TYPE)
+    itype = instance_type(req.instance_type or default_type(image.architecture))
     from harness.instances.types import check_image
 
     check_image(itype, image.architecture, image.virtualization_type or "hvm")

@@ -66,10 +66,19 @@ TYPES: dict[str, InstanceType] = {
         InstanceType("m5d.large", 2, 8192, (75,), nitro=True),
         InstanceType("c5.large", 2, 4096, nitro=True),
         InstanceType("c6i.large", 2, 4096, nitro=True),
+        # Graviton (arm64): Nitro, UEFI, HVM only
+        InstanceType("a1.medium", 1, 2048, architectures=("arm64",), nitro=True),
         InstanceType("t4g.micro", 2, 1024, architectures=("arm64",), nitro=True),
+        InstanceType("m6g.medium", 1, 4096, architectures=("arm64",), nitro=True),
     )
 }
 DEFAULT_TYPE = "m1.small"
+
+
+def default_type(architecture: str | None) -> str:
+    """The type a launch that names none gets: m1.small (EC2's first, i386 and x86_64), or
+    for arm64 images the smallest Graviton type."""
+    return "t4g.micro" if architecture == "arm64" else DEFAULT_TYPE
 
 
 def instance_type(name: str) -> InstanceType:

@@ -19,6 +19,17 @@ from pathlib import Path
 FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("ramdisk could not find the root", re.compile(r"amilab-ramdisk: ROOT NOT FOUND:.*")),
     ("ramdisk failed", re.compile(r"amilab-ramdisk: [A-Z][A-Z ]+:.*")),
+    # the kernel cannot run the image's init: a kernel of another architecture (an i386
+    # kernel over an x86_64 tree; ENOEXEC is error -8), said by busybox's switch_root in
+    # amilab's ramdisk, or by the kernel itself without a ramdisk
+    (
+        "init exec format error",
+        re.compile(
+            r".*can't execute '[^']*': Exec format error.*"
+            r"|Failed to execute \S+ \(error -8\).*"
+            r"|Starting init: \S+ exists but couldn't execute it \(error -8\).*"
+        ),
+    ),  # fmt: skip
     (
         "unable to mount root",
         re.compile(r"VFS: Unable to mount root fs.*|[Uu]nable to mount root.*"),

@@ -70,9 +70,15 @@ class MachineSpec:
     # the instance as its firmware tables describe it (EC2's DMI identity); None: QEMU's own
     instance_id: str | None = None
     instance_type: str = "m1.small"
+    # the machine QEMU emulates (EC2's name): x86_64 and i386 share qemu-system-x86_64's PC,
+    # arm64 has profiles of its own (layers/*-arm64.ini) on qemu-system-aarch64's virt board
+    architecture: str = "x86_64"
 
     def layer_names(self) -> list[str]:
-        names = ["base.ini", f"{self.profile}.ini", f"accel-{self.accelerator.name}.ini"]
+        if self.architecture == "arm64":
+            names = ["base.ini", f"{self.profile}-arm64.ini", "accel-tcg-arm64.ini"]
+        else:
+            names = ["base.ini", f"{self.profile}.ini", f"accel-{self.accelerator.name}.ini"]
         names.append("net-user.ini")
         if self.open_network:
             names.append("net-open.ini")
@@ -224,7 +230,8 @@ def compose(texts: list[str]) -> Layer:
 def find_qemu(engine: str) -> Path:
     found = shutil.which(engine)
     if not found:
-        raise EnvironmentProblem(f"{engine} not found (Debian package qemu-system-x86)")
+        package = "qemu-system-arm" if "aarch64" in engine else "qemu-system-x86"
+        raise EnvironmentProblem(f"{engine} not found (Debian package {package})")
     return Path(found)
 
 

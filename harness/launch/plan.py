@@ -46,6 +46,14 @@ class LaunchPlan:
     ramdisk_path: Path | None = None
 
     @property
+    def machine_architecture(self) -> str:
+        """The machine that runs the launch: the kernel's for a paravirtual one (QEMU enters
+        the AKI itself, whatever the image's tree is), the image's for hvm."""
+        if self.kernel is not None and not self.pv_grub:
+            return self.kernel.architecture or "x86_64"
+        return self.image.architecture or "x86_64"
+
+    @property
     def virtualization(self) -> str:
         return "paravirtual" if self.profile == "paravirtual" else "hvm"
 
@@ -147,6 +155,7 @@ def generated_ramdisk(kernel: ImageRecord, registry: Registry) -> ImageRecord:
             RamdiskSettings(kind=GENERATED, built_for=kernel.image_id),
             release=resolved.release,
             description=f"{GENERATED} ramdisk for {resolved.release}",
+            architecture=resolved.architecture,
         )
         if existing := registry.get(record.image_id):
             return existing
@@ -189,6 +198,8 @@ def make_plan(
         boot = firmware or image.launch.firmware
         if boot not in ("bios", "uefi"):
             raise BadInput(f"--firmware {boot}: expected bios or uefi")
+        if image.architecture == "arm64" and boot != "uefi":
+            raise BadInput(f"--firmware {boot}: an arm64 image boots on UEFI only")
         return LaunchPlan(
             image,
             f"hvm-{boot}",

@@ -196,8 +196,14 @@ class LaunchRequest:
         return out
 
     def plan(self, image: ImageRecord, kernel: str | None) -> LaunchPlan:
+        from harness.instances.types import check_image, instance_type
         from harness.launch.plan import make_plan
 
+        if self.instance_type is not None and image.image_type == "machine":
+            # RunInstances' refusal, before anything is prepared; the kernel is not checked
+            # (EC2 never did: a kernel of another architecture is the smoke test's to find)
+            check_image(instance_type(self.instance_type), image.architecture,
+                        image.virtualization_type or "hvm")  # fmt: skip
         return make_plan(
             image,
             kernel_ref=kernel,

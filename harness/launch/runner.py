@@ -76,6 +76,7 @@ def write_runner(
         imds_command=f"python3 -I -S {cgi} {doc}",
         instance_id=md.instance_id,
         instance_type=md.instance_type,
+        architecture=plan.machine_architecture,
     )
     image_layer = launch_layer(spec)
     if plan.kernel is not None:

@@ -23,6 +23,7 @@ from builder.steps import Step
 from harness.imds import PROTOCOL_SCRIPT, SCRIPT_NAME
 from harness.imds.document import InstanceMetadata, block_device_mapping, document, write_document
 from harness.imds.server import MetadataServer
+from harness.instances.types import default_type
 from harness.launch import instance as instances
 from harness.launch import keys, pvgrub
 from harness.launch.accel import Accelerator
@@ -182,6 +183,8 @@ class WriteMetadata(Step[Instance]):
                 # EC2 names the bundle's manifest for instance-store AMIs only
                 "ami_manifest_path": image.image_location if instance_store else "(unknown)",
                 "architecture": image.architecture,
+                # the smallest type that runs the image's architecture, unless one was named
+                "instance_type": default_type(image.architecture),
                 **s.options.metadata,
             }
         )
@@ -281,6 +284,7 @@ class ComposeCommand(Step[Instance]):
             extra_layers=list(o.extra_layers),
             instance_id=s.instance_id,
             instance_type=s.metadata.instance_type if s.metadata else "m1.small",
+            architecture=p.machine_architecture,
         )
         compose_commands(s)
 

@@ -20,6 +20,8 @@ OPTIONS: dict[str, tuple[str, ...] | None] = {
     "http_tokens": ("optional", "required"),
     "disk_bus": ("virtio", "nvme", "ide", "scsi"),
     "ramdisk": None,
+    # which images a row takes: a cell of another architecture than its image's is SKIP
+    "architecture": ("x86_64", "i386", "arm64"),
 }
 
 

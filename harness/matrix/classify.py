@@ -19,6 +19,7 @@ from harness.matrix.results import ERROR, FAIL, PASS, Evidence, Verdict
 CLASS_OF_REASON = {
     "ramdisk could not find the root": "root device not found",
     "ramdisk failed": "ramdisk failed",
+    "init exec format error": "init exec format error (kernel of another architecture)",
     "unable to mount root": "root filesystem cannot be mounted",
     "root device not found": "root device not found",
     "init failed": "init failed / emergency mode",

@@ -73,8 +73,20 @@ def resolve_kernel(ref: str, registry: Registry, say: Callable[[str], None]) -> 
 
 
 def skip_reason(cell: Cell, image: ImageRecord) -> str:
+    from harness.instances.types import TYPES
+
     opts = cell.option_dict
+    arch = image.architecture or "x86_64"
+    if opts.get("architecture", arch) != arch:
+        return f"the image is {arch}"
+    itype = TYPES.get(opts.get("instance_type", ""))
+    if itype is not None and arch not in itype.architectures:
+        return f"{itype.name} runs {'/'.join(itype.architectures)}; the image is {arch}"
     if image.virtualization_type == "hvm":
+        if opts.get("firmware") == "bios" and arch == "arm64":
+            return "an arm64 image boots on UEFI only"
+        if opts.get("firmware") == "uefi" and arch == "i386":
+            return "an i386 image boots on BIOS only"
         if cell.kernel_ref is not None:
             return "another kernel applies to paravirtual images; this one is hvm"
         if "ramdisk" in opts:

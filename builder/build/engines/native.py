@@ -30,7 +30,9 @@ class NativeEngine(RootEngine):
         s.stages.detail("mmdebstrap base (cached when unchanged)")
         log = s.logs / "rootfs.log"
         index = s.inputs.package_index if s.inputs else ""
-        tar, s.base_cached = rootfs.base_tarball(s.recipe.release, s.packages, log, index)
+        tar, s.base_cached = rootfs.base_tarball(
+            s.recipe.release, s.packages, log, index, s.recipe.architecture
+        )
         s.stages.detail("unpacking " + ("cached base" if s.base_cached else "new base"))
         rootfs.unpack(tar, s.root)
         s.stages.detail("waiting for the kernel")

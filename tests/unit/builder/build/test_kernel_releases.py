@@ -90,7 +90,8 @@ def test_every_shipped_kernel_resolves_from_its_suites_index(resolved: dict) -> 
         assert res.suite == (cat[name].suite or kernel.DEFAULT_RELEASE)
         assert re.fullmatch(r"\d+\.\d+\.\d+-\S+", res.version), res
         assert res.package == f"linux-image-{res.release}"
-        flavour = "cloud-amd64" if "cloud" in name else "amd64"
+        other = {"i386": "686-pae", "arm64": "cloud-arm64"}.get(cat[name].architecture)
+        flavour = other or ("cloud-amd64" if "cloud" in name else "amd64")
         assert res.release.endswith(f"-{flavour}") and not res.release.endswith("cloud-cloud")
     major = {s: int(resolved[f"debian-cloud-{s}"].release.split(".")[0]) for s in SUITES
              if f"debian-cloud-{s}" in resolved}  # fmt: skip

@@ -56,6 +56,24 @@ CASES = [
     ("duplicate-key", GOOD + "    kernel: debian-generic\n", "kernel", 5),
     ("top-level-key", "imagez: []\n", "imagez", 1),
     ("modules-bad", GOOD + "    modules: some\n", "modules", 5),
+    ("unknown-architecture", GOOD + "    architecture: sparc64\n", "architecture", 5),
+    ("architecture-not-a-string", GOOD + "    architecture: [arm64]\n", "architecture", 5),
+    # the image's own kernel goes into its tree: an x86_64 kernel for an arm64 image is refused
+    ("kernel-of-another-arch", GOOD + "    architecture: arm64\n", "kernel", 4),
+    (
+        "i386-hvm-on-uefi",
+        GOOD.replace("debian-cloud", "debian-686-pae-bookworm")
+        + "    architecture: i386\n    virtualization: hvm\n    boot: uefi\n",
+        "boot",
+        7,
+    ),
+    (
+        "arm64-hvm-on-bios",
+        GOOD.replace("debian-cloud", "debian-cloud-arm64-bookworm")
+        + "    architecture: arm64\n    virtualization: hvm\n    boot: bios\n",
+        "boot",
+        7,
+    ),
 ]
 
 

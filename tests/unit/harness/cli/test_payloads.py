@@ -83,15 +83,17 @@ def test_kernel_catalogue() -> None:
     from types import SimpleNamespace
 
     d = SimpleNamespace(name="debian-cloud", package="linux-image-cloud-amd64", description="x",
-                        ramdisk_modules=("virtio_blk",), cmdline="console=ttyS0")  # fmt: skip
+                        ramdisk_modules=("virtio_blk",), cmdline="console=ttyS0",
+                        architecture="x86_64")  # fmt: skip
     mine = _record("aki-00000000000000001", "kernel", kernel_release="6.1.0-x",
                    package_version="6.1.1",
                    kernel_settings=KernelSettings(definition="debian-cloud"))  # fmt: skip
     other = _record("aki-00000000000000002", "kernel", kernel_settings=KernelSettings("y"))
     registered = [mine, other]
     want = [{
-        "Name": d.name, "Package": d.package, "Description": d.description,
-        "RamdiskModules": list(d.ramdisk_modules), "Cmdline": d.cmdline,
+        "Name": d.name, "Package": d.package, "Architecture": d.architecture,
+        "Description": d.description, "RamdiskModules": list(d.ramdisk_modules),
+        "Cmdline": d.cmdline,
         "Registered": [{"ImageId": r.image_id, "KernelRelease": r.kernel_release,
                         "Version": r.package_version} for r in registered
                        if r.kernel_settings.definition == d.name],

@@ -1,0 +1,54 @@
+"""Packages of another architecture than the host's, unpacked into the cache for their files.
+
+The generated ramdisk needs the target's busybox, and an arm64 disk needs GRUB's arm64-efi
+modules; neither is installable on an amd64 host without multiarch. Both come from the
+machine's mirror through the private apt index of that architecture (builder.build.kernel),
+are downloaded once, and are unpacked once with dpkg-deb (nothing is installed on the host).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from builder import paths
+from builder.build import kernel as kernel_mod
+from builder.build.arch import of as arch_of
+from builder.errors import EnvironmentProblem
+
+SUITE = "bookworm"  # the host's release: the same busybox and GRUB versions it has itself
+
+
+def unpacked(package: str, architecture: str, log: Path | None = None) -> Path:
+    """The tree of `package` for `architecture` (EC2's name), from the SUITE index."""
+    deb_arch = arch_of(architecture).deb
+    apt = kernel_mod.private_apt(SUITE, architecture)
+    with kernel_mod._locked(apt.base / "lock"):
+        apt.prepare()
+        age = apt.index_age()
+        if age is None or age > kernel_mod.INDEX_MAX_AGE:
+            kernel_mod._try_update(apt, log, must=age is None)
+        fields = apt.show(package)
+        if fields is None:
+            raise EnvironmentProblem(f"{package} ({deb_arch}) is not in the {SUITE} archive")
+        version = fields["Version"]
+        dest = paths.cache_dir() / "archpkg" / f"{package}_{version.replace(':', '%3a')}_{deb_arch}"
+        if (dest / ".amilab-complete").exists():
+            return dest
+        deb = kernel_mod._cached_deb(package, version)
+        if deb is None or not deb.name.endswith(f"_{deb_arch}.deb"):
+            deb = kernel_mod._download(apt, package, version, log)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+        try:
+            kernel_mod._run(["dpkg-deb", "-x", str(deb), str(tmp)], log, f"dpkg-deb -x {deb.name}")
+            (tmp / ".amilab-complete").write_text(deb.name + "\n")
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.rename(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return dest
