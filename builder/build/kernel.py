@@ -61,6 +61,7 @@ DOWNLOAD_ATTEMPTS = 2
 # an AKI record's extra key naming the files `register-kernel` stored for it
 OWN_KERNEL_KEY = "own_kernel"
 RETRY_DELAY = 5.0  # seconds before the second try, doubled for each further one
+NO_SECURITY = "state/no-security"  # the index was last fetched without its security suite
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,10 @@ class PrivateApt:
         argv = ["apt-get", *self.options(), "-q", "update"]
         reason = _retried(argv, log, attempts)
         if reason is not None and self._without_security(reason, log):
+            (self.base / NO_SECURITY).touch()
             reason = None
+        elif reason is None:
+            (self.base / NO_SECURITY).unlink(missing_ok=True)
         if reason is not None:
             raise EnvironmentProblem(
                 f"suite {self.release}: no package index from {host_mirror().debian} after "
@@ -291,6 +295,18 @@ class PrivateApt:
                 f.write(f"amilab: {self.release}-security ({self.deb_arch}) index unavailable, "
                         f"resolving without it: {reason}\n")  # fmt: skip
         return True
+
+    @property
+    def without_security(self) -> bool:
+        """The last update went on without the security suite (see _without_security): the
+        base tree of this release and architecture is made from the same sources."""
+        return (self.base / NO_SECURITY).exists()
+
+    def apt_lines(self) -> list[str]:
+        lines = host_mirror().apt_lines(self.release)
+        if self.without_security:
+            lines = [ln for ln in lines if not ln.endswith(f" {self.release}-security main")]
+        return lines
 
     def show(self, package: str) -> dict[str, str] | None:
         """The candidate version's control fields, or None when the index lacks the package."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from builder import paths
 from builder.build.arch import ensure_foreign
 from builder.build.arch import of as arch_of
+from builder.build.kernel import private_apt
 from builder.build.mirror import host_mirror
 from builder.errors import BuildFailed, EnvironmentProblem
 
@@ -26,17 +27,22 @@ BASE_PACKAGES = ("systemd-sysv", "udev", "kmod", "openssh-server", "curl")
 _CACHE_VERSION = "1"
 
 
-def base_key(release: str, packages: list[str], index: str = "", deb_arch: str = "amd64") -> str:
+def base_key(
+    release: str,
+    packages: list[str],
+    index: str = "",
+    deb_arch: str = "amd64",
+    sources: list[str] | None = None,
+) -> str:
     """`index`: the digest of the package index the set resolves through (a changed index
     may install other versions, so it makes a new base)."""
-    mirror = host_mirror()
     blob = json.dumps(
         {
             "v": _CACHE_VERSION,
             "release": release,
             "arch": deb_arch,
             "variant": "minbase",
-            "sources": mirror.apt_lines(release),
+            "sources": sources or host_mirror().apt_lines(release),
             "packages": sorted(set(packages)),
             **({"index": index} if index else {}),
         },
@@ -51,7 +57,10 @@ def base_tarball(
     """Path of the cached base tarball, building it if needed; (path, was_cached)."""
     packages = sorted({p for p in packages if not p.endswith("-")})
     target = arch_of(architecture)
-    key = base_key(release, packages, index, target.deb)
+    # the sources the private index was last fetched from: without the security suite where
+    # the mirror could not serve its index for this architecture (kernel.PrivateApt)
+    sources = private_apt(release, architecture).apt_lines()
+    key = base_key(release, packages, index, target.deb, sources)
     cache = paths.cache_dir() / "rootfs"
     tar = cache / f"{release}-{key}.tar"
     if tar.exists():
@@ -85,7 +94,7 @@ def base_tarball(
         '--customize-hook=rm -f "$1"/var/cache/apt/archives/*.deb',
         release,
         str(partial),
-        *host_mirror().apt_lines(release),
+        *sources,
     ]
     with open(log, "ab") as out:
         out.write(("# " + " ".join(argv) + "\n").encode())

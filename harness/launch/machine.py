@@ -79,6 +79,8 @@ class MachineSpec:
             names = ["base.ini", f"{self.profile}-arm64.ini", "accel-tcg-arm64.ini"]
         else:
             names = ["base.ini", f"{self.profile}.ini", f"accel-{self.accelerator.name}.ini"]
+            if self.architecture == "i386":
+                names.append("arch-i386.ini")
         names.append("net-user.ini")
         if self.open_network:
             names.append("net-open.ini")

@@ -92,3 +92,26 @@ def test_foreign_architecture_without_binfmt_is_exit_3(tmp_path: Path, monkeypat
         arch.ensure_foreign(arch.of("arm64"))
     assert e.value.exit_code == 3 and "\n" not in str(e.value)
     assert "binfmt_misc" in str(e.value)
+
+
+def test_index_without_security_makes_the_base_from_the_same_sources(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from builder.build import mirror, rootfs
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    here = mirror.Mirror("http://m/debian", "http://m/debian-security")
+    monkeypatch.setattr(kernel, "host_mirror", lambda: here)
+    apt = kernel.private_apt("bookworm", "i386")
+    apt.prepare()
+    reason = "Failed to fetch http://m/debian-security/dists/bookworm-security/main/binary-i386/"
+    assert not apt._without_security(reason, None)  # no index of the release itself: no
+    (apt.lists / "m_debian_dists_bookworm_main_binary-i386_Packages").write_text("")
+    assert apt._without_security(reason, None)
+    assert not apt._without_security("Failed to fetch http://m/debian/dists/bookworm/x", None)
+    with_security = apt.apt_lines()
+    (apt.base / kernel.NO_SECURITY).touch()
+    without = apt.apt_lines()
+    assert len(with_security) == 3 and without == with_security[:2]
+    key = rootfs.base_key("bookworm", ["a"], "", "i386", without)
+    assert key != rootfs.base_key("bookworm", ["a"], "", "i386", with_security)

@@ -54,6 +54,9 @@ def test_i386_runs_on_the_x86_64_pc() -> None:
     argv = command_line(_spec(architecture="i386", accelerator=tcg))
     assert argv[0].endswith("qemu-system-x86_64") and _opt(argv, "-machine") == ["pc"]
     assert _opt(argv, "-cpu") == ["qemu64,cx16=off"]
+    # the 686-pae kernel takes virtio devices only in their legacy interface
+    assert _opt(argv, "-global") == ["virtio-pci.disable-modern=on"]
+    assert _opt(command_line(_spec(architecture="x86_64", accelerator=tcg)), "-global") == []
 
 
 def test_instance_types_say_which_architectures_they_run() -> None:
