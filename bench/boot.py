@@ -11,10 +11,15 @@ Peers measured in the same run: each `--variant NAME=LAYER.ini[,ARGS]` (a qemu-r
 and/or extra kernel arguments) is smoke-tested alternately with the default configuration,
 and its medians are printed as ratios to the default's.
 
+With `--arch FILE:IMAGE` (repeatable, e.g. architectures.yaml:debian-arm64-hvm) that recipe is
+built too and smoke-tested alternately with the default image as a configuration named by its
+architecture: time to SSH and QEMU CPU seconds per architecture in one run (no target yet).
+
 Targets (issue 3), under TCG on the 2-core CI machine: time to SSH <= 12 s, smoke <= 20 s.
 
 Usage: .venv/bin/python bench/boot.py [RECIPE_FILE] [--image NAME] [--runs N]
-           [--variant NAME=LAYER.ini] [--variant NAME=,quiet] [--json] [--keep]
+           [--variant NAME=LAYER.ini] [--variant NAME=,quiet] [--arch FILE:IMAGE]
+           [--json] [--keep]
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class Variant:
     name: str
     layer: str | None = None
     append: str | None = None
+    ami: str | None = None  # another image (--arch): smoke-tested instead of the default
 
     def args(self) -> list[str]:
         out = ["--layer", self.layer] if self.layer else []
@@ -82,16 +88,19 @@ def run(args: list[str], home: Path, timeout: float = 1800) -> subprocess.Comple
 
 
 def build(recipe: Path, image: str | None, home: Path) -> str:
+    return build_image(recipe, image, home)["ImageId"]
+
+
+def build_image(recipe: Path, image: str | None, home: Path) -> dict:
     result = run(["build", str(recipe), "--json", *(["--image", image] if image else [])], home)
     if result.returncode != 0:
         sys.exit(f"bench: build failed:\n{result.stderr[-3000:]}")
-    images = json.loads(result.stdout)["Images"]
-    return images[0]["ImageId"]
+    return json.loads(result.stdout)["Images"][0]
 
 
 def smoke(ami: str, variant: Variant, home: Path) -> Smoke:
     load = round(os.getloadavg()[0], 2)
-    result = run(["smoke", ami, "--json", *variant.args()], home)
+    result = run(["smoke", variant.ami or ami, "--json", *variant.args()], home)
     try:
         report = json.loads(result.stdout)
     except json.JSONDecodeError:
@@ -229,12 +238,24 @@ def main() -> int:
     parser.add_argument("--variant", type=parse_variant, action="append", default=[])
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temporary home")
+    parser.add_argument(
+        "--arch", action="append", default=[], metavar="FILE:IMAGE",
+        help="another architecture's recipe, smoke-tested beside the default",
+    )  # fmt: skip
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="amilab-bench-boot-"))
     try:
         print("bench: building ...", file=sys.stderr, flush=True)
-        ami = build(Path(args.recipe_file), args.image, home)
+        first = build_image(Path(args.recipe_file), args.image, home)
+        ami = first["ImageId"]
         variants = [Variant("default"), *args.variant]
+        for spec in args.arch:
+            path, _, image = spec.partition(":")
+            other = build_image(Path(path), image or None, home)
+            variants.append(Variant(other["Architecture"], ami=other["ImageId"]))
+        print(f"bench: default is {ami} ({first['Architecture']}); "
+              + ", ".join(f"{v.name} is {v.ami}" for v in variants if v.ami),
+              file=sys.stderr, flush=True)  # fmt: skip
         runs = []
         for i in range(args.runs):
             for v in variants:  # alternate, so that changing load hits every configuration

@@ -14,6 +14,10 @@
                           XDG_CACHE_HOME and AMILAB_HOME: no DIB image cache (.deb files,
                           debootstrap tarball), no cached kernel package.
 
+With --arch FILE:IMAGE (repeatable, e.g. architectures.yaml:debian-arm64-hvm) each round also
+builds that recipe cold and warm as above (its own empty caches), beside the default recipe's,
+and prints their times and their ratios to the native x86_64 builds (no target yet).
+
 "Cold" is amilab's and DIB's caches only: the host's page cache, the mirror (and any proxy in
 front of it) and the Python environment are as they are. Targets (issue 2): native cold at most
 0.5 x diskimage-builder cold; native warm at most 15 s.
@@ -22,7 +26,8 @@ With --rounds N the three builds are repeated N times (each round with new, empt
 caches, so the builds of a round see the same machine load) and the ratios use the medians: this
 machine is shared, and one sample can be off by a factor of two.
 
-Usage: .venv/bin/python bench/build.py [RECIPE_FILE] [--image NAME] [--rounds N] [--json] [--keep]
+Usage: .venv/bin/python bench/build.py [RECIPE_FILE] [--image NAME] [--rounds N]
+           [--arch FILE:IMAGE]... [--json] [--keep]
 """
 
 from __future__ import annotations
@@ -123,7 +128,9 @@ def _stored(home: Path) -> set[str]:
     return found
 
 
-def one_round(recipe: dict, work: Path, number: int) -> list[Run]:
+def one_round(
+    recipe: dict, work: Path, number: int, others: list[dict] | tuple[dict, ...] = ()
+) -> list[Run]:
     native = write_recipe(work, recipe, "native")
     dib = write_recipe(work, recipe, "diskimage-builder")
     native_home, native_cache = work / "native-home", work / "native-cache"
@@ -138,6 +145,16 @@ def one_round(recipe: dict, work: Path, number: int) -> list[Run]:
         ),  # fmt: skip
         (Run("diskimage-builder cold", "empty caches"), dib, work / "dib-home", work / "dib-cache"),
     ]
+    for other in others:  # another architecture's recipe, cold then warm
+        arch, name = other.get("architecture", "x86_64"), other["name"]
+        path = work / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"images": [other]}, sort_keys=False))
+        cache = work / f"{name}-cache"
+        plan += [
+            (Run(f"{arch} cold", f"{name}: empty caches"), path, work / f"{name}-home", cache),
+            (Run(f"{arch} warm", f"{name}: same caches, new home"), path,
+             work / f"{name}-warm-home", cache),
+        ]  # fmt: skip
     runs = []
     for run, path, home, cache in plan:
         run.round = number
@@ -185,6 +202,17 @@ def verdicts(runs: dict[str, Run]) -> dict[str, dict]:
         if all(rootfs):
             out["rootfs stage: native cold / diskimage-builder cold"] = {
                 "value": round(rootfs[0] / rootfs[1], 2),
+                "target": "(information)",
+                "met": None,
+            }
+    for name, run in runs.items():  # other architectures beside the native x86_64 builds
+        kind = name.rsplit(" ", 1)
+        if len(kind) != 2 or kind[0] in ("native", "diskimage-builder") or not run.ok:
+            continue
+        peer = runs.get(f"native {kind[1]}")
+        if peer and peer.ok:
+            out[f"{name} / native {kind[1]} (x86_64)"] = {
+                "value": round(run.seconds / peer.seconds, 2),
                 "target": "(information)",
                 "met": None,
             }
@@ -258,22 +286,27 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the three builds N times")
     parser.add_argument("--keep", action="store_true", help="keep the temporary homes")
+    parser.add_argument(
+        "--arch", action="append", default=[], metavar="FILE:IMAGE",
+        help="also build this recipe (another architecture's) cold and warm",
+    )  # fmt: skip
     args = parser.parse_args()
     source = Path(args.recipe_file)
     recipe = pick_recipe(source, args.image)
+    others = [pick_recipe(Path(f), i) for f, _, i in (a.partition(":") for a in args.arch)]
     base = os.environ.get("AMILAB_BENCH_DIR")
     runs: list[Run] = []
     for number in range(1, max(args.rounds, 1) + 1):
         work = Path(tempfile.mkdtemp(prefix=f"amilab-bench-{number}-", dir=base))
         try:
-            done = one_round(recipe, work, number)
+            done = one_round(recipe, work, number, others)
         finally:
             if args.keep:
                 print(f"bench: kept {work}", file=sys.stderr)
             else:
                 shutil.rmtree(work, ignore_errors=True)
         runs += done
-        if len(done) < 4 or not all(r.ok for r in done):
+        if len(done) < 4 + 2 * len(others) or not all(r.ok for r in done):
             break
     ratios = verdicts(medians(runs))
     if args.json:
