@@ -25,7 +25,12 @@ def register_api(sub: argparse._SubParsersAction) -> None:
         description="EC2's Query API (and STS GetCallerIdentity): requests signed with SigV4 "
         "by an access key of the accounts file; instances are real guests.",
     )  # fmt: skip
-    s.add_argument("--port", type=int, default=8787, help="default 8787 (0: any free port)")
+    s.add_argument(
+        "--port",
+        type=int,
+        default=8773,
+        help="default 8773, the port of the EC2 API in Eucalyptus and OpenStack (0: any free port)",
+    )
     s.add_argument("--bind", default="127.0.0.1", help="default 127.0.0.1 (loopback)")
     s.add_argument(
         "--accounts", type=Path, metavar="FILE",
