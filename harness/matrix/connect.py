@@ -104,7 +104,7 @@ def local_cluster(jobs: int) -> tuple[Any, Any]:
         processes=False,
         resources={"VM": jobs},
         memory_limit=0,
-        dashboard_address=None,
+        dashboard_address=":0",  # its HTTP server on a free port: 8787 may be taken
         silence_logs=logging.CRITICAL,
     )
     return cluster, Client(cluster)
