@@ -217,9 +217,15 @@ class LaunchRequest:
     def options(
         self, chosen: Accelerator, say: Callable[[str], None], interactive: bool = False
     ) -> LaunchOptions:
+        from harness.instances.types import DEFAULT_TYPE, TYPES
         from harness.launch.steps import LaunchOptions
 
+        # the instance type's vCPUs, as run-instances gives them (m1.small: one); a type
+        # the table does not know keeps the base layer's. Memory stays the base layer's:
+        # a smoke test's guest needs no more, and the matrix budgets guests by it
+        itype = TYPES.get(self.instance_type or DEFAULT_TYPE)
         return LaunchOptions(
+            smp=itype.qemu_smp() if itype else None,
             accelerator=chosen,
             keep=self.keep,
             open_network=self.open_network,

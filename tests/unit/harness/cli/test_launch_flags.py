@@ -4,6 +4,7 @@ once (harness.launch.request.LaunchRequest), and they come back as the same requ
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,16 @@ def test_settings_reach_the_plan_and_the_launch_options(tmp_path: Path) -> None:
     assert opts.metadata is not req.metadata  # the launch may change its copy
     opts.say("x")
     assert said == ["x"]
+
+
+def test_a_launch_gets_its_instance_types_vcpus() -> None:
+    """As run-instances does: m1.small (the default type) has one vCPU, m1.large two (at
+    most the host's cores); a type the table does not know keeps the base layer's."""
+    tcg = Accelerator("tcg", "test")
+
+    def smp(itype: str | None) -> int | None:
+        return LaunchRequest(instance_type=itype).options(tcg, lambda _: None).smp
+
+    assert smp(None) == 1 and smp("m1.small") == 1
+    assert smp("m1.large") == min(2, os.cpu_count() or 1)
+    assert smp("zz9.plural") is None
