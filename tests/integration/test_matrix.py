@@ -42,6 +42,11 @@ MODULE_TREE = (
     "pv-omit × debian-cloud-bullseye", "pv-omit × debian-cloud-sid",
 )  # fmt: skip
 BROKEN = "debian-pv × ide-bus"
+# a known issue (item 4), matched on the console: sid's kernel announces a +deb14 release,
+# which no bookworm image has modules for; the two cells it booted in show it as known
+KNOWN = {"id": "sid-on-bookworm", "pattern": r"Linux version \S+\+deb14",
+         "class": "sid kernel on a bookworm image", "verdict": "FAIL"}  # fmt: skip
+KNOWN_CELLS = ("debian-pv × debian-cloud-sid", "pv-omit × debian-cloud-sid")
 
 
 def _recipes(path: Path, omit_in_pv: bool = False) -> None:
@@ -65,7 +70,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("reports")
     _recipes(out / "recipes.yaml")
     (out / "matrix.yaml").write_text(yaml.safe_dump({"recipes": "recipes.yaml", **MATRIX}))
+    (out / "known.yaml").write_text(yaml.safe_dump({"known_issues": [KNOWN]}))
     reports = ["--json-file", str(out / "m.json"), "--html", str(out / "m.html")]
+    reports += ["--known-issues", str(out / "known.yaml")]
     result, took = _matrix(home, str(out / "matrix.yaml"), *reports, "--junit", str(out / "m.xml"))
     print(f"matrix of {len(json.loads((out / 'm.json').read_text())['Cells'])} cells: {took:.0f} s")
     assert result.returncode == 1, result.stderr[-4000:]  # cells fail, as they must
@@ -85,11 +92,17 @@ def test_every_cell_has_its_status_and_class(run: dict) -> None:
     assert cells["debian-pv × own"]["KernelRelease"].startswith("6.1.")
     for key in MODULE_TREE:
         c = cells[key]
+        booted = [e for e in c["Evidence"] if e["Line"] > 0]
+        # the console line naming the kernel that booted, with its line number
+        assert f"Linux version {c['KernelRelease']}" in booted[0]["Text"], shown
+        if key in KNOWN_CELLS:
+            assert (c["Status"], c["Class"]) == ("FAIL", KNOWN["class"]), shown
+            assert c["KnownIssue"] == KNOWN["id"] and len(c["Evidence"]) == 1, shown
+            continue
         assert (c["Status"], c["Class"]) == ("FAIL", "module tree missing"), shown
         assert c["Evidence"][0]["Line"] == 0 and "modules-tree" in c["Evidence"][0]["Text"]
-        # the console line naming the kernel that booted, with its line number
-        booted = [e for e in c["Evidence"] if e["Line"] > 0]
-        assert f"Linux version {c['KernelRelease']}" in booted[0]["Text"], shown
+    assert sorted(k for k, c in cells.items() if c["KnownIssue"]) == sorted(KNOWN_CELLS)
+    assert run["doc"]["Summary"]["Known"] == len(KNOWN_CELLS)
     assert cells["debian-pv × debian-cloud-bullseye"]["KernelRelease"].startswith("5.10.")
     assert "+deb14" in cells["debian-pv × debian-cloud-sid"]["KernelRelease"]
     skipped = [k for k, c in cells.items() if c["Status"] == "SKIP"]
@@ -102,6 +115,7 @@ def test_every_cell_has_its_status_and_class(run: dict) -> None:
     assert all(len(c["Attempts"]) == 1 for c in cells.values() if c["Status"] == "FAIL")
     # the terminal table: images down, kernels across
     assert "amilab matrix" in run["stdout"] and "ide-bus" in run["stdout"]
+    assert KNOWN["id"] in (run["out"] / "m.html").read_text()
 
 
 def test_broken_cell_ends_within_60_s_with_class_and_evidence(run: dict) -> None:
