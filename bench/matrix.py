@@ -7,14 +7,16 @@ The cells: the default paravirtual image × its own, bullseye's and sid's cloud 
 2. `amilab matrix --jobs 1`;
 3. the peer: a shell loop of `amilab smoke` calls over the same cells.
 Each prints wall time, cells per minute, CPU seconds per cell (amilab and every QEMU it ran:
-the children's rusage) and the CPU-bound limit (cores ÷ CPU seconds per cell, per minute).
+the children's rusage), the CPU-bound limit (cores ÷ CPU seconds per cell, per minute), its
+cells' verdicts (the loop's must match the matrix's) and the load average around it.
 Target (issue 13), TCG on the 2-core machine: the default matrix ≥ 1.5× the loop's cells
 per minute.
 
 Single boot: virtme-ng (`vng --run VMLINUZ --disable-kvm --force-9p -- uname -r`, booting
-the host's root over 9p with Debian's generic kernel) beside amilab's median time to SSH from
-the default run. Needs `pip install virtme-ng` and Debian's linux-image-amd64 on the host;
-without them that line says what is missing.
+the host's root over 9p with Debian's generic kernel) beside amilab's median time to SSH in
+the `--jobs 1` run (one guest at a time, as vng's). Needs the `bench` extra (virtme-ng) and
+Debian's linux-image-amd64 on the host (`AMILAB_BENCH_PEERS=1 scripts/setup.sh` installs
+both); without them that line says what is missing.
 
 With `--scheduler ADDRESS` (or `--scheduler start`: a `dask scheduler` and two `dask worker`s
 on 127.0.0.2 and 127.0.0.3, one VM slot each, sharing the bench's AMILAB_HOME) only the
@@ -81,24 +83,51 @@ def matrix_args(ami: str) -> list[str]:
     return args
 
 
-def loop_script(ami: str, akis: dict[str, str]) -> str:
-    lines = ["set -u", "fail=0"]
-    for k, t, i in cells():
+def loop_script(ami: str, akis: dict[str, str], out: Path) -> str:
+    """One `amilab smoke` per cell, each report kept (out/N.json) to compare verdicts."""
+    lines = ["set -u"]
+    for n, (k, t, i) in enumerate(cells()):
         kernel = f"--kernel {akis[k]} " if k != "own" else ""
         cmd = " ".join(amilab())
         lines.append(f"{cmd} smoke {ami} {kernel}--http-tokens {t} --instance-type {i} --json "
-                     ">/dev/null 2>&1 || fail=$((fail+1))")  # fmt: skip
-    return "\n".join(lines + ['echo "$fail"']) + "\n"
+                     f">{out}/{n}.json 2>/dev/null")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
-def line(name: str, n: int, wall: float, cpu: float, cores: int) -> dict:
+def matrix_verdicts(report: Path) -> list[str]:
+    """PASS/FAIL per cell of a matrix run, in the bench's cell order."""
+    by = {(c["Kernel"], c["Options"]["http_tokens"], c["Options"]["instance_type"]): c["Status"]
+          for c in json.loads(report.read_text())["Cells"]}  # fmt: skip
+    return [by.get(c, "missing") for c in cells()]
+
+
+def loop_verdicts(out: Path) -> list[str]:
+    got = []
+    for n in range(len(cells())):
+        try:
+            doc = json.loads((out / f"{n}.json").read_text())
+            got.append("PASS" if all(r["Passed"] for r in doc["Reports"]) else "FAIL")
+        except (OSError, ValueError, KeyError):
+            got.append("missing")
+    return got
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def line(name: str, wall: float, cpu: float, cores: int, verdicts: list[str], before: str) -> dict:
+    n = len(verdicts)
     per_cell = cpu / n
+    passed = verdicts.count("PASS")
     row = {"Method": name, "Cells": n, "WallSeconds": round(wall, 1),
            "CellsPerMinute": round(n / wall * 60, 2), "CpuSecondsPerCell": round(per_cell, 2),
-           "CpuBoundCellsPerMinute": round(cores / per_cell * 60, 2)}  # fmt: skip
+           "CpuBoundCellsPerMinute": round(cores / per_cell * 60, 2), "Verdicts": verdicts,
+           "LoadAverageBefore": before, "LoadAverageAfter": load()}  # fmt: skip
     print(
         f"{name:<22} {wall:7.1f} s  {row['CellsPerMinute']:6.2f} cells/min  "
-        f"{per_cell:6.2f} CPU s/cell  CPU-bound limit {row['CpuBoundCellsPerMinute']:.2f}/min"
+        f"{per_cell:6.2f} CPU s/cell  CPU-bound limit {row['CpuBoundCellsPerMinute']:.2f}/min  "
+        f"{passed} pass {n - passed} fail  (load {before} -> {row['LoadAverageAfter']})"
     )
     return row
 
@@ -108,10 +137,14 @@ def virtme(ssh_median: float | None) -> dict:
     kernels = sorted(glob.glob("/boot/vmlinuz-*-amd64"))
     generic = [k for k in kernels if "cloud" not in k]
     if not Path(vng).exists():
-        print("virtme-ng: not installed (pip install virtme-ng)")
+        print("virtme-ng: not installed (scripts/setup.sh installs the bench extra, or "
+              ".venv/bin/pip install -e '.[bench]')")  # fmt: skip
         return {"VirtmeNg": "not installed"}
     if not generic:
-        print("virtme-ng: Debian's generic kernel is not installed on the host (linux-image-amd64)")
+        print(
+            "virtme-ng: Debian's generic kernel is not installed on the host ("
+            "AMILAB_BENCH_PEERS=1 scripts/setup.sh, or apt-get install linux-image-amd64)"
+        )
         return {"VirtmeNg": "no generic kernel"}
     path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/libexec/qemu",
                             "/usr/lib/qemu", os.environ.get("PATH", "")])  # fmt: skip
@@ -124,7 +157,7 @@ def virtme(ssh_median: float | None) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     ok = r.returncode == 0 and r.stdout.strip()
-    amilab_ssh = f"; amilab's median time to SSH in the matrix: {ssh_median:.2f} s"
+    amilab_ssh = f"; amilab's median time to SSH (matrix --jobs 1): {ssh_median:.2f} s"
     print(f"virtme-ng to `uname -r`: {wall:.2f} s wall, {cpu:.1f} CPU s"
           + ("" if ok else f" (failed: {r.stderr.strip()[-200:]})")
           + (amilab_ssh if ssh_median else ""))  # fmt: skip
@@ -164,14 +197,17 @@ def local_fleet(home: Path):  # type: ignore[no-untyped-def]
 
 
 def fleet_overhead(ami: str, home: Path, address: str, cores: int) -> list[dict]:
-    n = len(cells())
     rows = []
-    _, wall, cpu = timed([*amilab(), *matrix_args(ami)], home)
-    rows.append(line("matrix (embedded)", n, wall, cpu, cores))
-    r, fwall, fcpu = timed([*amilab(), *matrix_args(ami), "--scheduler", address], home)
+    embedded, fleet = home / "embedded.json", home / "fleet.json"
+    before = load()
+    _, wall, cpu = timed([*amilab(), *matrix_args(ami), "--json-file", str(embedded)], home)
+    rows.append(line("matrix (embedded)", wall, cpu, cores, matrix_verdicts(embedded), before))
+    before = load()
+    r, fwall, fcpu = timed([*amilab(), *matrix_args(ami), "--scheduler", address,
+                            "--json-file", str(fleet)], home)  # fmt: skip
     if r.returncode not in (0, 1):
         sys.exit(f"bench: the fleet run failed:\n{r.stderr[-3000:]}")
-    rows.append(line("matrix --scheduler", n, fwall, fcpu, cores))
+    rows.append(line("matrix --scheduler", fwall, fcpu, cores, matrix_verdicts(fleet), before))
     pct = 100 * (fwall - wall) / wall
     rows[-1]["OverheadPercent"] = round(pct, 1)
     print(f"Dask overhead over the embedded run: {pct:+.1f} % of its wall time "
@@ -212,24 +248,37 @@ def main() -> int:
             if args.json:
                 print(json.dumps({"Rows": rows}, indent=2))
             return 0
-        n = len(cells())
         rows = []
         report = home / "default.json"
+        before = load()
         _, wall, cpu = timed([*amilab(), *matrix_args(ami), "--json-file", str(report)], home)
-        rows.append(line("matrix (default jobs)", n, wall, cpu, cores))
-        doc = json.loads(report.read_text())
+        rows.append(
+            line("matrix (default jobs)", wall, cpu, cores, matrix_verdicts(report), before)
+        )
+        jobs = json.loads(report.read_text())["Jobs"]
+        one = home / "jobs1.json"
+        before = load()
+        _, wall, cpu = timed([*amilab(), *matrix_args(ami), "--jobs", "1", "--json-file", str(one)],
+                             home)  # fmt: skip
+        rows.append(line("matrix --jobs 1", wall, cpu, cores, matrix_verdicts(one), before))
+        # a single boot's time to SSH, with no other guest of ours beside it
+        doc = json.loads(one.read_text())
         ssh = [c["SecondsToSsh"] for c in doc["Cells"] if c.get("SecondsToSsh")]
-        _, wall, cpu = timed([*amilab(), *matrix_args(ami), "--jobs", "1"], home)
-        rows.append(line("matrix --jobs 1", n, wall, cpu, cores))
+        ratio = None
         if not args.skip_loop:
-            _, wall, cpu = timed(["bash", "-c", loop_script(ami, akis)], home)
-            rows.append(line("loop of amilab smoke", n, wall, cpu, cores))
+            out = home / "loop"
+            out.mkdir()
+            before = load()
+            _, wall, cpu = timed(["bash", "-c", loop_script(ami, akis, out)], home)
+            rows.append(line("loop of amilab smoke", wall, cpu, cores, loop_verdicts(out), before))
             ratio = rows[0]["CellsPerMinute"] / rows[2]["CellsPerMinute"]
             print(f"default matrix / loop: {ratio:.2f}× cells per minute (target ≥ {TARGET}×) "
-                  f"with {doc['Jobs']} guests at once")  # fmt: skip
+                  f"with {jobs} guests at once")  # fmt: skip
+            if rows[2]["Verdicts"] != rows[0]["Verdicts"]:
+                print("warning: the loop's verdicts differ from the matrix's")
         extra = virtme(statistics.median(ssh) if ssh else None)
         if args.json:
-            print(json.dumps({"Rows": rows, **extra}, indent=2))
+            print(json.dumps({"Rows": rows, "Ratio": ratio, "Jobs": jobs, **extra}, indent=2))
     finally:
         shutil.rmtree(home, ignore_errors=True)
     return 0

@@ -18,6 +18,12 @@ DEBS=(
   # arm64-efi modules (grub-efi-arm64-bin, an arm64 package) come from the mirror at build time.
   qemu-user-static binfmt-support arch-test qemu-system-arm qemu-efi-aarch64
 )
+# AMILAB_BENCH_PEERS=1: also what bench/matrix.py's virtme-ng peer boots, Debian's generic
+# kernel on the host (virtme-ng boots the host's root over 9p, which the cloud kernel lacks;
+# ~400 MB and an initramfs build, so not in every setup)
+if [ "${AMILAB_BENCH_PEERS:-}" = 1 ]; then
+  DEBS+=(linux-image-amd64)
+fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup: run as root (apt-get, chroot and mounts need it)" >&2
   exit 3
@@ -39,6 +45,6 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   echo "setup: creating .venv (system site packages for python3-guestfs)"
   /usr/bin/python3 -m venv --system-site-packages .venv
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test,dib]'
+  .venv/bin/python -m pip install -q -e '.[test,dib,bench]'
   echo "$want" > "$stamp"
 fi
