@@ -157,10 +157,12 @@ def virtme(ssh_median: float | None) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     ok = r.returncode == 0 and r.stdout.strip()
-    amilab_ssh = f"; amilab's median time to SSH (matrix --jobs 1): {ssh_median:.2f} s"
+    amilab_ssh = (
+        f"; amilab's median time to SSH (matrix --jobs 1): {ssh_median:.2f} s" if ssh_median else ""
+    )
     print(f"virtme-ng to `uname -r`: {wall:.2f} s wall, {cpu:.1f} CPU s"
           + ("" if ok else f" (failed: {r.stderr.strip()[-200:]})")
-          + (amilab_ssh if ssh_median else ""))  # fmt: skip
+          + amilab_ssh)  # fmt: skip
     return {"VirtmeNgSeconds": round(wall, 2), "VirtmeNgCpuSeconds": round(cpu, 2),
             "VirtmeNgOk": bool(ok), "AmilabMedianSecondsToSsh": ssh_median}  # fmt: skip
 
