@@ -186,19 +186,44 @@ def bundle_image(
 
 
 def register_manifest(
-    manifest_path: Path,
+    manifest_path: Path | str,
     *,
     name: str | None = None,
     description: str = "",
     certs: list[Path] | None = None,
     virtualization: str | None = None,
+    endpoint_url: str | None = None,
 ) -> ImageRecord:
     """`register-image --image-location MANIFEST`: check the bundle as EC2 did (signature
     against the account's signing certificates, every part, the tar digest), decrypt it
     with amilab's EC2 key, store the image and register it under a new ID. ImageLocation is
-    the manifest; the image's bytes live in the artifact store. Nothing is registered and
-    nothing kept if any check fails."""
-    manifest_path = manifest_path.resolve()
+    the manifest (`bucket/path/name.manifest.xml` for one in S3, fetched first); the image's
+    bytes live in the artifact store. Nothing is registered and nothing kept if any check
+    fails."""
+    if str(manifest_path).startswith("s3://"):
+        from builder.images.bundle_upload import fetch_bundle
+
+        fetched = work_dir("fetch-bundle")
+        try:
+            local = fetch_bundle(str(manifest_path), fetched, endpoint_url)
+            where = str(manifest_path).removeprefix("s3://")
+            return _register_manifest(
+                local, name, description, certs, virtualization, location=where
+            )
+        finally:
+            shutil.rmtree(fetched, ignore_errors=True)
+    local = Path(manifest_path).resolve()
+    return _register_manifest(local, name, description, certs, virtualization)
+
+
+def _register_manifest(
+    manifest_path: Path,
+    name: str | None,
+    description: str,
+    certs: list[Path] | None,
+    virtualization: str | None,
+    location: str | None = None,
+) -> ImageRecord:
     m = bundle_mod.parse_manifest(manifest_path)
     known = certs or bundle_mod.signing_certs(m.user)
     if not known:
@@ -219,7 +244,7 @@ def register_manifest(
     work = work_dir("register")
     try:
         image = bundle_mod.restore_parts(m, manifest_path, aes_key, iv, work, out_name="image")
-        rec = _record_for(m, image, manifest_path, name, description, virt)
+        rec = _record_for(m, image, location or str(manifest_path), name, description, virt)
         if m.image_type == "machine":
             return registry.register_new(rec)
         return registry.register([rec])[0]  # same bytes, same AKI/ARI: kept as it was
@@ -284,14 +309,14 @@ def register_snapshot(
 def _record_for(
     m: bundle_mod.Manifest,
     image: Path,
-    manifest_path: Path,
+    manifest_path: str,
     name: str,
     description: str,
     virt: str,
 ) -> ImageRecord:
     """The record of a bundle's decrypted image, moved into the artifact store; its
     ImageLocation is the manifest, as on EC2."""
-    location, bundle_user = str(manifest_path), {"bundle_user": m.user}
+    location, bundle_user = manifest_path, {"bundle_user": m.user}
     if m.image_type in ("kernel", "ramdisk"):
         digest = file_sha256(image)
         is_kernel = m.image_type == "kernel"

@@ -27,8 +27,11 @@ def _run_instances(args: argparse.Namespace) -> int:
         from builder.errors import BadInput
 
         raise BadInput(f"--spot-action {args.spot_action!r}: terminate or stop")
+    from harness.instances.events import parse_scheduled_event
+
     req = launch_request(
         RunRequest, args, image=args.image, count=args.count, key_name=args.key_name,
+        scheduled_events=[parse_scheduled_event(e) for e in args.scheduled_event],
         placement=args.placement, shutdown_behavior=args.instance_initiated_shutdown_behavior,
         block_device_mappings=[parse_block_device_mapping(m) for m in args.block_device_mapping],
         spot_interruption_after=args.spot_interruption_after, spot_action=args.spot_action,
@@ -73,6 +76,12 @@ def register_run_instances(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="how long before the interruption it is announced (EC2: 120)",
     )
+    p.add_argument(
+        "--scheduled-event", action="append", default=[], metavar="CODE:SECONDS",
+        help="a scheduled event SECONDS after launch (instance-reboot, system-reboot, "
+        "instance-stop, instance-retirement), served at events/maintenance/scheduled and "
+        "carried out then (repeatable)",
+    )  # fmt: skip
     add_launch_arguments(p, single=True)
     add_json(p, "print the RunInstances reservation")
 
@@ -150,6 +159,73 @@ def _reboot(args: argparse.Namespace) -> int:
 def register_reboot_instances(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "reboot-instances", _reboot, "reboot running instances")
     p.add_argument("instance_ids", nargs="+", metavar="INSTANCE_ID")
+    add_json(p)
+
+
+def _schedule_event(args: argparse.Namespace) -> int:
+    from harness.instances.events import parse_time
+    from harness.instances.operations import schedule_instance_event
+
+    event = schedule_instance_event(args.instance_id, args.code, parse_time(args.not_before),
+                                    args.description, args.window)  # fmt: skip
+    line = f"{event['InstanceEventId']}\t{event['Code']}\t{event['NotBefore']}"
+    return print_result(args, {"Event": event}, [line])
+
+
+def _modify_event(args: argparse.Namespace) -> int:
+    from harness.instances.events import parse_time
+    from harness.instances.operations import modify_instance_event_start_time
+
+    out = modify_instance_event_start_time(
+        args.instance_id, args.instance_event_id, parse_time(args.not_before)
+    )
+    return print_result(args, out, [f"{out['Event']['InstanceEventId']}\t"
+                                    f"{out['Event']['NotBefore']}"])  # fmt: skip
+
+
+def _describe_status(args: argparse.Namespace) -> int:
+    from harness.instances.operations import describe_instance_status
+
+    result = describe_instance_status(args.instance_ids, args.include_all_instances)
+    lines = []
+    for s in result["InstanceStatuses"]:
+        lines.append(f"{s['InstanceId']}\t{s['InstanceState']['Name']}\t"
+                     f"{s['InstanceStatus']['Status']}")  # fmt: skip
+        lines += [f"  {e['InstanceEventId']}\t{e['Code']}\t{e['NotBefore']}\t{e['Description']}"
+                  for e in s["Events"]]  # fmt: skip
+    return print_result(args, result, lines)
+
+
+def register_events(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "schedule-instance-event", _schedule_event,
+        "schedule a maintenance event on an instance, as AWS does (reboot or stop at a time)",
+    )  # fmt: skip
+    p.add_argument("instance_id", metavar="INSTANCE_ID")
+    p.add_argument("--code", required=True, help="instance-reboot, system-reboot, "
+                   "instance-stop or instance-retirement")  # fmt: skip
+    p.add_argument("--not-before", required=True, metavar="TIME",
+                   help="2020-03-25T10:00:00.000Z (UTC) or +SECONDS from now")  # fmt: skip
+    p.add_argument("--description", help="default: EC2's wording for the code")
+    p.add_argument("--window", type=float, default=7200.0, metavar="SECONDS",
+                   help="NotAfter - NotBefore (default 7200)")  # fmt: skip
+    add_json(p)
+    p = add_command(
+        sub, "modify-instance-event-start-time", _modify_event,
+        "move a scheduled event to a new start time (before its deadline)",
+    )  # fmt: skip
+    p.add_argument("--instance-id", required=True)
+    p.add_argument("--instance-event-id", required=True)
+    p.add_argument("--not-before", required=True, metavar="TIME",
+                   help="2020-03-25T10:00:00.000Z (UTC) or +SECONDS from now")  # fmt: skip
+    add_json(p)
+    p = add_command(
+        sub, "describe-instance-status", _describe_status,
+        "instances' status checks and scheduled events",
+    )  # fmt: skip
+    p.add_argument("instance_ids", nargs="*", metavar="INSTANCE_ID")
+    p.add_argument("--include-all-instances", action="store_true",
+                   help="not only running instances")  # fmt: skip
     add_json(p)
 
 

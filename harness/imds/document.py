@@ -175,6 +175,7 @@ SINCE: dict[str, str] = {
     "placement/region": "2020-10-27",
     "tags": "2021-03-23",
     "spot": "2014-11-05",
+    "events": "2018-08-17",
     "dynamic": "2009-04-04",
 }
 
@@ -191,6 +192,33 @@ def _dir(children: dict[str, Any], listing: list[str] | None = None) -> dict[str
     node = dict(children)
     node[""] = "\n".join(listing)
     return node
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def maintenance_time(epoch: float) -> str:
+    """EC2's date in maintenance events: `21 Jan 2019 09:00:43 GMT` (day not padded; month
+    names in English whatever the locale)."""
+    t = time.gmtime(epoch)
+    return f"{t.tm_mday} {_MONTHS[t.tm_mon - 1]} {t.tm_year} {time.strftime('%H:%M:%S', t)} GMT"
+
+
+def maintenance_json(events: list[dict[str, Any]]) -> str:
+    """events/maintenance/scheduled or /history: a JSON list in EC2's key order, pretty-printed
+    with " : " as EC2 prints it; `[]` when there is none (EC2 answers 200 with that)."""
+    out = [
+        {
+            "NotBefore": maintenance_time(e["NotBefore"]),
+            "Code": e["Code"],
+            "Description": e["Description"],
+            "EventId": e["EventId"],
+            "NotAfter": maintenance_time(e["NotAfter"]),
+            "State": e["State"],
+        }
+        for e in sorted(events, key=lambda e: e["NotBefore"])
+    ]
+    return json.dumps(out, indent=2, separators=(",", " : ")) if out else "[]"
 
 
 def _identity_document(md: InstanceMetadata) -> str:
@@ -295,6 +323,11 @@ def meta_data(md: InstanceMetadata, version: str = "latest") -> dict[str, Any]:
         # an announced interruption (run-instances --spot-interruption-after), as EC2 serves it
         action = json.dumps({"action": spot["Action"], "time": spot["Time"]})
         leaves["spot"] = _dir({"instance-action": action, "termination-time": spot["Time"]})
+    events = md.extra.get("events") or []
+    leaves["events"] = _dir({"maintenance": _dir({
+        "history": maintenance_json([e for e in events if e["State"] != "active"]),
+        "scheduled": maintenance_json([e for e in events if e["State"] == "active"]),
+    })})  # fmt: skip
     if md.instance_metadata_tags and md.tags:
         leaves["tags"] = _dir({"instance": _dir(dict(md.tags))})
     return _dir({k: v for k, v in leaves.items() if _has(version, k)})

@@ -29,7 +29,7 @@ from builder.images import factory, volumes
 from builder.images.records import ImageRecord, now_iso
 from builder.images.registry import Registry
 from builder.images.tables import Row
-from harness.instances import addresses, keypairs, store
+from harness.instances import addresses, events, keypairs, store
 from harness.instances.types import default_type, instance_type
 from harness.launch import instance as launch_dirs
 from harness.launch import keys
@@ -52,6 +52,7 @@ class RunRequest(LaunchRequest):
     spot_interruption_after: float | None = None
     spot_action: str = "terminate"
     spot_notice: float = 120.0  # EC2 announces an interruption two minutes ahead
+    scheduled_events: list[dict[str, Any]] = field(default_factory=list)  # events.new_event
 
 
 # ------------------------------------------------------------------ supervision
@@ -363,6 +364,16 @@ def _launch_one(
                     "InstanceStore": store_paths,
                     "InstanceStoreDevices": [m["DeviceName"] for m in stores],
                     "Spot": spot,
+                    # each instance its own events (their IDs are the instance's)
+                    "Events": [
+                        events.new_event(
+                            e["Code"],
+                            e["NotBefore"],
+                            e["Description"],
+                            e["NotAfter"] - e["NotBefore"],
+                        )
+                        for e in req.scheduled_events
+                    ],
                 },
             }
             if rec["InstanceLifecycle"] is None:
@@ -623,6 +634,95 @@ def release_terminated(rec: Row) -> None:
     shutil.rmtree(rec["Amilab"]["Dir"], ignore_errors=True)
 
 
+# ------------------------------------------------------------ scheduled events
+
+
+def _events_changed(iid: str, change: Any) -> Row:
+    """Change an instance's events under its lock, then tell a running supervisor (it
+    serves them and carries them out; one still starting reads them when it runs)."""
+    with store.locked(iid):
+        rec = store.instances().update(iid, change, "InvalidInstanceID.NotFound")
+        if rec["State"]["Name"] == "running":
+            _signal_supervisor(rec, signal.SIGUSR1)
+    return rec
+
+
+def schedule_instance_event(
+    instance_id: str, code: str, not_before: float, description: str | None = None,
+    window: float = events.DEFAULT_WINDOW,
+) -> dict[str, Any]:  # fmt: skip
+    """What AWS does when it schedules maintenance (no public API): an event on an instance
+    that is pending or running."""
+    rec = reconcile(store.find(instance_id))
+    if rec["State"]["Name"] not in ("pending", "running"):
+        raise BadInput(
+            f"IncorrectInstanceState: The instance '{instance_id}' is {rec['State']['Name']}; "
+            "events are scheduled for pending or running instances"
+        )
+    if not_before < time.time():
+        raise BadInput("InvalidParameterValue: The event start time must be in the future")
+    event = events.new_event(code, not_before, description, window)
+
+    def change(r: Row) -> None:
+        r["Amilab"].setdefault("Events", []).append(event)
+
+    _events_changed(instance_id, change)
+    return events.api_shape(event)
+
+
+def modify_instance_event_start_time(
+    instance_id: str, event_id: str, not_before: float
+) -> dict[str, Any]:
+    """ModifyInstanceEventStartTime."""
+    reconcile(store.find(instance_id))
+    moved: list[Row] = []
+
+    def change(r: Row) -> None:
+        for e in r["Amilab"].get("Events") or []:
+            if e["EventId"] == event_id:
+                events.reschedule(e, not_before, time.time())
+                moved.append(e)
+        if not moved:
+            raise BadInput(
+                f"InvalidInstanceEventID.NotFound: The event ID '{event_id}' does not exist "
+                f"for instance {instance_id}"
+            )
+
+    _events_changed(instance_id, change)
+    return {"Event": events.api_shape(moved[0])}
+
+
+def describe_instance_status(
+    ids: list[str] | None = None, include_all: bool = False
+) -> dict[str, Any]:
+    """DescribeInstanceStatus: running instances (all with `include_all`), their scheduled
+    events (completed ones for a week, described "[Completed] …") and status checks, which
+    here say what the supervisor knows: a running guest's QEMU is alive."""
+    recs = [store.find(i) for i in ids] if ids else store.instances().list()
+    out = []
+    for r in (reconcile(r) for r in recs):
+        name = r["State"]["Name"]
+        if name != "running" and not include_all:
+            continue
+        if name == "terminated" and not ids:
+            continue
+        ok = "ok" if name == "running" else "not-applicable"
+        check = {
+            "Status": ok,
+            "Details": [{"Name": "reachability", "Status": "passed" if ok == "ok" else ok}],
+        }
+        shown = events.recent(r["Amilab"].get("Events") or [], time.time())
+        out.append({
+            "AvailabilityZone": r["Placement"]["AvailabilityZone"],
+            "InstanceId": r["InstanceId"],
+            "Events": [events.api_shape(e) for e in sorted(shown, key=lambda e: e["NotBefore"])],
+            "InstanceState": r["State"],
+            "InstanceStatus": check,
+            "SystemStatus": check,
+        })  # fmt: skip
+    return {"InstanceStatuses": out}
+
+
 # -------------------------------------------------------------- console, ssh
 
 
@@ -770,6 +870,68 @@ def create_image(
         r.state = "available"
 
     return registry.update(image.image_id, available)
+
+
+# ------------------------------------------------------------------ bundle-vol
+
+
+def bundle_vol(
+    instance_id: str,
+    cert: Path,
+    private_key: Path,
+    dest: Path,
+    *,
+    prefix: str = "image",
+    excludes: list[str] | None = None,
+    no_filter: bool = False,
+    no_reboot: bool = False,
+    kernel: str | None = None,
+    ramdisk: str | None = None,
+    user: str | None = None,
+    ec2_cert: Path | None = None,
+) -> tuple[Any, list[str]]:
+    """ec2-bundle-vol for an instance, from the host: its root volume's filesystem, less
+    what is excluded, as an instance-store bundle whose manifest names the instance's kernel
+    and ramdisk (as ec2-bundle-vol read them from the metadata). Like create-image, a running
+    instance is stopped first and started again afterwards unless `no_reboot`; the volume is
+    only ever read."""
+    from builder.images import bundle as bundle_mod
+    from builder.images.bundle_volume import Selection, bundle_volume
+    from builder.images.shapes import account_id
+
+    sel = Selection(list(excludes or []), no_filter)  # bad paths refused before any stop
+    rec = reconcile(store.find(instance_id))
+    state = rec["State"]["Name"]
+    if state not in ("running", "stopped"):
+        raise BadInput(f"IncorrectInstanceState: The instance '{instance_id}' is {state}")
+    image = Registry().find(rec["ImageId"], "machine")
+    root = next((m for m in rec["BlockDeviceMappings"]
+                 if m["DeviceName"] == rec["RootDeviceName"]), None)  # fmt: skip
+    if root is None:
+        raise BadInput(f"{instance_id} has no root volume")
+    vol = volumes.volumes().find(root["Ebs"]["VolumeId"], "InvalidVolume.NotFound")
+    registry = Registry()
+    for ref in (kernel, ramdisk):
+        if ref and ref != "none":
+            registry.find(ref)
+    account = user or account_id()
+    restart = state == "running" and not no_reboot
+    if restart:
+        stop_instances([instance_id], wait=True, timeout=180)
+    try:
+        result, removed = bundle_volume(
+            volumes.volume_path(vol), "qcow2", image.launch.fs_offset or 0, dest, prefix, sel,
+            user=account, architecture=rec["Architecture"], user_cert=cert,
+            private_key=private_key, ec2_cert=ec2_cert or bundle_mod.ec2_key_pair()[0],
+            kernel_id=None if kernel == "none" else kernel or rec.get("KernelId"),
+            ramdisk_id=None if ramdisk == "none" else ramdisk or rec.get("RamdiskId"),
+            root_device=rec["RootDeviceName"],
+        )  # fmt: skip
+    finally:
+        if restart:
+            start_instances([instance_id])
+    bundle_mod.remember_signing_cert(account, cert)  # as `bundle` does, for `register`
+    return result, removed
 
 
 def home_paths() -> dict[str, Path]:

@@ -30,7 +30,7 @@ from builder.images.registry import Registry
 from builder.images.tables import Row
 from builder.steps import Step, StepRunner
 from harness.imds.document import block_device_mapping, document, write_document
-from harness.instances import store
+from harness.instances import events, store
 from harness.instances.types import instance_type
 from harness.launch import accel
 from harness.launch import instance as launch_dirs
@@ -57,7 +57,8 @@ _requests: list[str] = []
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    _requests.append("reboot" if signum == signal.SIGHUP else "stop")
+    names = {signal.SIGHUP: "reboot", signal.SIGUSR1: "events"}
+    _requests.append(names.get(signum, "stop"))
 
 
 def _log(text: str) -> None:
@@ -123,6 +124,7 @@ def instance_metadata(record: Row) -> dict[str, Any]:
     md["block_device_mapping"] = block_device_mapping(record["RootDeviceName"], mappings)
     if (spot := a.get("Spot")) and time.time() >= spot["NoticeAt"]:
         md.setdefault("extra", {})["spot"] = spot
+    md.setdefault("extra", {})["events"] = events.recent(a.get("Events") or [], time.time())
     return md
 
 
@@ -183,10 +185,12 @@ def supervise(iid: str) -> int:
     record = store.find(iid)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
+    signal.signal(signal.SIGUSR1, _on_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # detached: no terminal's Ctrl-C is ours
     final = "stopped"
     reason: tuple[str, str] | None = store.USER_SHUTDOWN
     try:
+        record = _expire_missed(iid)
         inst = build_instance(record)
         service = StartMetadataService()
         with StepRunner(inst) as runner:
@@ -217,14 +221,58 @@ def _interrupted(r: Row, terminate: bool) -> None:
     store.set_state(r, "shutting-down" if terminate else "stopping", SPOT_REASON)
 
 
-def _announce(inst: Instance, service: StartMetadataService, spot: dict[str, Any]) -> None:
-    """From now on the metadata service serves spot/instance-action."""
+def _expire_missed(iid: str) -> Row:
+    """Events whose time came while the instance was stopped are over: a stopped instance
+    needs no reboot or stop (EC2 completes them too)."""
+
+    def change(r: Row) -> None:
+        for e in r["Amilab"].get("Events") or []:
+            if e["State"] == "active" and e["NotBefore"] <= time.time():
+                events.complete(e)
+
+    return _update(iid, change)
+
+
+def _serve(inst: Instance, service: StartMetadataService) -> None:
+    """The metadata service serves the instance's metadata as it now is."""
     assert inst.metadata is not None and inst.dir is not None
-    inst.metadata.extra["spot"] = spot
     tree = document(inst.metadata)
     write_document(inst.metadata, inst.dir.metadata_doc)
     if service.server is not None:
         service.server.tree = tree  # one reference swap: a request sees the old or the new
+
+
+def _reload_events(iid: str, inst: Instance, service: StartMetadataService) -> list[Row]:
+    assert inst.metadata is not None
+    found = list(store.find(iid)["Amilab"].get("Events") or [])
+    inst.metadata.extra["events"] = events.recent(found, time.time())
+    _serve(inst, service)
+    return found
+
+
+def _carry_out(iid: str, inst: Instance, service: StartMetadataService, event: Row) -> str:
+    """An event's time has come: it is completed (history), then done."""
+    action = events.ACTIONS[event["Code"]]
+    _log(f"scheduled event {event['EventId']} ({event['Code']}): {action}")
+
+    def change(r: Row) -> None:
+        for e in r["Amilab"].get("Events") or []:
+            if e["EventId"] == event["EventId"]:
+                events.complete(e)
+        if action == "stop":
+            r["Amilab"]["Desired"] = "stop"
+            store.set_state(r, "stopping", events.SCHEDULED_STOP)
+
+    _update(iid, change)
+    _reload_events(iid, inst, service)
+    return action
+
+
+def _announce(inst: Instance, service: StartMetadataService, spot: dict[str, Any]) -> None:
+    """From now on the metadata service serves spot/instance-action."""
+    assert inst.metadata is not None and inst.dir is not None
+    inst.metadata.extra["spot"] = spot
+    _serve(inst, service)
     _log(f"spot interruption announced: {spot['Action']} at {spot['Time']}")
 
 
@@ -243,9 +291,21 @@ def _run(
     _log(f"running: QEMU {inst.qemu.pid}")
     reboots: list[float] = []
     announced = bool(spot) and "spot" in (inst.options.metadata.get("extra") or {})
+    scheduled = list(store.find(iid)["Amilab"].get("Events") or [])
     while True:
+        if (event := events.due(scheduled, time.time())) is not None:
+            action = _carry_out(iid, inst, service, event)
+            scheduled = _reload_events(iid, inst, service)
+            if action == "reboot":
+                _restart(inst, powerdown=True, timeout=2.0)
+                continue
+            inst.qemu.stop(inst.dir.qmp_socket, timeout=STOP_GRACE, powerdown=True)
+            return "stopped", events.SCHEDULED_STOP
         if _requests:
             what = _requests.pop(0)
+            if what == "events":
+                scheduled = _reload_events(iid, inst, service)
+                continue
             if what == "reboot":
                 _log("reboot requested")
                 _restart(inst, powerdown=True)
@@ -303,11 +363,11 @@ def _boot_failure(inst: Instance) -> str | None:
     return failure.describe() if failure else None
 
 
-def _restart(inst: Instance, powerdown: bool) -> None:
+def _restart(inst: Instance, powerdown: bool, timeout: float = STOP_GRACE) -> None:
     """A new QEMU on the same volumes, network and metadata (a reboot)."""
     assert inst.qemu is not None and inst.dir is not None
     if inst.qemu.alive():
-        inst.qemu.stop(inst.dir.qmp_socket, timeout=STOP_GRACE, powerdown=powerdown)
+        inst.qemu.stop(inst.dir.qmp_socket, timeout=timeout, powerdown=powerdown)
     StartQemu().run(inst)
     iid = inst.instance_id
     _update(iid, lambda r: r["Amilab"].update(QemuPid=inst.qemu.pid if inst.qemu else None))

@@ -9,8 +9,11 @@ One module, three instances, each exercised for many things:
 2. a launch with `--ramdisk none` (ramdisk-id is 404 inside), an extra EBS volume without
    DeleteOnTermination and an instance-store disk (ebs1, ephemeral0 in the metadata); a file
    and a package installed over SSH; stop/start keeps the file; reboot; console output;
-   create-image (stopped, then --no-reboot); terminate removes the root volume and leaves the
-   other one.
+   create-image (stopped, then --no-reboot); a scheduled system-reboot and a scheduled
+   instance-stop (moved by modify-instance-event-start-time), curled from inside and carried
+   out at their time; bundle-vol of the stopped instance (default filter and --exclude),
+   upload-bundle to a directory, register, smoke of the new instance-store AMI; terminate
+   removes the root volume and leaves the other one.
 3. the new AMI relaunched with a volume made from a snapshot of that other volume: the file,
    the package and the volume's data are there; a spot interruption announced 30 s ahead is
    served at spot/instance-action and carried out at the announced time.
@@ -263,6 +266,12 @@ def test_change_stop_start_reboot_image_terminate(env: dict) -> None:
     assert cli_json(env, "images", "--image-id", quick.stdout.strip())["Images"][0]["State"] == (
         "available"
     )
+    t = time.monotonic()
+    _scheduled_events(env, iid)  # it ends stopped by a scheduled instance-stop
+    print(f"scheduled events part: {time.monotonic() - t:.1f} s")
+    t = time.monotonic()
+    _bundle_vol(env, iid, root_vol)
+    print(f"bundle-vol part: {time.monotonic() - t:.1f} s")
     data_snap = cli_json(env, "create-snapshot", "--volume-id", data_vol)["SnapshotId"]
 
     cli(env, "terminate-instances", iid, "--wait")
@@ -275,6 +284,129 @@ def test_change_stop_start_reboot_image_terminate(env: dict) -> None:
     assert now["BlockDeviceMappings"] == ami["BlockDeviceMappings"]
     assert now["Locations"] == ami["Locations"]
     SHARED.update(new_ami=new_ami, data_snap=data_snap, root_snap=snaps[ami["RootDeviceName"]])
+
+
+SECRET = "amilab-bundle-vol-secret"
+
+
+def _epoch(iso: str) -> float:
+    return float(calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S")))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _scheduled_events(env: dict, iid: str) -> None:
+    """A system-reboot then an instance-stop (moved with modify-instance-event-start-time):
+    served at events/maintenance/scheduled in EC2's shape, shown by describe-instance-status,
+    carried out at their time, then served under history."""
+    client = login(env, iid)
+    boot_id = sh(client, "cat /proc/sys/kernel/random/boot_id")
+    qemu = supervisor_of(env, iid)["QemuPid"]
+    ev = cli_json(env, "schedule-instance-event", iid, "--code", "system-reboot",
+                  "--not-before", "+40")["Event"]  # fmt: skip
+    at = _epoch(ev["NotBefore"])
+    code, body = curl(client, "/latest/meta-data/events/maintenance/scheduled")
+    assert code == "200", body
+    (served,) = json.loads(body)
+    assert list(served) == ["NotBefore", "Code", "Description", "EventId", "NotAfter", "State"]
+    assert served["EventId"] == ev["InstanceEventId"] and served["State"] == "active"
+    assert served["Code"] == "system-reboot"
+    assert served["NotBefore"] == time.strftime("%-d %b %Y %H:%M:%S GMT", time.gmtime(at))
+    assert '"NotBefore" : "' in body  # EC2 prints " : "
+    assert curl(client, "/latest/meta-data/events/maintenance/history") == ("200", "[]")
+    (status,) = cli_json(env, "describe-instance-status", iid)["InstanceStatuses"]
+    assert [e["InstanceEventId"] for e in status["Events"]] == [ev["InstanceEventId"]]
+    client.close()
+    while not _gone(qemu):
+        assert time.time() < at + 30, "the scheduled reboot did not happen"
+        time.sleep(0.1)
+    print(f"scheduled reboot: QEMU ended {time.time() - at:+.1f} s from NotBefore")
+    assert abs(time.time() - at) <= 5
+    client = login(env, iid)
+    assert sh(client, "cat /proc/sys/kernel/random/boot_id") != boot_id
+    assert curl(client, "/latest/meta-data/events/maintenance/scheduled") == ("200", "[]")
+    (done,) = json.loads(curl(client, "/latest/meta-data/events/maintenance/history")[1])
+    assert done["EventId"] == ev["InstanceEventId"] and done["State"] == "completed"
+    assert done["Description"].startswith("[Completed] ")
+
+    # what bundle-vol must carry, and what it must leave out (written before the stop)
+    sh(client, "echo bundled > /root/bundled && mkdir -p /media/keys /srv/skip && "
+               f"echo {SECRET} > /media/keys/pk-user.pem && echo {SECRET} > /root/.ssh/id_rsa && "
+               "echo skipped > /srv/skip/file && sync")  # fmt: skip
+    stop = cli_json(env, "schedule-instance-event", iid, "--code", "instance-stop",
+                    "--not-before", "+3600")["Event"]  # fmt: skip
+    moved = cli_json(env, "modify-instance-event-start-time", "--instance-id", iid,
+                     "--instance-event-id", stop["InstanceEventId"],
+                     "--not-before", "+25")["Event"]  # fmt: skip
+    at = _epoch(moved["NotBefore"])
+    assert at < _epoch(stop["NotBefore"]) - 3000
+    served = json.loads(curl(client, "/latest/meta-data/events/maintenance/scheduled")[1])
+    assert [(e["EventId"], e["Code"]) for e in served] == [
+        (stop["InstanceEventId"], "instance-stop")
+    ]
+    assert served[0]["NotBefore"] == time.strftime("%-d %b %Y %H:%M:%S GMT", time.gmtime(at))
+    client.close()
+    while describe(env, iid)["State"]["Name"] == "running":
+        assert time.time() < at + 30, "the scheduled stop did not happen"
+        time.sleep(0.2)
+    print(f"scheduled stop: stopping {time.time() - at:+.1f} s from NotBefore")
+    assert abs(time.time() - at) <= 5
+    got = wait_state(env, iid, "stopped", 120)
+    assert got["StateReason"]["Code"] == "Server.ScheduledStop"
+    (status,) = cli_json(env, "describe-instance-status", iid,
+                         "--include-all-instances")["InstanceStatuses"]  # fmt: skip
+    assert [e["Description"][:12] for e in status["Events"]] == ["[Completed] "] * 2
+
+
+def _bundle_vol(env: dict, iid: str, root_vol: str) -> None:
+    """bundle-vol of the stopped instance, upload-bundle to a directory, register: the new
+    instance-store AMI has the instance's change and not the excluded paths (nor their
+    bytes), boots and passes smoke; the instance's volume was only read."""
+    from builder.images.bundle import make_key_pair
+
+    home = env["home"]
+    cert, pk = home / "cert.pem", home / "pk.pem"
+    make_key_pair(cert, pk, "bundler")
+    volume = home / "volumes" / f"{root_vol}.qcow2"
+    before = sparse_sha256(volume)
+    ari = env["ami"]["RamdiskId"]  # the instance ran without one; the bundle gets it back
+    t = time.monotonic()
+    res = cli_json(env, "bundle-vol", iid, "-c", str(cert), "-k", str(pk),
+                   "-d", str(home / "bundle"), "-p", "from-instance",
+                   "--exclude", "/srv/skip", "--ramdisk", ari)  # fmt: skip
+    print(f"bundle-vol: {time.monotonic() - t:.1f} s, {len(res['Parts'])} parts")
+    assert {"/srv/skip", "/media/keys", "/root/.ssh/authorized_keys",
+            "/root/.ssh/id_rsa"} <= set(res["Excluded"])  # fmt: skip
+    assert sparse_sha256(volume) == before
+    assert describe(env, iid)["State"]["Name"] == "stopped"
+    up = cli_json(env, "upload-bundle", "-m", res["ManifestPath"], "-b", str(home / "bucket"))
+    assert up["Objects"][-1] == "from-instance.manifest.xml"
+    new = cli(env, "register", up["ImageLocation"], "--name", "bundled").stdout.strip()
+    image = cli_json(env, "images", "--image-id", new)["Images"][0]
+    assert image["RootDeviceType"] == "instance-store"
+    assert image["ImageLocation"] == up["ImageLocation"]
+    assert image["KernelId"] == env["ami"]["KernelId"] and image["RamdiskId"] == ari
+    disk = image["Locations"]["raw"]
+
+    def ls(path: str) -> str:
+        return subprocess.run(["debugfs", "-R", f"ls -p {path}", disk], capture_output=True,
+                              text=True).stdout  # fmt: skip
+
+    assert "/bundled/" in ls("/root") and "/marker/" in ls("/root")
+    assert "/id_rsa/" not in ls("/root/.ssh") and "/authorized_keys/" not in ls("/root/.ssh")
+    assert "/keys/" not in ls("/media") and "/skip/" not in ls("/srv")
+    found = subprocess.run(["grep", "-c", "-a", SECRET, disk], capture_output=True, text=True)
+    assert found.stdout.strip() == "0", "an excluded file's bytes are in the bundled disk"
+    smoked = run_amilab("smoke", new, "--json", env=env["env"], timeout=900)
+    report = json.loads(smoked.stdout)
+    report = report[0] if isinstance(report, list) else report
+    assert smoked.returncode == 0 and report["Passed"] is True, smoked.stderr[-2000:]
+    print(f"bundled AMI {new}: smoke passed, SSH after {report.get('SecondsToSsh')} s")
 
 
 def test_relaunch_sees_the_changes_and_a_spot_interruption(env: dict) -> None:

@@ -118,3 +118,33 @@ def test_metadata_names_the_launch_mapping_and_gates_the_spot_notice() -> None:
     assert "spot" not in md.get("extra", {})  # not announced yet
     rec["Amilab"]["Spot"]["NoticeAt"] = now - 1
     assert instance_metadata(rec)["extra"]["spot"]["Action"] == "stop"
+
+
+def test_scheduled_events_are_served_and_described(amilab_home: Path) -> None:
+    import time
+
+    from harness.instances import events
+    from harness.instances.supervisor import instance_metadata
+
+    ev = events.new_event("instance-stop", time.time() + 60)
+    rec = {
+        "InstanceId": "i-0123456789abcdef1", "ImageId": "ami-0123456789abcdef0",
+        "InstanceType": "m1.small", "State": store.state("stopped"), "Tags": [],
+        "Placement": {"AvailabilityZone": "us-east-1a"}, "RootDeviceName": "/dev/sda1",
+        "BlockDeviceMappings": [],
+        "Amilab": {"PublicKey": "ssh-ed25519 AAAA k1", "Launch": {"Metadata": {}},
+                   "Dir": str(amilab_home / "y"), "Events": [ev]},
+    }  # fmt: skip
+    assert instance_metadata(rec)["extra"]["events"] == [ev]
+    store.instances().insert(rec["InstanceId"], rec)
+    assert operations.describe_instance_status()["InstanceStatuses"] == []  # not running
+    (st,) = operations.describe_instance_status(include_all=True)["InstanceStatuses"]
+    assert [e["InstanceEventId"] for e in st["Events"]] == [ev["EventId"]]
+    with pytest.raises(BadInput, match="^IncorrectInstanceState"):
+        operations.schedule_instance_event(rec["InstanceId"], "instance-reboot", time.time() + 9)
+    moved = operations.modify_instance_event_start_time(
+        rec["InstanceId"], ev["EventId"], time.time() + 120
+    )
+    assert moved["Event"]["NotBefore"] != events.api_shape(ev)["NotBefore"]
+    with pytest.raises(BadInput, match="^InvalidInstanceEventID.NotFound"):
+        operations.modify_instance_event_start_time(rec["InstanceId"], "instance-event-x", 0)
