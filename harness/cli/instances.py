@@ -19,6 +19,13 @@ from harness.cli.output import add_json, print_result, show
 # ------------------------------------------------------------------ instances
 
 
+def _ssh_address(instance: dict[str, Any]) -> str:
+    """ADDRESS, or ADDRESS:PORT when its SSH is not on port 22 (the host's sshd holds 22)."""
+    address = instance.get("PublicIpAddress") or "-"
+    port = instance.get("amilab:SshPort", 22)
+    return address if port == 22 or address == "-" else f"{address}:{port}"
+
+
 def _run_instances(args: argparse.Namespace) -> int:
     from harness.instances.operations import RunRequest, parse_block_device_mapping, run_instances
     from harness.launch.request import progress_printer
@@ -38,7 +45,7 @@ def _run_instances(args: argparse.Namespace) -> int:
         spot_notice=args.spot_notice,
     )  # fmt: skip
     result = run_instances(req, say=None if args.json else progress_printer())
-    lines = [f"{i['InstanceId']}\t{i['State']['Name']}\t{i['PublicIpAddress']}"
+    lines = [f"{i['InstanceId']}\t{i['State']['Name']}\t{_ssh_address(i)}"
              for i in result["Instances"]]  # fmt: skip
     return print_result(args, result, lines)
 
@@ -96,7 +103,7 @@ def _describe_instances(args: argparse.Namespace) -> int:
             for i in res["Instances"]:
                 reason = (i.get("StateReason") or {}).get("Message", "")
                 print("\t".join([i["InstanceId"], i["State"]["Name"], i["ImageId"],
-                                 i["InstanceType"], i.get("PublicIpAddress") or "-",
+                                 i["InstanceType"], _ssh_address(i),
                                  i.get("KernelId") or "-", reason]))  # fmt: skip
 
     return show(args, result, human)

@@ -408,7 +408,12 @@ def _undo_launch(rec: Row) -> None:
 
 
 def public(rec: Row) -> Row:
-    return {k: v for k, v in rec.items() if k != "Amilab"}
+    """The AWS shape, plus where the instance's SSH really is: port 22 of its address,
+    unless the host's own sshd holds port 22 of every address (then another port; EC2's
+    shape has no field for it, so amilab's own key says it)."""
+    out = {k: v for k, v in rec.items() if k != "Amilab"}
+    out["amilab:SshPort"] = int(rec.get("Amilab", {}).get("SshPort") or 22)
+    return out
 
 
 def _matches(rec: Row, filters: dict[str, list[str]]) -> bool:

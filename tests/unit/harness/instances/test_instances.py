@@ -79,6 +79,14 @@ def test_dead_supervisor_reads_back_stopped_with_a_reason(amilab_home: Path) -> 
     assert got["State"] == {"Code": 80, "Name": "stopped"}
     assert got["StateReason"]["Code"] == "Server.InternalError"
     assert f"pid {gone.pid}" in got["StateReason"]["Message"]
+    assert got["amilab:SshPort"] == 22 and "Amilab" not in got
+
+    def other_port(r: dict) -> None:  # the host's sshd held port 22 of every address
+        r["Amilab"]["SshPort"] = 2222
+
+    store.instances().update(rec["InstanceId"], other_port)
+    (got,) = operations.describe_instances()["Reservations"][0]["Instances"]
+    assert got["amilab:SshPort"] == 2222
     with pytest.raises(BadInput, match="^InvalidInstanceID.NotFound"):
         operations.terminate_instances(["i-0000000000000000f"])
     with pytest.raises(BadInput, match="^IncorrectInstanceState"):
