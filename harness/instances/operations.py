@@ -697,6 +697,12 @@ def modify_instance_event_start_time(
     return {"Event": events.api_shape(moved[0])}
 
 
+def event_shapes(rec: Row) -> list[dict[str, Any]]:
+    """An instance's events as describe-instance-status lists them (completed for a week)."""
+    shown = events.recent(rec.get("Amilab", {}).get("Events") or [], time.time())
+    return [events.api_shape(e) for e in sorted(shown, key=lambda e: e["NotBefore"])]
+
+
 def describe_instance_status(
     ids: list[str] | None = None, include_all: bool = False
 ) -> dict[str, Any]:
@@ -716,11 +722,10 @@ def describe_instance_status(
             "Status": ok,
             "Details": [{"Name": "reachability", "Status": "passed" if ok == "ok" else ok}],
         }
-        shown = events.recent(r["Amilab"].get("Events") or [], time.time())
         out.append({
             "AvailabilityZone": r["Placement"]["AvailabilityZone"],
             "InstanceId": r["InstanceId"],
-            "Events": [events.api_shape(e) for e in sorted(shown, key=lambda e: e["NotBefore"])],
+            "Events": event_shapes(r),
             "InstanceState": r["State"],
             "InstanceStatus": check,
             "SystemStatus": check,

@@ -324,10 +324,21 @@ def describe_instance_status(p: Params, ctx: Context) -> Result:
                 "AvailabilityZone": i["Placement"]["AvailabilityZone"],
                 "SystemStatus": _status(state),
                 "InstanceStatus": _status(state),
+                "Events": operations.event_shapes(store.find(i["InstanceId"])),
             }
             if match_filters(item, filters_of(p), fields):
                 out.append(item)
     return {"InstanceStatuses": out}
+
+
+@action("ModifyInstanceEventStartTime", "InvalidInstanceID.NotFound")
+def modify_instance_event_start_time(p: Params, ctx: Context) -> Result:
+    from harness.instances.events import parse_time
+
+    iid = find_instance(require(p, "InstanceId"), ctx)["InstanceId"]
+    when = require(p, "NotBefore")
+    at = when.timestamp() if hasattr(when, "timestamp") else parse_time(str(when))
+    return operations.modify_instance_event_start_time(iid, str(require(p, "InstanceEventId")), at)
 
 
 # ---------------------------------------------------------------- state changes

@@ -168,3 +168,35 @@ def _dump(api: dict) -> list[str]:
         return []
     with sqlite3.connect(path) as db:
         return [line for line in db.iterdump() if line.startswith("INSERT")]
+
+
+def test_scheduled_events_in_describe_instance_status_and_moved(api: dict) -> None:
+    import time as _time
+
+    from harness.instances import events, store
+
+    ev = events.new_event("system-reboot", _time.time() + 3600)
+    rec = {
+        "InstanceId": "i-0123456789abcdef7", "ImageId": "ami-0123456789abcdef0",
+        "InstanceType": "m1.small", "State": store.state("stopped"), "Tags": [],
+        "Placement": {"AvailabilityZone": "us-east-1a"}, "RootDeviceName": "/dev/sda1",
+        "BlockDeviceMappings": [],
+        "Amilab": {"Dir": str(api["home"] / "z"), "OwnerId": "111111111111", "Events": [ev]},
+    }  # fmt: skip
+    store.instances().insert(rec["InstanceId"], rec)
+    ec2 = api["client"]()
+    (st,) = ec2.describe_instance_status(IncludeAllInstances=True)["InstanceStatuses"]
+    (got,) = st["Events"]
+    assert got["InstanceEventId"] == ev["EventId"] and got["Code"] == "system-reboot"
+    assert got["NotBefore"].timestamp() == ev["NotBefore"]
+    new = int(_time.time()) + 600
+    moved = ec2.modify_instance_event_start_time(
+        InstanceId=rec["InstanceId"], InstanceEventId=ev["EventId"], NotBefore=new
+    )["Event"]
+    assert moved["NotBefore"].timestamp() == new
+    code, status = error_of(
+        lambda: ec2.modify_instance_event_start_time(
+            InstanceId=rec["InstanceId"], InstanceEventId="instance-event-0", NotBefore=new
+        )
+    )
+    assert (code, status) == ("InvalidInstanceEventID.NotFound", 400)
