@@ -136,8 +136,11 @@ def _qemu_vmdk(raw: Path, out: Path, cid: str) -> None:
     old_end = data.index(b"\n", at)
     text_end = data.index(b"\0", old_end)
     text = bytes(data[at:text_end]).replace(data[at:old_end], cid.encode(), 1)
-    padded = text + b"\0" * (text_end - at - len(text))
-    data[at:text_end] = padded
+    # qemu-img's own CID may be shorter than `cid` (1 in 16): take the extra bytes from the
+    # padding after the text, so no offset in the file moves
+    region_end = text_end + 8
+    assert data[text_end:region_end] == bytes(8)
+    data[at:region_end] = text + b"\0" * (region_end - at - len(text))
     out.write_bytes(bytes(data))
 
 
