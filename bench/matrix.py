@@ -106,7 +106,9 @@ def loop_verdicts(out: Path) -> list[str]:
     for n in range(len(cells())):
         try:
             doc = json.loads((out / f"{n}.json").read_text())
-            got.append("PASS" if all(r["Passed"] for r in doc["Reports"]) else "FAIL")
+            # `smoke --json` gives one report object; several images give {"Reports": [...]}
+            reports = doc.get("Reports", [doc])
+            got.append("PASS" if all(r["Passed"] for r in reports) else "FAIL")
         except (OSError, ValueError, KeyError):
             got.append("missing")
     return got
