@@ -5,6 +5,7 @@ copy-on-write overlay as VM Import does, boot it under QEMU and log in with the 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import time
@@ -198,9 +199,17 @@ def test_convert_leaves_nothing_when_interrupted(exported: dict, tmp_path: Path)
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        # a test run started in the background inherits SIGINT ignored: Ctrl-C must reach it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    time.sleep(1.5)
-    proc.send_signal(2)
+    # interrupt once the conversion is under way (its work directory exists), not after a
+    # fixed sleep that a loaded machine may spend still importing
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".x.vmdk.") for p in out.iterdir()):
+        assert proc.poll() is None, "convert ended before it could be interrupted"
+        assert time.monotonic() < deadline, "convert never started its work directory"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)
     assert list(out.iterdir()) == []
 
