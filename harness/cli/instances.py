@@ -299,24 +299,23 @@ def register_ssh(sub: argparse._SubParsersAction) -> None:
 
 
 def _create_key_pair(args: argparse.Namespace) -> int:
-    from harness.instances.keypairs import create_key_pair
+    from harness.instances.keypairs import create_key_pair, public_view
 
     row, private = create_key_pair(args.key_name, args.key_type)
-    payload = {k: v for k, v in row.items() if k != "PublicKey"} | {"KeyMaterial": private}
+    payload = public_view(row) | {"KeyMaterial": private}
     return show(args, payload, lambda: sys.stdout.write(private))
 
 
 def _import_key_pair(args: argparse.Namespace) -> int:
     from builder.errors import BadInput
-    from harness.instances.keypairs import import_key_pair
+    from harness.instances.keypairs import import_key_pair, public_view
 
     try:
         material = Path(args.public_key_material).read_text()
     except OSError as e:
         raise BadInput(f"--public-key-material {args.public_key_material}: {e.strerror}") from None
     row = import_key_pair(args.key_name, material)
-    return print_result(args, {k: v for k, v in row.items() if k != "PublicKey"},
-                        [row["KeyName"]])  # fmt: skip
+    return print_result(args, public_view(row), [row["KeyName"]])
 
 
 def _describe_key_pairs(args: argparse.Namespace) -> int:

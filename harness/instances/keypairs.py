@@ -1,12 +1,20 @@
 """Key pairs as EC2 keeps them: amilab stores only the public half; `create-key-pair`
 prints the private key once. `--key-name` at launch puts that public key into the
-instance's metadata (public-keys/0), where the image's agent installs it."""
+instance's metadata (public-keys/0), where the image's agent installs it.
+
+A key pair belongs to an account, as on EC2: every call here acts as
+`builder.images.shapes.account_id()` (the API request's signer, else the local account the
+CLI is), sees only that account's keys, and one name may exist in several accounts. Rows are
+keyed `ACCOUNT<TAB>NAME` (a tab is never in a key name) with the owner in `OwnerId`, which is
+never shown; rows written before accounts were kept are keyed by the bare name and belong to
+the local account, and are read where they are."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import re
+import sqlite3
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
@@ -15,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from builder.errors import BadInput
 from builder.ids import random_id
 from builder.images.records import now_iso
+from builder.images.shapes import account_id, local_account_id
 from builder.images.tables import Row
 from harness.instances import store
 
@@ -33,10 +42,38 @@ def _fingerprint(public_line: str) -> str:
     return f"SHA256:{digest}"
 
 
+_PRIVATE = ("PublicKey", "OwnerId")
+
+
+def _owner(row: Row) -> str:
+    return row.get("OwnerId") or local_account_id()
+
+
+def _lookup(name: str) -> tuple[str, Row] | None:
+    """The table key and row of the caller's key pair `name`."""
+    me = account_id()
+    key = f"{me}\t{name}"
+    row = store.key_pairs().get(key)
+    if row is None and me == local_account_id() and "\t" not in name:
+        key, row = name, store.key_pairs().get(name)  # a row from before accounts were kept
+    return (key, row) if row is not None else None
+
+
+def _mine() -> list[Row]:
+    me = account_id()
+    return [r for r in store.key_pairs().list() if _owner(r) == me]
+
+
+def public_view(row: Row) -> Row:
+    """A record as describe-key-pairs shows it: no public key, no owner."""
+    return {k: v for k, v in row.items() if k not in _PRIVATE}
+
+
 def _insert(name: str, public_line: str, key_type: str) -> Row:
     _check_name(name)
-    if store.key_pairs().get(name) is not None:
+    if _lookup(name) is not None:
         raise BadInput(f"InvalidKeyPair.Duplicate: The keypair '{name}' already exists.")
+    owner = account_id()
     row: Row = {
         "KeyPairId": random_id("key"),
         "KeyName": name,
@@ -45,8 +82,12 @@ def _insert(name: str, public_line: str, key_type: str) -> Row:
         "CreateTime": now_iso(),
         "Tags": [],
         "PublicKey": public_line,
+        "OwnerId": owner,
     }
-    return store.key_pairs().insert(name, row)
+    try:
+        return store.key_pairs().insert(f"{owner}\t{name}", row)
+    except sqlite3.IntegrityError:  # the same name made at the same moment by another call
+        raise BadInput(f"InvalidKeyPair.Duplicate: The keypair '{name}' already exists.") from None
 
 
 def create_key_pair(name: str, key_type: str = "ed25519") -> tuple[Row, str]:
@@ -86,17 +127,27 @@ def import_key_pair(name: str, public_material: str) -> Row:
 
 
 def find_key_pair(name: str) -> Row:
-    row = store.key_pairs().get(name)
-    if row is None:
+    """The caller's key pair (with its public key), or EC2's InvalidKeyPair.NotFound."""
+    found = _lookup(name)
+    if found is None:
         raise BadInput(f"InvalidKeyPair.NotFound: The key pair '{name}' does not exist")
-    return row
+    return found[1]
+
+
+def find_key_pair_id(key_pair_id: str) -> Row:
+    for row in _mine():
+        if row["KeyPairId"] == key_pair_id:
+            return row
+    raise BadInput(f"InvalidKeyPair.NotFound: The key pair '{key_pair_id}' does not exist")
 
 
 def describe_key_pairs(names: list[str] | None = None) -> list[Row]:
-    rows = [find_key_pair(n) for n in names] if names else store.key_pairs().list()
-    return [{k: v for k, v in r.items() if k != "PublicKey"} for r in rows]
+    rows = [find_key_pair(n) for n in names] if names else _mine()
+    return [public_view(r) for r in rows]
 
 
 def delete_key_pair(name: str) -> bool:
-    """As EC2: deleting a key pair that does not exist succeeds."""
-    return store.key_pairs().delete(name)
+    """As EC2: deleting a key pair that does not exist succeeds (another account's key of
+    the same name is not touched)."""
+    found = _lookup(name)
+    return found is not None and store.key_pairs().delete(found[0])

@@ -1,5 +1,5 @@
-"""Key pairs over harness.instances.keypairs (one table for the whole home: key names are
-not scoped by account here)."""
+"""Key pairs over harness.instances.keypairs, which scopes them to the signer's account
+(the server runs each request acting as it)."""
 
 from __future__ import annotations
 
@@ -57,10 +57,8 @@ def import_key_pair(p: Params, ctx: Context) -> Result:
 def describe_key_pairs(p: Params, ctx: Context) -> Result:
     rows = keypairs.describe_key_pairs(p.get("KeyNames") or None)
     if ids := p.get("KeyPairIds"):
-        known = {r["KeyPairId"] for r in keypairs.describe_key_pairs()}
         for i in ids:
-            if i not in known:
-                raise ApiError("InvalidKeyPair.NotFound", f"The key pair '{i}' does not exist")
+            keypairs.find_key_pair_id(i)
         rows = [r for r in rows if r["KeyPairId"] in ids]
     if p.get("IncludePublicKey"):
         rows = [{**r, "PublicKey": keypairs.find_key_pair(r["KeyName"])["PublicKey"]} for r in rows]
@@ -72,10 +70,10 @@ def delete_key_pair(p: Params, ctx: Context) -> Result:
     name = p.get("KeyName")
     if not name and p.get("KeyPairId"):
         rows = [r for r in keypairs.describe_key_pairs() if r["KeyPairId"] == p["KeyPairId"]]
-        name = rows[0]["KeyName"] if rows else None
-    if not name:
-        if p.get("KeyPairId"):
+        if not rows:  # as EC2: deleting what is not there (here: in this account) succeeds
             return {"Return": True}
+        name = rows[0]["KeyName"]
+    if not name:
         raise ApiError("MissingParameter", "The request must contain the parameter KeyName")
     keypairs.delete_key_pair(name)
     return {"Return": True}

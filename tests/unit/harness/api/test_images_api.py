@@ -109,3 +109,31 @@ def test_store_and_restore_tasks(api: dict, fake: dict) -> None:
     )
     assert code(lambda: a.create_restore_image_task(Bucket="amis", ObjectKey="nope.bin")) != (
         "InternalError")  # fmt: skip
+
+
+def test_key_pairs_belong_to_the_signers_account(api: dict, fake: dict) -> None:
+    a, b = api["client"](A), api["client"](B)
+    made_a = a.create_key_pair(KeyName="shared-name", KeyType="ed25519")
+    made_b = b.create_key_pair(KeyName="shared-name", KeyType="ed25519")  # no Duplicate
+    assert made_a["KeyFingerprint"] != made_b["KeyFingerprint"]
+    (pub,) = a.describe_key_pairs(KeyNames=["shared-name"], IncludePublicKey=True)["KeyPairs"]
+    b.import_key_pair(KeyName="only-b", PublicKeyMaterial=pub["PublicKey"].encode())
+    ((ka,), kb) = (a.describe_key_pairs()["KeyPairs"], b.describe_key_pairs()["KeyPairs"])
+    assert (ka["KeyName"], ka["KeyPairId"]) == ("shared-name", made_a["KeyPairId"])
+    assert [k["KeyName"] for k in kb] == ["shared-name", "only-b"]
+    assert code(lambda: a.describe_key_pairs(KeyNames=["only-b"])) == "InvalidKeyPair.NotFound"
+    assert code(lambda: a.describe_key_pairs(KeyPairIds=[made_b["KeyPairId"]])) == (
+        "InvalidKeyPair.NotFound")  # fmt: skip
+    # RunInstances resolves KeyName in the signer's account (refused before anything boots)
+    run = lambda: a.run_instances(ImageId=fake["ami"].image_id, MinCount=1, MaxCount=1,  # noqa: E731
+                                  KeyName="only-b")  # fmt: skip
+    assert code(run) == "InvalidKeyPair.NotFound"
+    # deleting in one account leaves the other's key of the same name, by name or by ID
+    a.delete_key_pair(KeyPairId=made_b["KeyPairId"])
+    a.delete_key_pair(KeyName="only-b")
+    assert [k["KeyName"] for k in b.describe_key_pairs()["KeyPairs"]] == ["shared-name", "only-b"]
+    a.delete_key_pair(KeyName="shared-name")
+    assert a.describe_key_pairs()["KeyPairs"] == []
+    assert [k["KeyPairId"] for k in b.describe_key_pairs(KeyNames=["shared-name"])["KeyPairs"]] == [
+        made_b["KeyPairId"]]  # fmt: skip
+    assert all("OwnerId" not in k and "PublicKey" not in k for k in kb)

@@ -156,3 +156,31 @@ def test_scheduled_events_are_served_and_described(amilab_home: Path) -> None:
     assert moved["Event"]["NotBefore"] != events.api_shape(ev)["NotBefore"]
     with pytest.raises(BadInput, match="^InvalidInstanceEventID.NotFound"):
         operations.modify_instance_event_start_time(rec["InstanceId"], "instance-event-x", 0)
+
+
+def test_key_pairs_are_per_account_and_old_rows_are_the_local_accounts(
+    amilab_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from builder.images.shapes import acting_as
+
+    monkeypatch.setenv("AMILAB_ACCOUNT_ID", "333333333333")
+    # a row as written before accounts were kept: keyed by name, no owner
+    store.key_pairs().insert("old", {"KeyPairId": "key-0123456789abcdef0", "KeyName": "old",
+                                     "KeyFingerprint": "SHA256:x", "KeyType": "rsa",
+                                     "Tags": [], "PublicKey": "ssh-rsa AAAA old"})  # fmt: skip
+    keypairs.create_key_pair("k1")
+    with acting_as("444444444444"):
+        assert keypairs.describe_key_pairs() == []
+        with pytest.raises(BadInput, match="^InvalidKeyPair.NotFound"):
+            keypairs.find_key_pair("old")
+        keypairs.create_key_pair("old")  # the name is free in this account
+        assert not keypairs.delete_key_pair("k1")
+        assert [r["KeyName"] for r in keypairs.describe_key_pairs()] == ["old"]
+    with acting_as("333333333333"):  # the local account, as the CLI is
+        assert [r["KeyName"] for r in keypairs.describe_key_pairs()] == ["old", "k1"]
+    assert keypairs.find_key_pair("old")["PublicKey"] == "ssh-rsa AAAA old"
+    with pytest.raises(BadInput, match="^InvalidKeyPair.Duplicate"):
+        keypairs.create_key_pair("old")
+    assert keypairs.delete_key_pair("old") and not keypairs.delete_key_pair("old")
+    with acting_as("444444444444"):
+        assert [r["KeyName"] for r in keypairs.describe_key_pairs()] == ["old"]
