@@ -61,6 +61,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     instances.register_reboot_instances,
     instances.register_events,
     instances.register_terminate_instances,
+    instances.register_modify_instance_attribute,
     instances.register_get_console_output,
     instances.register_ssh,
     instances.register_key_pairs,

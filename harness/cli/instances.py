@@ -156,6 +156,50 @@ def register_terminate_instances(sub: argparse._SubParsersAction) -> None:
                     "terminate instances; DeleteOnTermination volumes are deleted")  # fmt: skip
 
 
+def _modify_instance_attribute(args: argparse.Namespace) -> int:
+    from builder.errors import BadInput
+    from harness.instances.attributes import modify_instance_attribute
+
+    changes: dict[str, Any] = {}
+    for flag, name in (("instance_type", "InstanceType"), ("kernel", "Kernel"),
+                       ("ramdisk", "Ramdisk"), ("disable_api_termination", "DisableApiTermination"),
+                       ("disable_api_stop", "DisableApiStop"),
+                       ("instance_initiated_shutdown_behavior",
+                        "InstanceInitiatedShutdownBehavior")):  # fmt: skip
+        if getattr(args, flag) is not None:
+            changes[name] = getattr(args, flag)
+    if args.user_data is not None:
+        try:
+            changes["UserData"] = Path(args.user_data).read_bytes()
+        except OSError as e:
+            raise BadInput(f"--user-data {args.user_data}: {e.strerror}") from None
+    if not changes:
+        raise BadInput("modify-instance-attribute: name an attribute to change (see --help)")
+    modify_instance_attribute(args.instance_id, changes)
+    return print_result(args, {"Return": True}, [args.instance_id])
+
+
+def register_modify_instance_attribute(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "modify-instance-attribute", _modify_instance_attribute,
+        "change an instance's type, kernel, ramdisk, user data (stopped), protections",
+        description="As EC2: the instance type, kernel, ramdisk and user data change only while "
+        "the instance is stopped (the next start uses them); the shutdown behaviour and the "
+        "stop/termination protections at any time.",
+    )  # fmt: skip
+    p.add_argument("instance_id", metavar="INSTANCE_ID")
+    p.add_argument("--instance-type", metavar="TYPE")
+    p.add_argument("--kernel", metavar="AKI")
+    p.add_argument("--ramdisk", metavar="ARI")
+    p.add_argument("--user-data", metavar="FILE", help="the new user data (an empty file: none)")
+    p.add_argument("--instance-initiated-shutdown-behavior", choices=("stop", "terminate"))
+    p.add_argument("--disable-api-termination", action=argparse.BooleanOptionalAction,
+                   help="refuse terminate-instances until turned off again")  # fmt: skip
+    p.add_argument("--disable-api-stop", action=argparse.BooleanOptionalAction,
+                   help="refuse stop-instances until turned off again")  # fmt: skip
+    add_json(p)
+
+
 def _reboot(args: argparse.Namespace) -> int:
     from harness.instances.operations import reboot_instances
 

@@ -29,7 +29,7 @@ from builder.images import factory, volumes
 from builder.images.records import ImageRecord, now_iso
 from builder.images.registry import Registry
 from builder.images.tables import Row
-from harness.instances import addresses, events, keypairs, store
+from harness.instances import addresses, attributes, events, keypairs, store
 from harness.instances.types import default_type, instance_type
 from harness.launch import instance as launch_dirs
 from harness.launch import keys
@@ -48,6 +48,8 @@ class RunRequest(LaunchRequest):
     key_name: str | None = None
     placement: str = volumes.DEFAULT_ZONE
     shutdown_behavior: str = "stop"
+    disable_api_termination: bool = False
+    disable_api_stop: bool = False
     block_device_mappings: list[dict[str, Any]] = field(default_factory=list)
     spot_interruption_after: float | None = None
     spot_action: str = "terminate"
@@ -360,6 +362,8 @@ def _launch_one(
                     "SshPort": ssh_port,
                     "ReservationId": reservation,
                     "ShutdownBehavior": req.shutdown_behavior,
+                    "DisableApiTermination": req.disable_api_termination,
+                    "DisableApiStop": req.disable_api_stop,
                     "Launch": _launch_settings(req, bus),
                     "InstanceStore": store_paths,
                     "InstanceStoreDevices": [m["DeviceName"] for m in stores],
@@ -401,6 +405,9 @@ def _drop_volume(volume_id: str) -> None:
 def _undo_launch(rec: Row) -> None:
     """A launch that failed for a later instance of the same request: end this one too."""
     with contextlib.suppress(Exception):  # best effort; the record says what remains
+        # the request's termination protection does not hold for its own failure
+        store.instances().update(rec["InstanceId"], lambda r: r["Amilab"].update(
+            DisableApiTermination=False, DisableApiStop=False))  # fmt: skip
         terminate_instances([rec["InstanceId"]], wait=True)
 
 
@@ -528,7 +535,11 @@ def _transition(rec: Row, previous: str) -> dict[str, Any]:
 
 def stop_instances(ids: list[str], wait: bool = False, timeout: float = 120) -> list[dict]:
     out = []
-    for rec, prev in _change(ids, "stop"):
+    recs = _change(ids, "stop")
+    for rec, prev in recs:
+        if prev in ("pending", "running"):
+            attributes.refuse_if_protected(rec, "stopped")
+    for rec, prev in recs:
         iid = rec["InstanceId"]
         if prev == "terminated":
             raise BadInput(f"IncorrectInstanceState: The instance '{iid}' is terminated")
@@ -599,7 +610,11 @@ def reboot_instances(ids: list[str]) -> None:
 
 def terminate_instances(ids: list[str], wait: bool = False, timeout: float = 120) -> list[dict]:
     out = []
-    for rec, prev in _change(ids, "terminate"):
+    recs = _change(ids, "terminate")
+    for rec, prev in recs:  # all refused before any is touched, as EC2 does
+        if prev != "terminated":
+            attributes.refuse_if_protected(rec, "terminated")
+    for rec, prev in recs:
         iid = rec["InstanceId"]
         with store.locked(iid):
             if prev in store.SUPERVISED:

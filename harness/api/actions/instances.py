@@ -26,7 +26,7 @@ from harness.api.actions.common import (
 )
 from harness.api.actions.images import find_visible
 from harness.api.errors import ApiError, from_library
-from harness.instances import operations, store
+from harness.instances import attributes, operations, store
 from harness.instances.types import TYPES, InstanceType
 from harness.launch.request import USER_DATA_MAX
 
@@ -257,6 +257,8 @@ def _run(p: Params, ctx: Context) -> Result:
             image=image.image_id, count=min(hi, operations.MAX_COUNT),
             key_name=p.get("KeyName"), placement=zone,
             shutdown_behavior=p.get("InstanceInitiatedShutdownBehavior") or "stop",
+            disable_api_termination=bool(p.get("DisableApiTermination")),
+            disable_api_stop=bool(p.get("DisableApiStop")),
             block_device_mappings=mappings, kernels=[kernel] if kernel else [],
             ramdisk=ramdisk, instance_type=p.get("InstanceType") or None, tags=tags,
         )  # fmt: skip
@@ -385,8 +387,10 @@ def describe_instance_attribute(p: Params, ctx: Context) -> Result:
         "kernel": ("KernelId", {"Value": rec.get("KernelId")}),
         "ramdisk": ("RamdiskId", {"Value": rec.get("RamdiskId")}),
         "userData": ("UserData", {"Value": md.get("user_data_b64")}),
-        "disableApiTermination": ("DisableApiTermination", {"Value": False}),
-        "disableApiStop": ("DisableApiStop", {"Value": False}),
+        "disableApiTermination": ("DisableApiTermination",
+                                  {"Value": attributes.protections(rec)["DisableApiTermination"]}),
+        "disableApiStop": ("DisableApiStop",
+                           {"Value": attributes.protections(rec)["DisableApiStop"]}),
         "instanceInitiatedShutdownBehavior": (
             "InstanceInitiatedShutdownBehavior", {"Value": amilab.get("ShutdownBehavior")}),
         "rootDeviceName": ("RootDeviceName", {"Value": rec.get("RootDeviceName")}),
@@ -405,21 +409,68 @@ def describe_instance_attribute(p: Params, ctx: Context) -> Result:
     return {"InstanceId": rec["InstanceId"], key: value}
 
 
+# the Attribute=…&Value=… form's names → the structured parameters' names
+_ATTRIBUTE_NAMES = {"instanceType": "InstanceType", "kernel": "Kernel", "ramdisk": "Ramdisk",
+                    "userData": "UserData", "disableApiTermination": "DisableApiTermination",
+                    "disableApiStop": "DisableApiStop",
+                    "instanceInitiatedShutdownBehavior": "InstanceInitiatedShutdownBehavior",
+                    "sourceDestCheck": "SourceDestCheck", "ebsOptimized": "EbsOptimized",
+                    "enaSupport": "EnaSupport"}  # fmt: skip
+# what is already so here is accepted (Terraform sends these); anything else is refused
+_FIXED = {"SourceDestCheck": True, "EbsOptimized": False, "EnaSupport": False}
+
+
+def _attribute_value(name: str, value: Any) -> Any:
+    """A parameter's value as the library takes it: booleans, strings, user data as bytes
+    (the structured UserData is a blob the parser has decoded; the Value form is base64,
+    as RunInstances' UserData)."""
+    if isinstance(value, dict):
+        value = value.get("Value")
+    if value is None:
+        raise ApiError("MissingParameter", f"The request must contain the parameter {name}.Value")
+    if name == "UserData":
+        if isinstance(value, bytes | bytearray):
+            return bytes(value)
+        try:
+            return base64.b64decode(str(value), validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(
+                "InvalidParameterValue", "Invalid BASE64 encoding of user data"
+            ) from None
+    if name in ("DisableApiTermination", "DisableApiStop", *_FIXED):
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ApiError("InvalidParameterValue", f"Value ({value}) for {name}: true or false")
+    return value
+
+
 @action("ModifyInstanceAttribute", "InvalidInstanceID.NotFound")
 def modify_instance_attribute(p: Params, ctx: Context) -> Result:
-    find_instance(require(p, "InstanceId"), ctx)
-    # what is already so is accepted (Terraform sends these); changing a launch setting of
-    # an existing instance is not done here
-    same = {"DisableApiTermination": False, "DisableApiStop": False, "SourceDestCheck": True,
-            "EbsOptimized": False}  # fmt: skip
+    iid = find_instance(require(p, "InstanceId"), ctx)["InstanceId"]
+    changes: dict[str, Any] = {}
+    if attribute := p.get("Attribute"):
+        if attribute not in _ATTRIBUTE_NAMES:
+            raise ApiError(
+                "InvalidParameterValue", f"Value ({attribute}) for parameter attribute is invalid."
+            )
+        changes[_ATTRIBUTE_NAMES[attribute]] = p.get("Value")
     for key, value in p.items():
-        if key == "InstanceId":
-            continue
-        if key in same and isinstance(value, dict) and value.get("Value") == same[key]:
-            continue
-        raise ApiError(
-            "UnsupportedOperation", f"ModifyInstanceAttribute {key} is not supported here"
-        )
+        if key not in ("InstanceId", "Attribute", "Value", "DryRun"):
+            changes[key] = value
+    changes = {k: _attribute_value(k, v) for k, v in changes.items()}
+    for key, value in list(changes.items()):
+        if key in _FIXED and value == _FIXED[key]:
+            del changes[key]
+        elif key in _FIXED or key not in attributes.NAMES:
+            raise ApiError(
+                "UnsupportedOperation", f"ModifyInstanceAttribute {key} is not supported here"
+            )
+    if changes:
+        try:
+            attributes.modify_instance_attribute(iid, changes)
+        except AmilabError as e:
+            raise from_library(e) from None
     return {}
 
 
