@@ -87,6 +87,7 @@ class MetadataServer:
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, None)
         self.stopping = False
+        self.answered = 0  # requests answered: an instance's supervisor reads it (reachability)
         # `stop` from another thread writes here so the select returns at once
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -172,6 +173,7 @@ class MetadataServer:
             conn.outbox = answer(head, self.tree)
         except Exception:  # a bad request must get a status code, never a dropped socket
             conn.outbox = http_response(500, "")
+        self.answered += 1
         if head.startswith(b"PUT ") and conn.outbox.startswith(b"HTTP/1.1 200"):
             self._limit_hops(conn.sock)
         conn.linger = len(head) >= _MAX_REQUEST or not head.endswith((b"\r\n\r\n", b"\n\n"))

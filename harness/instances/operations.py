@@ -718,12 +718,30 @@ def event_shapes(rec: Row) -> list[dict[str, Any]]:
     return [events.api_shape(e) for e in sorted(shown, key=lambda e: e["NotBefore"])]
 
 
+def status_check(rec: Row) -> dict[str, Any]:
+    """EC2's InstanceStatus/SystemStatus for a record: `initializing` from launch (and each
+    start) until the guest has answered, then `ok`; `not-applicable` when it is not running.
+    The supervisor writes `Amilab.Reachable` when the guest's SSH banner reaches its port or
+    the guest asks the metadata service (see harness.instances.supervisor); a record without
+    the key was written by a supervisor from before it kept one: running counts as ok."""
+    name = rec["State"]["Name"]
+    if name not in ("pending", "running"):
+        return {"Status": "not-applicable"}
+    a = rec.get("Amilab") or {}
+    ok = name == "running" and ("Reachable" not in a or bool(a["Reachable"]))
+    detail = "passed" if ok else "initializing"
+    return {
+        "Status": "ok" if ok else "initializing",
+        "Details": [{"Name": "reachability", "Status": detail}],
+    }
+
+
 def describe_instance_status(
     ids: list[str] | None = None, include_all: bool = False
 ) -> dict[str, Any]:
     """DescribeInstanceStatus: running instances (all with `include_all`), their scheduled
-    events (completed ones for a week, described "[Completed] …") and status checks, which
-    here say what the supervisor knows: a running guest's QEMU is alive."""
+    events (completed ones for a week, described "[Completed] …") and status checks
+    (`status_check`)."""
     recs = [store.find(i) for i in ids] if ids else store.instances().list()
     out = []
     for r in (reconcile(r) for r in recs):
@@ -732,18 +750,13 @@ def describe_instance_status(
             continue
         if name == "terminated" and not ids:
             continue
-        ok = "ok" if name == "running" else "not-applicable"
-        check = {
-            "Status": ok,
-            "Details": [{"Name": "reachability", "Status": "passed" if ok == "ok" else ok}],
-        }
         out.append({
             "AvailabilityZone": r["Placement"]["AvailabilityZone"],
             "InstanceId": r["InstanceId"],
             "Events": event_shapes(r),
             "InstanceState": r["State"],
-            "InstanceStatus": check,
-            "SystemStatus": check,
+            "InstanceStatus": status_check(r),
+            "SystemStatus": status_check(r),
         })  # fmt: skip
     return {"InstanceStatuses": out}
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -26,6 +27,7 @@ from typing import Any
 
 from builder.errors import AmilabError
 from builder.images import volumes
+from builder.images.records import now_iso
 from builder.images.registry import Registry
 from builder.images.tables import Row
 from builder.steps import Step, StepRunner
@@ -36,6 +38,7 @@ from harness.launch import accel
 from harness.launch import instance as launch_dirs
 from harness.launch.machine import Disk
 from harness.launch.plan import make_plan
+from harness.launch.ssh import ssh_answers
 from harness.launch.steps import (
     ComposeCommand,
     Instance,
@@ -196,7 +199,11 @@ def supervise(iid: str) -> int:
         with StepRunner(inst) as runner:
             runner.run_all([OpenInstanceDir(record), WriteMetadata(), service,
                             ComposeCommand(), StartNetwork(), StartQemu()])  # fmt: skip
-            final, reason = _run(iid, inst, service, record["Amilab"].get("Spot"))
+            probe = Reachability(inst.options.ssh_address, inst.options.ssh_port, service)
+            try:
+                final, reason = _run(iid, inst, service, record["Amilab"].get("Spot"), probe)
+            finally:
+                probe.stop()
     except AmilabError as e:
         _log(f"launch failed: {e}")
         final = "stopped" if store.find(iid)["Amilab"].get("Desired") != "terminate" else final
@@ -276,14 +283,50 @@ def _announce(inst: Instance, service: StartMetadataService, spot: dict[str, Any
     _log(f"spot interruption announced: {spot['Action']} at {spot['Time']}")
 
 
+class Reachability:
+    """Whether the guest has answered since this start: EC2's reachability check, which
+    DescribeInstanceStatus reports (`operations.status_check`). The guest has answered once
+    its SSH server's banner reaches the instance's port (a thread probes it, as logins
+    do: harness.launch.ssh) or once it has asked the metadata service anything."""
+
+    def __init__(self, address: str, port: int, service: StartMetadataService) -> None:
+        self.service = service
+        self.reached = threading.Event()
+        self.done = threading.Event()
+        self.reported = False
+        self.thread = threading.Thread(target=self._probe, args=(address, port),
+                                       name="reachability", daemon=True)  # fmt: skip
+        self.thread.start()
+
+    def _probe(self, address: str, port: int) -> None:
+        while not self.done.is_set() and not self.reached.is_set():
+            try:
+                if ssh_answers(port, address, wait=5.0):
+                    self.reached.set()
+            except OSError:  # the forwarded port is not open yet (or any more)
+                self.done.wait(1.0)
+
+    def answered(self) -> bool:
+        server = self.service.server
+        return self.reached.is_set() or (server is not None and server.answered > 0)
+
+    def stop(self) -> None:
+        self.done.set()
+
+
 def _run(
-    iid: str, inst: Instance, service: StartMetadataService, spot: dict[str, Any] | None
+    iid: str,
+    inst: Instance,
+    service: StartMetadataService,
+    spot: dict[str, Any] | None,
+    probe: Reachability,
 ) -> tuple[str, tuple[str, str] | None]:
     assert inst.qemu is not None and inst.dir is not None
 
     def running(r: Row) -> None:
         r["Amilab"]["QemuPid"] = inst.qemu.pid if inst.qemu else None
         r["Amilab"]["NetworkPid"] = inst.net.pid if inst.net else None
+        r["Amilab"]["Reachable"] = None  # until the guest answers (Reachability)
         if r["State"]["Name"] == "pending":
             store.set_state(r, "running")
 
@@ -293,6 +336,11 @@ def _run(
     announced = bool(spot) and "spot" in (inst.options.metadata.get("extra") or {})
     scheduled = list(store.find(iid)["Amilab"].get("Events") or [])
     while True:
+        if not probe.reported and probe.answered():
+            probe.reported = True
+            probe.stop()
+            _update(iid, lambda r: r["Amilab"].update(Reachable=now_iso()))
+            _log("reachable: the guest answered (instance status ok)")
         if (event := events.due(scheduled, time.time())) is not None:
             action = _carry_out(iid, inst, service, event)
             scheduled = _reload_events(iid, inst, service)

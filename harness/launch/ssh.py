@@ -111,6 +111,16 @@ def _banner_ready(
             sock.close()
 
 
+def ssh_answers(port: int, host: str = "127.0.0.1", wait: float = 5.0) -> bool:
+    """Whether an SSH server's first bytes reach `host:port` within `wait` seconds (the
+    probe of `_banner_ready`; nothing is sent to it)."""
+    sock = _banner_ready(port, wait=wait, host=host)
+    if sock is None:
+        return False
+    sock.close()
+    return True
+
+
 def wait_for_ssh(
     port: int,
     pkey: paramiko.PKey,

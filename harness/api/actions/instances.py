@@ -278,8 +278,9 @@ def _run(p: Params, ctx: Context) -> Result:
 def _mine(ctx: Context, ids: list[str] | None = None) -> list[dict[str, Any]]:
     """The caller's reservations (their instances made true first: reconcile)."""
     out = []
-    recs = {r["InstanceId"]: r for r in store.instances().list()}
-    for res in operations.describe_instances(ids or None)["Reservations"]:
+    described = operations.describe_instances(ids or None)["Reservations"]
+    recs = {r["InstanceId"]: r for r in store.instances().list()}  # read after reconcile
+    for res in described:
         if res["OwnerId"] == ctx.account_id:
             out.append(_reservation_item(res, ctx, recs))
     return out
@@ -297,15 +298,6 @@ def describe_instances(p: Params, ctx: Context) -> Result:
     return {"Reservations": reservations}
 
 
-def _status(name: str) -> dict[str, Any]:
-    status = {"running": "ok", "pending": "initializing"}.get(name, "not-applicable")
-    detail = {"ok": "passed", "initializing": "initializing"}.get(status)
-    out: dict[str, Any] = {"Status": status}
-    if detail:
-        out["Details"] = [{"Name": "reachability", "Status": detail}]
-    return out
-
-
 @action("DescribeInstanceStatus", "InvalidInstanceID.NotFound")
 def describe_instance_status(p: Params, ctx: Context) -> Result:
     ids = _ids(p, ctx, required=False)
@@ -313,20 +305,23 @@ def describe_instance_status(p: Params, ctx: Context) -> Result:
     fields = {"instance-state-name": field("InstanceState", "Name"),
               "availability-zone": field("AvailabilityZone"),
               "instance-status.status": field("InstanceStatus", "Status"),
-              "system-status.status": field("SystemStatus", "Status")}  # fmt: skip
+              "instance-status.reachability": field("InstanceStatus", "Details", "Status"),
+              "system-status.status": field("SystemStatus", "Status"),
+              "system-status.reachability": field("SystemStatus", "Details", "Status")}  # fmt: skip
     out = []
     for res in _mine(ctx, ids):
         for i in res["Instances"]:
             state = i["State"]["Name"]
             if not everything and state != "running":
                 continue
+            rec = store.find(i["InstanceId"])
             item = {
                 "InstanceId": i["InstanceId"],
                 "InstanceState": i["State"],
                 "AvailabilityZone": i["Placement"]["AvailabilityZone"],
-                "SystemStatus": _status(state),
-                "InstanceStatus": _status(state),
-                "Events": operations.event_shapes(store.find(i["InstanceId"])),
+                "SystemStatus": operations.status_check(rec),
+                "InstanceStatus": operations.status_check(rec),
+                "Events": operations.event_shapes(rec),
             }
             if match_filters(item, filters_of(p), fields):
                 out.append(item)

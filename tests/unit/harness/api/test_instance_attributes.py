@@ -174,3 +174,93 @@ def test_a_running_instance_refuses_launch_settings_and_honours_protections(
     protect = {"DisableApiTermination": {"Value": True}}
     assert error_of(lambda: ec2.modify_instance_attribute(InstanceId=iid, **protect)) == (
         "IncorrectInstanceState", f"The instance '{iid}' is terminated")  # fmt: skip
+
+
+def test_instance_status_is_initializing_until_the_guest_answers(
+    api: dict, fake: dict, sleeper: subprocess.Popen
+) -> None:
+    ec2 = api["client"](A)
+    iid = _instance(api["home"], fake["ami"], "running", supervisor=sleeper.pid)
+    store.instances().update(iid, lambda r: r["Amilab"].update(Reachable=None))  # just started
+
+    def status() -> tuple[dict, dict]:
+        (st,) = ec2.describe_instance_status(InstanceIds=[iid])["InstanceStatuses"]
+        return st["InstanceStatus"], st["SystemStatus"]
+
+    initializing = {"Status": "initializing",
+                    "Details": [{"Name": "reachability", "Status": "initializing"}]}  # fmt: skip
+    assert status() == (initializing, initializing)
+    reach = [{"Name": "instance-status.reachability", "Values": ["passed"]}]
+    assert ec2.describe_instance_status(Filters=reach)["InstanceStatuses"] == []
+    (cli,) = operations.describe_instance_status([iid])["InstanceStatuses"]  # the CLI's
+    assert cli["InstanceStatus"] == initializing
+
+    # what the supervisor writes once the guest has answered; the waiter then returns
+    store.instances().update(iid, lambda r: r["Amilab"].update(Reachable=now_iso()))
+    ok = {"Status": "ok", "Details": [{"Name": "reachability", "Status": "passed"}]}
+    assert status() == (ok, ok)
+    ec2.get_waiter("instance_status_ok").wait(
+        InstanceIds=[iid], WaiterConfig={"Delay": 1, "MaxAttempts": 2}
+    )
+    assert [s["InstanceId"] for s in ec2.describe_instance_status(Filters=reach)[
+        "InstanceStatuses"]] == [iid]  # fmt: skip
+
+    # a record from a supervisor that kept no reachability: running is ok, as before
+    store.instances().update(iid, lambda r: r["Amilab"].pop("Reachable"))
+    assert status() == (ok, ok)
+
+    sleeper.kill()
+    sleeper.wait()  # the supervisor is gone: stopped, and the checks do not apply
+    (st,) = ec2.describe_instance_status(InstanceIds=[iid], IncludeAllInstances=True)[
+        "InstanceStatuses"]  # fmt: skip
+    assert st["InstanceState"]["Name"] == "stopped"
+    assert st["InstanceStatus"] == st["SystemStatus"] == {"Status": "not-applicable"}
+
+
+def test_reachability_is_an_ssh_banner_or_a_metadata_request() -> None:
+    import socket
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from harness.instances.supervisor import Reachability
+
+    def listener(banner: bytes) -> tuple[socket.socket, threading.Event]:
+        srv = socket.create_server(("127.0.0.1", 0))
+        stop = threading.Event()
+
+        def serve() -> None:
+            srv.settimeout(0.2)
+            held = []
+            while not stop.is_set():
+                try:
+                    conn, _ = srv.accept()
+                except TimeoutError:
+                    continue
+                if banner:
+                    conn.sendall(banner)
+                held.append(conn)  # a silent peer: accepted (as slirp does), never talks
+            for c in held:
+                c.close()
+            srv.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        return srv, stop
+
+    service = SimpleNamespace(server=None)
+    silent, stop_silent = listener(b"")
+    talking, stop_talking = listener(b"SSH-2.0-OpenSSH_9.2\r\n")
+    try:
+        quiet = Reachability("127.0.0.1", silent.getsockname()[1], service)  # type: ignore[arg-type]
+        sshd = Reachability("127.0.0.1", talking.getsockname()[1], service)  # type: ignore[arg-type]
+        deadline = time.monotonic() + 10
+        while not sshd.answered() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sshd.answered() and not quiet.answered()
+        service.server = SimpleNamespace(answered=1)  # the guest asked the metadata service
+        assert quiet.answered()
+        quiet.stop()
+        sshd.stop()
+    finally:
+        stop_silent.set()
+        stop_talking.set()

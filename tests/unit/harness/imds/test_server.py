@@ -54,3 +54,4 @@ def test_split_and_malformed_requests(server: MetadataServer) -> None:
     assert _exchange(port, b"\x00\xff garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
     assert _exchange(port, b"BREW /latest/ HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405")
     assert _exchange(port, b"A" * 20000).startswith(b"HTTP/1.1 400")
+    assert server.answered == 4  # what an instance's supervisor counts as the guest answering
