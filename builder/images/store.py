@@ -425,9 +425,12 @@ def store_image(
     endpoint_url: str | None = None,
     with_kernel: bool = False,
     progress: Callable[[int], None] | None = None,
+    recorded: Callable[[], None] | None = None,
 ) -> StoreTask:
     """CreateStoreImageTask, run to its end in this process; the task's state is visible
-    to `store-tasks` meanwhile. Raises (and records Failed) on any error."""
+    to `store-tasks` meanwhile. Raises (and records Failed) on any error. `recorded` is
+    called once the task is in the task log (a caller running this in a thread returns
+    only then, so the task is listed as soon as its creation is answered, as on EC2)."""
     registry = Registry()
     rec = registry.find(ref, "machine")
     target = parse_bucket(bucket, endpoint_url)
@@ -443,6 +446,8 @@ def store_image(
     )
     log = TaskLog()
     log.save(task)
+    if recorded is not None:
+        recorded()
     try:
         members = _members(registry, rec, with_kernel)
         total = sum(_logical_size(m) for m in members) or 1

@@ -346,11 +346,20 @@ def create_store_image_task(p: Params, ctx: Context) -> Result:
 
     account = ctx.account_id
 
+    recorded = threading.Event()
+
     def run() -> None:  # the task's progress and outcome are in the task log
-        with acting_as(account), contextlib.suppress(Exception):  # recorded Failed there
-            store.store_image(rec.image_id, spec, endpoint_url=endpoint)
+        try:
+            with acting_as(account), contextlib.suppress(Exception):  # recorded Failed there
+                store.store_image(rec.image_id, spec, endpoint_url=endpoint,
+                                  recorded=recorded.set)  # fmt: skip
+        finally:
+            recorded.set()
 
     threading.Thread(target=run, name=f"store-{rec.image_id}", daemon=True).start()
+    # answered once the task is in the log: a DescribeStoreImageTasks right after this
+    # reply found nothing when the thread had not reached that point yet (seen in CI)
+    recorded.wait(timeout=60)
     return {"ObjectKey": key}
 
 
