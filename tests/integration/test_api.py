@@ -7,7 +7,10 @@ pending, so it never costs a boot.
 1. aws CLI: describe-images with owners and filters, create-key-pair, run-instances
    --kernel-id, wait instance-running, describe-instances, SSH with the key pair,
    get-console-output, create-image, wait image-available, create-snapshot, wait
-   snapshot-completed, stop/start with the waiters, terminate, wait instance-terminated,
+   snapshot-completed, wait instance-status-ok (initializing until the guest answers),
+   ModifyInstanceAttribute's instance type refused while running, stop/start with the
+   waiters, terminate refused under termination protection, terminate, wait
+   instance-terminated,
    create-store-image-task, describe-store-image-tasks, create-restore-image-task.
 2. boto3, the 2008 session (seeds/002): describe_images of the machine, kernel and ramdisk
    images, run_instances with a kernel_id, describe_instances until running, `uname -r` over
@@ -198,12 +201,27 @@ def test_aws_cli_and_boto3_drive_real_guests(api: dict) -> None:
                               KeyName="k2", ClientToken="session-2008")  # fmt: skip
     assert [i["InstanceId"] for i in again["Instances"]] == [y]  # ClientToken: no second launch
 
+    # the status checks: initializing from the moment QEMU runs until the guest answers
+    deadline = time.monotonic() + BOOT
+    while True:
+        (xs,) = ec2.describe_instance_status(InstanceIds=[x], IncludeAllInstances=True)[
+            "InstanceStatuses"]  # fmt: skip
+        if xs["InstanceState"]["Name"] != "pending":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert xs["InstanceStatus"] == {"Status": "initializing", "Details": [
+        {"Name": "reachability", "Status": "initializing"}]}, xs  # fmt: skip
     aws(api, "wait", "instance-running", "--instance-ids", x)
     got = aws(api, "describe-instances", "--instance-ids", x)["Reservations"][0]["Instances"][0]
     assert got["State"]["Name"] == "running" and got["KernelId"] == api["aki"]
     assert got["Tags"] == [{"Key": "Name", "Value": "cli"}]
     cx = login(api, got["PublicIpAddress"], x, pem)
     print(f"aws CLI instance: SSH {time.monotonic() - t0:.1f} s after run-instances")
+    aws(api, "wait", "instance-status-ok", "--instance-ids", x)
+    (xs,) = aws(api, "describe-instance-status", "--instance-ids", x)["InstanceStatuses"]
+    assert xs["SystemStatus"]["Details"] == [{"Name": "reachability", "Status": "passed"}]
+    print(f"aws CLI instance: status ok {time.monotonic() - t0:.1f} s after run-instances")
     assert sh(cx, "uname -r") == api["release"]
     sh(cx, "echo made-through-the-api > /root/api.txt && sync")
     cx.close()
@@ -233,6 +251,9 @@ def test_aws_cli_and_boto3_drive_real_guests(api: dict) -> None:
     root = got["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
     snap = aws(api, "create-snapshot", "--volume-id", root, "--description", "root of x")
     aws(api, "wait", "snapshot-completed", "--snapshot-ids", snap["SnapshotId"])
+    with pytest.raises(ClientError) as e:  # the type changes only while stopped
+        ec2.modify_instance_attribute(InstanceId=x, InstanceType={"Value": "t1.micro"})
+    assert e.value.response["Error"]["Code"] == "IncorrectInstanceState"
     stopping = aws(api, "stop-instances", "--instance-ids", x)["StoppingInstances"][0]
     assert stopping["PreviousState"]["Name"] == "running"
     aws(api, "wait", "instance-stopped", "--instance-ids", x)
@@ -242,6 +263,11 @@ def test_aws_cli_and_boto3_drive_real_guests(api: dict) -> None:
     cx = login(api, got["PublicIpAddress"], x, pem)
     assert sh(cx, "cat /root/api.txt") == "made-through-the-api"  # kept across stop/start
     cx.close()
+    aws(api, "modify-instance-attribute", "--instance-id", x, "--disable-api-termination")
+    with pytest.raises(ClientError) as e:
+        ec2.terminate_instances(InstanceIds=[x])
+    assert e.value.response["Error"]["Code"] == "OperationNotPermitted"
+    aws(api, "modify-instance-attribute", "--instance-id", x, "--no-disable-api-termination")
     aws(api, "terminate-instances", "--instance-ids", x)
     aws(api, "wait", "instance-terminated", "--instance-ids", x, y)
 
