@@ -252,7 +252,9 @@ def main() -> int:
         for spec in args.arch:
             path, _, image = spec.partition(":")
             other = build_image(Path(path), image or None, home)
-            variants.append(Variant(other["Architecture"], ami=other["ImageId"]))
+            # named by architecture and virtualization: i386 has a paravirtual and an hvm recipe
+            name = f"{other['Architecture']}-{other.get('VirtualizationType', 'hvm')}"
+            variants.append(Variant(name, ami=other["ImageId"]))
         print(f"bench: default is {ami} ({first['Architecture']}); "
               + ", ".join(f"{v.name} is {v.ami}" for v in variants if v.ami),
               file=sys.stderr, flush=True)  # fmt: skip
