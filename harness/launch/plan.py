@@ -31,6 +31,11 @@ from harness.launch.machine import Disk
 # seconds to SSH went from 30.1-30.3 to 25.1-25.3. TCG's TSC is the host's clock, the same
 # for every vCPU; the guest's other clocksources stay available.
 HARNESS_CMDLINE = "panic=-1 tsc=reliable"
+# no_timer_check (x86 only): at boot the kernel checks that the IO-APIC delivers timer ticks
+# within a short window and panics ("IO-APIC + timer doesn't work!") when they come late,
+# which a TCG guest on a loaded host can hit (seen once here, load ~3). Linux skips the
+# check by itself under KVM; amilab's TCG guests need it said.
+X86_CMDLINE = "no_timer_check"
 FORMAT_PREFERENCE = format_names("boot")  # the table's order: raw first
 GENERATED = "generated"  # the ramdisk kind amilab makes itself, for any kernel with modules
 
@@ -249,7 +254,10 @@ def make_plan(
         ramdisk = own_ramdisk
     root = root_argument(image) if ramdisk else kernel_root_argument(image, disk.bus)
     parts = [root, kernel.kernel_settings.cmdline or "console=ttyS0"]
-    parts += [image.launch.kernel_cmdline, HARNESS_CMDLINE, append or ""]
+    parts += [image.launch.kernel_cmdline, HARNESS_CMDLINE]
+    if (kernel.architecture or "x86_64") in ("x86_64", "i386"):
+        parts.append(X86_CMDLINE)
+    parts.append(append or "")
     cmdline = " ".join(p for p in parts if p)
     return LaunchPlan(
         image,
