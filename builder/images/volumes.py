@@ -252,18 +252,42 @@ def create_volume(
         raise
 
 
-def attach(volume_id: str, instance_id: str, device: str, delete_on_termination: bool) -> Row:
-    """Record an attachment; the instance side decides whether it may happen now."""
+def attach(
+    volume_id: str,
+    instance_id: str,
+    device: str,
+    delete_on_termination: bool,
+    state: str = "attached",
+    zone: str | None = None,
+) -> Row:
+    """Record an attachment (`attaching` while a running instance's guest gets the device);
+    the instance side decides whether it may happen now. `zone`: the instance's, which must
+    be the volume's, as on EC2."""
 
     def change(v: Row) -> None:
         if v["State"] != "available":
             raise BadInput(f"VolumeInUse: {volume_id} is already attached to an instance")
+        if zone is not None and v["AvailabilityZone"] != zone:
+            raise BadInput(
+                f"InvalidVolume.ZoneMismatch: The volume '{volume_id}' is not in the same "
+                f"availability zone as instance '{instance_id}'"
+            )
         v["State"] = "in-use"
         v["Attachments"] = [{
             "VolumeId": volume_id, "InstanceId": instance_id, "Device": device,
-            "State": "attached", "AttachTime": now_iso(),
+            "State": state, "AttachTime": now_iso(),
             "DeleteOnTermination": delete_on_termination,
         }]  # fmt: skip
+
+    return volumes().update(volume_id, change, "InvalidVolume.NotFound")
+
+
+def attachment_state(volume_id: str, state: str) -> Row:
+    """An attachment's state as it moves (attaching → attached, attached → detaching)."""
+
+    def change(v: Row) -> None:
+        if v["State"] == "in-use" and v["Attachments"]:
+            v["Attachments"][0]["State"] = state
 
     return volumes().update(volume_id, change, "InvalidVolume.NotFound")
 

@@ -421,7 +421,7 @@ def _attach_volume(args: argparse.Namespace) -> int:
 def _detach_volume(args: argparse.Namespace) -> int:
     from harness.instances.operations import detach_volume
 
-    att = detach_volume(args.volume_id, args.instance_id)
+    att = detach_volume(args.volume_id, args.instance_id, force=args.force)
     return print_result(args, att, [f"{att['VolumeId']}\t{att['State']}"])
 
 
@@ -478,14 +478,18 @@ def register_volumes(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--volume-type", default="gp2")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
     add_json(p)
-    p = add_command(sub, "attach-volume", _attach_volume, "attach a volume to a stopped instance")
+    p = add_command(sub, "attach-volume", _attach_volume,
+                    "attach a volume (to a running instance by hot-plug)")  # fmt: skip
     p.add_argument("--volume-id", required=True)
     p.add_argument("--instance-id", required=True)
     p.add_argument("--device", required=True, metavar="/dev/sdX")
     add_json(p)
-    p = add_command(sub, "detach-volume", _detach_volume, "detach a volume (instance stopped)")
+    p = add_command(sub, "detach-volume", _detach_volume,
+                    "detach a volume (a running guest lets go of it first)")  # fmt: skip
     p.add_argument("--volume-id", required=True)
     p.add_argument("--instance-id")
+    p.add_argument("--force", action="store_true",
+                   help="end the attachment even if the guest does not let go")  # fmt: skip
     add_json(p)
     p = add_command(sub, "describe-volumes", _describe_volumes, "list volumes")
     p.add_argument("volume_ids", nargs="*", metavar="VOLUME_ID")

@@ -29,7 +29,7 @@ from builder.images import factory, volumes
 from builder.images.records import ImageRecord, now_iso
 from builder.images.registry import Registry
 from builder.images.tables import Row
-from harness.instances import addresses, attributes, events, keypairs, store
+from harness.instances import addresses, attributes, events, hotplug, keypairs, store
 from harness.instances.types import default_type, instance_type
 from harness.launch import instance as launch_dirs
 from harness.launch import keys
@@ -82,7 +82,16 @@ def reconcile(rec: Row) -> Row:
     (terminated, if it was on its way there), with EC2's StateReason saying why."""
     if rec["State"]["Name"] not in store.SUPERVISED or _supervisor_alive(rec):
         return rec
-    iid = rec["InstanceId"]
+    with store.locked(rec["InstanceId"]):
+        rec = _reconcile_locked(rec["InstanceId"])
+    if rec["State"]["Name"] == "terminated":
+        release_terminated(rec)
+    return rec
+
+
+def _reconcile_locked(iid: str) -> Row:
+    """`reconcile` for a caller that holds the instance's lock."""
+    settled: list[tuple[str, str]] = []
 
     def change(r: Row) -> None:
         if r["State"]["Name"] not in store.SUPERVISED or _supervisor_alive(r):
@@ -96,11 +105,10 @@ def reconcile(rec: Row) -> Row:
             "stopping it; its QEMU died with it",
         ))  # fmt: skip
         r["Amilab"].update(Supervisor=None, QemuPid=None, NetworkPid=None, Desired=None)
+        settled.extend(hotplug.settle(r))  # no guest holds a device any more
 
-    with store.locked(iid):
-        rec = store.instances().update(iid, change)
-    if rec["State"]["Name"] == "terminated":
-        release_terminated(rec)
+    rec = store.instances().update(iid, change)
+    hotplug.settle_volumes(iid, settled)
     return rec
 
 
@@ -793,59 +801,159 @@ def ssh_target(instance_id: str) -> tuple[str, int, Path | None]:
 
 # ------------------------------------------------------------ volumes on instances
 
+ATTACH_WAIT = 60.0  # seconds a command waits for the supervisor to plug a device
 
-def attach_volume(volume_id: str, instance_id: str, device: str) -> dict[str, Any]:
-    """To a stopped instance (hot-plug into a running guest is not done here)."""
-    rec = reconcile(store.find(instance_id))
+
+def _device_free(rec: Row, device: str) -> None:
+    taken = [m["DeviceName"] for m in rec["BlockDeviceMappings"]]
+    taken += rec["Amilab"].get("InstanceStoreDevices") or []
+    if device in taken or device == rec["RootDeviceName"]:
+        raise BadInput(
+            f"InvalidParameterValue: Invalid value '{device}' for unixDevice. "
+            f"Attachment point {device} is already in use"
+        )
+
+
+def _refuse_hotplug(rec: Row, what: str) -> None:
+    """What cannot change while the guest runs here: QEMU's arm64 `virt` board has no
+    hot-plug slots in amilab's launch; IDE disks cannot be hot-plugged, and a SCSI disk's
+    hot-plug is not done here."""
+    bus = rec["Amilab"]["Launch"].get("DiskBus")
+    if rec.get("Architecture") == "arm64" or bus in ("ide", "scsi"):
+        why = "arm64 instances" if rec.get("Architecture") == "arm64" else f"{bus} disks"
+        raise BadInput(
+            f"UnsupportedOperation: {what} while {rec['InstanceId']} is running is not "
+            f"supported here ({why} have no hot-plug); stop the instance first"
+        )
+
+
+def _await_hotplug(iid: str, volume_id: str, what: str, timeout: float) -> None:
+    """Wait (holding the instance's lock) until the supervisor has carried out the request:
+    done, or its error raised as one line (exit 2). A supervisor that dies meanwhile leaves
+    the instance stopped, the request settled (`hotplug.settle`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rec = store.find(iid)
+        req = (rec["Amilab"].get("Hotplug") or {}).get(volume_id)
+        if req is None:
+            return
+        if req.get("Error"):
+            message = _take_error(iid, volume_id)
+            raise BadInput(message or f"IncorrectState: the {what} of {volume_id} failed")
+        if not _supervisor_alive(rec):
+            _reconcile_locked(iid)
+            continue
+        if time.monotonic() > deadline:
+            raise BadInput(
+                f"IncorrectState: {iid}'s supervisor has not carried out the {what} of "
+                f"{volume_id} within {timeout:.0f} s; describe-volumes shows how it ends"
+            )
+        time.sleep(0.1)
+
+
+def _take_error(iid: str, volume_id: str) -> str | None:
+    taken: list[str | None] = []
+    store.instances().update(iid, lambda r: taken.append(hotplug.take_error(r, volume_id)))
+    return taken[0]
+
+
+def attach_volume(
+    volume_id: str, instance_id: str, device: str, timeout: float = ATTACH_WAIT
+) -> dict[str, Any]:
+    """AttachVolume, to a stopped instance (its next start has the disk) or a running one:
+    the supervisor hot-plugs the device (`attaching` until the guest has it, then
+    `attached`), which the instance keeps across stops and reboots."""
+    if not device.startswith("/dev/"):
+        raise BadInput(f"InvalidParameterValue: Invalid value '{device}' for unixDevice")
+    reconcile(store.find(instance_id))
     with store.locked(instance_id):
         rec = store.find(instance_id)
-        if rec["State"]["Name"] != "stopped":
+        state = rec["State"]["Name"]
+        if state not in ("stopped", "running"):
             raise BadInput(
-                f"IncorrectState: attach {volume_id} to {instance_id} while it is stopped "
-                f"(it is {rec['State']['Name']}; hot-plug is not supported here)"
+                f"IncorrectInstanceState: The instance '{instance_id}' is not 'running' "
+                f"or 'stopped' (it is {state})"
             )
-        if any(m["DeviceName"] == device for m in rec["BlockDeviceMappings"]):
-            raise BadInput(f"InvalidParameterValue: device {device} is already in use")
-        vol = volumes.attach(volume_id, instance_id, device, False)
+        _device_free(rec, device)
+        zone = rec["Placement"]["AvailabilityZone"]
+        if state == "stopped":
+            vol = volumes.attach(volume_id, instance_id, device, False, zone=zone)
 
-        def change(r: Row) -> None:
-            r["BlockDeviceMappings"].append({"DeviceName": device, "Ebs": {
-                "VolumeId": volume_id, "Status": "attached", "AttachTime": now_iso(),
-                "DeleteOnTermination": False}})  # fmt: skip
+            def change(r: Row) -> None:
+                r["BlockDeviceMappings"].append({"DeviceName": device, "Ebs": {
+                    "VolumeId": volume_id, "Status": "attached", "AttachTime": now_iso(),
+                    "DeleteOnTermination": False}})  # fmt: skip
 
-        store.instances().update(instance_id, change)
-    return vol["Attachments"][0]
+            store.instances().update(instance_id, change)
+            return vol["Attachments"][0]
+        _refuse_hotplug(rec, f"attaching {volume_id}")
+        volumes.attach(volume_id, instance_id, device, False, "attaching", zone)
+        rec = store.instances().update(
+            instance_id, lambda r: hotplug.want_attach(r, volume_id, device, now_iso())
+        )
+        _signal_supervisor(rec, signal.SIGUSR2)  # a dead one: settled as attached
+        _await_hotplug(instance_id, volume_id, "attachment", timeout)
+    return volumes.volumes().find(volume_id, "InvalidVolume.NotFound")["Attachments"][0]
 
 
-def detach_volume(volume_id: str, instance_id: str | None = None) -> dict[str, Any]:
+def detach_volume(
+    volume_id: str,
+    instance_id: str | None = None,
+    force: bool = False,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """DetachVolume. From a stopped instance at once; from a running one the guest is asked
+    to let go of the device (`detaching` until it has, then `detached` and the volume
+    available). A guest that does not let go within harness.instances.devices'
+    DETACH_TIMEOUT leaves the volume `detaching` (exit 2 saying so); `force` ends the
+    attachment anyway. The root volume is never detached."""
+    from harness.instances.devices import DETACH_TIMEOUT, FORCE_GRACE
+
     vol = volumes.volumes().find(volume_id, "InvalidVolume.NotFound")
     if vol["State"] != "in-use":
         raise BadInput(f"IncorrectState: Volume '{volume_id}' is in the '{vol['State']}' state.")
-    iid = vol["Attachments"][0]["InstanceId"]
-    rec = reconcile(store.find(iid))
+    attachment = vol["Attachments"][0]
+    iid = attachment["InstanceId"]
+    if instance_id and instance_id != iid:
+        raise BadInput(
+            f"InvalidAttachment.NotFound: The volume '{volume_id}' is not attached to "
+            f"instance '{instance_id}'"
+        )
+    reconcile(store.find(iid))
     with store.locked(iid):
         rec = store.find(iid)
-        if rec["State"]["Name"] not in ("stopped", "terminated"):
-            raise BadInput(
-                f"IncorrectState: detach {volume_id} from {iid} while it is stopped "
-                f"(it is {rec['State']['Name']})"
-            )
+        state = rec["State"]["Name"]
         if any(m["DeviceName"] == rec["RootDeviceName"] and m["Ebs"]["VolumeId"] == volume_id
                for m in rec["BlockDeviceMappings"]):  # fmt: skip
             raise BadInput(
                 f"OperationNotPermitted: {volume_id} is the root volume of {iid}; "
                 "it cannot be detached"
             )
-        attachment = dict(vol["Attachments"][0], State="detached")
-        volumes.detach(volume_id, instance_id)
+        if state in ("stopped", "terminated"):
+            volumes.detach(volume_id, instance_id)
 
-        def change(r: Row) -> None:
-            r["BlockDeviceMappings"] = [
-                m for m in r["BlockDeviceMappings"] if m["Ebs"]["VolumeId"] != volume_id
-            ]
+            def change(r: Row) -> None:
+                hotplug.detached(r, volume_id)
+                if not hotplug.requests(r):
+                    r["Amilab"].pop("Hotplug", None)
 
-        store.instances().update(iid, change)
-    return attachment
+            store.instances().update(iid, change)
+            return dict(attachment, State="detached")
+        if state != "running":
+            raise BadInput(
+                f"IncorrectInstanceState: The instance '{iid}' is {state}; detach from a "
+                "running or stopped instance"
+            )
+        m = hotplug.mapping(rec, volume_id)
+        if m is not None and m["Ebs"].get("Status") == "attaching":
+            raise BadInput(f"IncorrectState: Volume '{volume_id}' is still attaching")
+        _refuse_hotplug(rec, f"detaching {volume_id}")
+        volumes.attachment_state(volume_id, "detaching")
+        rec = store.instances().update(iid, lambda r: hotplug.want_detach(r, volume_id, force))
+        _signal_supervisor(rec, signal.SIGUSR2)  # a dead one: settled as detached
+        wait = timeout if timeout is not None else (FORCE_GRACE if force else DETACH_TIMEOUT)
+        _await_hotplug(iid, volume_id, "detachment", wait + 30)
+    return dict(attachment, State="detached")
 
 
 # ---------------------------------------------------------------- create-image

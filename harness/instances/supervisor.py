@@ -4,9 +4,11 @@ It owns the instance's QEMU, its network's QEMU, its metadata service (a thread)
 console log, and it alone moves the instance through pending → running → stopping →
 stopped (or shutting-down → terminated), writing each state to the registry. Commands reach
 it by signal: SIGTERM stops or terminates it (the record's `Amilab.Desired` says which),
-SIGHUP reboots it. Both QEMUs are started with the parent-death signal from this process's
-main thread, so a `kill -9` of the supervisor kills them too; describe-instances notices
-the dead supervisor (PID and start time) and says stopped, with the reason.
+SIGHUP reboots it, SIGUSR1 reloads its scheduled events, SIGUSR2 carries out the volume
+attachments and detachments the record asks for (harness.instances.hotplug). Both QEMUs are
+started with the parent-death signal from this process's main thread, so a `kill -9` of the
+supervisor kills them too; describe-instances notices the dead supervisor (PID and start
+time) and says stopped, with the reason.
 
 A guest that powers itself off stops (or terminates, per its
 instance-initiated shutdown behaviour); one that reboots is started again on the same
@@ -32,11 +34,12 @@ from builder.images.registry import Registry
 from builder.images.tables import Row
 from builder.steps import Step, StepRunner
 from harness.imds.document import block_device_mapping, document, write_document
-from harness.instances import events, store
+from harness.instances import events, hotplug, store
+from harness.instances.devices import FORCED, RELEASED, STUCK, DeviceError, Devices
 from harness.instances.types import instance_type
 from harness.launch import accel
 from harness.launch import instance as launch_dirs
-from harness.launch.machine import Disk
+from harness.launch.machine import Disk, hotplug_ports
 from harness.launch.plan import make_plan
 from harness.launch.ssh import ssh_answers
 from harness.launch.steps import (
@@ -47,6 +50,7 @@ from harness.launch.steps import (
     StartNetwork,
     StartQemu,
     WriteMetadata,
+    compose_commands,
 )
 
 POLL = 0.2
@@ -55,12 +59,15 @@ POLL = 0.2
 STOP_GRACE = float(os.environ.get("AMILAB_STOP_TIMEOUT", "20"))
 REBOOT_LIMIT = 3  # guest-initiated reboots within REBOOT_WINDOW before it counts as a crash
 REBOOT_WINDOW = 120.0
+# q35 (HVM on UEFI): empty PCIe root ports an instance starts with, for volumes attached while
+# it runs (each volume attached at start has a port of its own besides)
+SPARE_PORTS = 4
 
 _requests: list[str] = []
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    names = {signal.SIGHUP: "reboot", signal.SIGUSR1: "events"}
+    names = {signal.SIGHUP: "reboot", signal.SIGUSR1: "events", signal.SIGUSR2: "volumes"}
     _requests.append(names.get(signum, "stop"))
 
 
@@ -85,13 +92,24 @@ class OpenInstanceDir(Step[Instance]):
         s.key_path = key if key.exists() else None
 
 
+def volume_serial(volume_id: str) -> str:
+    return volume_id.replace("-", "")  # as EC2's NVMe volumes name themselves
+
+
+def extra_volume_ids(record: Row) -> list[str]:
+    """The EBS volumes besides the root, in mapping order: QEMU's disk1, disk2, ..."""
+    return [m["Ebs"]["VolumeId"] for m in record["BlockDeviceMappings"]
+            if m["DeviceName"] != record["RootDeviceName"]]  # fmt: skip
+
+
 def attached_disks(record: Row, bus: str) -> tuple[Disk, list[Disk]]:
-    """The root volume and the other block devices, in mapping order."""
+    """The root volume and the other block devices: the EBS volumes in mapping order
+    (`extra_volume_ids`), then the instance store."""
     root: Disk | None = None
     others: list[Disk] = []
     for m in record["BlockDeviceMappings"]:
         vol = volumes.volumes().find(m["Ebs"]["VolumeId"], "InvalidVolume.NotFound")
-        serial = vol["VolumeId"].replace("-", "")  # as EC2's NVMe volumes name themselves
+        serial = volume_serial(vol["VolumeId"])
         disk = Disk(volumes.volume_path(vol), "qcow2", bus, persistent=True, serial=serial)
         if m["DeviceName"] == record["RootDeviceName"]:
             root = disk
@@ -131,12 +149,17 @@ def instance_metadata(record: Row) -> dict[str, Any]:
     return md
 
 
+def disk_bus(record: Row) -> str:
+    return str(record["Amilab"]["Launch"].get("DiskBus") or
+               instance_type(record["InstanceType"]).disk_bus)  # fmt: skip
+
+
 def build_instance(record: Row) -> Instance:
     a = record["Amilab"]
     launch = a["Launch"]
     image = Registry().find(record["ImageId"], "machine")
     itype = instance_type(record["InstanceType"])
-    bus = launch.get("DiskBus") or itype.disk_bus
+    bus = disk_bus(record)
     plan = make_plan(
         image,
         kernel_ref=record.get("KernelId") if image.virtualization_type != "hvm" else None,
@@ -157,6 +180,7 @@ def build_instance(record: Row) -> Instance:
         ssh_address=record["PublicIpAddress"],
         ssh_port=int(a.get("SshPort") or 22),
         extra_disks=extra,
+        spare_ports=SPARE_PORTS,
         memory_mib=itype.qemu_memory(),
         smp=itype.qemu_smp(),
         say=_log,
@@ -189,6 +213,7 @@ def supervise(iid: str) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
     signal.signal(signal.SIGUSR1, _on_signal)
+    signal.signal(signal.SIGUSR2, _on_signal)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # detached: no terminal's Ctrl-C is ours
     final = "stopped"
     reason: tuple[str, str] | None = store.USER_SHUTDOWN
@@ -200,8 +225,10 @@ def supervise(iid: str) -> int:
             runner.run_all([OpenInstanceDir(record), WriteMetadata(), service,
                             ComposeCommand(), StartNetwork(), StartQemu()])  # fmt: skip
             probe = Reachability(inst.options.ssh_address, inst.options.ssh_port, service)
+            devices = _devices(inst, record)
             try:
-                final, reason = _run(iid, inst, service, record["Amilab"].get("Spot"), probe)
+                final, reason = _run(iid, inst, service, record["Amilab"].get("Spot"), probe,
+                                     devices)  # fmt: skip
             finally:
                 probe.stop()
     except AmilabError as e:
@@ -314,12 +341,102 @@ class Reachability:
         self.done.set()
 
 
+def _devices(inst: Instance, record: Row) -> Devices:
+    """The instance's volumes as its QEMU has them (q35: in which root ports)."""
+    assert inst.spec is not None and inst.dir is not None
+    qmp_socket = inst.dir.qmp_socket
+
+    def monitor() -> Any:
+        assert inst.qemu is not None
+        return inst.qemu.qmp(qmp_socket)
+
+    ports = hotplug_ports(inst.spec) if inst.spec.profile == "hvm-uefi" else None
+    devices = Devices(monitor, disk_bus(record), ports)
+    devices.started(extra_volume_ids(record))
+    return devices
+
+
+def _volume_requests(iid: str, devices: Devices) -> None:
+    """Carry out the attachments and detachments the record asks for."""
+    for vid, req in hotplug.open_requests(store.find(iid)).items():
+        if req["Op"] == hotplug.ATTACH:
+            if vid in devices.plugged:
+                _attached(iid, vid)
+                continue
+            try:
+                vol = volumes.volumes().get(vid)
+                if vol is None:
+                    raise DeviceError(f"InvalidVolume.NotFound: The volume '{vid}' does not exist.")
+                devices.plug(vid, volumes.volume_path(vol), volume_serial(vid))
+            except DeviceError as e:
+                _log(f"attach {vid} failed: {e}")
+                _update(iid, lambda r, v=vid, m=str(e): hotplug.failed(r, v, m))
+                hotplug.settle_volumes(iid, [(vid, "detached")])
+                continue
+            _attached(iid, vid)
+        else:
+            try:
+                waiting = devices.unplug(vid, bool(req.get("Force")))
+            except DeviceError as e:
+                _log(f"detach {vid} failed: {e}")
+                _update(iid, lambda r, v=vid, m=str(e): hotplug.failed(r, v, m))
+                continue
+            if waiting:
+                _log(
+                    f"detach {vid}: asked the guest to let go"
+                    + (" (forced)" if req.get("Force") else "")
+                )
+            else:  # this QEMU has no such device
+                _detached(iid, vid)
+
+
+def _attached(iid: str, vid: str) -> None:
+    _update(iid, lambda r: hotplug.attached(r, vid))
+    hotplug.settle_volumes(iid, [(vid, "attached")])
+    _log(f"attached {vid}")
+
+
+def _detached(iid: str, vid: str) -> None:
+    _update(iid, lambda r: hotplug.detached(r, vid))
+    hotplug.settle_volumes(iid, [(vid, "detached")])
+    _log(f"detached {vid}")
+
+
+def _unplugs(iid: str, devices: Devices) -> None:
+    """Detachments the guest (or a forced detach) has ended since the last look."""
+    try:
+        ended = devices.poll()
+    except DeviceError as e:  # a forced detach QEMU refused: said on every open request
+        _log(f"detach failed: {e}")
+        for vid in [v for v, p in devices.plugged.items() if p.force]:
+            _update(iid, lambda r, v=vid, m=str(e): hotplug.failed(r, v, m))
+        return
+    for vid, outcome in ended:
+        if outcome in (RELEASED, FORCED):
+            _detached(iid, vid)
+            if outcome == FORCED:
+                _log(f"{vid} forced out: the guest still holds a device that reads zeros")
+        elif outcome == STUCK:
+            rec = store.find(iid)
+            m = hotplug.mapping(rec, vid)
+            device = m["DeviceName"] if m else "its device"
+            from harness.instances.devices import DETACH_TIMEOUT
+
+            message = (f"IncorrectState: the guest did not let go of {device} ({vid}) within "
+                       f"{DETACH_TIMEOUT:.0f} s; the volume stays detaching until it does or "
+                       "the instance stops (unmount it in the guest, or detach-volume "
+                       "--force)")  # fmt: skip
+            _log(f"detach {vid}: the guest did not let go")
+            _update(iid, lambda r, v=vid, t=message: hotplug.failed(r, v, t))
+
+
 def _run(
     iid: str,
     inst: Instance,
     service: StartMetadataService,
     spot: dict[str, Any] | None,
     probe: Reachability,
+    devices: Devices,
 ) -> tuple[str, tuple[str, str] | None]:
     assert inst.qemu is not None and inst.dir is not None
 
@@ -345,18 +462,23 @@ def _run(
             action = _carry_out(iid, inst, service, event)
             scheduled = _reload_events(iid, inst, service)
             if action == "reboot":
-                _restart(inst, powerdown=True, timeout=2.0)
+                _restart(inst, devices, powerdown=True, timeout=2.0)
                 continue
             inst.qemu.stop(inst.dir.qmp_socket, timeout=STOP_GRACE, powerdown=True)
             return "stopped", events.SCHEDULED_STOP
+        if devices.busy():
+            _unplugs(iid, devices)
         if _requests:
             what = _requests.pop(0)
             if what == "events":
                 scheduled = _reload_events(iid, inst, service)
                 continue
+            if what == "volumes":
+                _volume_requests(iid, devices)
+                continue
             if what == "reboot":
                 _log("reboot requested")
-                _restart(inst, powerdown=True)
+                _restart(inst, devices, powerdown=True)
                 continue
             desired = store.find(iid)["Amilab"].get("Desired") or "stop"
             _log(f"{desired} requested")
@@ -386,7 +508,7 @@ def _run(
                 now = time.monotonic()
                 reboots = [t for t in reboots if now - t < REBOOT_WINDOW] + [now]
                 if len(reboots) <= REBOOT_LIMIT:
-                    _restart(inst, powerdown=False)
+                    _restart(inst, devices, powerdown=False)
                     continue
                 return "stopped", ("Server.InternalError",
                                    f"Server.InternalError: the guest restarted {len(reboots)} "
@@ -411,27 +533,47 @@ def _boot_failure(inst: Instance) -> str | None:
     return failure.describe() if failure else None
 
 
-def _restart(inst: Instance, powerdown: bool, timeout: float = STOP_GRACE) -> None:
-    """A new QEMU on the same volumes, network and metadata (a reboot)."""
-    assert inst.qemu is not None and inst.dir is not None
+def _restart(
+    inst: Instance, devices: Devices, powerdown: bool, timeout: float = STOP_GRACE
+) -> None:
+    """A new QEMU on the same network and metadata (a reboot), with the volumes the record
+    now maps: those attached or detached while the last one ran are cold-plugged or gone."""
+    assert inst.qemu is not None and inst.dir is not None and inst.spec is not None
     if inst.qemu.alive():
         inst.qemu.stop(inst.dir.qmp_socket, timeout=timeout, powerdown=powerdown)
-    StartQemu().run(inst)
     iid = inst.instance_id
+    record = _settle(iid)
+    inst.plan.disk, inst.spec.extra_disks = attached_disks(record, disk_bus(record))
+    inst.spec.disk = inst.plan.disk
+    compose_commands(inst)
+    StartQemu().run(inst)
+    devices.started(extra_volume_ids(record))
     _update(iid, lambda r: r["Amilab"].update(QemuPid=inst.qemu.pid if inst.qemu else None))
     _log(f"restarted: QEMU {inst.qemu.pid if inst.qemu else '?'}")
 
 
+def _settle(iid: str) -> Row:
+    """The QEMU is gone: attachments and detachments still open are settled (`hotplug`)."""
+    changes: list[tuple[str, str]] = []
+    r = _update(iid, lambda r: changes.extend(hotplug.settle(r)))
+    hotplug.settle_volumes(iid, changes)
+    return r
+
+
 def _finish(iid: str, final: str, reason: tuple[str, str] | None) -> None:
     from harness.instances.operations import release_terminated
+
+    changes: list[tuple[str, str]] = []
 
     def change(r: Row) -> None:
         desired = r["Amilab"].get("Desired")
         name = "terminated" if desired == "terminate" or final == "terminated" else "stopped"
         store.set_state(r, name, reason)
         r["Amilab"].update(QemuPid=None, NetworkPid=None, Supervisor=None, Desired=None)
+        changes.extend(hotplug.settle(r))
 
     r = _update(iid, change)
+    hotplug.settle_volumes(iid, changes)
     if r["State"]["Name"] == "terminated":
         release_terminated(r)
     _log(f"{r['State']['Name']}")

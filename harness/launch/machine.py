@@ -67,6 +67,7 @@ class MachineSpec:
     smp: int | None = None
     extra_layers: list[str] = field(default_factory=list)
     extra_disks: list[Disk] = field(default_factory=list)  # EBS volumes, instance store
+    spare_ports: int = 0  # q35: empty PCIe root ports to hot-plug volumes into (instances)
     # the instance as its firmware tables describe it (EC2's DMI identity); None: QEMU's own
     instance_id: str | None = None
     instance_type: str = "m1.small"
@@ -117,7 +118,7 @@ class _Ini:
         if value is not None:
             self.parser.set(section, "@", _qemu_value(str(value)))
         for k, v in attrs.items():
-            key = k.replace("_", "-")
+            key = k.replace("__", ".").replace("_", "-")  # file__node_name: file.node-name
             self.parser.set(section, key, None if v is None else _qemu_value(str(v)))
 
     def general(self, **values: str | int) -> None:
@@ -132,18 +133,33 @@ class _Ini:
         return buf.getvalue()
 
 
-def _disk_args(ini: _Ini, disk: Disk, name: str = "root", boot: bool = True) -> None:
+def node_names(name: str) -> tuple[str, str]:
+    """The block nodes of a persistent disk called `name` (its drive's ID): the raw filter
+    the device reads through, and the image format's node under it (see `_disk_args`)."""
+    return f"{name}-raw", f"{name}-fmt"
+
+
+def _disk_args(
+    ini: _Ini, disk: Disk, name: str = "root", boot: bool = True, port: str | None = None
+) -> None:
     if disk.persistent:
         # an EBS volume: the guest's writes are the volume's; QEMU's cache is flushed when
-        # the guest asks (writeback), so a stop loses nothing the guest synced
-        ini.arg(f"drive:{name}", file=str(disk.path), format=disk.format, cache="writeback",
+        # the guest asks (writeback), so a stop loses nothing the guest synced. A raw filter
+        # over the image, both nodes named, so a forced detach (harness.instances.devices)
+        # can swap the volume out from under a device the guest will not let go of
+        top, fmt = node_names(name)
+        ini.arg(f"drive:{name}", driver="raw", node_name=top, file__driver=disk.format,
+                file__node_name=fmt, file__file__driver="file",
+                file__file__filename=str(disk.path), cache="writeback",
                 **{"if": "none"})  # fmt: skip
     else:
         # snapshot=on: writes go to a temporary overlay, the image file is opened read-only;
         # cache=unsafe: that overlay is thrown away, so flushes would only cost time.
         ini.arg(f"drive:{name}", file=str(disk.path), format=disk.format, snapshot="on",
                 cache="unsafe", **{"if": "none"})  # fmt: skip
-    order = {"bootindex": 1} if boot else {}
+    order: dict[str, str | int] = {"bootindex": 1} if boot else {}
+    if port is not None:
+        order["bus"] = port
     serial = disk.serial or f"amilab-{name}"
     dev = f"device:{name}disk" if name != "root" else "device:rootdisk"
     if disk.bus == "virtio":
@@ -170,6 +186,20 @@ def ec2_system_uuid(instance_id: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+HOTPLUG_PORT = "hp"  # pcie-root-port IDs: hp1, hp2, ...
+
+
+def hotplug_ports(spec: MachineSpec) -> list[str]:
+    """The PCIe root ports a q35 launch gets for hot-plug: q35's root bus (pcie.0) takes no
+    hot-plugged devices, a root port takes one. Only launches that ask (`spare_ports`, long-
+    lived instances) get them: one per extra disk and the spares. The `pc` machine (PV,
+    HVM-BIOS) hot-plugs into its root bus through ACPI and needs none."""
+    if not spec.spare_ports or spec.profile != "hvm-uefi" or spec.architecture == "arm64":
+        return []
+    count = len(spec.extra_disks) + spec.spare_ports
+    return [f"{HOTPLUG_PORT}{i}" for i in range(1, count + 1)]
+
+
 def launch_layer(spec: MachineSpec) -> str:
     """The launch's own layer (INI text) on top of the profile layers."""
     ini = _Ini()
@@ -192,8 +222,12 @@ def launch_layer(spec: MachineSpec) -> str:
         ini.arg("smbios", type=1, manufacturer="Amazon EC2", product=spec.instance_type,
                 uuid=uuid, serial=uuid)  # fmt: skip
     _disk_args(ini, spec.disk)
+    ports = hotplug_ports(spec)
+    for i, port in enumerate(ports, 1):  # before the devices that name them as their bus
+        ini.arg(f"device:{port}", "pcie-root-port", chassis=i, io_reserve=0)
     for i, extra in enumerate(spec.extra_disks, 1):
-        _disk_args(ini, extra, name=f"disk{i}", boot=False)
+        # on q35 each volume gets a port of its own, so that it can be unplugged too
+        _disk_args(ini, extra, name=f"disk{i}", boot=False, port=ports.pop(0) if ports else None)
     net: dict[str, str] = {}
     if spec.ssh_port is not None:
         net["hostfwd"] = f"tcp:{spec.ssh_address}:{spec.ssh_port}-:22"

@@ -60,6 +60,7 @@ class LaunchOptions:
     ssh_address: str | None = None
     ssh_port: int | None = None  # with ssh_address: 22 unless the host's own sshd holds it
     extra_disks: list[Disk] = field(default_factory=list)  # its other volumes
+    spare_ports: int = 0  # q35: empty PCIe root ports for volumes attached while it runs
     # InstanceMetadata fields the launch sets beyond what the AMI gives (user_data, tags,
     # iam_role, http_tokens, http_endpoint, ...), as EC2's RunInstances parameters do
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -274,6 +275,7 @@ class ComposeCommand(Step[Instance]):
             ssh_port=(o.ssh_port or 22) if o.ssh_address else free_port(),
             ssh_address=o.ssh_address or "127.0.0.1",
             extra_disks=list(o.extra_disks),
+            spare_ports=o.spare_ports,
             imds_command=s.imds_command,
             console_log=s.dir.console_log,
             console_socket=s.dir.console_socket if o.interactive else None,

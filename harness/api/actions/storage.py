@@ -141,7 +141,8 @@ def detach_volume(p: Params, ctx: Context) -> Result:
     iid = p.get("InstanceId")
     if iid:
         find_instance(iid, ctx)
-    return operations.detach_volume(v["VolumeId"], iid)
+    force = str(p.get("Force") or "").lower() == "true"
+    return operations.detach_volume(v["VolumeId"], iid, force=force)
 
 
 # ----------------------------------------------------------------- snapshots
