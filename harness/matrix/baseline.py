@@ -52,6 +52,21 @@ class Comparison:
 
 def load(path: Path) -> dict[str, str]:
     """Cell key -> status of an earlier matrix JSON report."""
+    return {c["Cell"]: c["Status"] for c in _cells(path) if not c.get("NotRun")}
+
+
+def durations(path: Path) -> dict[str, float]:
+    """Cell key -> seconds its last attempt took, in an earlier report (for the start order)."""
+    out = {}
+    for c in _cells(path):
+        attempts = c.get("Attempts") or []
+        last = attempts[-1].get("Seconds") if attempts and isinstance(attempts[-1], dict) else None
+        if not c.get("NotRun") and isinstance(last, (int, float)) and last > 0:
+            out[c["Cell"]] = float(last)
+    return out
+
+
+def _cells(path: Path) -> list[dict[str, Any]]:
     try:
         doc = json.loads(path.read_text())
     except OSError as e:
@@ -63,7 +78,7 @@ def load(path: Path) -> dict[str, str]:
         isinstance(c, dict) and "Cell" in c and "Status" in c for c in cells
     ):
         raise BadInput(f"--baseline {path}: not an `amilab matrix --json` report (no Cells)")
-    return {c["Cell"]: c["Status"] for c in cells if not c.get("NotRun")}
+    return cells
 
 
 def compare(old: dict[str, str], results: list[CellResult], name: str) -> Comparison:

@@ -36,6 +36,10 @@ class Cell:
     # the options that belong to the row (the image's axes); the column's own options (a
     # kernel entry's disk_bus, say) are part of its label instead
     row_options: tuple[str, ...] = ()
+    # filled in once the image is known (harness.matrix.prepare): what the start order and
+    # the cores a cell holds go by (harness.matrix.order)
+    architecture: str = ""
+    vcpus: int = 1
 
     @property
     def row(self) -> str:

@@ -27,7 +27,7 @@ from builder import paths
 from builder.images.registry import Registry
 from harness.launch.instance import instance_logs
 from harness.launch.plan import make_plan
-from harness.matrix import artifacts, connect
+from harness.matrix import artifacts, connect, order
 from harness.matrix.cell_run import RunSettings
 from harness.matrix.cells import Cell
 from harness.matrix.results import ERROR, Attempt, CellResult, Evidence, Verdict
@@ -144,6 +144,7 @@ class DaskExecutor:
 
             client.subscribe_topic(TOPIC, on_start)
             home = str(paths.amilab_home())
+            cores = self._cores()
             self._futures = [
                 client.submit(
                     _task(),
@@ -154,8 +155,10 @@ class DaskExecutor:
                     needed[i] if needed else None,
                     home,
                     key=key,
-                    resources={"VM": 1},
+                    resources=_resources(cell, cores),
                     pure=False,
+                    # the cells come longest first (harness.matrix.order): keep that order
+                    priority=len(cells) - i,
                 )  # fmt: skip
                 for i, (key, cell) in enumerate(zip(keys, cells, strict=True))
             ]
@@ -176,6 +179,17 @@ class DaskExecutor:
             self.results = [results[i] for i in range(len(cells))]
             self.close()
         return self.results
+
+    def _cores(self) -> int | None:
+        """The cores a cell may hold (harness.matrix.order): the embedded worker's; for a
+        scheduler's workers, the fewest any of them declares (`--resources "VM=N CPU=C"`),
+        or None when one declares none (cells then ask for a VM slot only, as before)."""
+        if self.scheduler is None:
+            return connect.local_cores(self.jobs)
+        assert self._client is not None
+        info = self._client.scheduler_info(n_workers=-1)["workers"].values()
+        cpus = [w.get("resources", {}).get("CPU") for w in info]
+        return int(min(cpus)) if cpus and all(cpus) else None
 
     def _interrupted(self) -> None:
         """Cancel what runs (the plugin kills those guests); the embedded cluster's cells
@@ -260,6 +274,13 @@ class DaskExecutor:
                 local.write_text(consoles[remote])
                 attempt.report["ConsoleLog"] = str(local)
                 attempt.report["WorkerConsoleLog"] = remote
+
+
+def _resources(cell: Cell, cores: int | None) -> dict[str, int]:
+    """One VM slot, and the cores the cell's guest has vCPUs for where workers count them."""
+    if cores is None:
+        return {"VM": 1}
+    return {"VM": 1, "CPU": order.cores_held(cell, cores)}
 
 
 def _task() -> Callable[..., Any]:

@@ -15,6 +15,7 @@ from builder.errors import BadInput
 from builder.images.registry import ImageRecord, Registry
 from harness.launch import pvgrub
 from harness.launch.plan import make_plan
+from harness.matrix import order
 from harness.matrix.cells import Cell
 
 
@@ -109,7 +110,9 @@ def prepare(
     for cell in cells:
         image = images[cell.image]
         ref = akis.get(cell.kernel_ref) if cell.kernel_ref else None
-        cell = cell.resolved(image_id=image.image_id, kernel_ref=ref)
+        cell = cell.resolved(image_id=image.image_id, kernel_ref=ref,
+                             architecture=image.architecture,
+                             vcpus=order.vcpus(cell.option_dict, image.architecture))  # fmt: skip
         cell = cell.resolved(skip=skip_reason(cell, image))
         if not cell.skip:
             opts = cell.option_dict

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from builder.signals import sigterm_as_interrupt
 from builder.steps import interrupts_held
 from harness.launch import accel
 from harness.launch.request import progress_printer
-from harness.matrix import baseline, html, known
+from harness.matrix import baseline, html, known, order
 from harness.matrix.cell_run import RunSettings
 from harness.matrix.cells import Cell
 from harness.matrix.connect import Tls
@@ -88,6 +89,7 @@ def matrix(req: MatrixRequest, executor: Executor | None = None) -> int:
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     issues = tuple(known.load(req.known_issues)) if req.known_issues else ()
     old = baseline.load(req.baseline) if req.baseline else None
+    earlier = baseline.durations(req.baseline) if req.baseline else {}
     jobs = req.jobs or default_jobs()
     cells: list[Cell] = req.spec.cells()
     results: list[CellResult] = []
@@ -115,7 +117,9 @@ def matrix(req: MatrixRequest, executor: Executor | None = None) -> int:
                 named = req.accel if req.accel != "auto" else "tcg"
                 settings = RunSettings(named, "", req.ssh_timeout, req.retries, req.keep, issues)
             cells = prepare(cells, req.spec.recipes, say, quiet=req.json)
-            runnable = [c for c in cells if not c.skip]
+            runnable = order.longest_first(
+                [c for c in cells if not c.skip], os.cpu_count() or 1, earlier
+            )
             with MatrixProgress(len(runnable)) as shown:
                 try:
                     ran = executor.run(runnable, settings, shown.started, shown.done)

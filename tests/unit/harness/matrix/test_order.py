@@ -1,0 +1,66 @@
+"""How cells share the machine: longest first (by an earlier run's seconds where there are
+some), and each holding the cores its instance type has vCPUs for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.matrix import baseline, order
+from harness.matrix.cells import Cell
+from harness.matrix.fleet import _resources
+
+
+def cell(image: str, itype: str = "", kernel: str = "own", arch: str = "x86_64") -> Cell:
+    options = {"instance_type": itype} if itype else {}
+    return Cell(image, kernel, options=tuple(options.items()), architecture=arch,
+                vcpus=order.vcpus(options, arch))  # fmt: skip
+
+
+def keys(cells: list[Cell]) -> list[str]:
+    return [c.key for c in cells]
+
+
+def test_vcpus_come_from_the_type_or_the_architectures_default() -> None:
+    assert order.vcpus({"instance_type": "m1.large"}, "x86_64") == 2
+    assert order.vcpus({}, "x86_64") == 1  # m1.small
+    assert order.vcpus({}, "arm64") == 2  # t4g.micro
+    assert order.vcpus({"instance_type": "no.such"}, "x86_64") == 1
+
+
+def test_one_vcpu_and_slow_architectures_start_first() -> None:
+    cells = [cell("pv", "m1.large"), cell("pv", "m1.small"), cell("arm", arch="arm64"),
+             cell("x32", "m1.small", arch="i386"), cell("pv")]  # fmt: skip
+    got = keys(order.longest_first(cells, cores=2))
+    # arm64 (t4g.micro: 2 vCPUs, 4.1/1.5) > i386 (1.84) > x86_64 on 1 vCPU (1.0, the matrix's
+    # order kept: m1.small, then the default type) > x86_64 on 2 vCPUs
+    assert got == keys([cells[2], cells[3], cells[1], cells[4], cells[0]])
+
+
+def test_one_core_makes_every_type_one_vcpu() -> None:
+    cells = [cell("pv", "m1.large"), cell("pv", "m1.small")]
+    assert keys(order.longest_first(cells, cores=1)) == keys(cells)
+    assert order.cores_held(cells[0], 1) == 1
+
+
+def test_earlier_seconds_rank_and_scale_the_rest(tmp_path: Path) -> None:
+    a, b, c = cell("pv", "m1.small", "k1"), cell("pv", "m1.small", "k2"), cell("pv", "m1.large")
+    # k1 failed fast last time, k2 took long; the unseen m1.large is scaled from them
+    # (20 s per unit of estimate: 13.3 s) and lands between
+    report = tmp_path / "old.json"
+    report.write_text(json.dumps({"Cells": [
+        {"Cell": a.key, "Status": "FAIL", "Attempts": [{"Seconds": 5.0}]},
+        {"Cell": b.key, "Status": "PASS", "Attempts": [{"Seconds": 99.0}, {"Seconds": 35.0}]},
+        {"Cell": "gone × own", "Status": "PASS", "NotRun": True, "Attempts": []},
+    ]}))  # fmt: skip
+    earlier = baseline.durations(report)
+    assert earlier == {a.key: 5.0, b.key: 35.0}
+    assert keys(order.longest_first([a, b, c], cores=2, earlier=earlier)) == keys([b, c, a])
+
+
+def test_a_cell_asks_for_its_cores_only_where_workers_count_them() -> None:
+    big, small = cell("pv", "m1.large"), cell("pv", "m1.small")
+    assert _resources(big, 2) == {"VM": 1, "CPU": 2}
+    assert _resources(big, 1) == {"VM": 1, "CPU": 1}  # never more than a worker has
+    assert _resources(small, 2) == {"VM": 1, "CPU": 1}
+    assert _resources(big, None) == {"VM": 1}  # workers started with VM slots only
