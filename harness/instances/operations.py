@@ -94,7 +94,11 @@ def _reconcile_locked(iid: str) -> Row:
     settled: list[tuple[str, str]] = []
 
     def change(r: Row) -> None:
-        if r["State"]["Name"] not in store.SUPERVISED or _supervisor_alive(r):
+        if r["State"]["Name"] not in store.SUPERVISED:
+            # a request recorded as its supervisor was finishing: no QEMU will carry it out
+            settled.extend(hotplug.settle(r))
+            return
+        if _supervisor_alive(r):
             return
         _kill_leftovers(r)
         pid = (r["Amilab"].get("Supervisor") or {}).get("Pid")
@@ -893,7 +897,10 @@ def attach_volume(
         )
         _signal_supervisor(rec, signal.SIGUSR2)  # a dead one: settled as attached
         _await_hotplug(instance_id, volume_id, "attachment", timeout)
-    return volumes.volumes().find(volume_id, "InvalidVolume.NotFound")["Attachments"][0]
+    vol = volumes.volumes().find(volume_id, "InvalidVolume.NotFound")
+    if not vol["Attachments"] or vol["Attachments"][0]["InstanceId"] != instance_id:
+        raise BadInput(f"IncorrectState: the attachment of {volume_id} to {instance_id} failed")
+    return vol["Attachments"][0]
 
 
 def detach_volume(

@@ -8,6 +8,7 @@ tests/integration/test_instances.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -134,10 +135,10 @@ def test_q35_instances_get_root_ports_and_other_launches_do_not(tmp_path: Path) 
         qemu.wait()
 
 
-@pytest.fixture
-def running(api: dict, tmp_path: Path) -> Iterator[dict[str, Any]]:
+@contextlib.contextmanager
+def _standin(api: dict, tmp_path: Path, profile: str = "hvm-bios") -> Iterator[dict[str, Any]]:
     """An instance of A's, running as far as the records go, its volumes in a paused QEMU
-    that the stand-in supervisor drives."""
+    (`profile`'s machine) that the stand-in supervisor drives."""
     need("qemu-system-x86_64", "qemu-system-x86")
     with acting_as(A.account_id):
         fake = register_fake(api["home"])
@@ -147,7 +148,8 @@ def running(api: dict, tmp_path: Path) -> Iterator[dict[str, Any]]:
     work.mkdir()
     env = {**os.environ, "AMILAB_DETACH_TIMEOUT": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.unit.harness.instances.standin_supervisor", iid, str(work)],
+        [sys.executable, "-m", "tests.unit.harness.instances.standin_supervisor", iid, str(work),
+         profile],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -158,6 +160,12 @@ def running(api: dict, tmp_path: Path) -> Iterator[dict[str, Any]]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture
+def running(api: dict, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    with _standin(api, tmp_path) as got:
+        yield got
 
 
 def _locked(path: Path) -> bool:
@@ -244,3 +252,43 @@ def test_attach_needs_a_running_or_stopped_instance(api: dict) -> None:
     assert volumes.volumes().find(vid, "x")["State"] == "available"
     sleeper.kill()
     sleeper.wait()
+
+
+def test_a_request_that_met_a_stopping_instance_is_settled(api: dict) -> None:
+    """Recorded just as the supervisor finished (it takes no lock): no QEMU will carry it
+    out, so the waiting command settles it (attach: the next start has the disk)."""
+    with acting_as(A.account_id):
+        fake = register_fake(api["home"])
+    iid = _instance(api["home"], fake["ami"], "stopped")
+    vid = volumes.create_volume(1)["VolumeId"]
+    volumes.attach(vid, iid, "/dev/sdf", False, "attaching")
+    store.instances().update(iid, lambda r: hotplug.want_attach(r, vid, "/dev/sdf", NOW))
+    operations._await_hotplug(iid, vid, "attachment", timeout=5)
+    rec = store.find(iid)
+    assert _statuses(rec)["/dev/sdf"] == "attached" and "Hotplug" not in rec["Amilab"]
+    assert volumes.volumes().find(vid, "x")["Attachments"][0]["State"] == "attached"
+
+
+def test_q35_takes_as_many_volumes_while_running_as_it_has_spare_ports(
+    api: dict, tmp_path: Path
+) -> None:
+    with _standin(api, tmp_path, "hvm-uefi") as got:
+        ec2, iid = api["client"](A), got["iid"]
+        made = [ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+                for _ in range(supervisor.SPARE_PORTS + 1)]  # fmt: skip
+        for i, vid in enumerate(made[:-1]):
+            att = ec2.attach_volume(VolumeId=vid, InstanceId=iid, Device=f"/dev/sd{'fghij'[i]}")
+            assert att["State"] == "attached"
+            assert _locked(volumes.volume_path(volumes.volumes().find(vid, "x")))
+        with pytest.raises(ClientError) as info:
+            ec2.attach_volume(VolumeId=made[-1], InstanceId=iid, Device="/dev/sdk")
+        assert info.value.response["Error"]["Code"] == "AttachmentLimitExceeded"
+        (vol,) = ec2.describe_volumes(VolumeIds=[made[-1]])["Volumes"]
+        assert vol["State"] == "available"  # nothing half-made
+        (inst,) = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"]
+        assert "/dev/sdk" not in [m["DeviceName"] for m in inst["BlockDeviceMappings"]]
+        # a device forced out keeps its port until the guest lets go of it (never, here)
+        ec2.detach_volume(VolumeId=made[0], Force=True)
+        with pytest.raises(ClientError) as info:
+            ec2.attach_volume(VolumeId=made[-1], InstanceId=iid, Device="/dev/sdk")
+        assert info.value.response["Error"]["Code"] == "AttachmentLimitExceeded"
