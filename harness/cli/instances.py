@@ -124,7 +124,8 @@ def _state_command(op: str, key: str) -> Any:
         from harness.instances import operations
 
         func = getattr(operations, op)
-        changes = func(args.instance_ids, wait=args.wait)
+        extra = {"force": True} if getattr(args, "force", False) else {}
+        changes = func(args.instance_ids, wait=args.wait, **extra)
         lines = [f"{c['InstanceId']}\t{c['PreviousState']['Name']} -> {c['CurrentState']['Name']}"
                  for c in changes]  # fmt: skip
         return print_result(args, {key: changes}, lines)
@@ -134,16 +135,23 @@ def _state_command(op: str, key: str) -> Any:
 
 def _register_state(
     sub: argparse._SubParsersAction, name: str, op: str, key: str, help: str
-) -> None:
+) -> argparse.ArgumentParser:
     p = add_command(sub, name, _state_command(op, key), help)
     p.add_argument("instance_ids", nargs="+", metavar="INSTANCE_ID")
     p.add_argument("--wait", action="store_true", help="return once the change is complete")
     add_json(p)
+    return p
 
 
 def register_stop_instances(sub: argparse._SubParsersAction) -> None:
-    _register_state(sub, "stop-instances", "stop_instances", "StoppingInstances",
-                    "stop instances (ACPI power button, then forced); volumes stay")  # fmt: skip
+    p = _register_state(
+        sub, "stop-instances", "stop_instances", "StoppingInstances",
+        "stop instances (ACPI power button, then forced); volumes stay",
+    )  # fmt: skip
+    p.add_argument(
+        "--force", action="store_true",
+        help="end the guest at once, without the power button (EC2's --force)",
+    )  # fmt: skip
 
 
 def register_start_instances(sub: argparse._SubParsersAction) -> None:

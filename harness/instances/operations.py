@@ -545,7 +545,11 @@ def _transition(rec: Row, previous: str) -> dict[str, Any]:
     }
 
 
-def stop_instances(ids: list[str], wait: bool = False, timeout: float = 120) -> list[dict]:
+def stop_instances(
+    ids: list[str], wait: bool = False, timeout: float = 120, force: bool = False
+) -> list[dict]:
+    """StopInstances: the ACPI power button, QEMU ended after AMILAB_STOP_TIMEOUT seconds if
+    the guest has not shut down; `force` (EC2's --force) ends it at once, no shutdown."""
     out = []
     recs = _change(ids, "stop")
     for rec, prev in recs:
@@ -561,6 +565,7 @@ def stop_instances(ids: list[str], wait: bool = False, timeout: float = 120) -> 
                 def change(r: Row) -> None:
                     store.set_state(r, "stopping", store.USER_SHUTDOWN)
                     r["Amilab"]["Desired"] = "stop"
+                    r["Amilab"]["Force"] = force
 
                 rec = store.instances().update(iid, change)
                 _signal_supervisor(rec, signal.SIGTERM)

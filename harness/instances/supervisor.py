@@ -480,9 +480,15 @@ def _run(
                 _log("reboot requested")
                 _restart(inst, devices, powerdown=True)
                 continue
-            desired = store.find(iid)["Amilab"].get("Desired") or "stop"
-            _log(f"{desired} requested")
-            inst.qemu.stop(inst.dir.qmp_socket, timeout=STOP_GRACE, powerdown=True)
+            now = store.find(iid)["Amilab"]
+            desired, force = now.get("Desired") or "stop", bool(now.get("Force"))
+            _log(f"{desired} requested" + (" (forced)" if force else ""))
+            # forced (stop-instances --force): no power button, QEMU is ended at once
+            inst.qemu.stop(inst.dir.qmp_socket, timeout=STOP_GRACE, powerdown=not force)
+            if inst.dir and not force:
+                clean = _console_end(inst) == "poweroff"
+                ignored = f"the guest ignored the power button; ended after {STOP_GRACE:.0f} s"
+                _log("the guest shut down" if clean else ignored)
             if desired == "terminate":
                 return "terminated", store.USER_SHUTDOWN
             return "stopped", store.USER_SHUTDOWN
@@ -569,7 +575,8 @@ def _finish(iid: str, final: str, reason: tuple[str, str] | None) -> None:
         desired = r["Amilab"].get("Desired")
         name = "terminated" if desired == "terminate" or final == "terminated" else "stopped"
         store.set_state(r, name, reason)
-        r["Amilab"].update(QemuPid=None, NetworkPid=None, Supervisor=None, Desired=None)
+        r["Amilab"].update(QemuPid=None, NetworkPid=None, Supervisor=None, Desired=None,
+                           Force=None)  # fmt: skip
         changes.extend(hotplug.settle(r))
 
     r = _update(iid, change)
