@@ -343,7 +343,9 @@ def modify_instance_event_start_time(p: Params, ctx: Context) -> Result:
 
 @action("StopInstances", "IncorrectInstanceState")
 def stop_instances(p: Params, ctx: Context) -> Result:
-    return {"StoppingInstances": operations.stop_instances(_ids(p, ctx))}
+    # Force: EC2 skips the guest's orderly shutdown; here QEMU is ended without the button
+    force = bool(p.get("Force"))
+    return {"StoppingInstances": operations.stop_instances(_ids(p, ctx), force=force)}
 
 
 @action("StartInstances", "IncorrectInstanceState")
