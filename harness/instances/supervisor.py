@@ -61,7 +61,7 @@ REBOOT_LIMIT = 3  # guest-initiated reboots within REBOOT_WINDOW before it count
 REBOOT_WINDOW = 120.0
 # q35 (HVM on UEFI): empty PCIe root ports an instance starts with, for volumes attached while
 # it runs (each volume attached at start has a port of its own besides)
-SPARE_PORTS = 4
+SPARE_PORTS = int(os.environ.get("AMILAB_SPARE_PORTS", "4"))
 
 _requests: list[str] = []
 
@@ -563,6 +563,8 @@ def _settle(iid: str) -> Row:
     changes: list[tuple[str, str]] = []
     r = _update(iid, lambda r: changes.extend(hotplug.settle(r)))
     hotplug.settle_volumes(iid, changes)
+    for vid, outcome in changes:
+        _log(f"{outcome} {vid} (settled as its QEMU ended)")
     return r
 
 
