@@ -13,7 +13,10 @@ One module, three instances, each exercised for many things:
    instance-stop (moved by modify-instance-event-start-time), curled from inside and carried
    out at their time; bundle-vol of the stopped instance (default filter and --exclude),
    upload-bundle to a directory, register, smoke of the new instance-store AMI; terminate
-   removes the root volume and leaves the other one.
+   removes the root volume and leaves the other one. Meanwhile a volume made from the image's
+   snapshot is attached while it runs (hot-plug: the guest reads the snapshot's bytes; the
+   metadata's block-device-mapping/ shows it only from the next start, as EC2's does), kept
+   across the stop/start and the reboot, and detached while it runs (the guest lets go).
 3. the new AMI relaunched with a volume made from a snapshot of that other volume: the file,
    the package and the volume's data are there; a spot interruption announced 30 s ahead is
    served at spot/instance-action and carried out at the announced time.
@@ -227,6 +230,9 @@ def test_change_stop_start_reboot_image_terminate(env: dict) -> None:
     data_dev = _disk_by_serial(client, data_vol)
     sh(client, f"printf amilab-volume-data | dd of={data_dev} conv=fsync status=none; sync")
     boot_id = sh(client, "cat /proc/sys/kernel/random/boot_id")
+    t = time.monotonic()
+    hot_vol = _attach_while_running(env, iid, client, ami)
+    hot_seconds = time.monotonic() - t
     client.close()
 
     t = time.monotonic()
@@ -239,6 +245,11 @@ def test_change_stop_start_reboot_image_terminate(env: dict) -> None:
     client = login(env, iid)  # its address may be new, as on EC2
     assert sh(client, "cat /root/marker") == "changed"
     assert "Linux version" in cli(env, "get-console-output", iid).stdout
+    t = time.monotonic()
+    _disk_by_serial(client, hot_vol)  # attached while it ran: still there after a stop/start
+    assert curl(client, "/latest/meta-data/block-device-mapping/ebs2") == ("200", "/dev/sdh")
+    hot_seconds += time.monotonic() - t
+    boot_id = sh(client, "cat /proc/sys/kernel/random/boot_id")  # this start's, not launch's
     client.close()
     cli(env, "reboot-instances", iid)
     deadline = time.monotonic() + BOOT
@@ -253,6 +264,10 @@ def test_change_stop_start_reboot_image_terminate(env: dict) -> None:
         except Exception:  # noqa: BLE001 - going down or coming up
             pass
         time.sleep(1)
+    t = time.monotonic()
+    _detach_while_running(env, iid, hot_vol)  # after the reboot: cold-plugged at its start
+    hot_seconds += time.monotonic() - t
+    print(f"hot-plug part: {hot_seconds:.1f} s")
 
     new_ami = cli(env, "create-image", iid, "--name", "changed").stdout.strip()
     assert describe(env, iid)["State"]["Name"] in ("pending", "running")  # started again
@@ -287,6 +302,46 @@ def test_change_stop_start_reboot_image_terminate(env: dict) -> None:
     assert now["BlockDeviceMappings"] == ami["BlockDeviceMappings"]
     assert now["Locations"] == ami["Locations"]
     SHARED.update(new_ami=new_ami, data_snap=data_snap, root_snap=snaps[ami["RootDeviceName"]])
+
+
+def _attach_while_running(env: dict, iid: str, client: paramiko.SSHClient, ami: dict) -> str:
+    """A volume made from the image's root snapshot, attached while the instance runs: the
+    guest gets a disk with the volume ID as its serial and reads the snapshot's bytes; the
+    metadata's block-device-mapping/ is as at the start (EC2: "Amazon EBS volumes are only
+    available in metadata if they were present at launch time or when the instance was last
+    started")."""
+    import hashlib
+
+    snap = ami["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    vol = cli_json(env, "create-volume", "--snapshot-id", snap)["VolumeId"]
+    att = cli_json(env, "attach-volume", "--volume-id", vol, "--instance-id", iid,
+                   "--device", "/dev/sdh")  # fmt: skip
+    assert (att["State"], att["Device"]) == ("attached", "/dev/sdh")
+    mapped = {m["DeviceName"]: m["Ebs"] for m in describe(env, iid)["BlockDeviceMappings"]}
+    assert mapped["/dev/sdh"]["VolumeId"] == vol and mapped["/dev/sdh"]["Status"] == "attached"
+    dev = _disk_by_serial(client, vol)  # NVMe here (--disk-bus nvme), as at a start
+    with open(ami["Locations"]["raw"], "rb") as f:
+        want = hashlib.sha256(f.read(1 << 20)).hexdigest()
+    assert sh(client, f"head -c 1048576 {dev} | sha256sum").split()[0] == want
+    listing = curl(client, "/latest/meta-data/block-device-mapping/")[1].split()
+    assert "ebs2" not in listing and "ebs1" in listing
+    return vol
+
+
+def _detach_while_running(env: dict, iid: str, vol: str) -> None:
+    """The guest lets go of the disk (QMP device_del, its ACPI eject): detached, available,
+    gone from the guest and the mapping; then the volume is deleted."""
+    client = login(env, iid)
+    _disk_by_serial(client, vol)
+    att = cli_json(env, "detach-volume", "--volume-id", vol)
+    assert att["State"] == "detached"
+    serials = sh(client, "cat /sys/block/nvme*n1/device/serial")
+    assert vol.replace("-", "") not in serials, serials
+    client.close()
+    (got,) = cli_json(env, "describe-volumes", vol)["Volumes"]
+    assert got["State"] == "available" and got["Attachments"] == []
+    assert "/dev/sdh" not in [m["DeviceName"] for m in describe(env, iid)["BlockDeviceMappings"]]
+    cli(env, "delete-volume", "--volume-id", vol)
 
 
 SECRET = "amilab-bundle-vol-secret"
