@@ -34,6 +34,7 @@ class RunSettings:
     retries: int = 1  # further attempts of a cell that ended in ERROR
     keep: bool = False
     known_issues: tuple[known.KnownIssue, ...] = ()
+    run_started: float = 0.0  # the run's start (time.time(): a worker's clock is comparable)
 
 
 class Hooks(Protocol):
@@ -98,6 +99,8 @@ def run_cell(cell: Cell, settings: RunSettings, hooks: Hooks | None = None) -> C
     """Attempts until one is not an ERROR or the retries are spent; a pass after an ERROR
     is flaky (CellResult.flaky)."""
     result = CellResult(cell)
+    if settings.run_started:
+        result.started = max(0.0, time.time() - settings.run_started)
     t0 = time.monotonic()
     for _ in range(1 + max(0, settings.retries)):
         attempt = run_attempt(cell, settings, hooks)

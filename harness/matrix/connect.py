@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,15 +91,9 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def local_cores(jobs: int) -> int:
-    """The embedded worker's `CPU` resource: this machine's cores, or more when `--jobs`
-    asks for more guests at once than that (the user's number wins)."""
-    return max(os.cpu_count() or 1, jobs)
-
-
-def local_cluster(jobs: int) -> tuple[Any, Any]:
-    """One in-process worker with `jobs` threads and VM slots, and the machine's cores as
-    its `CPU` resource (harness.matrix.order): no interpreter to start and nothing to
+def local_cluster(jobs: int, vcpus: int) -> tuple[Any, Any]:
+    """One in-process worker with `jobs` threads and VM slots, and the machine's vCPU budget
+    as its `CPU` resource (harness.matrix.order): no interpreter to start and nothing to
     pickle across processes, so the embedded run costs little over threads. Its memory
     limit is off: guests are QEMU processes Dask does not count (the VM slots are the
     cap)."""
@@ -110,7 +103,7 @@ def local_cluster(jobs: int) -> tuple[Any, Any]:
         n_workers=1,
         threads_per_worker=jobs,
         processes=False,
-        resources={"VM": jobs, "CPU": local_cores(jobs)},
+        resources={"VM": jobs, "CPU": vcpus},
         memory_limit=0,
         dashboard_address=":0",  # its HTTP server on a free port: 8787 may be taken
         silence_logs=logging.CRITICAL,

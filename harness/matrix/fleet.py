@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +32,14 @@ from harness.matrix import artifacts, connect, order
 from harness.matrix.cell_run import RunSettings
 from harness.matrix.cells import Cell
 from harness.matrix.results import ERROR, Attempt, CellResult, Evidence, Verdict
-from harness.matrix.worker import PLUGIN, RUNNING, TOPIC, AmilabPlugin, error_result
+from harness.matrix.worker import (
+    PLUGIN,
+    RUNNING,
+    TOPIC,
+    AmilabPlugin,
+    error_result,
+    worker_accelerator,
+)
 
 LOST = "worker lost"
 _RUNS = itertools.count()
@@ -64,6 +72,7 @@ class DaskExecutor:
         self._client: Any = None
         self._cluster: Any = None
         self._futures: list[Any] = []
+        self._vcpus = 0  # the embedded worker's vCPU budget, once open
 
     @property
     def slots(self) -> int:
@@ -84,7 +93,9 @@ class DaskExecutor:
             return
         connect.quiet()
         if self.scheduler is None:
-            self._cluster, self._client = connect.local_cluster(self.jobs)
+            chosen = worker_accelerator(self.accel).name  # probed once: the cells reuse it
+            self._vcpus = order.vcpu_budget(os.cpu_count() or 1, chosen, self.jobs)
+            self._cluster, self._client = connect.local_cluster(self.jobs, self._vcpus)
         else:
             address = connect.check_address(self.scheduler, self.tls)
             self._client = connect.connect(address, self.tls)
@@ -181,11 +192,11 @@ class DaskExecutor:
         return self.results
 
     def _cores(self) -> int | None:
-        """The cores a cell may hold (harness.matrix.order): the embedded worker's; for a
-        scheduler's workers, the fewest any of them declares (`--resources "VM=N CPU=C"`),
-        or None when one declares none (cells then ask for a VM slot only, as before)."""
+        """The vCPUs a cell may hold (harness.matrix.order): the embedded worker's budget;
+        for a scheduler's workers, the fewest any of them declares (`--resources "VM=N
+        CPU=C"`), or None when one declares none (cells then ask for a VM slot only)."""
         if self.scheduler is None:
-            return connect.local_cores(self.jobs)
+            return self._vcpus
         assert self._client is not None
         info = self._client.scheduler_info(n_workers=-1)["workers"].values()
         cpus = [w.get("resources", {}).get("CPU") for w in info]

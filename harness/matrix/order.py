@@ -1,14 +1,19 @@
-"""How cells share the machine: the order they start in, and the cores each one holds.
+"""How cells share the machine: the order they start in, and the vCPUs each one holds.
 
-Cores: a cell holds as many of its host's cores as its instance type has vCPUs (a `CPU`
-resource beside the `VM` slot). Guests are not overcommitted: measured here under TCG, the
-12-cell bench matrix cost 37.7 CPU seconds a cell with two guests at once (m1.small's one
-vCPU beside m1.large's two), 44.3 when two 2-vCPU guests ran together (four vCPU threads on
-two cores: a descheduled vCPU holding a guest lock leaves the other spinning) and 53.3 with
-three guests at once, against 34.3 one at a time.
+vCPUs: a cell holds as many of its host's vCPU budget (a `CPU` resource beside the `VM`
+slot) as its instance type has vCPUs. Under KVM the budget is the host's cores. Under TCG it
+is one and a half vCPUs per core, because a TCG guest keeps fewer cores busy than it has
+vCPUs (its vCPU threads sleep in HLT and wait on I/O): alone on this 2-core host, m1.large's
+two vCPUs kept 1.4 cores busy, m1.small's one about 1.1. Measured on the 12-cell bench
+matrix (6 cells on m1.small, 6 on m1.large), in one interleaved run, cells per minute with
+the budget at 2 / 3 / unlimited vCPUs: 4.03 / 4.17 / 4.32, then (the host slower)
+2.80 / 3.88 / 3.79. At 2 every m1.large cell ran alone on a core it did not use; at 3 an
+m1.small cell runs beside it and two m1.large guests never share the two cores (four vCPU
+threads on two cores cost 44.3 CPU seconds a cell against 34.3 one at a time: a descheduled
+vCPU holding a guest lock leaves the other spinning).
 
 Order: the longest first (longest-processing-time-first scheduling), so a run does not end
-with one slow guest alone on an otherwise idle machine, and cells that fit in the cores
+with one slow guest alone on an otherwise idle machine, and cells that fit in the vCPUs
 left over are not stuck behind one that does not. A cell's length comes from an earlier
 run of it when there is one (`--baseline`: its `Seconds`); otherwise it is estimated from
 what decides it under emulation, measured on this project's images under TCG (README, boot
@@ -27,6 +32,14 @@ from harness.matrix.cells import Cell
 # x the 2-vCPU speedup below)
 ARCH_COST = {"x86_64": 1.0, "i386": 1.84, "arm64": 4.1}
 SECOND_VCPU_SPEEDUP = 1.5  # the wall time a 2-vCPU guest saves over 1 vCPU (x)
+TCG_VCPUS_PER_CORE = 1.5
+
+
+def vcpu_budget(cores: int, accelerator: str, jobs: int = 1) -> int:
+    """The vCPUs the guests of one host may have at once (never fewer than `jobs`, the
+    guests the user asked for at once: their number wins)."""
+    per_core = TCG_VCPUS_PER_CORE if accelerator == "tcg" else 1.0
+    return max(1, int(cores * per_core), jobs)
 
 
 def vcpus(options: dict[str, str], architecture: str) -> int:
@@ -37,7 +50,7 @@ def vcpus(options: dict[str, str], architecture: str) -> int:
 
 
 def cores_held(cell: Cell, capacity: int) -> int:
-    """The cores a cell holds on a host that has `capacity` of them (never more)."""
+    """The vCPUs a cell holds of a host's budget of `capacity` (never more)."""
     return max(1, min(cell.vcpus, capacity))
 
 

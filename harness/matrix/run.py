@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -117,6 +117,8 @@ def matrix(req: MatrixRequest, executor: Executor | None = None) -> int:
                 named = req.accel if req.accel != "auto" else "tcg"
                 settings = RunSettings(named, "", req.ssh_timeout, req.retries, req.keep, issues)
             cells = prepare(cells, req.spec.recipes, say, quiet=req.json)
+            # cells' StartedAt count from here: after the builds, as the cells' own clock
+            settings = replace(settings, run_started=time.time())
             runnable = order.longest_first(
                 [c for c in cells if not c.skip], os.cpu_count() or 1, earlier
             )

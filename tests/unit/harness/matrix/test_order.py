@@ -4,9 +4,11 @@ some), and each holding the cores its instance type has vCPUs for."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
-from harness.matrix import baseline, order
+from harness.matrix import baseline, connect, order
 from harness.matrix.cells import Cell
 from harness.matrix.fleet import _resources
 
@@ -64,3 +66,48 @@ def test_a_cell_asks_for_its_cores_only_where_workers_count_them() -> None:
     assert _resources(big, 1) == {"VM": 1, "CPU": 1}  # never more than a worker has
     assert _resources(small, 2) == {"VM": 1, "CPU": 1}
     assert _resources(big, None) == {"VM": 1}  # workers started with VM slots only
+
+
+def test_tcg_budget_lets_a_small_guest_beside_a_large_one_but_not_two_large() -> None:
+    assert order.vcpu_budget(2, "tcg") == 3
+    assert order.vcpu_budget(2, "kvm") == 2
+    assert order.vcpu_budget(1, "tcg") == 1
+    assert order.vcpu_budget(2, "tcg", jobs=5) == 5  # --jobs asks for more: it wins
+    assert order.vcpu_budget(8, "tcg") == 12
+
+
+_LOCK = threading.Lock()
+_RUNNING: list[str] = []
+_TOGETHER: list[tuple[str, ...]] = []
+
+
+def _fake_cell(kind: str) -> None:
+    """A task that only records which kinds of cell run beside it."""
+    with _LOCK:
+        _RUNNING.append(kind)
+        _TOGETHER.append(tuple(sorted(_RUNNING)))
+    time.sleep(0.3)
+    with _LOCK:
+        _RUNNING.remove(kind)
+
+
+def test_the_embedded_cluster_keeps_to_the_budget() -> None:
+    """Real Dask scheduling with the matrix's resources: on 2 cores under TCG (budget 3),
+    m1.small runs beside m1.large, two m1.large never run together."""
+    budget = order.vcpu_budget(2, "tcg")
+    cluster, client = connect.local_cluster(2, budget)
+    _TOGETHER.clear()
+    try:
+        cells = [cell("pv", "m1.large"), cell("pv", "m1.large"), cell("pv", "m1.small"),
+                 cell("pv", "m1.small")]  # fmt: skip
+        futures = [
+            client.submit(_fake_cell, c.options[0][1], key=f"c{i}", pure=False,
+                          resources=_resources(c, budget), priority=len(cells) - i)  # fmt: skip
+            for i, c in enumerate(cells)
+        ]
+        client.gather(futures)
+    finally:
+        client.close()
+        cluster.close()
+    assert ("m1.large", "m1.large") not in _TOGETHER
+    assert ("m1.large", "m1.small") in _TOGETHER
