@@ -80,6 +80,11 @@ class DaskExecutor:
             return self.jobs
         return sum(int(f.get("Slots") or 0) for f in self.workers) or self.jobs
 
+    @property
+    def vcpus(self) -> int | None:
+        """The embedded worker's vCPU budget once open; None for a scheduler's workers."""
+        return self._vcpus if self.scheduler is None and self._vcpus else None
+
     def cancel(self) -> None:
         if self._client is not None and self._futures:
             with contextlib.suppress(Exception):

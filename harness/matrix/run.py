@@ -119,9 +119,12 @@ def matrix(req: MatrixRequest, executor: Executor | None = None) -> int:
             cells = prepare(cells, req.spec.recipes, say, quiet=req.json)
             # cells' StartedAt count from here: after the builds, as the cells' own clock
             settings = replace(settings, run_started=time.time())
-            runnable = order.longest_first(
-                [c for c in cells if not c.skip], os.cpu_count() or 1, earlier
-            )
+            cores = os.cpu_count() or 1
+            runnable = order.longest_first([c for c in cells if not c.skip], cores, earlier)
+            budget = getattr(executor, "vcpus", None)  # the embedded worker's vCPUs
+            if budget:
+                length = order.lengths(runnable, cores, earlier)
+                runnable = order.start_order(runnable, length, jobs, budget)
             with MatrixProgress(len(runnable)) as shown:
                 try:
                     ran = executor.run(runnable, settings, shown.started, shown.done)

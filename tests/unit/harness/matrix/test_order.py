@@ -111,3 +111,42 @@ def test_the_embedded_cluster_keeps_to_the_budget() -> None:
         cluster.close()
     assert ("m1.large", "m1.large") not in _TOGETHER
     assert ("m1.large", "m1.small") in _TOGETHER
+
+
+def test_start_order_pairs_large_guests_with_small_ones() -> None:
+    """Half m1.small, half m1.large on 2 VM slots and 3 vCPUs: each m1.large starts beside
+    an m1.small (longest first alone would start the m1.small pairs, then each m1.large
+    alone, since Dask's worker never starts a task past one that does not fit)."""
+    cells = [cell("pv", t, k) for t in ("m1.small", "m1.large") for k in ("a", "b", "c")]
+    ranked = order.longest_first(cells, cores=2)
+    got = order.start_order(ranked, order.lengths(ranked, 2), jobs=2, budget=3)
+    assert sorted(keys(got)) == sorted(keys(cells))
+    kinds = [c.vcpus for c in got]
+    assert kinds[:4] in ([2, 1, 2, 1], [1, 2, 2, 1], [2, 1, 1, 2], [1, 2, 1, 2]), kinds
+    # cells that all hold the same vCPUs: longest first
+    same = [cell("pv", "m1.small", k) for k in ("a", "b", "c")]
+    assert order.start_order(same, {c.key: float(i) for i, c in enumerate(same)}, 2, 3) == [
+        same[2], same[1], same[0]
+    ]
+
+
+def test_the_embedded_cluster_runs_the_start_order_with_large_beside_small() -> None:
+    """The simulated order on a real embedded Dask cluster: no m1.large runs alone while
+    an m1.small waits."""
+    budget = order.vcpu_budget(2, "tcg")
+    cells = [cell("pv", t, k) for t in ("m1.small", "m1.large") for k in ("a", "b")]
+    ranked = order.longest_first(cells, cores=2)
+    todo = order.start_order(ranked, order.lengths(ranked, 2), jobs=2, budget=budget)
+    cluster, client = connect.local_cluster(2, budget)
+    _TOGETHER.clear()
+    try:
+        futures = [
+            client.submit(_fake_cell, c.options[0][1], key=f"s{i}", pure=False,
+                          resources=_resources(c, budget), priority=len(todo) - i)  # fmt: skip
+            for i, c in enumerate(todo)
+        ]
+        client.gather(futures)
+    finally:
+        client.close()
+        cluster.close()
+    assert _TOGETHER.count(("m1.large", "m1.small")) >= 2, _TOGETHER
