@@ -94,6 +94,11 @@ class ConsoleWatcher:
         self._cpu = cpu
         self._offset = 0
         self._text = ""
+        # where the next scan starts: the first line not wholly scanned (patterns are
+        # line-based). Scanning the whole log on every poll (several a second while waiting
+        # for SSH) cost a matrix cell about a CPU second, much of it in `.*`-led patterns.
+        self._scanned = 0
+        self._found: tuple[int, int] | None = None  # (rank in FAILURES, where it matched)
         self.milestones: dict[str, float] = {}  # name -> seconds after start
         self.cpu_milestones: dict[str, float] = {}  # name -> QEMU's CPU seconds by then
         self._last_output = time.monotonic()
@@ -113,17 +118,35 @@ class ConsoleWatcher:
             self._text += new.decode("utf-8", errors="replace").replace("\r", "")
             now = time.monotonic() - self.started_at
             for name, pattern in MILESTONES:
-                if name not in self.milestones and pattern.search(self._text):
+                if name not in self.milestones and pattern.search(self._text, self._scanned):
                     self.milestones[name] = round(now, 2)
                     cpu = self._cpu() if self._cpu else None
                     if cpu is not None:
                         self.cpu_milestones[name] = cpu
         return self.failure()
 
+    def _scan(self) -> None:
+        """Search what is new for failures more specific than the one found (FAILURES'
+        order), so the result is what a search of the whole log would give."""
+        if self._scanned >= len(self._text):
+            return
+        for rank, (_, pattern) in enumerate(FAILURES):
+            if self._found is not None and rank >= self._found[0]:
+                break
+            if m := pattern.search(self._text, self._scanned):
+                self._found = (rank, m.start())
+                break
+        # the last line may not be complete yet: it is scanned again with what follows
+        self._scanned = self._text.rfind("\n") + 1
+
     def failure(self) -> ConsoleFailure | None:
-        for reason, pattern in FAILURES:
-            if m := pattern.search(self._text):
-                return ConsoleFailure(reason, m.group(0))
+        self._scan()
+        if self._found is not None:
+            rank, at = self._found
+            reason, pattern = FAILURES[rank]
+            # matched again where it did: a line that was still being written is whole now
+            m = pattern.match(self._text, at)
+            return ConsoleFailure(reason, m.group(0) if m else self._text[at:].split("\n")[0])
         if time.monotonic() - self._last_output >= STALL_SECONDS:
             for reason, waiting, progress in STALLS:
                 if (m := waiting.search(self._text)) and not progress.search(self._text, m.end()):

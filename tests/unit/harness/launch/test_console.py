@@ -102,3 +102,39 @@ def test_a_wait_that_never_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         f.write("[    6.0] EXT4-fs (vda): mounted filesystem\n")
     w.poll()
     assert w.failure() is None  # it came after all
+
+
+def _whole_log_failure(text: str) -> tuple[str, str] | None:
+    """What a search of the whole log gives: the first of FAILURES that matches anywhere."""
+    from harness.launch.console import FAILURES
+
+    text = text.replace("\r", "")
+    for reason, pattern in FAILURES:
+        if m := pattern.search(text):
+            return reason, m.group(0)
+    return None
+
+
+@pytest.mark.parametrize("size", [1, 7, 40, 10_000])
+def test_scanning_only_what_is_new_gives_the_whole_logs_answer(tmp_path: Path, size: int) -> None:
+    """Chunks cut anywhere (mid-line too), a less specific failure seen before the more
+    specific one: the incremental scan answers as a scan of the whole log would."""
+    log = "[    1.0] Linux version 6.1.0\r\n" * 50
+    log += "[   17.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x100\r\n"
+    log += "amilab-ramdisk: ROOT NOT FOUND: root=LABEL=x (waited 10 s); block devices: none\r\n"
+    chunks = [log[i : i + size] for i in range(0, len(log), size)]
+    w = _watch(tmp_path, *chunks)
+    got = w.failure()
+    assert got is not None and (got.reason, got.line) == _whole_log_failure(log)
+
+
+def test_a_failure_line_still_being_written_is_reported_whole(tmp_path: Path) -> None:
+    w = _watch(tmp_path, "[ 2.0] Kernel panic - not syncing: VFS: Unable to mou")
+    first = w.failure()
+    assert first is not None and first.line.endswith("Unable to mou")
+    with open(tmp_path / "console.log", "a") as f:
+        f.write("nt root fs on unknown-block(0,0)\r\n")
+    w.poll()
+    last = w.failure()
+    assert last is not None and last.reason == "unable to mount root"
+    assert last.line.endswith("unknown-block(0,0)")
