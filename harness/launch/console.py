@@ -61,6 +61,19 @@ STALLS: tuple[tuple[str, re.Pattern[str], re.Pattern[str]], ...] = (
 )  # fmt: skip
 STALL_SECONDS = 20.0
 
+# A kernel that printed its boot (KERNEL_CHATTY lines or more: not a `quiet` one, which says
+# almost nothing until the login prompt) and then nothing for KERNEL_STALL_SECONDS, before any
+# sign of init. Seen once under TCG (2 vCPUs, another guest beside it): silent after
+# "sched_clock: Marking stable" until SSH gave up at 300 s; the same cell boots in 23 s. The
+# verdict cannot tell a kernel bug from an emulator hang, so the matrix retries it (ERROR).
+KERNEL_STARTED = re.compile(r"Linux version \d")
+INIT_REACHED = re.compile(
+    r"Run /init|Run /sbin/init|amilab-ramdisk|systemd\[1\]|Welcome to |login:"
+)
+KERNEL_STALL = "the kernel stopped before init"
+KERNEL_STALL_SECONDS = 90.0
+KERNEL_CHATTY = 100
+
 # Milestones whose first appearance (host time) splits the boot into phases.
 MILESTONES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("kernel", re.compile(r"Linux version \d")),
@@ -147,11 +160,19 @@ class ConsoleWatcher:
             # matched again where it did: a line that was still being written is whole now
             m = pattern.match(self._text, at)
             return ConsoleFailure(reason, m.group(0) if m else self._text[at:].split("\n")[0])
-        if time.monotonic() - self._last_output >= STALL_SECONDS:
+        silent = time.monotonic() - self._last_output
+        if silent >= STALL_SECONDS:
             for reason, waiting, progress in STALLS:
                 if (m := waiting.search(self._text)) and not progress.search(self._text, m.end()):
                     return ConsoleFailure(f"{reason} (no progress for {STALL_SECONDS:.0f} s)",
                                           m.group(0))  # fmt: skip
+        if silent >= KERNEL_STALL_SECONDS and (m := KERNEL_STARTED.search(self._text)):
+            after = self._text[m.start() :]
+            if after.count("\n") >= KERNEL_CHATTY and not INIT_REACHED.search(after):
+                last = after.rstrip().rsplit("\n", 1)[-1]
+                return ConsoleFailure(
+                    f"{KERNEL_STALL} (no output for {KERNEL_STALL_SECONDS:.0f} s)", last
+                )
         return None
 
     @property

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.launch.console import FAILURES, MILESTONES, STALLS
+from harness.launch.console import FAILURES, KERNEL_STALL, MILESTONES, STALLS
 from harness.matrix.results import ERROR, FAIL, PASS, Evidence, Verdict
 
 # the console watcher's reasons (harness.launch.console.FAILURES) as matrix classes
@@ -33,6 +33,7 @@ SILENT = "SSH never answered with the console silent"
 NO_NETWORK = "network never came up"
 TRANSPORT = "SSH transport failure with a healthy console"
 OFF = "guest powered off or reset before SSH"
+KERNEL_STALLED = "kernel stalled before init (console silent)"
 HARNESS = "harness error"
 MODULE_TREE = "module tree missing"
 MODULE_LOAD = "a module fails to load"
@@ -155,6 +156,8 @@ def classify(seen: Observed) -> Verdict:
         return verdict
     if verdict := _check_failure(r.get("Checks", []), console):
         return verdict  # e.g. modules-tree read from the disk when no login came
+    if failure.startswith(KERNEL_STALL):  # a hang the verdict cannot pin on the kernel
+        return Verdict(ERROR, KERNEL_STALLED, [Evidence(0, failure)] + last_lines(console, 2))
     if failure.startswith("QEMU's network process exited"):
         return Verdict(ERROR, NETWORK_DIED, [Evidence(0, failure)] + last_lines(console, 2))
     status = seen.qemu_exit

@@ -138,3 +138,29 @@ def test_a_failure_line_still_being_written_is_reported_whole(tmp_path: Path) ->
     last = w.failure()
     assert last is not None and last.reason == "unable to mount root"
     assert last.line.endswith("unknown-block(0,0)")
+
+
+def test_a_kernel_that_stops_printing_before_init(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chatty kernel gone silent before init is a stall; a `quiet` one (a few lines, then
+    nothing until the login prompt) is not, nor is a kernel that reached init."""
+    from harness.launch import console
+
+    kernel = "[    0.0] Linux version 6.1.0-56-cloud-amd64\n"
+    kernel += "".join(f"[    1.{i:03d}] driver {i} registered\n" for i in range(120))
+    kernel += "[    2.27] sched_clock: Marking stable (2284179490, -13751920)\n"
+    w = _watch(tmp_path, kernel)
+    assert w.failure() is None  # not silent long enough yet
+    monkeypatch.setattr(console, "KERNEL_STALL_SECONDS", 0.0)
+    failure = w.failure()
+    assert failure is not None and failure.reason.startswith(console.KERNEL_STALL)
+    assert failure.line.startswith("[    2.27] sched_clock: Marking stable")
+
+    (tmp_path / "quiet").mkdir()
+    quiet = _watch(tmp_path / "quiet", "[    0.0] Linux version 6.1.0\n[    0.5] a warning\n")
+    assert quiet.failure() is None
+    with open(tmp_path / "console.log", "a") as f:
+        f.write("[    3.0] Run /init as init process\n")
+    w.poll()
+    assert w.failure() is None  # it reached init: what follows is init's to explain

@@ -112,3 +112,11 @@ def test_excerpt_is_numbered_around_the_evidence() -> None:
     text = "\n".join(f"line {n}" for n in range(1, 101))
     out = excerpt(text, [Evidence(0, "x"), Evidence(60, "line 60")], count=5)
     assert out.splitlines() == [f"{n:5d}  line {n}" for n in range(58, 63)]
+
+
+def test_a_kernel_stalled_before_init_is_an_error_to_retry() -> None:
+    last = "[    2.27] sched_clock: Marking stable (2284179490, -13751920)"
+    failure = f"the kernel stopped before init (no output for 90 s): {last}"
+    v = classify(Observed(report(failure), console(last)))
+    assert (v.status, v.klass) == (ERROR, c.KERNEL_STALLED)
+    assert v.evidence[0].text == failure and any(e.text == last for e in v.evidence)
