@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import paths
+from builder.errors import AmilabError
 from builder.images.registry import Registry
 from harness.launch.instance import instance_logs
 from harness.launch.plan import make_plan
@@ -98,7 +99,10 @@ class DaskExecutor:
             return
         connect.quiet()
         if self.scheduler is None:
-            chosen = worker_accelerator(self.accel).name  # probed once: the cells reuse it
+            try:
+                chosen = worker_accelerator(self.accel).name  # probed once: cells reuse it
+            except AmilabError:
+                chosen = "unusable"  # check_workers below says why, as for any worker
             self._vcpus = order.vcpu_budget(os.cpu_count() or 1, chosen, self.jobs)
             self._cluster, self._client = connect.local_cluster(self.jobs, self._vcpus)
         else:
