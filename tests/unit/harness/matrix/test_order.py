@@ -91,15 +91,12 @@ def _fake_cell(kind: str) -> None:
         _RUNNING.remove(kind)
 
 
-def test_the_embedded_cluster_keeps_to_the_budget() -> None:
-    """Real Dask scheduling with the matrix's resources: on 2 cores under TCG (budget 3),
-    m1.small runs beside m1.large, two m1.large never run together."""
-    budget = order.vcpu_budget(2, "tcg")
+def _run_embedded(cells: list[Cell], budget: int) -> list[tuple[str, ...]]:
+    """`cells` as fake tasks on a real embedded cluster (2 VM slots, `budget` vCPUs), in
+    the order given, as the matrix submits them; which kinds ran side by side."""
     cluster, client = connect.local_cluster(2, budget)
     _TOGETHER.clear()
     try:
-        cells = [cell("pv", "m1.large"), cell("pv", "m1.large"), cell("pv", "m1.small"),
-                 cell("pv", "m1.small")]  # fmt: skip
         futures = [
             client.submit(_fake_cell, c.options[0][1], key=f"c{i}", pure=False,
                           resources=_resources(c, budget), priority=len(cells) - i)  # fmt: skip
@@ -109,8 +106,17 @@ def test_the_embedded_cluster_keeps_to_the_budget() -> None:
     finally:
         client.close()
         cluster.close()
-    assert ("m1.large", "m1.large") not in _TOGETHER
-    assert ("m1.large", "m1.small") in _TOGETHER
+    return list(_TOGETHER)
+
+
+def test_the_embedded_cluster_keeps_to_the_budget() -> None:
+    """Real Dask scheduling with the matrix's resources: on 2 cores under TCG (budget 3),
+    m1.small runs beside m1.large, two m1.large never run together."""
+    cells = [cell("pv", "m1.large"), cell("pv", "m1.large"), cell("pv", "m1.small"),
+             cell("pv", "m1.small")]  # fmt: skip
+    together = _run_embedded(cells, order.vcpu_budget(2, "tcg"))
+    assert ("m1.large", "m1.large") not in together
+    assert ("m1.large", "m1.small") in together
 
 
 def test_start_order_pairs_large_guests_with_small_ones() -> None:
@@ -137,16 +143,5 @@ def test_the_embedded_cluster_runs_the_start_order_with_large_beside_small() -> 
     cells = [cell("pv", t, k) for t in ("m1.small", "m1.large") for k in ("a", "b")]
     ranked = order.longest_first(cells, cores=2)
     todo = order.start_order(ranked, order.lengths(ranked, 2), jobs=2, budget=budget)
-    cluster, client = connect.local_cluster(2, budget)
-    _TOGETHER.clear()
-    try:
-        futures = [
-            client.submit(_fake_cell, c.options[0][1], key=f"s{i}", pure=False,
-                          resources=_resources(c, budget), priority=len(todo) - i)  # fmt: skip
-            for i, c in enumerate(todo)
-        ]
-        client.gather(futures)
-    finally:
-        client.close()
-        cluster.close()
-    assert _TOGETHER.count(("m1.large", "m1.small")) >= 2, _TOGETHER
+    together = _run_embedded(todo, budget)
+    assert together.count(("m1.large", "m1.small")) >= 2, together
