@@ -15,6 +15,13 @@ cells' verdicts (the loop's must match the matrix's) and the load average around
 Target (issue 13), TCG on the 2-core machine: the default matrix ≥ 1.5× the loop's cells
 per minute.
 
+The host's parallel efficiency is measured beside them (before the first default run and
+after the second): a CPU-bound loop's work per CPU second with one copy per core running
+at once, over one copy alone, in interleaved rounds. With it the bench prints the ceiling
+this host puts on the ratio: cores × efficiency ÷ the cores the loop keeps busy (its CPU
+seconds over its wall time), i.e. what the matrix would reach with every core busy and its
+cells costing the loop's CPU seconds divided by the efficiency.
+
 Single boot: virtme-ng (`vng --run VMLINUZ --disable-kvm --force-9p -- uname -r`, booting
 the host's root over 9p with Debian's generic kernel) beside amilab's median time to SSH in
 the `--jobs 1` run (one guest at a time, as vng's). Needs the `bench` extra (virtme-ng) and
@@ -115,6 +122,37 @@ def loop_verdicts(out: Path) -> list[str]:
         except (OSError, ValueError, KeyError):
             got.append("missing")
     return got
+
+
+_SPIN = (
+    "import time\n"
+    "t = time.process_time(); n = 0\n"
+    "while time.process_time() - t < {seconds}:\n"
+    "    for i in range(20000): n += 1\n"
+    "print(n / (time.process_time() - t))\n"
+)
+
+
+def _spin(copies: int, seconds: float) -> list[float]:
+    """Work per CPU second of each of `copies` CPU-bound processes run at once."""
+    code = _SPIN.format(seconds=seconds)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+             for _ in range(copies)]  # fmt: skip
+    return [float(p.communicate()[0]) for p in procs]
+
+
+def parallel_efficiency(cores: int, rounds: int = 5, seconds: float = 2.0) -> float:
+    """All cores busy at once: each process's work per CPU second over one process alone's
+    (rounds interleaved, as this host's speed drifts within minutes); 1.0 is a perfect host."""
+    alone: list[float] = []
+    together: list[float] = []
+    for _ in range(rounds):
+        alone += _spin(1, seconds)
+        together += _spin(cores, seconds)
+    eff = statistics.mean(together) / statistics.mean(alone)
+    print(f"host parallel efficiency: {eff:.2f} ({cores} CPU-bound processes at once, each "
+          f"against one alone, {rounds} interleaved rounds of {seconds:.0f} s)")  # fmt: skip
+    return eff
 
 
 def load() -> str:
@@ -256,6 +294,7 @@ def main() -> int:
                 print(json.dumps({"Rows": rows}, indent=2))
             return 0
         rows = []
+        efficiency = [parallel_efficiency(cores)]
         # default, loop, default again: this host's speed drifts by tens of percent within
         # minutes, so the loop is compared with the mean of the default runs around it
         report = home / "default.json"
@@ -279,11 +318,22 @@ def main() -> int:
                 line("matrix (default, again)", wall, cpu, cores, matrix_verdicts(again), before)
             )
             rows.append(loop)
+            efficiency.append(parallel_efficiency(cores))
             mean = statistics.mean(r["CellsPerMinute"] for r in rows[:2])
             ratio = mean / loop["CellsPerMinute"]
             print(
                 f"default matrix / loop: {ratio:.2f}× cells per minute (target ≥ {TARGET}×; "
                 f"the two default runs' mean, {mean:.2f}/min; {jobs} guests at once)"
+            )
+            busy = loop["CpuSecondsPerCell"] * loop["CellsPerMinute"] / 60
+            eff = statistics.mean(efficiency)
+            ceiling = cores * eff / busy
+            inflation = statistics.mean(r["CpuSecondsPerCell"] for r in rows[:2])
+            inflation /= loop["CpuSecondsPerCell"]
+            print(
+                f"this host's ceiling for that ratio: {ceiling:.2f}× ({cores} cores × "
+                f"efficiency {eff:.2f} ÷ the {busy:.2f} cores the loop keeps busy); a matrix "
+                f"cell cost {inflation:.2f}× the loop's CPU seconds"
             )
             if loop["Verdicts"] != rows[0]["Verdicts"]:
                 print("warning: the loop's verdicts differ from the matrix's")
@@ -297,7 +347,8 @@ def main() -> int:
         ssh = [c["SecondsToSsh"] for c in doc["Cells"] if c.get("SecondsToSsh")]
         extra = virtme(statistics.median(ssh) if ssh else None)
         if args.json:
-            print(json.dumps({"Rows": rows, "Ratio": ratio, "Jobs": jobs, **extra}, indent=2))
+            doc = {"Rows": rows, "Ratio": ratio, "Jobs": jobs, "ParallelEfficiency": efficiency}
+            print(json.dumps({**doc, **extra}, indent=2))
     finally:
         shutil.rmtree(home, ignore_errors=True)
     return 0

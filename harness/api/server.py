@@ -27,6 +27,7 @@ from harness.api.accounts import Account
 from harness.api.actions import ACTIONS, STS_ACTIONS, Context
 from harness.api.errors import ApiError, from_library
 
+DRY_RUN = "Request would have succeeded, but DryRun flag is set."
 MAX_BODY = 1 << 20  # EC2's own limit on a request is far below; a bigger one is refused
 log = logging.getLogger("amilab.api")
 
@@ -117,6 +118,10 @@ class Handler(BaseHTTPRequestHandler):
                     "InvalidAction", f"The action {action} is not valid for this web service."
                 )
             params = protocol.parse(service, action, fields)
+            if params.get("DryRun") is True:
+                # EC2's answer to a permitted dry run: nothing is done (an aws CLI user's
+                # `--dry-run` must not launch a real VM); the request was checked above
+                raise ApiError("DryRunOperation", DRY_RUN, 412)
             ctx = Context(account=account, server=self.server, request_id=request_id)
             with acting_as(account.account_id):
                 try:

@@ -200,3 +200,23 @@ def test_scheduled_events_in_describe_instance_status_and_moved(api: dict) -> No
         )
     )
     assert (code, status) == ("InvalidInstanceEventID.NotFound", 400)
+
+
+def test_a_dry_run_is_refused_with_dry_run_operation_and_changes_nothing(api: dict) -> None:
+    ec2 = api["client"]()
+    before = _dump(api)
+    for call in (
+        lambda: ec2.run_instances(
+            ImageId="ami-0123456789abcdef0", MinCount=1, MaxCount=1, DryRun=True
+        ),
+        lambda: ec2.create_key_pair(KeyName="dry", DryRun=True),
+        lambda: ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, DryRun=True),
+        lambda: ec2.describe_images(DryRun=True),
+    ):
+        assert error_of(call) == ("DryRunOperation", 412)
+    assert _dump(api) == before
+    assert ec2.describe_key_pairs()["KeyPairs"] == []
+    assert ec2.describe_volumes()["Volumes"] == []
+    # DryRun=False is an ordinary request
+    ec2.create_key_pair(KeyName="real", DryRun=False)
+    assert [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]] == ["real"]
