@@ -351,22 +351,24 @@ def register_ssh(sub: argparse._SubParsersAction) -> None:
 
 
 def _create_key_pair(args: argparse.Namespace) -> int:
+    from builder.images.lifecycle import parse_tags
     from harness.instances.keypairs import create_key_pair, public_view
 
-    row, private = create_key_pair(args.key_name, args.key_type)
+    row, private = create_key_pair(args.key_name, args.key_type, parse_tags(args.tag))
     payload = public_view(row) | {"KeyMaterial": private}
     return show(args, payload, lambda: sys.stdout.write(private))
 
 
 def _import_key_pair(args: argparse.Namespace) -> int:
     from builder.errors import BadInput
+    from builder.images.lifecycle import parse_tags
     from harness.instances.keypairs import import_key_pair, public_view
 
     try:
         material = Path(args.public_key_material).read_text()
     except OSError as e:
         raise BadInput(f"--public-key-material {args.public_key_material}: {e.strerror}") from None
-    row = import_key_pair(args.key_name, material)
+    row = import_key_pair(args.key_name, material, parse_tags(args.tag))
     return print_result(args, public_view(row), [row["KeyName"]])
 
 
@@ -394,10 +396,12 @@ def register_key_pairs(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--key-name", required=True)
     p.add_argument("--key-type", default="ed25519", choices=("ed25519", "rsa"))
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
     add_json(p, "CreateKeyPair's response (KeyMaterial is the private key)")
     p = add_command(sub, "import-key-pair", _import_key_pair, "register your own public key")
     p.add_argument("--key-name", required=True)
     p.add_argument("--public-key-material", required=True, metavar="FILE.pub")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
     add_json(p)
     p = add_command(sub, "describe-key-pairs", _describe_key_pairs, "list key pairs")
     p.add_argument("--key-names", nargs="*", default=[], metavar="NAME")

@@ -69,7 +69,11 @@ def public_view(row: Row) -> Row:
     return {k: v for k, v in row.items() if k not in _PRIVATE}
 
 
-def _insert(name: str, public_line: str, key_type: str) -> Row:
+def _tag_list(tags: dict[str, str] | None) -> list[dict[str, str]]:
+    return [{"Key": k, "Value": v} for k, v in sorted((tags or {}).items())]
+
+
+def _insert(name: str, public_line: str, key_type: str, tags: dict[str, str] | None) -> Row:
     _check_name(name)
     if _lookup(name) is not None:
         raise BadInput(f"InvalidKeyPair.Duplicate: The keypair '{name}' already exists.")
@@ -80,7 +84,7 @@ def _insert(name: str, public_line: str, key_type: str) -> Row:
         "KeyFingerprint": _fingerprint(public_line),
         "KeyType": key_type,
         "CreateTime": now_iso(),
-        "Tags": [],
+        "Tags": _tag_list(tags),
         "PublicKey": public_line,
         "OwnerId": owner,
     }
@@ -90,7 +94,9 @@ def _insert(name: str, public_line: str, key_type: str) -> Row:
         raise BadInput(f"InvalidKeyPair.Duplicate: The keypair '{name}' already exists.") from None
 
 
-def create_key_pair(name: str, key_type: str = "ed25519") -> tuple[Row, str]:
+def create_key_pair(
+    name: str, key_type: str = "ed25519", tags: dict[str, str] | None = None
+) -> tuple[Row, str]:
     """The record and the private key (OpenSSH PEM), which amilab does not keep."""
     if key_type not in KEY_TYPES:
         raise BadInput(f"InvalidParameterValue: key type {key_type!r}; allowed: rsa, ed25519")
@@ -109,10 +115,10 @@ def create_key_pair(name: str, key_type: str = "ed25519") -> tuple[Row, str]:
         .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         .decode()
     )
-    return _insert(name, f"{public} {name}", key_type), private
+    return _insert(name, f"{public} {name}", key_type, tags), private
 
 
-def import_key_pair(name: str, public_material: str) -> Row:
+def import_key_pair(name: str, public_material: str, tags: dict[str, str] | None = None) -> Row:
     text = public_material.strip()
     parts = text.split()
     if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-")):
@@ -123,7 +129,7 @@ def import_key_pair(name: str, public_material: str) -> Row:
     except Exception:  # noqa: BLE001 - whatever paramiko says, the answer is EC2's
         raise BadInput("InvalidKey.Format: Key is not in valid OpenSSH public key format") from None
     key_type = "ed25519" if parts[0] == "ssh-ed25519" else "rsa"
-    return _insert(name, " ".join(parts[:2] + [name]), key_type)
+    return _insert(name, " ".join(parts[:2] + [name]), key_type, tags)
 
 
 def find_key_pair(name: str) -> Row:
@@ -139,6 +145,15 @@ def find_key_pair_id(key_pair_id: str) -> Row:
         if row["KeyPairId"] == key_pair_id:
             return row
     raise BadInput(f"InvalidKeyPair.NotFound: The key pair '{key_pair_id}' does not exist")
+
+
+def table_key(key_pair_id: str) -> str:
+    """The key pairs table's key of the caller's key pair with this ID (to change its row,
+    e.g. its tags), or EC2's InvalidKeyPair.NotFound."""
+    row = find_key_pair_id(key_pair_id)
+    found = _lookup(row["KeyName"])
+    assert found is not None  # just found among the caller's own
+    return found[0]
 
 
 def describe_key_pairs(names: list[str] | None = None) -> list[Row]:

@@ -90,6 +90,16 @@ def tags_of(obj: Any) -> dict[str, str]:
     return out
 
 
+def tag_specs(params: Params, resource_type: str) -> dict[str, str]:
+    """The tags a create request's TagSpecifications give a resource of this type (a spec
+    without ResourceType applies to it too)."""
+    out: dict[str, str] = {}
+    for spec in params.get("TagSpecifications") or []:
+        if spec.get("ResourceType") in (resource_type, None):
+            out.update(tags_of(spec.get("Tags")))
+    return out
+
+
 def _values(item: Any) -> list[str]:
     if item is None:
         return []

@@ -25,7 +25,7 @@ from harness.api.actions.common import (
     is_ec2_id,
     match_filters,
     require,
-    tags_of,
+    tag_specs,
 )
 from harness.api.errors import ApiError, from_library
 
@@ -153,7 +153,7 @@ def create_image(p: Params, ctx: Context) -> Result:
         if "already in use" in str(e):
             err = ApiError("InvalidAMIName.Duplicate", str(e))
         raise err from None
-    tags = _tag_specs(p, "image")
+    tags = tag_specs(p, "image")
     if tags:
         lifecycle.tag([image.image_id], tags)
     return {"ImageId": image.image_id}
@@ -163,14 +163,6 @@ def _check_name(name: str) -> None:
     # EC2: 3-128 characters: letters, numbers, ( ) [ ] space . / - ' @ _
     if not re.fullmatch(r"[A-Za-z0-9()\[\] ./\-'@_]{3,128}", name):
         raise ApiError("InvalidAMIName.Malformed", f"AMI name '{name}' is invalid")
-
-
-def _tag_specs(p: Params, resource_type: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for spec in p.get("TagSpecifications") or []:
-        if spec.get("ResourceType") in (resource_type, None):
-            out.update(tags_of(spec.get("Tags")))
-    return out
 
 
 @action("RegisterImage", "InvalidParameterValue")

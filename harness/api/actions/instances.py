@@ -22,7 +22,7 @@ from harness.api.actions.common import (
     filters_of,
     match_filters,
     require,
-    tags_of,
+    tag_specs,
 )
 from harness.api.actions.images import find_visible
 from harness.api.errors import ApiError, from_library
@@ -237,12 +237,7 @@ def _run(p: Params, ctx: Context) -> Result:
         zone = zones[subnet]
     for gid in p.get("SecurityGroupIds") or []:
         network.find_group(gid, ctx.account_id)
-    tags = [
-        f"{k}={v}"
-        for s in p.get("TagSpecifications") or []
-        if s.get("ResourceType") in ("instance", None)
-        for k, v in tags_of(s.get("Tags")).items()
-    ]
+    tags = [f"{k}={v}" for k, v in tag_specs(p, "instance").items()]
     user_data = _user_data(p)
     mappings = []
     for m in p.get("BlockDeviceMappings") or []:

@@ -15,6 +15,7 @@ from harness.api.actions.common import (
     filters_of,
     match_filters,
     require,
+    tag_specs,
 )
 from harness.api.errors import ApiError
 from harness.instances import keypairs
@@ -27,9 +28,11 @@ _FIELDS = {"key-name": field("KeyName"), "fingerprint": field("KeyFingerprint"),
 def create_key_pair(p: Params, ctx: Context) -> Result:
     if p.get("KeyFormat") not in (None, "pem"):
         raise ApiError("InvalidParameterValue", "KeyFormat: only pem is made here")
-    row, private = keypairs.create_key_pair(require(p, "KeyName"), p.get("KeyType") or "rsa")
+    row, private = keypairs.create_key_pair(
+        require(p, "KeyName"), p.get("KeyType") or "rsa", tag_specs(p, "key-pair")
+    )
     return {"KeyName": row["KeyName"], "KeyFingerprint": row["KeyFingerprint"],
-            "KeyMaterial": private, "KeyPairId": row["KeyPairId"], "Tags": []}  # fmt: skip
+            "KeyMaterial": private, "KeyPairId": row["KeyPairId"], "Tags": row["Tags"]}  # fmt: skip
 
 
 @action("ImportKeyPair", "InvalidKey.Format")
@@ -48,9 +51,9 @@ def import_key_pair(p: Params, ctx: Context) -> Result:
         raise ApiError(
             "InvalidKey.Format", "Key is not in valid OpenSSH public key format"
         ) from None
-    row = keypairs.import_key_pair(require(p, "KeyName"), text)
+    row = keypairs.import_key_pair(require(p, "KeyName"), text, tag_specs(p, "key-pair"))
     return {"KeyName": row["KeyName"], "KeyFingerprint": row["KeyFingerprint"],
-            "KeyPairId": row["KeyPairId"], "Tags": []}  # fmt: skip
+            "KeyPairId": row["KeyPairId"], "Tags": row["Tags"]}  # fmt: skip
 
 
 @action("DescribeKeyPairs", "InvalidKeyPair.NotFound")

@@ -19,6 +19,7 @@ from harness.api.actions.common import (
     filters_of,
     match_filters,
     require,
+    tag_specs,
     tags_of,
 )
 from harness.api.actions.instances import find_instance
@@ -61,14 +62,6 @@ def find_snapshot(snapshot_id: Any, ctx: Context, owned: bool = False) -> Row:
     return s
 
 
-def _tags(p: Params, kind: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for spec in p.get("TagSpecifications") or []:
-        if spec.get("ResourceType") in (kind, None):
-            out.update(tags_of(spec.get("Tags")))
-    return out
-
-
 def _set_tags(table: Any, key: str, tags: dict[str, str]) -> Row:
     def change(r: Row) -> None:
         have = tags_of(r.get("Tags"))
@@ -99,7 +92,7 @@ def create_volume(p: Params, ctx: Context) -> Result:
         find_snapshot(snap, ctx)
     size = p.get("Size")
     row = volumes.create_volume(size, snap or None, zone, p.get("VolumeType") or "gp2",
-                                _tags(p, "volume") or None)  # fmt: skip
+                                tag_specs(p, "volume") or None)  # fmt: skip
 
     def owned(r: Row) -> None:
         r["Amilab"]["OwnerId"] = ctx.account_id
@@ -165,7 +158,7 @@ def _snapshot_item(s: Row) -> dict[str, Any]:
 def create_snapshot(p: Params, ctx: Context) -> Result:
     v = find_volume(require(p, "VolumeId"), ctx)
     s = volumes.create_snapshot(v["VolumeId"], p.get("Description") or "")
-    if tags := _tags(p, "snapshot"):
+    if tags := tag_specs(p, "snapshot"):
         s = _set_tags(volumes.snapshots(), s["SnapshotId"], tags)
     return _snapshot_item(s)
 
@@ -176,7 +169,7 @@ def copy_snapshot(p: Params, ctx: Context) -> Result:
     if p.get("Encrypted"):
         raise ApiError("UnsupportedOperation", "encrypted copies are not made here")
     new = volumes.copy_snapshot(s["SnapshotId"], p.get("Description"))
-    if tags := _tags(p, "snapshot"):
+    if tags := tag_specs(p, "snapshot"):
         new = _set_tags(volumes.snapshots(), new["SnapshotId"], tags)
     return {"SnapshotId": new["SnapshotId"], "Tags": new.get("Tags") or []}
 

@@ -1,5 +1,5 @@
 """CreateTags, DeleteTags, DescribeTags across the resources kept here: images (through
-builder.images.lifecycle), instances, volumes, snapshots, security groups."""
+builder.images.lifecycle), instances, volumes, snapshots, security groups, key pairs."""
 
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ from harness.api.actions.common import (
 from harness.api.actions.images import IMAGE_PREFIXES, find_owned
 from harness.api.actions.instances import find_instance
 from harness.api.errors import ApiError
-from harness.instances import store
+from harness.instances import keypairs, store
 
 _TYPES = {"ami": "image", "aki": "image", "ari": "image", "i": "instance", "vol": "volume",
-          "snap": "snapshot", "sg": "security-group"}  # fmt: skip
+          "snap": "snapshot", "sg": "security-group", "key": "key-pair"}  # fmt: skip
 
 
 def _row_table(resource: str, ctx: Context) -> tuple[JsonTable, str]:
@@ -44,6 +44,8 @@ def _row_table(resource: str, ctx: Context) -> tuple[JsonTable, str]:
         if network.groups().get(g["GroupId"]) is None:
             network.groups().insert(g["GroupId"], g)
         return network.groups(), g["GroupId"]
+    if prefix == "key":
+        return store.key_pairs(), keypairs.table_key(resource)
     raise ApiError("InvalidID", f'The ID "{resource}" is not valid')
 
 
@@ -136,6 +138,8 @@ def _all_tagged(ctx: Context) -> list[tuple[str, str, dict[str, str]]]:
             out.append((s["SnapshotId"], "snapshot", tags_of(s.get("Tags"))))
     for g in network.account_groups(ctx.account_id):
         out.append((g["GroupId"], "security-group", tags_of(g.get("Tags"))))
+    for k in keypairs.describe_key_pairs():  # the caller's own: the request acts as it
+        out.append((k["KeyPairId"], "key-pair", tags_of(k.get("Tags"))))
     return out
 
 

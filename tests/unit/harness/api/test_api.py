@@ -220,3 +220,43 @@ def test_a_dry_run_is_refused_with_dry_run_operation_and_changes_nothing(api: di
     # DryRun=False is an ordinary request
     ec2.create_key_pair(KeyName="real", DryRun=False)
     assert [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]] == ["real"]
+
+
+def test_key_pairs_take_tags_as_the_other_resources_do(api: dict) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    ec2 = api["client"]()
+    spec = [{"ResourceType": "key-pair", "Tags": [{"Key": "team", "Value": "kernel"}]}]
+    made = ec2.create_key_pair(KeyName="k1", KeyType="ed25519", TagSpecifications=spec)
+    assert made["Tags"] == [{"Key": "team", "Value": "kernel"}]
+    public = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
+    imported = ec2.import_key_pair(KeyName="k2", PublicKeyMaterial=public, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": "not", "Value": "mine"}]}])  # fmt: skip
+    assert imported.get("Tags", []) == []  # a spec for another resource type is not its
+    kid = imported["KeyPairId"]
+    ec2.create_tags(Resources=[kid], Tags=[{"Key": "Name", "Value": "laptop"}])
+    pairs = ec2.describe_key_pairs(Filters=[{"Name": "tag:Name", "Values": ["lap*"]}])["KeyPairs"]
+    assert [(k["KeyName"], k["Tags"]) for k in pairs] == [
+        ("k2", [{"Key": "Name", "Value": "laptop"}])
+    ]
+    assert [k["KeyName"] for k in ec2.describe_key_pairs(
+        Filters=[{"Name": "tag-key", "Values": ["team"]}])["KeyPairs"]] == ["k1"]  # fmt: skip
+    tags = ec2.describe_tags(Filters=[{"Name": "resource-type", "Values": ["key-pair"]}])["Tags"]
+    assert sorted((t["ResourceId"], t["Key"]) for t in tags) == sorted(
+        [(made["KeyPairId"], "team"), (kid, "Name")]
+    )
+    ec2.delete_tags(Resources=[made["KeyPairId"]], Tags=[{"Key": "team"}])
+    (k1,) = ec2.describe_key_pairs(KeyNames=["k1"])["KeyPairs"]
+    assert k1.get("Tags", []) == []
+    # another account can neither see nor tag them
+    other = api["client"](B)
+    assert (
+        error_of(lambda: other.create_tags(Resources=[kid], Tags=[{"Key": "a", "Value": "b"}]))[0]
+        == "InvalidKeyPair.NotFound"
+    )
+    assert other.describe_tags()["Tags"] == []

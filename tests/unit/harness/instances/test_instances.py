@@ -184,3 +184,26 @@ def test_key_pairs_are_per_account_and_old_rows_are_the_local_accounts(
     assert keypairs.delete_key_pair("old") and not keypairs.delete_key_pair("old")
     with acting_as("444444444444"):
         assert [r["KeyName"] for r in keypairs.describe_key_pairs()] == ["old"]
+
+
+def test_key_pair_tags_from_the_cli(amilab_home: Path, tmp_path: Path) -> None:
+    import json
+
+    from tests.conftest import run_amilab
+
+    env = {"AMILAB_HOME": str(amilab_home)}
+    made = run_amilab("create-key-pair", "--key-name", "k1", "--tag", "team=kernel", "--tag",
+                      "Name", "--json", env=env, check=True)  # fmt: skip
+    assert json.loads(made.stdout)["Tags"] == [
+        {"Key": "Name", "Value": ""}, {"Key": "team", "Value": "kernel"}
+    ]  # fmt: skip
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    bad = run_amilab("import-key-pair", "--key-name", "k2", "--public-key-material",
+                     f"{key}.pub", "--tag", "aws:x=1", env=env)  # fmt: skip
+    assert bad.returncode == 2 and "aws: prefix is reserved" in bad.stderr
+    assert "Traceback" not in bad.stderr and "k2" not in str(store.key_pairs().list())
+    listed = run_amilab("describe-key-pairs", "--json", env=env, check=True)
+    assert [k["Tags"] for k in json.loads(listed.stdout)["KeyPairs"]] == [
+        [{"Key": "Name", "Value": ""}, {"Key": "team", "Value": "kernel"}]
+    ]
