@@ -352,6 +352,12 @@ provider "aws" {
     sts = var.endpoint
   }
 }
+variable "public_key" { type = string }
+resource "aws_key_pair" "k" {
+  key_name   = "from-terraform"
+  public_key = var.public_key
+  tags       = { team = "kernel" }
+}
 resource "aws_instance" "guest" {
   ami           = var.ami
   instance_type = "m1.small"
@@ -383,7 +389,10 @@ def test_terraform_apply_boots_and_destroy_terminates(api: dict, tmp_path: Path)
     )
     env = {**os.environ, "TF_CLI_CONFIG_FILE": str(tmp_path / "cli.tfrc"), "TF_IN_AUTOMATION": "1",
            "CHECKPOINT_DISABLE": "1"}  # fmt: skip
-    tf_vars = ["-var", f"endpoint={api['url']}", "-var", f"ami={api['ami']}"]
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    tf_vars = ["-var", f"endpoint={api['url']}", "-var", f"ami={api['ami']}",
+               "-var", f"public_key={(tmp_path / 'id.pub').read_text().strip()}"]  # fmt: skip
 
     def tf(*args: str) -> str:
         flags = ["-no-color"] + (["-input=false"] if args[0] != "output" else [])
@@ -403,6 +412,11 @@ def test_terraform_apply_boots_and_destroy_terminates(api: dict, tmp_path: Path)
     got = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
     assert got["State"]["Name"] == "running" and got["ImageId"] == api["ami"]
     assert {"Key": "Name", "Value": "from-terraform"} in got["Tags"]
+    (kp,) = ec2.describe_key_pairs(KeyNames=["from-terraform"])["KeyPairs"]
+    assert kp["Tags"] == [{"Key": "team", "Value": "kernel"}]
+    # what was written reads back the same: a plan right after apply has nothing to do
+    # (exit 2 would mean changes; tags dropped by the server showed up here as drift)
+    tf("plan", "-detailed-exitcode", *tf_vars)
     tf("destroy", "-auto-approve", "-refresh=false", *tf_vars)  # it was read just now
     got = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
     assert got["State"]["Name"] == "terminated"
