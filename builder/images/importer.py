@@ -33,11 +33,16 @@ class UnbootableImage(BadInput):
 # --- import ------------------------------------------------------------------------------
 
 
-def import_disk(src: Path, name: str | None = None, quiet: bool = False) -> ImageRecord:
+def import_disk(
+    src: Path, name: str | None = None, quiet: bool = False, work_dir: Path | None = None
+) -> ImageRecord:
+    """`work_dir`: where the converted disk is made (default: the work root); a caller that
+    may have to drop an import halfway (the API server stopping) gives its own."""
     if not src.exists():
         raise BadInput(f"{src}: no such file")
-    paths.work_root().mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="import-", dir=paths.work_root()))
+    parent = work_dir or paths.work_root()
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="import-", dir=parent))
     try:
         raw = work / "disk.raw"
         started = time.monotonic()

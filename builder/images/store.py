@@ -65,6 +65,8 @@ class Target(Protocol):
 
     def metadata(self, key: str) -> dict[str, str]: ...
 
+    def size(self, key: str) -> int: ...  # BadInput when there is no readable object
+
 
 class ObjectWriter(Protocol):
     def write(self, data: bytes) -> None: ...
@@ -117,6 +119,14 @@ class DirectoryTarget:
                     yield chunk
 
         return chunks()
+
+    def size(self, key: str) -> int:
+        path = self._path(key)
+        try:
+            with open(path, "rb"):
+                return path.stat().st_size
+        except OSError as e:
+            raise BadInput(f"{path}: cannot read the object ({e.strerror})") from e
 
     def metadata(self, key: str) -> dict[str, str]:
         side = self._path(key).with_name(self._path(key).name + ".metadata.json")
@@ -214,6 +224,16 @@ class S3Target:
                 raise BadInput(f"s3://{self.bucket}/{key}: got {got} of {expected} bytes")
 
         return chunks()
+
+    def size(self, key: str) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except ClientError as e:
+            raise BadInput(f"s3://{self.bucket}/{key}: {_s3_reason(e)}") from e
+        except BotoCoreError as e:
+            raise EnvironmentProblem(f"S3 at {self.endpoint_url or 'AWS'}: {e}") from e
 
     def metadata(self, key: str) -> dict[str, str]:
         from botocore.exceptions import ClientError

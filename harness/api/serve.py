@@ -9,6 +9,7 @@ from typing import Any
 
 from builder.errors import BadInput
 from harness.api import accounts as accounts_mod
+from harness.api.actions import imports
 from harness.api.server import make_server
 
 
@@ -40,4 +41,5 @@ def serve(
         pass
     finally:
         server.server_close()
+        imports.stop_all()  # their threads die with this process: leave nothing half-made
         print("amilab api: stopped", file=sys.stderr, flush=True)

@@ -421,3 +421,40 @@ def test_terraform_apply_boots_and_destroy_terminates(api: dict, tmp_path: Path)
     got = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
     assert got["State"]["Name"] == "terminated"
     print(f"terraform apply + destroy: {time.monotonic() - t0:.1f} s")
+
+
+def test_import_image_from_a_bucket_registers_the_disk(api: dict) -> None:
+    """VM Import as its users drive it: the disk (here the module's image, written as the
+    streamOptimized VMDK VMware exports) in a bucket, `aws ec2 import-image`, then
+    describe-import-image-tasks until it completes; the AMI is the caller's, HVM, and its
+    disk is the one given (bit-exact after the round trip)."""
+    from builder.ids import sparse_sha256
+
+    raw = json.loads(run_amilab("images", "--json", env=api["env"], check=True).stdout)
+    (image,) = [i for i in raw["Images"] if i["ImageId"] == api["ami"]]
+    bucket = api["home"] / "api" / "buckets" / "vm-import"
+    (bucket / "exports").mkdir(parents=True, exist_ok=True)
+    run_amilab("convert", image["ImageLocation"], str(bucket / "exports/guest.vmdk"), "--format",
+               "vmdk", "--subformat", "streamOptimized", check=True)  # fmt: skip
+    t0 = time.monotonic()
+    disk = "Format=vmdk,UserBucket={S3Bucket=vm-import,S3Key=exports/guest.vmdk}"
+    started = aws(api, "import-image", "--description", "from VMware", "--disk-containers", disk)
+    task_id = started["ImportTaskId"]
+    assert started["Status"] == "active", started
+    ec2 = client(api, A)
+    while True:
+        (task,) = ec2.describe_import_image_tasks(ImportTaskIds=[task_id])["ImportImageTasks"]
+        if task["Status"] != "active" or time.monotonic() - t0 > BOOT:
+            break
+        time.sleep(1)
+    print(f"import-image: {time.monotonic() - t0:.1f} s to {task['Status']}")
+    assert task["Status"] == "completed", task
+    (ami,) = ec2.describe_images(ImageIds=[task["ImageId"]])["Images"]
+    assert ami["OwnerId"] == A["AccountId"] and ami["VirtualizationType"] == "hvm"
+    assert (
+        task["SnapshotDetails"][0]["SnapshotId"]
+        == (ami["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"])
+    )
+    assert sparse_sha256(Path(ami["ImageLocation"])) == sparse_sha256(Path(image["ImageLocation"]))
+    assert client(api, B).describe_import_image_tasks()["ImportImageTasks"] == []
+    ec2.deregister_image(ImageId=task["ImageId"])

@@ -2,6 +2,7 @@
 
 from harness.api.actions import (  # noqa: F401 - they register their actions
     images,
+    imports,
     instances,
     keys,
     network,

@@ -310,7 +310,7 @@ def reset_image_attribute(p: Params, ctx: Context) -> Result:
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
-def _bucket(name: Any, ctx: Context) -> tuple[str, str | None]:
+def bucket_target(name: Any, ctx: Context) -> tuple[str, str | None]:
     """EC2's bucket name as the store's target: an S3 bucket at the server's --s3-endpoint,
     else a directory of that name under $AMILAB_HOME/api/buckets."""
     if not isinstance(name, str) or not _BUCKET.fullmatch(name):
@@ -332,7 +332,7 @@ def create_store_image_task(p: Params, ctx: Context) -> Result:
     rec = find_owned(require(p, "ImageId"), ctx)
     if rec.image_type != "machine":
         raise ApiError("InvalidAMIID.Unavailable", f"{rec.image_id} is not a machine image")
-    spec, endpoint = _bucket(require(p, "Bucket"), ctx)
+    spec, endpoint = bucket_target(require(p, "Bucket"), ctx)
     key = store.parse_bucket(spec, endpoint).key(rec.image_id)
     from builder.images.shapes import acting_as
 
@@ -378,7 +378,7 @@ def describe_store_image_tasks(p: Params, ctx: Context) -> Result:
 
 @action("CreateRestoreImageTask", "InvalidParameterValue")
 def create_restore_image_task(p: Params, ctx: Context) -> Result:
-    spec, endpoint = _bucket(require(p, "Bucket"), ctx)
+    spec, endpoint = bucket_target(require(p, "Bucket"), ctx)
     key = require(p, "ObjectKey")
     if "/" in key.replace("\\", "/").lstrip("/") and ".." in key.split("/"):
         raise ApiError("InvalidParameterValue", f"Invalid value '{key}' for ObjectKey")
