@@ -27,9 +27,6 @@ from harness.api.actions.instances import find_instance
 from harness.api.errors import ApiError
 from harness.instances import keypairs, store
 
-_TYPES = {"ami": "image", "aki": "image", "ari": "image", "i": "instance", "vol": "volume",
-          "snap": "snapshot", "sg": "security-group", "key": "key-pair"}  # fmt: skip
-
 
 def _row_table(resource: str, ctx: Context) -> tuple[JsonTable, str]:
     prefix = resource.split("-")[0]
