@@ -40,9 +40,14 @@ _BIOS_SIZE = 65536  # QEMU wants a BIOS image sized in whole 64 KiB units
 class Accelerator:
     name: str  # "kvm" or "tcg"
     reason: str
+    # TCG only: "multi", a host thread per vCPU (MTTCG), or "single", one thread running
+    # every vCPU in turn (for a host whose cores other guests already take; see
+    # harness.matrix.cell_run.tcg_thread)
+    tcg_thread: str = "multi"
 
     def describe(self) -> str:
-        return f"{self.name.upper()} ({self.reason})"
+        one = ", one thread per guest" if self.name == "tcg" and self.tcg_thread == "single" else ""
+        return f"{self.name.upper()} ({self.reason}{one})"
 
 
 def cpu_virt_flag(cpuinfo: str) -> str | None:

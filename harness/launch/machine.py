@@ -214,6 +214,9 @@ def launch_layer(spec: MachineSpec) -> str:
         ini.general(**general)
     if spec.smp:
         ini.arg("smp", str(spec.smp))
+    emulated = spec.accelerator.name == "tcg" or spec.architecture == "arm64"  # see layer_names
+    if emulated and spec.accelerator.tcg_thread != "multi":
+        ini.arg("accel", thread=spec.accelerator.tcg_thread)
     if spec.kernel is not None and spec.ramdisk is not None:
         ini.arg("initrd", str(spec.ramdisk))
     if spec.instance_id:

@@ -23,7 +23,7 @@ from builder.errors import AmilabError
 BANNER_SLICE = 0.25  # how often pending connections and the console are checked
 BANNER_WAIT = 20.0  # how long one round of probes lasts before check-and-retry
 PROBE_INTERVAL = 1.0  # a new connection this often while none has answered
-MAX_PROBES = 8
+MAX_PROBES = 8  # pending at once; the oldest gives way to a new one
 POLL = 0.2
 
 
@@ -75,19 +75,26 @@ def _banner_ready(
     """A connected socket whose peer has started talking (the SSH banner, peeked, not read),
     or None when nothing answered within `wait` (default BANNER_WAIT).
 
-    Connections are opened every PROBE_INTERVAL and all kept open, because each can be slow
-    for a different reason: one made before the guest's network was up waits for slirp to
-    retransmit its SYN (seconds of TCP back-off), while one that sshd has accepted only
-    needs sshd to fork and start, and closing it would cost the guest that fork again
-    (logged as kex_exchange_identification errors). Resets (nothing listens yet) are dropped
-    at once. `check()` runs every BANNER_SLICE so console failures end the wait at once."""
+    A connection is opened every PROBE_INTERVAL and kept open, because each can be slow for
+    a different reason: one that sshd has accepted only needs sshd to fork and start, and
+    closing it would cost the guest that fork again (logged as kex_exchange_identification
+    errors), while one made before the guest's network was up waits for slirp to retransmit
+    its SYN. Slirp's first retransmission comes 6 s after the SYN and the next 12 s later
+    (its initial RTO, doubled), so a full set of old probes would leave a guest that came up
+    just after their first retransmissions waiting for the second: under load that was
+    ~19 s to SSH against ~13 s, the guest idle in between. So probing never stops: at
+    MAX_PROBES the oldest (the one whose SYN is the furthest backed off) is closed for a
+    fresh one. Resets (nothing listens yet) are dropped at once. `check()` runs every
+    BANNER_SLICE so console failures end the wait at once."""
     deadline = time.monotonic() + (BANNER_WAIT if wait is None else wait)
     pending: list[socket.socket] = []
     next_probe = 0.0
     try:
         while time.monotonic() < deadline:
             now = time.monotonic()
-            if now >= next_probe and len(pending) < MAX_PROBES:
+            if now >= next_probe:
+                if len(pending) >= MAX_PROBES:
+                    pending.pop(0).close()
                 sock = socket.create_connection((host, port), timeout=BANNER_SLICE)
                 sock.setblocking(False)
                 pending.append(sock)

@@ -354,7 +354,8 @@ class StartQemu(Step[Instance]):
                 # the greeting comes once QEMU's devices (and port forwards) are set up
                 s.qemu.qmp(s.dir.qmp_socket)
                 break
-            except Exception:  # noqa: BLE001 - QEMU gone or silent: its stderr says why
+            except Exception as e:  # noqa: BLE001 - QEMU gone or silent: its stderr says why
+                alive = s.qemu.alive()
                 s.qemu.kill()
                 err = s.qemu.stderr_tail()
                 retry = not s.net_argv and not s.options.ssh_address
@@ -362,7 +363,10 @@ class StartQemu(Step[Instance]):
                     s.spec.ssh_port = free_port()  # taken since we picked it
                     compose_commands(s)
                     continue
-                raise EnvironmentProblem(f"QEMU did not start: {err or 'no message'}") from None
+                # no stderr: say what failed (seen once in a matrix, 0.15 s after the start)
+                why = err or (f"QMP: {type(e).__name__}: {e}" if alive
+                              else f"exit status {s.qemu.exit_status()}, no message")  # fmt: skip
+                raise EnvironmentProblem(f"QEMU did not start: {why}") from None
         s.watcher = ConsoleWatcher(s.dir.console_log, s.qemu.started_at, s.qemu.cpu_seconds)
         s.say(f"QEMU {s.qemu.pid} started ({s.options.accelerator.describe()})")
 

@@ -22,11 +22,12 @@ import queue
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 from harness.launch import process
 from harness.launch.steps import Instance
-from harness.matrix.cell_run import RunSettings, run_cell
+from harness.matrix.cell_run import RunSettings, run_cell, tcg_thread
 from harness.matrix.cells import Cell
 from harness.matrix.results import CellResult
 
@@ -104,6 +105,7 @@ class LocalExecutor:
     ) -> list[CellResult]:
         if not cells:
             return []
+        settings = replace(settings, tcg_thread=tcg_thread(self.jobs))
         todo: queue.Queue[int] = queue.Queue()
         for i in range(len(cells)):
             todo.put(i)

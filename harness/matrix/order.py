@@ -10,7 +10,9 @@ the budget at 2 / 3 / unlimited vCPUs: 4.03 / 4.17 / 4.32, then (the host slower
 2.80 / 3.88 / 3.79. At 2 every m1.large cell ran alone on a core it did not use; at 3 an
 m1.small cell runs beside it and two m1.large guests never share the two cores (four vCPU
 threads on two cores cost 44.3 CPU seconds a cell against 34.3 one at a time: a descheduled
-vCPU holding a guest lock leaves the other spinning).
+vCPU holding a guest lock leaves the other spinning). Those figures were taken with a host
+thread per vCPU; a host that runs several TCG guests at once now emulates each on one thread
+(`cell_run.tcg_thread`), and the budget still counts vCPUs.
 
 Order: the longest first (longest-processing-time-first scheduling), so a run does not end
 with one slow guest alone on an otherwise idle machine, and cells that fit in the vCPUs

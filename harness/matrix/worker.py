@@ -34,7 +34,7 @@ from builder.errors import AmilabError
 from harness.launch import accel, process
 from harness.launch.steps import Instance
 from harness.matrix.artifacts import Needed, ensure_local
-from harness.matrix.cell_run import RunSettings, run_cell
+from harness.matrix.cell_run import RunSettings, run_cell, tcg_thread
 from harness.matrix.cells import Cell
 from harness.matrix.results import ERROR, Attempt, CellResult, Evidence, Verdict
 
@@ -219,6 +219,8 @@ def run_cell_task(
                     accelerator=facts["Accelerator"],
                     accelerator_reason=facts["AcceleratorReason"],
                 )
+            slots = int(worker.state.total_resources.get("VM", 1))
+            settings = replace(settings, tcg_thread=tcg_thread(slots))
             try:
                 if needed is not None:
                     ensure_local(needed)

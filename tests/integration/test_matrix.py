@@ -118,6 +118,17 @@ def test_every_cell_has_its_status_and_class(run: dict) -> None:
     assert KNOWN["id"] in (run["out"] / "m.html").read_text()
 
 
+def test_guests_sharing_the_host_run_on_one_thread_each(run: dict) -> None:
+    """Several guests at once under TCG: each QEMU emulates all its vCPUs on one thread
+    (cell_run.tcg_thread); alone (--jobs 1, the killed-QEMU test's run) a thread per vCPU."""
+    booted = [c for c in run["cells"].values() if c.get("QemuCommand")]
+    assert run["doc"]["Jobs"] > 1 and booted
+    want = "tcg,thread=single" if run["doc"]["Accelerator"] == "tcg" else "kvm"
+    for c in booted:
+        accel = c["QemuCommand"][c["QemuCommand"].index("-accel") + 1]
+        assert accel == want, (c["Cell"], accel)
+
+
 def test_broken_cell_ends_within_60_s_with_class_and_evidence(run: dict) -> None:
     c = run["cells"][BROKEN]
     assert (c["Status"], c["Class"]) == ("FAIL", "ramdisk lacks the disk driver"), c["Evidence"]
@@ -245,6 +256,8 @@ def test_qemu_killed_from_outside_is_error_or_flaky_never_fail(run: dict, tmp_pa
     assert cell["Status"] == "ERROR" or (cell["Status"] == "PASS" and cell["Flaky"] is True)
     assert proc.returncode == (0 if cell["Status"] == "PASS" else 1)
     assert not any(_alive(p) for p in seen)
+    if cell.get("QemuCommand") and cell["Accelerator"] == "tcg":  # alone: a thread per vCPU
+        assert "tcg,thread=multi" in cell["QemuCommand"], cell["QemuCommand"]
 
 
 def test_ctrl_c_writes_reports_marks_unfinished_and_leaves_no_qemu(

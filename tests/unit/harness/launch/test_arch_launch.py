@@ -43,6 +43,22 @@ def test_arm64_direct_boot_is_the_virt_board_under_tcg() -> None:
     assert _opt(argv, "-bios") == [] and _opt(argv, "-kernel") == ["/k/vmlinuz"]
 
 
+@pytest.mark.parametrize(
+    "arch,accel,want",
+    [
+        ("x86_64", "tcg", "tcg,thread=single"),
+        ("arm64", "kvm", "tcg,thread=single"),  # arm64 is emulated on any host
+        ("x86_64", "kvm", "kvm"),  # nothing to thread: the host's CPU runs the guest
+    ],
+)
+def test_one_thread_per_guest_when_asked(arch: str, accel: str, want: str) -> None:
+    single = Accelerator(accel, "test", tcg_thread="single")
+    assert _opt(command_line(_spec(architecture=arch, accelerator=single)), "-accel") == [want]
+    default = Accelerator(accel, "test")
+    assert "single" not in _opt(command_line(_spec(architecture=arch, accelerator=default)),
+                                "-accel")[0]  # fmt: skip
+
+
 def test_arm64_hvm_boots_aavmf() -> None:
     argv = command_line(_spec(architecture="arm64", profile="hvm-uefi", kernel=None))
     assert _opt(argv, "-machine") == ["virt"]

@@ -132,3 +132,43 @@ def test_a_late_answer_on_an_early_connection_wins(monkeypatch: pytest.MonkeyPat
     assert sock is not None and sock.recv(64).startswith(b"SSH-2.0-late")
     sock.close()
     srv.close()
+
+
+def test_probing_goes_on_past_the_cap_with_fresh_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Connections made before sshd listened stay silent (slirp's SYN backed off): at
+    MAX_PROBES the oldest gives way, so a connection made once sshd is up is answered at
+    once instead of the wait ending with nothing."""
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
+    monkeypatch.setattr(ssh, "MAX_PROBES", 3)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    port = srv.getsockname()[1]
+    held: list[socket.socket] = []
+    up = time.monotonic() + 0.6  # "sshd" answers connections accepted after this
+
+    def serve() -> None:
+        srv.settimeout(0.1)
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if time.monotonic() >= up:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+            held.append(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    t0 = time.monotonic()
+    sock = _banner_ready(port, wait=3)
+    took = time.monotonic() - t0
+    srv.close()
+    assert sock is not None and sock.recv(4) == b"SSH-", "no fresh probe after the cap"
+    sock.close()
+    assert took < 1.5
+    assert len(held) > 3  # more connections than the cap were made
