@@ -35,21 +35,8 @@ class RunSettings:
     keep: bool = False
     known_issues: tuple[known.KnownIssue, ...] = ()
     run_started: float = 0.0  # the run's start (time.time(): a worker's clock is comparable)
-    tcg_thread: str = "multi"  # set by the host that runs the cells (`tcg_thread`)
+    tcg_thread: str = "multi"  # set by the host that runs the cells (`order.tcg_thread`)
 
-
-def tcg_thread(slots: int) -> str:
-    """How a TCG guest is emulated on a host with `slots` guests at once: one host thread per
-    vCPU ("multi") only where a guest can have the host to itself.
-
-    A guest's second vCPU thread only helps while a core is idle; on a host its other
-    guests keep busy, its vCPU threads are preempted in turn and the other one waits for
-    the preempted one (spinlocks, TLB shootdowns, IPIs), so the guest costs more CPU for
-    the same boot. Measured here (2 cores, an m1.large guest of 2 vCPUs beside an m1.small
-    one, interleaved rounds): the pair took 16.7-20.2 s and 14.9-17.9 CPU s per guest with a
-    thread per vCPU, 15.0-17.0 s and 14.1-16.3 CPU s with one thread per guest; alone, the
-    m1.large guest gets to SSH in 8.5 s with two threads and 11-13 s with one."""
-    return "single" if slots > 1 else "multi"
 
 
 class Hooks(Protocol):

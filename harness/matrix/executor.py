@@ -27,7 +27,8 @@ from typing import Protocol
 
 from harness.launch import process
 from harness.launch.steps import Instance
-from harness.matrix.cell_run import RunSettings, run_cell, tcg_thread
+from harness.matrix import order
+from harness.matrix.cell_run import RunSettings, run_cell
 from harness.matrix.cells import Cell
 from harness.matrix.results import CellResult
 
@@ -105,7 +106,7 @@ class LocalExecutor:
     ) -> list[CellResult]:
         if not cells:
             return []
-        settings = replace(settings, tcg_thread=tcg_thread(self.jobs))
+        settings = replace(settings, tcg_thread=order.tcg_thread(self.jobs))
         todo: queue.Queue[int] = queue.Queue()
         for i in range(len(cells)):
             todo.put(i)

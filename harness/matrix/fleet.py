@@ -74,6 +74,7 @@ class DaskExecutor:
         self._cluster: Any = None
         self._futures: list[Any] = []
         self._vcpus = 0  # the embedded worker's vCPU budget, once open
+        self._count_vcpus = True  # whether its cells hold that budget by their vCPUs
 
     @property
     def slots(self) -> int:
@@ -83,8 +84,10 @@ class DaskExecutor:
 
     @property
     def vcpus(self) -> int | None:
-        """The embedded worker's vCPU budget once open; None for a scheduler's workers."""
-        return self._vcpus if self.scheduler is None and self._vcpus else None
+        """The embedded worker's vCPU budget once open; None for a scheduler's workers, and
+        where cells do not hold it by their vCPUs (`order.counts_vcpus`)."""
+        embedded = self.scheduler is None and self._count_vcpus
+        return self._vcpus if embedded and self._vcpus else None
 
     def cancel(self) -> None:
         if self._client is not None and self._futures:
@@ -104,6 +107,7 @@ class DaskExecutor:
             except AmilabError:
                 chosen = "unusable"  # check_workers below says why, as for any worker
             self._vcpus = order.vcpu_budget(os.cpu_count() or 1, chosen, self.jobs)
+            self._count_vcpus = order.counts_vcpus(chosen, self.jobs)
             self._cluster, self._client = connect.local_cluster(self.jobs, self._vcpus)
         else:
             address = connect.check_address(self.scheduler, self.tls)
@@ -205,7 +209,7 @@ class DaskExecutor:
         for a scheduler's workers, the fewest any of them declares (`--resources "VM=N
         CPU=C"`), or None when one declares none (cells then ask for a VM slot only)."""
         if self.scheduler is None:
-            return self._vcpus
+            return self.vcpus
         assert self._client is not None
         info = self._client.scheduler_info(n_workers=-1)["workers"].values()
         cpus = [w.get("resources", {}).get("CPU") for w in info]

@@ -12,7 +12,7 @@ m1.small cell runs beside it and two m1.large guests never share the two cores (
 threads on two cores cost 44.3 CPU seconds a cell against 34.3 one at a time: a descheduled
 vCPU holding a guest lock leaves the other spinning). Those figures were taken with a host
 thread per vCPU; a host that runs several TCG guests at once now emulates each on one thread
-(`cell_run.tcg_thread`), and the budget still counts vCPUs.
+(`tcg_thread`), and there a guest holds one core whatever its vCPUs (`counts_vcpus`).
 
 Order: the longest first (longest-processing-time-first scheduling), so a run does not end
 with one slow guest alone on an otherwise idle machine, and cells that fit in the vCPUs
@@ -43,6 +43,28 @@ def vcpu_budget(cores: int, accelerator: str, jobs: int = 1) -> int:
     per_core = TCG_VCPUS_PER_CORE if accelerator == "tcg" else 1.0
     return max(1, int(cores * per_core), jobs)
 
+
+def tcg_thread(slots: int) -> str:
+    """How a TCG guest is emulated on a host with `slots` guests at once: one host thread per
+    vCPU ("multi") only where a guest can have the host to itself.
+
+    A guest's second vCPU thread only helps while a core is idle; on a host its other
+    guests keep busy, its vCPU threads are preempted in turn and the other one waits for
+    the preempted one (spinlocks, TLB shootdowns, IPIs), so the guest costs more CPU for
+    the same boot. Measured here (2 cores, an m1.large guest of 2 vCPUs beside an m1.small
+    one, interleaved rounds): the pair took 16.7-20.2 s and 14.9-17.9 CPU s per guest with a
+    thread per vCPU, 15.0-17.0 s and 14.1-16.3 CPU s with one thread per guest; alone, the
+    m1.large guest gets to SSH in 8.5 s with two threads and 11-13 s with one."""
+    return "single" if slots > 1 else "multi"
+
+
+def counts_vcpus(accelerator: str, slots: int) -> bool:
+    """Whether a host's cells hold its vCPU budget by their vCPUs: not where each guest runs
+    on one thread (TCG, several guests at once), as each then takes one core whatever its
+    vCPUs, and the VM slots are the whole budget. Holding two of three for an m1.large kept
+    a slot idle whenever the next cell in line was another m1.large (11 s of 108 in one run
+    of the bench's matrix)."""
+    return not (accelerator == "tcg" and tcg_thread(slots) == "single")
 
 def vcpus(options: dict[str, str], architecture: str) -> int:
     """The vCPUs a cell's instance type gives its guest (its named type, else the default

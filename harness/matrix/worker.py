@@ -33,8 +33,9 @@ from builder import paths
 from builder.errors import AmilabError
 from harness.launch import accel, process
 from harness.launch.steps import Instance
+from harness.matrix import order
 from harness.matrix.artifacts import Needed, ensure_local
-from harness.matrix.cell_run import RunSettings, run_cell, tcg_thread
+from harness.matrix.cell_run import RunSettings, run_cell
 from harness.matrix.cells import Cell
 from harness.matrix.results import ERROR, Attempt, CellResult, Evidence, Verdict
 
@@ -220,7 +221,7 @@ def run_cell_task(
                     accelerator_reason=facts["AcceleratorReason"],
                 )
             slots = int(worker.state.total_resources.get("VM", 1))
-            settings = replace(settings, tcg_thread=tcg_thread(slots))
+            settings = replace(settings, tcg_thread=order.tcg_thread(slots))
             try:
                 if needed is not None:
                     ensure_local(needed)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from harness.matrix import baseline, connect, order
 from harness.matrix.cells import Cell
-from harness.matrix.fleet import _resources
+from harness.matrix.fleet import DaskExecutor, _resources
 
 
 def cell(image: str, itype: str = "", kernel: str = "own", arch: str = "x86_64") -> Cell:
@@ -74,6 +74,18 @@ def test_tcg_budget_lets_a_small_guest_beside_a_large_one_but_not_two_large() ->
     assert order.vcpu_budget(1, "tcg") == 1
     assert order.vcpu_budget(2, "tcg", jobs=5) == 5  # --jobs asks for more: it wins
     assert order.vcpu_budget(8, "tcg") == 12
+
+
+def test_guests_sharing_a_tcg_host_run_on_one_thread_and_hold_one_core() -> None:
+    assert order.tcg_thread(1) == "multi" and order.tcg_thread(2) == "single"
+    assert order.counts_vcpus("tcg", 1) and order.counts_vcpus("kvm", 4)
+    assert not order.counts_vcpus("tcg", 2)
+    # the embedded Dask worker then asks a VM slot only, and no start order is simulated
+    ex = DaskExecutor(2, accel="tcg")
+    ex._vcpus, ex._count_vcpus = order.vcpu_budget(2, "tcg", 2), False
+    assert ex.vcpus is None and ex._cores() is None
+    ex._count_vcpus = True
+    assert ex.vcpus == 3 and ex._cores() == 3
 
 
 _LOCK = threading.Lock()
