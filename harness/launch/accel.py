@@ -42,7 +42,7 @@ class Accelerator:
     reason: str
     # TCG only: "multi", a host thread per vCPU (MTTCG), or "single", one thread running
     # every vCPU in turn (for a host whose cores other guests already take; see
-    # harness.matrix.cell_run.tcg_thread)
+    # harness.matrix.order.tcg_thread)
     tcg_thread: str = "multi"
 
     def describe(self) -> str:

@@ -120,7 +120,7 @@ def test_every_cell_has_its_status_and_class(run: dict) -> None:
 
 def test_guests_sharing_the_host_run_on_one_thread_each(run: dict) -> None:
     """Several guests at once under TCG: each QEMU emulates all its vCPUs on one thread
-    (cell_run.tcg_thread); alone (--jobs 1, the killed-QEMU test's run) a thread per vCPU."""
+    (order.tcg_thread); alone (--jobs 1, the killed-QEMU test's run) a thread per vCPU."""
     booted = [c for c in run["cells"].values() if c.get("QemuCommand")]
     assert run["doc"]["Jobs"] > 1 and booted
     want = "tcg,thread=single" if run["doc"]["Accelerator"] == "tcg" else "kvm"
