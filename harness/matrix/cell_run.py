@@ -38,7 +38,6 @@ class RunSettings:
     tcg_thread: str = "multi"  # set by the host that runs the cells (`order.tcg_thread`)
 
 
-
 class Hooks(Protocol):
     def attempt_started(self, cell: Cell, inst: Instance) -> None: ...
 

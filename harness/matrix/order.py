@@ -66,6 +66,7 @@ def counts_vcpus(accelerator: str, slots: int) -> bool:
     of the bench's matrix)."""
     return not (accelerator == "tcg" and tcg_thread(slots) == "single")
 
+
 def vcpus(options: dict[str, str], architecture: str) -> int:
     """The vCPUs a cell's instance type gives its guest (its named type, else the default
     type for the architecture)."""
