@@ -12,11 +12,16 @@ from harness.launch import ssh
 from harness.launch.ssh import BootFailed, SshTimeout, _banner_ready, wait_for_ssh
 
 
-def _server(behaviour: str) -> tuple[int, threading.Event]:
-    """A listener that resets, stays silent, or sends an SSH banner on each connection."""
+def _listener() -> tuple[socket.socket, int]:
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
+    srv.listen(16)
+    return srv, srv.getsockname()[1]
+
+
+def _server(behaviour: str) -> tuple[int, threading.Event]:
+    """A listener that resets, stays silent, or sends an SSH banner on each connection."""
+    srv, _ = _listener()
     stop = threading.Event()
 
     def loop() -> None:
@@ -109,10 +114,7 @@ def test_a_late_answer_on_an_early_connection_wins(monkeypatch: pytest.MonkeyPat
     it is still taken, and the later probes are closed."""
     monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
     monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    port = srv.getsockname()[1]
+    srv, port = _listener()
     conns: list[socket.socket] = []
 
     def late() -> None:
@@ -143,10 +145,7 @@ def test_probing_goes_on_past_the_cap_with_fresh_connections(
     monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
     monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
     monkeypatch.setattr(ssh, "MAX_PROBES", 3)
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    port = srv.getsockname()[1]
+    srv, port = _listener()
     held: list[socket.socket] = []
     up = time.monotonic() + 0.6  # "sshd" answers connections accepted after this
 
