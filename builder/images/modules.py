@@ -31,9 +31,9 @@ from builder.disk.inspection import mount_all, open_guestfs
 from builder.errors import BadInput, BuildFailed
 from builder.ids import file_sha256, sparse_sha256
 from builder.images import factory
-from builder.images.lifecycle import check_name_free, image_file, work_dir
+from builder.images.image_files import image_file, work_dir
 from builder.images.records import ImageRecord, LaunchSettings, RamdiskSettings
-from builder.images.registry import Registry, store_artifact
+from builder.images.registry import Registry, check_name_free, store_artifact
 from builder.steps import Step, run_steps
 
 
