@@ -110,6 +110,36 @@ def put_file(target: Target, key: str, path: Path, metadata: dict[str, str]) -> 
         raise
 
 
+def receive(
+    target: Target,
+    key: str,
+    on_member: Callable[[sparsetar.Member], Sink],
+    sinks: dict[str, Sink],
+    after_feed: Callable[[], None] | None = None,
+) -> None:
+    """Download, inflate and parse one object, each member into the sink `on_member` makes
+    for it (and keeps in `sinks`); `after_feed` runs after each piece is parsed, for checks
+    that can refuse early. Every sink is closed at the end, whatever happened; checking
+    what arrived against the trailer is the caller's."""
+    gunzip = transfer.GunzipStage(f"{target.url}/{key}", strict=True)
+    reader = sparsetar.TarReader(on_member)
+
+    def feed(plain: bytes) -> None:
+        reader.feed(plain)
+        if after_feed is not None:
+            after_feed()
+
+    try:
+        # the worker downloads and inflates; this thread parses, hashes and writes
+        download = transfer.threaded(target.reader(key))
+        transfer.pipe(transfer.decompressed(download, gunzip), feed)
+        gunzip.close()
+        reader.close()
+    finally:
+        for s in sinks.values():
+            s.close()
+
+
 def get_file(target: Target, key: str, dest: Path) -> None:
     """The file of a `put_file` object to `dest` (holes kept), checked against the object's
     trailer; BadInput for a corrupt, truncated or foreign object."""
@@ -122,16 +152,7 @@ def get_file(target: Target, key: str, dest: Path) -> None:
         sinks[m.name] = Sink(dest if m.name == FILE_MEMBER else None)
         return sinks[m.name]
 
-    gunzip = transfer.GunzipStage(where, strict=True)
-    reader = sparsetar.TarReader(on_member)
-    try:
-        download = transfer.threaded(target.reader(key))
-        transfer.pipe(transfer.decompressed(download, gunzip), reader.feed)
-        gunzip.close()
-        reader.close()
-    finally:
-        for s in sinks.values():
-            s.close()
+    receive(target, key, on_member, sinks)
     if FILE_MEMBER not in sinks or TRAILER_MEMBER not in sinks:
         raise BadInput(f"{where}: object ends early (truncated)")
     want = json_object(sinks[TRAILER_MEMBER].mem, where).get("Members", {}).get(FILE_MEMBER) or {}

@@ -37,6 +37,7 @@ from builder.images.objects import (
     Sink,
     json_object,
     logical_size,
+    receive,
     tar_stream,
 )
 from builder.images.records import record_from_dict, record_to_dict
@@ -218,29 +219,18 @@ def restore_image(
             sinks[m.name] = Sink(paths_for.get(m.name))
             return sinks[m.name]
 
-        gunzip = transfer.GunzipStage(where, strict=True)
-        reader = sparsetar.TarReader(on_member)
         checked_name = [False]
 
-        def sink(plain: bytes) -> None:
-            reader.feed(plain)
+        def check_name() -> None:
             if not checked_name[0] and META_MEMBER in sinks and DISK_MEMBER in sinks:
                 # the metadata is whole once the next member began: refuse a taken name now
                 checked_name[0] = True
                 meta = json_object(sinks[META_MEMBER].mem, where)
                 check_name_free(registry, name or meta["Image"]["name"])
 
-        try:
-            if name:
-                check_name_free(registry, name)
-            # the worker downloads and inflates; this thread parses, hashes and writes
-            download = transfer.threaded(target.reader(object_key))
-            transfer.pipe(transfer.decompressed(download, gunzip), sink)
-            gunzip.close()
-            reader.close()
-        finally:
-            for s in sinks.values():
-                s.close()
+        if name:
+            check_name_free(registry, name)
+        receive(target, object_key, on_member, sinks, check_name)
         if META_MEMBER not in sinks or TRAILER_MEMBER not in sinks:
             raise BadInput(f"{where}: object ends early (no {TRAILER_MEMBER}; truncated)")
         meta = json_object(sinks[META_MEMBER].mem, where)

@@ -15,17 +15,9 @@ import pytest
 
 from builder.errors import BadInput
 from builder.images import bundle, bundle_keys, manifest, sparsetar
+from tests.unit.builder.images.test_lifecycle import write_sparse as sparse_file
 
 USER = "123456789012"
-
-
-def sparse_file(path: Path, size: int, extents: list[tuple[int, bytes]]) -> Path:
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for off, data in extents:
-            f.seek(off)
-            f.write(data)
-    return path
 
 
 def gnu_tar(path: Path, name: str | None = None) -> bytes:
