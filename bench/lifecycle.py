@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from builder.images import sparsetar  # noqa: E402
-from builder.images.bundle import make_key_pair  # noqa: E402
+from builder.images.bundle_keys import make_key_pair  # noqa: E402
 
 
 def amilab(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -2,7 +2,7 @@
 
 The generated ramdisk needs the target's busybox, and an arm64 disk needs GRUB's arm64-efi
 modules; neither is installable on an amd64 host without multiarch. Both come from the
-machine's mirror through the private apt index of that architecture (builder.build.kernel),
+machine's mirror through the private apt index of that architecture (builder.build.apt_index),
 are downloaded once, and are unpacked once with dpkg-deb (nothing is installed on the host).
 """
 
@@ -14,8 +14,9 @@ import tempfile
 from pathlib import Path
 
 from builder import paths
-from builder.build import kernel as kernel_mod
+from builder.build.apt_index import cached_deb, download_deb, prepared, refresh_when_old
 from builder.build.arch import of as arch_of
+from builder.build.kernel_tree import run_logged
 from builder.errors import EnvironmentProblem
 
 SUITE = "bookworm"  # the host's release: the same busybox and GRUB versions it has itself
@@ -24,12 +25,8 @@ SUITE = "bookworm"  # the host's release: the same busybox and GRUB versions it 
 def unpacked(package: str, architecture: str, log: Path | None = None) -> Path:
     """The tree of `package` for `architecture` (EC2's name), from the SUITE index."""
     deb_arch = arch_of(architecture).deb
-    apt = kernel_mod.private_apt(SUITE, architecture)
-    with kernel_mod._locked(apt.base / "lock"):
-        apt.prepare()
-        age = apt.index_age()
-        if age is None or age > kernel_mod.INDEX_MAX_AGE:
-            kernel_mod._try_update(apt, log, must=age is None)
+    with prepared(SUITE, architecture) as apt:
+        refresh_when_old(apt, log)
         fields = apt.show(package)
         if fields is None:
             raise EnvironmentProblem(f"{package} ({deb_arch}) is not in the {SUITE} archive")
@@ -37,13 +34,13 @@ def unpacked(package: str, architecture: str, log: Path | None = None) -> Path:
         dest = paths.cache_dir() / "archpkg" / f"{package}_{version.replace(':', '%3a')}_{deb_arch}"
         if (dest / ".amilab-complete").exists():
             return dest
-        deb = kernel_mod._cached_deb(package, version)
+        deb = cached_deb(package, version)
         if deb is None or not deb.name.endswith(f"_{deb_arch}.deb"):
-            deb = kernel_mod._download(apt, package, version, log)
+            deb = download_deb(apt, package, version, log)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
         try:
-            kernel_mod._run(["dpkg-deb", "-x", str(deb), str(tmp)], log, f"dpkg-deb -x {deb.name}")
+            run_logged(["dpkg-deb", "-x", str(deb), str(tmp)], log, f"dpkg-deb -x {deb.name}")
             (tmp / ".amilab-complete").write_text(deb.name + "\n")
             if dest.exists():
                 shutil.rmtree(dest)

@@ -22,6 +22,7 @@ from builder import paths
 from builder.build import elements
 from builder.build import kernel as kernel_mod
 from builder.build.arch import of as arch_of
+from builder.build.kernel_catalogue import load_catalogue
 from builder.build.recipe import LoadedRecipe
 from builder.images.registry import ImageRecord, Registry
 
@@ -84,7 +85,7 @@ def kernel_input(loaded: LoadedRecipe, log: Path | None = None) -> str:
     if r.kernel.startswith("aki-"):
         rec = Registry().get(r.kernel)
         return f"{r.kernel}:{rec.digest if rec else ''}"
-    defn = kernel_mod.load_catalogue()[r.kernel]
+    defn = load_catalogue()[r.kernel]
     found = kernel_mod.resolve_version(defn, r.release, log=log)
     parts = ",".join(f"{p}={v}" for p, v in found.parts)
     return f"{found.package}={found.version}" + (f"+{parts}" if parts else "")

@@ -26,7 +26,17 @@ from typing import Any
 
 from builder import ids, paths
 from builder.build import bzimage
-from builder.build import kernel as kernel_mod
+from builder.build.kernel_catalogue import KernelDefinition, load_catalogue
+from builder.build.kernel_tree import (
+    Kernel,
+    complete,
+    first_file,
+    kernel_from,
+    modules_root,
+    release_of,
+    run_logged,
+    unpack,
+)
 from builder.errors import BadInput, BuildFailed
 from builder.images import factory
 from builder.images.records import ImageRecord, KernelSettings
@@ -43,6 +53,8 @@ FALLBACK_DRIVERS = (
 # not part of the modules, and outside the tree by design, so they are left out
 _SOURCE_LINKS = ("build", "source")
 CMDLINE = "console=ttyS0"
+# an AKI record's extra key naming the files `register-kernel` stored for it
+OWN_KERNEL_KEY = "own_kernel"
 
 
 def store_root() -> Path:
@@ -65,21 +77,21 @@ class Stored:
 # reading it back
 
 
-def stored_kernel(rec: ImageRecord, own: dict[str, Any]) -> kernel_mod.Kernel:
+def stored_kernel(rec: ImageRecord, own: dict[str, Any]) -> Kernel:
     """The Kernel of an AKI registered from files; BadInput when they were removed."""
     folder = Path(str(own.get("store", "")))
-    if not folder.is_absolute() or not kernel_mod._complete(folder):
+    if not folder.is_absolute() or not complete(folder):
         raise BadInput(
             f"{rec.image_id}: the kernel files register-kernel stored ({folder}) are gone; "
             "register the kernel again"
         )
-    defn = kernel_mod.KernelDefinition(
+    defn = KernelDefinition(
         name=rec.name,
         package=str(own.get("package") or ""),
         ramdisk_modules=tuple(own.get("ramdisk_modules") or ()),
         cmdline=rec.kernel_settings.cmdline or CMDLINE,
     )
-    return kernel_mod._kernel_from(
+    return kernel_from(
         folder, defn, defn.package, str(own.get("version") or ""), suite=""
     )
 
@@ -115,7 +127,7 @@ def _staging() -> Iterator[Path]:
 def _place(tree: Path, digest: str) -> Path:
     """Rename a finished tree to its digest's folder; an identical one stored earlier wins."""
     dest = store_root() / digest
-    if kernel_mod._complete(dest):
+    if complete(dest):
         return dest
     if dest.exists():
         shutil.rmtree(dest)  # an incomplete leftover
@@ -222,7 +234,7 @@ def _find_tree(root: Path, release: str, shown: str, named: bool) -> Path:
 
 def _depmod(tree_root: Path, release: str, log: Path | None) -> None:
     try:
-        kernel_mod._run(["depmod", "-b", str(tree_root), release], log, what=f"depmod {release}")
+        run_logged(["depmod", "-b", str(tree_root), release], log, what=f"depmod {release}")
     except BuildFailed as e:
         raise BadInput(f"modules for {release}: {e}") from None
 
@@ -297,7 +309,7 @@ def store_debs(debs: list[Path], log: Path | None = None) -> Stored:
     with _staging() as stage:
         tree = stage / "tree"
         try:
-            kernel_mod.unpack(debs, tree, log)
+            unpack(debs, tree, log)
         except BuildFailed as e:
             if "modules tree" not in str(e):  # dpkg-deb or depmod failed: say which
                 raise BadInput(f"{shown}: {e}") from None
@@ -305,15 +317,15 @@ def store_debs(debs: list[Path], log: Path | None = None) -> Stored:
             if any("linux-binary-" in _deb_field(d, "Depends") for d in debs):
                 hint = "; a split kernel: add its linux-binary, linux-modules and linux-base .debs"
             raise BadInput(f"{shown}: holds no kernel (no modules tree{hint})") from None
-        release = kernel_mod.release_of(tree)
-        modules = kernel_mod.modules_root(tree) / release
-        found = kernel_mod._first([tree / "boot" / f"vmlinuz-{release}", modules / "vmlinuz"])
+        release = release_of(tree)
+        modules = modules_root(tree) / release
+        found = first_file([tree / "boot" / f"vmlinuz-{release}", modules / "vmlinuz"])
         if found is None:
             raise BadInput(f"{shown}: holds no kernel (no vmlinuz for {release})")
         named = bzimage.release_of_file(found)
         if named != release:
             raise BadInput(f"{shown}: vmlinuz names {named}, but its modules tree is {release}")
-        if kernel_mod._first([tree / "boot" / f"config-{release}", modules / "config"]) is None:
+        if first_file([tree / "boot" / f"config-{release}", modules / "config"]) is None:
             (tree / "boot").mkdir(exist_ok=True)
             (tree / "boot" / f"config-{release}").write_text("# the package held no config\n")
         _check_links(modules, shown)
@@ -330,7 +342,7 @@ def store_debs(debs: list[Path], log: Path | None = None) -> Stored:
 
 
 def default_drivers() -> tuple[str, ...]:
-    catalogue = kernel_mod.load_catalogue()
+    catalogue = load_catalogue()
     if DEFAULT_DRIVERS_FROM in catalogue:
         return catalogue[DEFAULT_DRIVERS_FROM].ramdisk_modules
     return FALLBACK_DRIVERS
@@ -356,6 +368,6 @@ def register(stored: Stored, name: str | None = None, registry: Registry | None 
         release=stored.release,
         version=stored.version or None,
         description=f"kernel {stored.release} registered from {what}",
-        extra={kernel_mod.OWN_KERNEL_KEY: own},
+        extra={OWN_KERNEL_KEY: own},
     )
     return registry.register([rec])[0]

@@ -26,6 +26,7 @@ from builder.build import kernel as kernel_mod
 from builder.build import layout as disk_mod
 from builder.build.arch import of as arch_of
 from builder.build.engines import RootEngine, engine_for
+from builder.build.kernel_catalogue import load_catalogue
 from builder.build.recipe import LoadedRecipe, load_recipes, select
 from builder.disk.formats import FORMATS
 from builder.errors import BadInput, BuildFailed
@@ -437,7 +438,7 @@ PIPELINE: tuple[type[Step[BuildState]], ...] = (
 def resolve_kernel_ref(loaded: LoadedRecipe, log: Path) -> Any:
     """The recipe's kernel: a catalogue name, or an aki- ID registered earlier."""
     r, where = loaded.recipe, loaded.where
-    catalogue = kernel_mod.load_catalogue()
+    catalogue = load_catalogue()
     if r.kernel.startswith("aki-"):
         record = Registry().get(r.kernel)
         if record is None or record.image_type != "kernel":
@@ -460,7 +461,7 @@ def validate(loaded: LoadedRecipe) -> None:
     elements.package_installs(found, r.architecture)
     if r.kernel.startswith("aki-"):
         return
-    catalogue = kernel_mod.load_catalogue()
+    catalogue = load_catalogue()
     if r.kernel not in catalogue:
         known = ", ".join(sorted(catalogue))
         raise where.error("kernel", f"unknown kernel {r.kernel!r}; known: {known}")

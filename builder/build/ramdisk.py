@@ -24,7 +24,7 @@ from pathlib import Path
 
 from builder import ids
 from builder.build import chroot
-from builder.build.kernel import Kernel
+from builder.build.kernel_tree import Kernel
 from builder.errors import BadInput, BuildFailed, EnvironmentProblem
 
 BUSYBOX = Path("/bin/busybox")

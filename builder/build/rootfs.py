@@ -15,9 +15,9 @@ import subprocess
 from pathlib import Path
 
 from builder import paths
+from builder.build.apt_index import private_apt
 from builder.build.arch import ensure_foreign
 from builder.build.arch import of as arch_of
-from builder.build.kernel import private_apt
 from builder.build.mirror import host_mirror
 from builder.errors import BuildFailed, EnvironmentProblem
 
@@ -58,7 +58,7 @@ def base_tarball(
     packages = sorted({p for p in packages if not p.endswith("-")})
     target = arch_of(architecture)
     # the sources the private index was last fetched from: without the security suite where
-    # the mirror could not serve its index for this architecture (kernel.PrivateApt)
+    # the mirror could not serve its index for this architecture (apt_index.PrivateApt)
     sources = private_apt(release, architecture).apt_lines()
     key = base_key(release, packages, index, target.deb, sources)
     cache = paths.cache_dir() / "rootfs"

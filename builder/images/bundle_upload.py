@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import BadInput
-from builder.images import bundle as bundle_mod
-from builder.images.store import DirectoryTarget, S3Target, parse_bucket
+from builder.images.manifest import Manifest, parse_manifest
+from builder.images.targets import DirectoryTarget, S3Target, parse_bucket
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Uploaded:
         return {"ImageLocation": self.location, "Objects": self.objects}
 
 
-def _checked_parts(manifest_path: Path, m: bundle_mod.Manifest) -> list[Path]:
+def _checked_parts(manifest_path: Path, m: Manifest) -> list[Path]:
     src = manifest_path.parent
     out = []
     for part in m.parts:
@@ -48,7 +48,7 @@ def _checked_parts(manifest_path: Path, m: bundle_mod.Manifest) -> list[Path]:
 
 def upload_bundle(manifest: Path, bucket: str, endpoint_url: str | None = None) -> Uploaded:
     manifest = manifest.resolve()
-    m = bundle_mod.parse_manifest(manifest)
+    m = parse_manifest(manifest)
     files = [*_checked_parts(manifest, m), manifest]  # the manifest last
     target = parse_bucket(bucket, endpoint_url)
     if isinstance(target, DirectoryTarget):
@@ -98,7 +98,7 @@ def fetch_bundle(location: str, work: Path, endpoint_url: str | None = None) -> 
         return dest
 
     manifest = download(key)
-    m = bundle_mod.parse_manifest(manifest)
+    m = parse_manifest(manifest)
     for part in m.parts:
         download(f"{prefix}/{part.filename}" if prefix else part.filename)
     return manifest

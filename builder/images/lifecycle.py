@@ -9,135 +9,35 @@ Only attributes change in place: tags and launch permissions.
 from __future__ import annotations
 
 import fnmatch
-import json
-import os
-import secrets
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder import paths
-from builder.disk import qemu_img
-from builder.disk.formats import qemu_format
 from builder.errors import BadInput
 from builder.ids import file_sha256, sparse_sha256
 from builder.images import bundle as bundle_mod
-from builder.images import factory
-from builder.images.records import KernelSettings, LaunchSettings, Partition, RamdiskSettings
-from builder.images.registry import ImageRecord, Registry, account_id, store_artifact
+from builder.images import factory, volumes
+from builder.images.bundle_keys import (
+    ec2_key_pair,
+    load_private_key,
+    remember_signing_cert,
+    signing_certs,
+)
+from builder.images.bundle_upload import fetch_bundle
+from builder.images.image_files import image_file, kernel_release_of, probe_disk, work_dir
+from builder.images.manifest import Manifest, parse_manifest
+from builder.images.records import KernelSettings, RamdiskSettings
+from builder.images.registry import (
+    ImageRecord,
+    Registry,
+    account_id,
+    check_name_free,
+    store_artifact,
+)
 from builder.images.shapes import owner_of
 
 _ACCOUNT_LEN = 12
-
-
-# ------------------------------------------------------------------------ image files
-
-
-def image_file(rec: ImageRecord) -> Path:
-    """The file that holds an image's bytes: the raw disk of an AMI (the one a bundle or
-    stored object carries), the vmlinuz of an AKI, the initrd of an ARI."""
-    if rec.image_type == "machine":
-        locations = rec.locations
-        raw = locations.get("raw")
-        if raw and Path(raw).is_file():
-            return Path(raw)
-        for fmt, loc in locations.items():
-            if Path(loc).is_file():
-                return _raw_copy(Path(loc), fmt, rec)
-        raise BadInput(f"{rec.image_id}: its disk is missing ({rec.image_location})")
-    path = Path(rec.image_location)
-    if not path.is_file():
-        raise BadInput(f"{rec.image_id}: {path} is missing")
-    return path
-
-
-def _raw_copy(src: Path, fmt: str, rec: ImageRecord) -> Path:
-    """A raw disk for an image registered only as qcow2/vmdk (cached beside the artifacts)."""
-    digest = rec.digest or file_sha256(src)
-    dest = paths.artifacts_dir() / digest[:2] / f"{digest}.raw"
-    if dest.exists():
-        return dest
-    qemu_img.tool()
-    work = work_dir("raw")
-    try:
-        tmp = work / "disk.raw"
-        try:
-            qemu_img.convert(src, tmp, src_format=qemu_format(fmt), out_format="raw")
-        except qemu_img.QemuImgFailed as e:
-            raise BadInput(f"{src}: qemu-img cannot read it: {e.detail}") from None
-        return store_artifact(tmp, digest, ".raw")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def work_dir(what: str) -> Path:
-    """Scratch space beside the artifacts, so results are renamed into place, not copied."""
-    root = paths.work_root()
-    root.mkdir(parents=True, exist_ok=True)
-    d = root / f"{what}-{os.getpid()}-{secrets.token_hex(4)}"
-    d.mkdir()
-    return d
-
-
-def kernel_release_of(vmlinuz: Path) -> str | None:
-    """The release string a bzImage carries (boot protocol: kernel_version at 0x20e)."""
-    try:
-        with open(vmlinuz, "rb") as f:
-            head = f.read(0x210)
-            if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
-                return None
-            offset = int.from_bytes(head[0x20E:0x210], "little") + 0x200
-            f.seek(offset)
-            text = f.read(256).split(b"\x00", 1)[0].decode(errors="replace")
-    except OSError:
-        return None
-    return text.split(" ", 1)[0] or None
-
-
-def probe_disk(disk: Path) -> LaunchSettings:
-    """Launch settings read back from a disk (what the harness needs to boot it): its
-    partition table and root filesystem's label and UUID, as the build had recorded them."""
-    launch = LaunchSettings(disk_size=disk.stat().st_size, partitioning="none")
-    table = subprocess.run(
-        ["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=False
-    )
-    if table.returncode == 0 and table.stdout.strip():
-        pt = json.loads(table.stdout)["partitiontable"]
-        sector = int(pt.get("sectorsize", 512))
-        launch.partitioning = "gpt" if pt.get("label") == "gpt" else "mbr"
-        roles: dict[str, Partition] = {}
-        root: dict[str, Any] | None = None
-        for p in pt.get("partitions", []):
-            ptype = str(p.get("type", "")).upper()
-            span = Partition(int(p["start"]) * sector, int(p["size"]) * sector)
-            if ptype in ("21686148-6449-6E6F-744E-656564454649",):
-                roles["bios"] = span
-            elif ptype in ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "EF"):
-                roles["esp"] = span
-            elif root is None or span.size > root["span"].size:
-                root = {"span": span, "uuid": p.get("uuid")}
-        if root is None:
-            raise BadInput(f"{disk}: the partition table has no root partition")
-        roles["root"] = root["span"]
-        launch.partitions = roles
-        launch.fs_offset = root["span"].offset
-        launch.root_partuuid = (root.get("uuid") or "").lower() or None
-        has_bios = "bios" in roles or launch.partitioning == "mbr"
-        launch.boot = (
-            "hybrid" if has_bios and "esp" in roles else "uefi" if "esp" in roles else "bios"
-        )
-    fs = subprocess.run(
-        ["blkid", "-p", "-O", str(launch.fs_offset), "-o", "export", str(disk)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    values = dict(line.split("=", 1) for line in fs.stdout.splitlines() if "=" in line)
-    launch.root_label = values.get("LABEL")
-    launch.root_uuid = values.get("UUID")
-    return launch
 
 
 # --------------------------------------------------------------------------- bundle
@@ -156,7 +56,7 @@ def bundle_image(
     """ec2-bundle-image for a registered image (AMI, AKI or ARI)."""
     rec = Registry().find(ref)
     src = image_file(rec)
-    ec2 = ec2_cert or bundle_mod.ec2_key_pair()[0]
+    ec2 = ec2_cert or ec2_key_pair()[0]
     account = user or rec.owner_id or account_id()
     bdm: dict[str, str] = {}
     if rec.image_type == "machine" and rec.root_device_name:
@@ -177,7 +77,7 @@ def bundle_image(
         kernel_name=(rec.kernel_release or rec.name) if rec.image_type == "kernel" else None,
     )
     # as uploading a signing certificate to AWS: `register` checks signatures against it
-    bundle_mod.remember_signing_cert(account, cert)
+    remember_signing_cert(account, cert)
     result.image_id = rec.image_id
     return result
 
@@ -201,8 +101,6 @@ def register_manifest(
     bytes live in the artifact store. Nothing is registered and nothing kept if any check
     fails."""
     if str(manifest_path).startswith("s3://"):
-        from builder.images.bundle_upload import fetch_bundle
-
         fetched = work_dir("fetch-bundle")
         try:
             local = fetch_bundle(str(manifest_path), fetched, endpoint_url)
@@ -224,8 +122,8 @@ def _register_manifest(
     virtualization: str | None,
     location: str | None = None,
 ) -> ImageRecord:
-    m = bundle_mod.parse_manifest(manifest_path)
-    known = certs or bundle_mod.signing_certs(m.user)
+    m = parse_manifest(manifest_path)
+    known = certs or signing_certs(m.user)
     if not known:
         raise BadInput(
             f"{manifest_path}: no signing certificate is known for account {m.user}: "
@@ -239,7 +137,7 @@ def _register_manifest(
     if m.image_type == "machine":
         _check_launch_refs(registry, kernel_id, ramdisk_id)
         check_name_free(registry, name)
-    ec2_key = bundle_mod.load_private_key(bundle_mod.ec2_key_pair()[1])
+    ec2_key = load_private_key(ec2_key_pair()[1])
     aes_key, iv = bundle_mod.decrypt_key_iv(m, ec2_key, "amilab's EC2 key")
     work = work_dir("register")
     try:
@@ -266,8 +164,6 @@ def register_snapshot(
     """RegisterImage of an EBS-backed AMI: the snapshot mapped at `root_device` is its disk
     (read to find its partitions and root filesystem, never written); the other mappings
     are kept as given. A new ID every time, as EC2 gives."""
-    from builder.images import volumes
-
     registry = Registry()
     check_name_free(registry, name)
     _check_launch_refs(registry, kernel_id, ramdisk_id)
@@ -307,7 +203,7 @@ def register_snapshot(
 
 
 def _record_for(
-    m: bundle_mod.Manifest,
+    m: Manifest,
     image: Path,
     manifest_path: str,
     name: str,
@@ -349,13 +245,6 @@ def _check_launch_refs(registry: Registry, kernel_id: str | None, ramdisk_id: st
     for ref, kind in ((kernel_id, "kernel"), (ramdisk_id, "ramdisk")):
         if ref and registry.get(ref) is None:
             raise BadInput(f"{kind} {ref} is not registered: register it first")
-
-
-def check_name_free(registry: Registry, name: str, image_type: str = "machine") -> None:
-    """Early refusal of a taken name, before any long work (register_new checks again)."""
-    for rec in registry.list(image_type):
-        if rec.name == name:
-            raise BadInput(f"name {name!r} is already in use by {rec.image_id}")
 
 
 # ----------------------------------------------------------------------------- copy

@@ -25,15 +25,17 @@ from typing import Any, Protocol
 
 from builder import paths
 from builder.build import kernel as kernel_mod
+from builder.build.kernel_catalogue import definition
+from builder.build.kernel_tree import Kernel
 from builder.disk import e2fs
 from builder.disk.formats import FORMATS
 from builder.disk.inspection import mount_all, open_guestfs
 from builder.errors import BadInput, BuildFailed
 from builder.ids import file_sha256, sparse_sha256
 from builder.images import factory
-from builder.images.lifecycle import check_name_free, image_file, work_dir
+from builder.images.image_files import image_file, work_dir
 from builder.images.records import ImageRecord, LaunchSettings, RamdiskSettings
-from builder.images.registry import Registry, store_artifact
+from builder.images.registry import Registry, check_name_free, store_artifact
 from builder.steps import Step, run_steps
 
 
@@ -43,7 +45,7 @@ class AddModules:
 
     source: ImageRecord
     aki: ImageRecord
-    kernel: kernel_mod.Kernel
+    kernel: Kernel
     name: str
     default_kernel: bool
     registry: Registry
@@ -58,7 +60,7 @@ class AddModules:
     result: ImageRecord | None = None
 
 
-def kernel_for_aki(rec: ImageRecord) -> kernel_mod.Kernel:
+def kernel_for_aki(rec: ImageRecord) -> Kernel:
     """The unpacked kernel behind a registered AKI (vmlinuz, modules tree with depmod's
     index, config): a catalogue kernel (fetched again if the cache lost it) or one from
     `register-kernel`. BadInput for PV-GRUB or a kernel no longer known."""
@@ -179,7 +181,7 @@ class AddTree(Step[AddModules]):
 class BootFiles:
     """An hvm image's new default kernel, and where to make its initrd and menus."""
 
-    kernel: kernel_mod.Kernel
+    kernel: Kernel
     work: Path
 
 
@@ -284,7 +286,7 @@ class GuestfsTarget:
         self.g.upload(str(src), dest)
 
 
-def _indexed_tree(k: kernel_mod.Kernel, work: Path) -> Path:
+def _indexed_tree(k: Kernel, work: Path) -> Path:
     """The directory holding `<release>/` with depmod's index: the cached tree (unpacking ran
     `depmod -b` on the host; kmod's index format is stable, and the guest's own depmod under
     TCG would add ~20 s for the same files), else a staged copy indexed here."""
@@ -500,7 +502,7 @@ def register_catalogue_kernel(
     from builder.images.records import KernelSettings
 
     registry = registry or Registry()
-    k = kernel_mod.resolve_kernel(kernel_mod.definition(name), log=log)
+    k = kernel_mod.resolve_kernel(definition(name), log=log)
     work = work_dir("kernel")
     try:
         vmlinuz = work / "vmlinuz"

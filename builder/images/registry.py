@@ -27,6 +27,7 @@ __all__ = [
     "ImageRecord",
     "Registry",
     "account_id",
+    "check_name_free",
     "id_prefix",
     "now_iso",
     "store_artifact",
@@ -146,6 +147,13 @@ class Registry:
             if conn.execute("SELECT 1 FROM images WHERE image_id = ?", (rec.image_id,)).fetchone():
                 raise BadInput(f"{rec.image_id} is already registered")
             return _insert(conn, rec)
+
+
+def check_name_free(registry: Registry, name: str, image_type: str = "machine") -> None:
+    """Early refusal of a taken name, before any long work (register_new checks again)."""
+    for rec in registry.list(image_type):
+        if rec.name == name:
+            raise BadInput(f"name {name!r} is already in use by {rec.image_id}")
 
 
 def _insert(conn: sqlite3.Connection, rec: ImageRecord) -> ImageRecord:

@@ -20,6 +20,7 @@ from builder import paths
 from builder.disk import qemu_img
 from builder.errors import BadInput
 from builder.ids import is_id, random_id, sparse_sha256
+from builder.images.image_files import image_file
 from builder.images.records import ImageRecord, now_iso
 from builder.images.registry import Registry, store_artifact
 from builder.images.tables import JsonTable, Row
@@ -67,8 +68,6 @@ def _image_root_snapshot_id(image: ImageRecord) -> str | None:
 
 def image_snapshot(image: ImageRecord) -> Row:
     """The snapshot behind an EBS-backed AMI's root device (made a record on first use)."""
-    from builder.images.lifecycle import image_file
-
     if image.root_device_type != "ebs":
         raise BadInput(f"{image.image_id} is not EBS-backed (its root is {image.root_device_type})")
     snap_id = _image_root_snapshot_id(image)

@@ -31,7 +31,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _kernels(args: argparse.Namespace) -> int:
-    from builder.build.kernel import load_catalogue, resolve_versions
+    from builder.build.kernel import resolve_versions
+    from builder.build.kernel_catalogue import load_catalogue
     from builder.images.registry import Registry
 
     definitions = list(load_catalogue().values())

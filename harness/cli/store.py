@@ -30,7 +30,7 @@ def register_store(sub: argparse._SubParsersAction) -> None:
 
 
 def _store_tasks(args: argparse.Namespace) -> int:
-    from builder.images.store import TaskLog
+    from builder.images.store_tasks import TaskLog
 
     tasks = [t for t in TaskLog().recent() if not args.image or t.image_id in args.image]
     lines = [

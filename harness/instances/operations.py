@@ -978,7 +978,7 @@ def create_image(
     consistent, and started again afterwards, as EC2 does. Every EBS volume is snapshotted;
     the new AMI (pending while that happens, then available) refers to those snapshots,
     with the instance's kernel and ramdisk for a paravirtual image."""
-    from builder.images.lifecycle import check_name_free
+    from builder.images.registry import check_name_free
 
     registry = Registry()
     check_name_free(registry, name)
@@ -1053,7 +1053,7 @@ def bundle_vol(
     and ramdisk (as ec2-bundle-vol read them from the metadata). Like create-image, a running
     instance is stopped first and started again afterwards unless `no_reboot`; the volume is
     only ever read."""
-    from builder.images import bundle as bundle_mod
+    from builder.images import bundle_keys
     from builder.images.bundle_volume import Selection, bundle_volume
     from builder.images.shapes import account_id
 
@@ -1080,7 +1080,7 @@ def bundle_vol(
         result, removed = bundle_volume(
             volumes.volume_path(vol), "qcow2", image.launch.fs_offset or 0, dest, prefix, sel,
             user=account, architecture=rec["Architecture"], user_cert=cert,
-            private_key=private_key, ec2_cert=ec2_cert or bundle_mod.ec2_key_pair()[0],
+            private_key=private_key, ec2_cert=ec2_cert or bundle_keys.ec2_key_pair()[0],
             kernel_id=None if kernel == "none" else kernel or rec.get("KernelId"),
             ramdisk_id=None if ramdisk == "none" else ramdisk or rec.get("RamdiskId"),
             root_device=rec["RootDeviceName"],
@@ -1088,7 +1088,7 @@ def bundle_vol(
     finally:
         if restart:
             start_instances([instance_id])
-    bundle_mod.remember_signing_cert(account, cert)  # as `bundle` does, for `register`
+    bundle_keys.remember_signing_cert(account, cert)  # as `bundle` does, for `register`
     return result, removed
 
 

@@ -1,6 +1,6 @@
 """Artifacts by reference: what a fleet cell needs (its AMI's disk, AKI, ARI) travels as
 records, digests and object keys; the bytes go through an S3 bucket or a shared directory
-(builder.images.store's targets and object stream).
+(builder.images.targets and the object stream of builder.images.objects).
 
 The client uploads each file once, skipping an object already there with the same digest.
 Each worker downloads a file once into its own artifact store (digest-addressed, under its
@@ -21,7 +21,7 @@ from pathlib import Path
 from builder import paths
 from builder.errors import BadInput
 from builder.ids import file_sha256, sparse_sha256
-from builder.images import store
+from builder.images import objects, targets
 from builder.images.records import record_from_dict, record_to_dict
 from builder.images.registry import ImageRecord, Registry, store_artifact
 
@@ -56,7 +56,7 @@ class Needed:
     artifacts: tuple[Artifact, ...]
 
 
-def _artifact(rec: ImageRecord, target: store.Target, path: Path, fmt: str) -> Artifact:
+def _artifact(rec: ImageRecord, target: targets.Target, path: Path, fmt: str) -> Artifact:
     sparse = rec.image_type == "machine" and fmt == "raw" and bool(rec.digest)
     digest = rec.digest if (sparse or rec.image_type != "machine") and rec.digest else None
     digest = digest or file_sha256(path)
@@ -70,7 +70,7 @@ def for_plan(
     ramdisk: ImageRecord | None, disk: Path,
 ) -> Needed:  # fmt: skip
     """What a worker needs to boot this launch plan's image, kernel and ramdisk."""
-    t = store.parse_bucket(target, endpoint_url)
+    t = targets.parse_bucket(target, endpoint_url)
     fmt = next((f for f, loc in image.locations.items() if Path(loc) == disk), "")
     out = [
         _artifact(rec, t, Path(rec.image_location), "")
@@ -87,7 +87,7 @@ def upload(needed: list[Needed], say: Callable[[str], None]) -> int:
     sent = 0
     seen: set[str] = set()
     for n in needed:
-        t = store.parse_bucket(n.target, n.endpoint_url)
+        t = targets.parse_bucket(n.target, n.endpoint_url)
         for a in n.artifacts:
             if a.key in seen:
                 continue
@@ -95,7 +95,7 @@ def upload(needed: list[Needed], say: Callable[[str], None]) -> int:
             if t.metadata(a.key).get(DIGEST_META) == a.digest:
                 continue
             say(f"uploading {a.image_id} to {t.url}")
-            store.put_file(t, a.key, Path(a.path), {DIGEST_META: a.digest})
+            objects.put_file(t, a.key, Path(a.path), {DIGEST_META: a.digest})
             sent += 1
     return sent
 
@@ -110,7 +110,7 @@ def _verify(a: Artifact, path: Path) -> None:
         raise BadInput(f"{a.key}: downloaded file's digest {got[:12]}… is not {a.digest[:12]}…")
 
 
-def fetch(a: Artifact, target: store.Target) -> Path:
+def fetch(a: Artifact, target: targets.Target) -> Path:
     """The artifact's file in this host's artifact store, downloaded at most once: other
     tasks (threads or processes) wanting it wait on the lock and then find it there."""
     dest = _local_file(a)
@@ -125,7 +125,7 @@ def fetch(a: Artifact, target: store.Target) -> Path:
         work.mkdir(parents=True, exist_ok=True)
         part = work / f"fetch-{a.digest}-{os.getpid()}{a.suffix}"
         try:
-            store.get_file(target, a.key, part)
+            objects.get_file(target, a.key, part)
             _verify(a, part)
             return store_artifact(part, a.digest, a.suffix)
         finally:
@@ -136,7 +136,7 @@ def ensure_local(needed: Needed, registry: Registry | None = None) -> None:
     """Every artifact of a cell here, registered under the client's IDs. An image already
     registered with its file present is left as it is (registered images never change)."""
     registry = registry or Registry()
-    target = store.parse_bucket(needed.target, needed.endpoint_url)
+    target = targets.parse_bucket(needed.target, needed.endpoint_url)
     for a in needed.artifacts:
         have = registry.get(a.image_id)
         if have is not None and _file_of(have, a.fmt).exists():

@@ -59,7 +59,7 @@ def resolve_kernel(ref: str, registry: Registry, say: Callable[[str], None]) -> 
         return registry.find(ref, "kernel").image_id
     except BadInput:
         pass
-    from builder.build.kernel import load_catalogue
+    from builder.build.kernel_catalogue import load_catalogue
     from builder.images.modules import register_catalogue_kernel
 
     if ref not in load_catalogue():

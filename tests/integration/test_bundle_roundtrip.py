@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.images.bundle import make_key_pair
+from builder.images.bundle_keys import make_key_pair
 from tests.conftest import ROOT, run_amilab
 from tests.integration.builds import build, images
 

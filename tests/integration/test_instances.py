@@ -425,7 +425,7 @@ def _bundle_vol(env: dict, iid: str, root_vol: str) -> None:
     """bundle-vol of the stopped instance, upload-bundle to a directory, register: the new
     instance-store AMI has the instance's change and not the excluded paths (nor their
     bytes), boots and passes smoke; the instance's volume was only read."""
-    from builder.images.bundle import make_key_pair
+    from builder.images.bundle_keys import make_key_pair
 
     home = env["home"]
     cert, pk = home / "cert.pem", home / "pk.pem"

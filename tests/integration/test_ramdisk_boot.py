@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from builder.build import kernel, ramdisk
-from builder.build.kernel import Kernel
+from builder.build.kernel_tree import Kernel
 from tests.conftest import need
 
 pytestmark = pytest.mark.integration

@@ -1,10 +1,13 @@
-"""The layout's rules, read from the source: builder never imports harness, and the wheel
-(pyproject.toml's package list and data globs) carries every package and data file."""
+"""The layout's rules, read from the source: builder never imports harness, the layers of
+DESIGN.md hold (no module imports a higher layer, no two modules import each other, directly
+or around a loop), and the wheel (pyproject.toml's package list and data globs) carries every
+package and data file."""
 
 from __future__ import annotations
 
 import ast
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -62,6 +65,182 @@ def test_the_check_sees_every_kind_of_import(tmp_path: Path) -> None:
         "from builder import harnessed\nimport harnessing\n"
     )
     assert [h.split(":")[0] for h in harness_imports(src)] == ["2", "3", "5", "6"]
+
+
+# DESIGN.md's layers, from the bottom up: a module may import its own layer and those below.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("builder",),
+    ("harness.imds",),
+    ("harness.launch",),
+    ("harness.smoke", "harness.instances"),
+    ("harness.matrix", "harness.api"),
+    ("harness.cli",),
+    ("bench",),
+)
+LAYERED = ("builder", "harness", "bench")
+
+
+def _module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node but those under `if TYPE_CHECKING:`, which never run (their `else:` does)."""
+    todo: list[ast.AST] = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                todo.extend(child.orelse)
+            else:
+                todo.append(child)
+
+
+def _imported(node: ast.AST, package: str, modules: set[str]) -> list[str]:
+    """The modules of the tree an import statement loads: `from X import y` is X.y when
+    that is a module, else X (a package's __init__ is not counted for its submodules, so
+    a package re-exporting its modules is no cycle); a relative import is read against
+    `package`; each name stands for the most specific module it falls in."""
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:
+            parts = package.split(".")
+            base = ".".join([*parts[: len(parts) - (node.level - 1)], *([base] if base else [])])
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+    else:
+        return []
+    out = []
+    for dotted in names:
+        while dotted and dotted not in modules:
+            dotted = dotted.rpartition(".")[0]
+        if dotted:
+            out.append(dotted)
+    return out
+
+
+def import_graph(root: Path, tops: tuple[str, ...] = LAYERED) -> dict[str, set[str]]:
+    """Module -> the modules of the tree it imports, at any depth (inside functions too)."""
+    files = {
+        _module_name(root, p): p
+        for top in tops
+        for p in (root / top).rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        tree = ast.parse(path.read_text(), filename=str(path))
+        graph[name] = {
+            target
+            for node in _runtime_nodes(tree)
+            for target in _imported(node, package, set(files))
+            if target != name
+        }
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each group of modules that import each other, directly or around a loop (the strongly
+    connected components of more than one module, found with Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def layer_of(module: str) -> int | None:
+    for i, row in enumerate(LAYERS):
+        if any(module == top or module.startswith(f"{top}.") for top in row):
+            return i
+    return None  # e.g. the harness package itself: above nothing, below nothing
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    out = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            low, high = layer_of(module), layer_of(target)
+            if low is not None and high is not None and high > low:
+                out.append(f"{module} (layer {low + 1}) imports {target} (layer {high + 1})")
+    return out
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph(ROOT)
+    assert len(graph) > 100  # the walk found the packages
+    cycles = import_cycles(graph)
+    assert cycles == [], "modules that import each other:\n" + "\n".join(map(" <-> ".join, cycles))
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    upward = upward_imports(import_graph(ROOT))
+    assert upward == [], "imports against the layers of DESIGN.md:\n" + "\n".join(upward)
+
+
+def test_the_layer_check_finds_cycles_and_upward_imports(tmp_path: Path) -> None:
+    files = {
+        "builder/__init__.py": "",
+        "builder/a.py": "def f():\n    from builder import b\n",  # in a function: counts
+        "builder/b.py": "import builder.c\n",
+        "builder/c.py": "from . import a\nfrom builder.d import thing\n",
+        "builder/d.py": (
+            "from typing import TYPE_CHECKING\nthing = 1\n"
+            "if TYPE_CHECKING:\n    from harness.cli import main\n"  # never runs: no edge
+            "else:\n    import builder.e\n"
+        ),
+        "builder/e.py": "import os\nimport harness.imds.server\n",  # upward
+        "harness/__init__.py": "",
+        "harness/imds/__init__.py": "",
+        "harness/imds/server.py": "from builder.e import x\n",  # with e: a second cycle
+        "harness/cli/__init__.py": "from harness.imds import server\n",  # downward: fine
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    graph = import_graph(tmp_path)
+    assert graph["builder.d"] == {"builder.e"}
+    assert import_cycles(graph) == [
+        ["builder.a", "builder.b", "builder.c"],
+        ["builder.e", "harness.imds.server"],
+    ]
+    assert upward_imports(graph) == [
+        "builder.e (layer 1) imports harness.imds.server (layer 2)",
+    ]
+    (tmp_path / "builder/e.py").write_text("import os\n")
+    (tmp_path / "builder/a.py").write_text("")
+    graph = import_graph(tmp_path)
+    assert import_cycles(graph) == [] and upward_imports(graph) == []
 
 
 def _setuptools() -> dict:

@@ -11,7 +11,7 @@ from typing import Any
 
 from builder import paths
 from builder.errors import AmilabError
-from builder.images import lifecycle, store
+from builder.images import lifecycle, store, store_tasks, targets
 from builder.images.records import ImageRecord
 from builder.images.registry import Registry
 from builder.images.shapes import owner_of
@@ -333,7 +333,7 @@ def create_store_image_task(p: Params, ctx: Context) -> Result:
     if rec.image_type != "machine":
         raise ApiError("InvalidAMIID.Unavailable", f"{rec.image_id} is not a machine image")
     spec, endpoint = bucket_target(require(p, "Bucket"), ctx)
-    key = store.parse_bucket(spec, endpoint).key(rec.image_id)
+    key = targets.parse_bucket(spec, endpoint).key(rec.image_id)
     from builder.images.shapes import acting_as
 
     account = ctx.account_id
@@ -359,7 +359,7 @@ def create_store_image_task(p: Params, ctx: Context) -> Result:
 def describe_store_image_tasks(p: Params, ctx: Context) -> Result:
     ids = [check_image_id(i) for i in p.get("ImageIds") or []]
     mine = {r.image_id for r in Registry().list("machine") if owner_of(r) == ctx.account_id}
-    tasks = [t for t in store.TaskLog().recent() if t.image_id in mine or t.image_id in ids]
+    tasks = [t for t in store_tasks.TaskLog().recent() if t.image_id in mine or t.image_id in ids]
     if ids:
         tasks = [t for t in tasks if t.image_id in ids]
     latest: dict[str, Any] = {}

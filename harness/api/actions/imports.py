@@ -23,7 +23,7 @@ from typing import Any
 from builder import paths
 from builder.errors import AmilabError
 from builder.ids import random_id
-from builder.images import store
+from builder.images import targets
 from builder.images.importer import import_disk
 from builder.images.shapes import acting_as
 from builder.images.tables import JsonTable, Row
@@ -99,7 +99,7 @@ def _fetch(chunks: Any, dest: Path, task_id: str, size: int | None) -> int:
     return got
 
 
-def _run(task_id: str, account: str, target: store.Target, key: str, work: Path) -> None:
+def _run(task_id: str, account: str, target: targets.Target, key: str, work: Path) -> None:
     try:
         with acting_as(account):
             _set(task_id, StatusMessage="validating", Progress="5")
@@ -164,7 +164,7 @@ def import_image(p: Params, ctx: Context) -> Result:
             "InvalidParameterValue", f"Invalid value '{p['LicenseType']}' for LicenseType"
         )
     spec, endpoint = bucket_target(bucket, ctx)
-    target = store.parse_bucket(spec, endpoint)
+    target = targets.parse_bucket(spec, endpoint)
     try:  # the object must be there and readable before a task is made for it
         size = target.size(object_key)
     except AmilabError as e:

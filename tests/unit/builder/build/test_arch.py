@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.build import arch, bootloader, kernel, ramdisk
+from builder.build import apt_index, arch, bootloader, deb_control, kernel, ramdisk
 from builder.build.recipe import load_recipes
 from tests.conftest import ROOT
 
@@ -37,9 +37,9 @@ def test_catalogue_has_i386_and_arm64_kernels_per_suite() -> None:
 
 def test_metapackage_named_with_digits_is_not_an_exact_image() -> None:
     # 686-pae starts with digits: still a flavour's metapackage, not linux-image-<version>
-    assert not kernel._EXACT_IMAGE.fullmatch("linux-image-686-pae")
-    assert kernel._EXACT_IMAGE.fullmatch("linux-image-6.1.0-40-686-pae")
-    assert kernel._EXACT_IMAGE.fullmatch("linux-image-6.12.57+deb13-cloud-arm64")
+    assert not deb_control.EXACT_IMAGE.fullmatch("linux-image-686-pae")
+    assert deb_control.EXACT_IMAGE.fullmatch("linux-image-6.1.0-40-686-pae")
+    assert deb_control.EXACT_IMAGE.fullmatch("linux-image-6.12.57+deb13-cloud-arm64")
 
 
 def test_private_apt_index_per_architecture(tmp_path: Path, monkeypatch) -> None:
@@ -101,7 +101,7 @@ def test_index_without_security_makes_the_base_from_the_same_sources(
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     here = mirror.Mirror("http://m/debian", "http://m/debian-security")
-    monkeypatch.setattr(kernel, "host_mirror", lambda: here)
+    monkeypatch.setattr(apt_index, "host_mirror", lambda: here)
     apt = kernel.private_apt("bookworm", "i386")
     apt.prepare()
     reason = "Failed to fetch http://m/debian-security/dists/bookworm-security/main/binary-i386/"
@@ -110,7 +110,7 @@ def test_index_without_security_makes_the_base_from_the_same_sources(
     assert apt._without_security(reason, None)
     assert not apt._without_security("Failed to fetch http://m/debian/dists/bookworm/x", None)
     with_security = apt.apt_lines()
-    (apt.base / kernel.NO_SECURITY).touch()
+    (apt.base / apt_index.NO_SECURITY).touch()
     without = apt.apt_lines()
     assert len(with_security) == 3 and without == with_security[:2]
     key = rootfs.base_key("bookworm", ["a"], "", "i386", without)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.build import kernel
-from builder.build.kernel import KernelDefinition, PrivateApt
+from builder.build import apt_index, deb_control, kernel, kernel_catalogue, kernel_tree
+from builder.build.apt_index import PrivateApt
+from builder.build.kernel import KernelDefinition
 from builder.errors import BadInput, EnvironmentProblem, RecipeError
 
 GOOD = """\
@@ -38,7 +39,7 @@ def test_shipped_catalogue_is_valid() -> None:
 
 
 def test_good_definition(tmp_path: Path) -> None:
-    d = kernel.load_definition(write(tmp_path, GOOD)).definition
+    d = kernel_catalogue.load_definition(write(tmp_path, GOOD)).definition
     assert d == KernelDefinition(
         name="test-kernel",
         description="a test",
@@ -68,7 +69,7 @@ def test_good_definition(tmp_path: Path) -> None:
 def test_bad_definitions(tmp_path: Path, text: str, line: int, key: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(RecipeError) as e:
-        kernel.load_definition(path)
+        kernel_catalogue.load_definition(path)
     assert e.value.exit_code == 2
     assert (e.value.line, e.value.key) == (line, key)
     assert str(e.value).startswith(f"{path}:{line}: {key}: ")
@@ -95,14 +96,14 @@ def test_parse_control_and_exact_dependency() -> None:
         "Depends: linux-image-6.1.0-99-cloud-amd64 (= 6.1.99-1)\n"
         "Description: meta\n more text\n\nPackage: other\n"
     )
-    fields = kernel.parse_control(text)
+    fields = deb_control.parse_control(text)
     assert fields["Version"] == "6.1.99-1"
     assert fields["Description"] == "meta\nmore text"
     assert "other" not in fields.values()
-    assert kernel.exact_dependency(fields) == "linux-image-6.1.0-99-cloud-amd64"
+    assert deb_control.exact_dependency(fields) == "linux-image-6.1.0-99-cloud-amd64"
     signed = {"Depends": "linux-image-6.1.0-9-amd64-unsigned | linux-image-6.1.0-9-amd64, kmod"}
-    assert kernel.exact_dependency(signed) == "linux-image-6.1.0-9-amd64-unsigned"
-    assert kernel.exact_dependency({"Depends": "kmod, linux-base"}) is None
+    assert deb_control.exact_dependency(signed) == "linux-image-6.1.0-9-amd64-unsigned"
+    assert deb_control.exact_dependency({"Depends": "kmod, linux-base"}) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ class FakeApt:
         monkeypatch.setattr(PrivateApt, "show", show)
         monkeypatch.setattr(PrivateApt, "download", download)
         monkeypatch.setattr(
-            "builder.build.kernel.host_mirror",
+            "builder.build.apt_index.host_mirror",
             lambda: type(
                 "M", (), {"apt_lines": lambda self, r: [f"deb http://m/debian {r} main"]}
             )(),
@@ -201,7 +202,7 @@ def test_resolve_downloads_once_and_then_works_offline(
     assert (fake.updates, fake.downloads) == (1, 1)  # nothing fetched, not even the index
     # an index older than a day is refreshed, but offline the cached one still serves
     stamp = cache / "apt/bookworm/state/updated"
-    old = time.time() - 2 * kernel.INDEX_MAX_AGE
+    old = time.time() - 2 * apt_index.INDEX_MAX_AGE
     os.utime(stamp, (old, old))
     fake.online = False
     assert kernel.resolve_kernel(DEFN, "bookworm") == k
@@ -234,7 +235,7 @@ def test_interrupted_unpack_is_not_taken_as_complete(
 ) -> None:
     fake = FakeApt(make_deb(tmp_path))
     fake.install(monkeypatch)
-    target = kernel.kernel_dir(EXACT, "6.1.99-1")
+    target = kernel_tree.kernel_dir(EXACT, "6.1.99-1")
     (target / "boot").mkdir(parents=True)  # what a crash half-way through used to leave
     with pytest.raises(Exception, match="not in the cache"):
         kernel.cached_kernel(DEFN, EXACT, "6.1.99-1")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.build import kernel, mirror
+from builder.build import apt_index, kernel, mirror
 from builder.build.kernel import KernelDefinition
 from builder.errors import EnvironmentProblem
 
@@ -82,7 +82,7 @@ def cache(
     monkeypatch.setenv("AMILAB_MIRROR", copy.url)
     monkeypatch.delenv("AMILAB_SECURITY_MIRROR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(kernel, "RETRY_DELAY", 0.05)  # the pause, not the behaviour
+    monkeypatch.setattr(apt_index, "RETRY_DELAY", 0.05)  # the pause, not the behaviour
     copy.broken, copy.hits = "dists", Counter()
     yield tmp_path / "cache/amilab"
 
@@ -106,7 +106,7 @@ def test_index_mid_sync_is_one_exit_3_line_naming_the_suite(
     assert message.startswith(f"suite {SUITE}: no package index from {copy.url} after 3 tries")
     assert "File has unexpected size" in message and "Mirror sync in progress?" in message
     assert "[IP:" not in message
-    assert copy.hits["dists"] == kernel.UPDATE_ATTEMPTS  # bounded: tried again, then gave up
+    assert copy.hits["dists"] == apt_index.UPDATE_ATTEMPTS  # bounded: tried again, then gave up
     assert time.monotonic() - t0 < 60
     _nothing_cached(cache)
     # the sync ends: the same cache resolves, nothing from the failed tries in the way
@@ -120,7 +120,7 @@ def test_stale_index_is_used_when_the_mirror_is_mid_sync(copy: MirrorCopy, cache
     copy.broken = None
     fresh = kernel.resolve_version(DEFN)
     stamp = cache / "apt" / SUITE / "state/updated"
-    old = time.time() - 2 * kernel.INDEX_MAX_AGE
+    old = time.time() - 2 * apt_index.INDEX_MAX_AGE
     os.utime(stamp, (old, old))
     # a changed Release file is what makes apt fetch the index again; here it is unreadable
     copy.broken, copy.hits = "all", Counter()
@@ -139,7 +139,7 @@ def test_pool_mid_sync_downloads_nothing_half_way(copy: MirrorCopy, cache: Path)
         f"suite {SUITE}: {found.package}={found.version} could not be downloaded"
     )
     assert "File has unexpected size" in message
-    assert copy.hits["pool"] == kernel.DOWNLOAD_ATTEMPTS
+    assert copy.hits["pool"] == apt_index.DOWNLOAD_ATTEMPTS
     assert not any((cache / "debs").iterdir())  # no .deb, no temporary download directory
     assert not (cache / "kernels").exists()
     # the pool may have moved on since the index was fetched: the next run refreshes it
@@ -154,7 +154,7 @@ def test_cli_reports_a_mid_sync_mirror_in_one_line(
 ) -> None:
     from harness.cli import main
 
-    monkeypatch.setattr(kernel, "UPDATE_ATTEMPTS", 1)  # every suite fails; one try each is enough
+    monkeypatch.setattr(apt_index, "UPDATE_ATTEMPTS", 1)  # every suite fails: one try each
     assert main(["kernels", "--json"]) == 3
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1
@@ -172,12 +172,12 @@ def test_apt_error_picks_the_cause() -> None:
         "E: Some index files failed to download. They have been ignored, or old ones used "
         "instead.\n"
     )
-    assert kernel.apt_error(output) == (
+    assert apt_index.apt_error(output) == (
         "Failed to fetch http://m/debian/dists/sid/main/binary-amd64/Packages.xz File has "
         "unexpected size (24 != 300424). Mirror sync in progress?"
     )
-    assert kernel.apt_error("E: Some index files failed to download.\n").startswith("Some")
-    assert kernel.apt_error("") == "apt failed without a message"
+    assert apt_index.apt_error("E: Some index files failed to download.\n").startswith("Some")
+    assert apt_index.apt_error("") == "apt failed without a message"
 
 
 def test_mirror_lines_per_kind_of_suite() -> None:

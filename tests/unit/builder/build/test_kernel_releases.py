@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.build import kernel, ramdisk
+from builder.build import kernel, kernel_catalogue, kernel_tree, ramdisk
 from builder.build.kernel import SUITES
 from builder.errors import RecipeError
 from tests.conftest import ROOT
@@ -48,7 +48,7 @@ def test_unknown_suite_is_one_line_at_its_line(tmp_path: Path, suite: str) -> No
     path = tmp_path / "k.yaml"
     path.write_text(GOOD.replace("suite: bookworm", f"suite: {suite}"))
     with pytest.raises(RecipeError) as e:
-        kernel.load_definition(path)
+        kernel_catalogue.load_definition(path)
     assert e.value.exit_code == 2 and (e.value.line, e.value.key) == (4, "suite")
     assert str(e.value).startswith(f"{path}:4: suite: ") and "\n" not in str(e.value)
     assert "one of " + ", ".join(SUITES) in str(e.value)
@@ -138,7 +138,7 @@ def bookworm() -> kernel.Kernel:
 
 
 def test_split_kernel_becomes_one_tree(sid: kernel.Kernel) -> None:
-    tree = kernel.kernel_dir(sid.package, sid.version)
+    tree = kernel_tree.kernel_dir(sid.package, sid.version)
     assert sid.vmlinuz == tree / f"usr/lib/modules/{sid.release}/vmlinuz" and _bzimage(sid.vmlinuz)
     assert sid.modules_dir == tree / f"usr/lib/modules/{sid.release}"
     assert sid.config == sid.modules_dir / "config" and "CONFIG_" in sid.config.read_text()
@@ -154,7 +154,7 @@ def test_split_kernel_becomes_one_tree(sid: kernel.Kernel) -> None:
 
 
 def test_one_deb_kernel_keeps_boot_and_lib_modules(bookworm: kernel.Kernel) -> None:
-    tree = kernel.kernel_dir(bookworm.package, bookworm.version)
+    tree = kernel_tree.kernel_dir(bookworm.package, bookworm.version)
     assert bookworm.vmlinuz == tree / f"boot/vmlinuz-{bookworm.release}"
     assert _bzimage(bookworm.vmlinuz)
     assert bookworm.modules_dir == tree / f"lib/modules/{bookworm.release}"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from builder.build import ramdisk
-from builder.build.kernel import Kernel
+from builder.build.kernel_tree import Kernel
 from builder.build.ramdisk import Entry
 from builder.errors import BadInput, BuildFailed
 

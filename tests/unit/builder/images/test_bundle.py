@@ -14,18 +14,10 @@ from pathlib import Path
 import pytest
 
 from builder.errors import BadInput
-from builder.images import bundle, sparsetar
+from builder.images import bundle, bundle_keys, manifest, sparsetar
+from tests.unit.builder.images.test_lifecycle import write_sparse as sparse_file
 
 USER = "123456789012"
-
-
-def sparse_file(path: Path, size: int, extents: list[tuple[int, bytes]]) -> Path:
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for off, data in extents:
-            f.seek(off)
-            f.write(data)
-    return path
 
 
 def gnu_tar(path: Path, name: str | None = None) -> bytes:
@@ -112,9 +104,9 @@ def test_reader_refuses_truncated_and_corrupt_streams(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("keys")
-    bundle.make_key_pair(d / "user-cert.pem", d / "user-pk.pem", "user")
-    bundle.make_key_pair(d / "ec2-cert.pem", d / "ec2-pk.pem", "ec2")
-    bundle.make_key_pair(d / "other-cert.pem", d / "other-pk.pem", "other")
+    bundle_keys.make_key_pair(d / "user-cert.pem", d / "user-pk.pem", "user")
+    bundle_keys.make_key_pair(d / "ec2-cert.pem", d / "ec2-pk.pem", "ec2")
+    bundle_keys.make_key_pair(d / "other-cert.pem", d / "other-pk.pem", "other")
     return {p.stem: p for p in d.iterdir()}
 
 
@@ -270,19 +262,19 @@ def test_unbundles_a_bundle_made_by_the_real_tools_pipeline(tmp_path: Path, keys
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding
 
-    pub = bundle.load_certificate(keys["user-cert"]).public_key()
-    ec2 = bundle.load_certificate(keys["ec2-cert"]).public_key()
+    pub = bundle_keys.load_certificate(keys["user-cert"]).public_key()
+    ec2 = bundle_keys.load_certificate(keys["ec2-cert"]).public_key()
     files = sorted(dest.glob("img.part.*"))
     seal = lambda k, s: k.encrypt(s.encode(), padding.PKCS1v15()).hex()  # noqa: E731
-    m = bundle.Manifest(
+    m = manifest.Manifest(
         name="img", user=USER, image_type="machine", architecture="x86_64",
         digest=hashlib.sha1((tmp_path / "tar").read_bytes()).hexdigest(),
         size=src.stat().st_size, bundled_size=sum(f.stat().st_size for f in files),
         ec2_encrypted_key=seal(ec2, key), user_encrypted_key=seal(pub, key),
         ec2_encrypted_iv=seal(ec2, iv), user_encrypted_iv=seal(pub, iv),
-        parts=[bundle.Part(f.name, hashlib.sha1(f.read_bytes()).hexdigest()) for f in files],
+        parts=[manifest.Part(f.name, hashlib.sha1(f.read_bytes()).hexdigest()) for f in files],
     )  # fmt: skip
-    signer = bundle.load_private_key(keys["user-pk"])
+    signer = bundle_keys.load_private_key(keys["user-pk"])
     m.signature = signer.sign(m.signed_text(), padding.PKCS1v15(), hashes.SHA1()).hex()
     (dest / "img.manifest.xml").write_text(m.render())
     out = bundle.unbundle(dest / "img.manifest.xml", keys["user-pk"], tmp_path / "u")

@@ -13,10 +13,10 @@ import pytest
 from builder.disk import qemu_img
 from builder.errors import BadInput
 from builder.ids import file_sha256
-from builder.images import bundle_upload, lifecycle
-from builder.images.bundle import make_key_pair
+from builder.images import bundle, bundle_keys, bundle_upload, lifecycle
+from builder.images.bundle_keys import make_key_pair
 from builder.images.bundle_volume import Selection, bundle_volume
-from builder.images.lifecycle import image_file
+from builder.images.image_files import image_file
 from tests.conftest import need
 from tests.unit.builder.images.test_lifecycle import (  # noqa: F401 - fixtures
     own_ec2_keys,
@@ -56,7 +56,7 @@ def test_bundle_vol_upload_register(amilab_home: Path, tmp_path: Path, s3) -> No
     vol = _volume(tmp_path)
     before = file_sha256(vol)
     make_key_pair(tmp_path / "cert.pem", tmp_path / "pk.pem", "user")
-    ec2_cert = lifecycle.bundle_mod.ec2_key_pair()[0]
+    ec2_cert = bundle_keys.ec2_key_pair()[0]
     result, removed = bundle_volume(
         vol, "qcow2", 0, tmp_path / "out", "vol", Selection(["/srv/skip"]),
         user="123456789012", architecture="x86_64", user_cert=tmp_path / "cert.pem",
@@ -66,7 +66,7 @@ def test_bundle_vol_upload_register(amilab_home: Path, tmp_path: Path, s3) -> No
     assert file_sha256(vol) == before  # only read
     assert set(removed) == {"/srv/skip", "/mnt/keys", "/root/.ssh/authorized_keys",
                             "/home/u/id_rsa"}  # fmt: skip
-    lifecycle.bundle_mod.remember_signing_cert("123456789012", tmp_path / "cert.pem")
+    bundle_keys.remember_signing_cert("123456789012", tmp_path / "cert.pem")
 
     up = bundle_upload.upload_bundle(result.manifest_path, str(tmp_path / "bucket"))
     assert up.objects[-1] == "vol.manifest.xml"
@@ -99,11 +99,11 @@ def test_bundle_vol_refusals(amilab_home: Path, tmp_path: Path) -> None:
         make_key_pair(tmp_path / "cert.pem", tmp_path / "pk.pem", "user")
         img = tmp_path / "img.raw"
         img.write_bytes(b"x" * 5000)
-        r = lifecycle.bundle_mod.bundle_file(
+        r = bundle.bundle_file(
             img, tmp_path / "b", "img", user="1", image_type="machine",
             architecture="x86_64", user_cert=tmp_path / "cert.pem",
             private_key=tmp_path / "pk.pem",
-            ec2_cert=lifecycle.bundle_mod.ec2_key_pair()[0],
+            ec2_cert=bundle_keys.ec2_key_pair()[0],
         )  # fmt: skip
         part = r.manifest_path.parent / r.manifest.parts[0].filename
         part.write_bytes(b"tampered")

@@ -20,7 +20,7 @@ import pytest
 
 from builder.errors import BadInput
 from builder.ids import file_sha256, sparse_sha256
-from builder.images import factory, lifecycle, store
+from builder.images import factory, lifecycle, store, targets
 from builder.images.records import KernelSettings, LaunchSettings, RamdiskSettings
 from builder.images.registry import ImageRecord, Registry, account_id
 from tests.conftest import run_amilab
@@ -323,7 +323,7 @@ def s3(s3_server: str, monkeypatch) -> Iterator[tuple[str, object]]:
 
 def test_store_and_restore_through_s3_with_multipart(fake, s3, monkeypatch) -> None:
     bucket, client = s3
-    monkeypatch.setattr(store, "S3_PART_SIZE", 5 << 20)  # several parts for a small object
+    monkeypatch.setattr(targets, "S3_PART_SIZE", 5 << 20)  # several parts for a small object
     task = store.store_image(fake["ami"].image_id, f"s3://{bucket}/amis")
     assert task.object_key == f"amis/{fake['ami'].image_id}.bin"
     head = client.head_object(Bucket=bucket, Key=task.object_key)
@@ -395,7 +395,7 @@ def test_two_concurrent_stores_both_complete(amilab_home: Path, s3) -> None:
 def test_kernel_and_ramdisk_bundles_register_elsewhere_under_the_same_ids(
     tmp_path: Path, monkeypatch
 ) -> None:
-    from builder.images.bundle import make_key_pair
+    from builder.images.bundle_keys import make_key_pair
 
     make_key_pair(tmp_path / "cert.pem", tmp_path / "pk.pem", "user")
     monkeypatch.setenv("AMILAB_HOME", str(tmp_path / "home1"))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from builder.build.bootloader import first_entry, grub_cfg, menu_lst
-from builder.build.kernel import Kernel
+from builder.build.kernel_tree import Kernel
 from builder.errors import BadInput, BuildFailed
 from builder.ids import file_sha256, sparse_sha256
 from builder.images import factory

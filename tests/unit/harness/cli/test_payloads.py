@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from builder.images import responses
-from builder.images.bundle import BundleResult, Manifest, Part
+from builder.images.bundle import BundleResult
+from builder.images.manifest import Manifest, Part
 from builder.images.records import KernelSettings
 from builder.images.registry import ImageRecord
-from builder.images.store import RestoreResult, StoreTask
+from builder.images.store import RestoreResult
+from builder.images.store_tasks import StoreTask
 
 
 def _same(got: Any, want: Any) -> None:

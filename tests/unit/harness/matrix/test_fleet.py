@@ -12,7 +12,7 @@ import pytest
 
 from builder.errors import BadInput
 from builder.ids import file_sha256, sparse_sha256
-from builder.images import store
+from builder.images import objects, targets
 from builder.images.records import ImageRecord
 from builder.images.registry import Registry
 from harness.matrix import artifacts, worker
@@ -111,9 +111,9 @@ def test_a_corrupt_artifact_is_refused_and_nothing_registered(
 def test_put_file_get_file_roundtrip(tmp_path: Path) -> None:
     src = tmp_path / "f"
     src.write_bytes(os.urandom(100_000))
-    target = store.parse_bucket(str(tmp_path / "b"))
-    store.put_file(target, "x.bin", src, {"k": "v"})
-    store.get_file(target, "x.bin", tmp_path / "g")
+    target = targets.parse_bucket(str(tmp_path / "b"))
+    objects.put_file(target, "x.bin", src, {"k": "v"})
+    objects.get_file(target, "x.bin", tmp_path / "g")
     assert (tmp_path / "g").read_bytes() == src.read_bytes()
 
 
