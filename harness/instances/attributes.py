@@ -18,8 +18,8 @@ from builder.errors import BadInput
 from builder.images.registry import Registry
 from builder.images.tables import Row
 from harness.instances import store
-from harness.instances.types import check_image, instance_type
 from harness.launch.request import USER_DATA_MAX
+from harness.launch.types import check_image, instance_type
 
 # changed only while stopped
 WHILE_STOPPED = ("InstanceType", "Kernel", "Ramdisk", "UserData")

@@ -30,10 +30,10 @@ from builder.images.records import ImageRecord, now_iso
 from builder.images.registry import Registry
 from builder.images.tables import Row
 from harness.instances import addresses, attributes, events, hotplug, keypairs, store
-from harness.instances.types import default_type, instance_type
 from harness.launch import instance as launch_dirs
 from harness.launch import keys
 from harness.launch.request import LaunchRequest
+from harness.launch.types import default_type, instance_type
 
 SHUTDOWN_BEHAVIOURS = ("stop", "terminate")
 MAX_COUNT = 20
@@ -242,7 +242,7 @@ def run_instances(req: RunRequest, say: Any = None) -> dict[str, Any]:
             "here launches EBS-backed images (use boot/smoke for bundles)"
         )
     itype = instance_type(req.instance_type or default_type(image.architecture))
-    from harness.instances.types import check_image
+    from harness.launch.types import check_image
 
     check_image(itype, image.architecture, image.virtualization_type or "hvm")
     key = keypairs.find_key_pair(req.key_name) if req.key_name else None

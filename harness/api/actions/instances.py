@@ -27,8 +27,8 @@ from harness.api.actions.common import (
 from harness.api.actions.images import find_visible
 from harness.api.errors import ApiError, from_library
 from harness.instances import attributes, operations, store
-from harness.instances.types import TYPES, InstanceType
 from harness.launch.request import USER_DATA_MAX
+from harness.launch.types import TYPES, InstanceType
 
 _token_lock = threading.Lock()
 

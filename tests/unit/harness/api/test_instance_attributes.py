@@ -20,7 +20,7 @@ from builder.images import volumes
 from builder.images.records import now_iso
 from builder.images.shapes import acting_as
 from harness.instances import operations, store
-from harness.instances.types import instance_type
+from harness.launch.types import instance_type
 from tests.conftest import run_amilab
 from tests.unit.builder.images.test_lifecycle import register_fake
 from tests.unit.harness.api.conftest import A, B

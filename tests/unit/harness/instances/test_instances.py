@@ -10,7 +10,7 @@ import pytest
 
 from builder.errors import BadInput
 from harness.instances import keypairs, operations, store
-from harness.instances.types import check_image, instance_type
+from harness.launch.types import check_image, instance_type
 
 
 def test_instance_types_refuse_as_ec2() -> None:
