@@ -100,7 +100,7 @@ def register_upload_bundle(sub: argparse._SubParsersAction) -> None:
 
 
 def _bundle_vol(args: argparse.Namespace) -> int:
-    from harness.instances.operations import bundle_vol
+    from harness.instances.operations.images import bundle_vol
 
     excludes = [p for item in args.exclude for p in item.split(",") if p]
     r, removed = bundle_vol(

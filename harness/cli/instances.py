@@ -27,7 +27,11 @@ def _ssh_address(instance: dict[str, Any]) -> str:
 
 
 def _run_instances(args: argparse.Namespace) -> int:
-    from harness.instances.operations import RunRequest, parse_block_device_mapping, run_instances
+    from harness.instances.operations.launch import (
+        RunRequest,
+        parse_block_device_mapping,
+        run_instances,
+    )
     from harness.launch.request import progress_printer
 
     if args.spot_action not in ("terminate", "stop"):
@@ -94,7 +98,7 @@ def register_run_instances(sub: argparse._SubParsersAction) -> None:
 
 
 def _describe_instances(args: argparse.Namespace) -> int:
-    from harness.instances.operations import describe_instances, parse_filters
+    from harness.instances.operations.describe import describe_instances, parse_filters
 
     result = describe_instances(args.instance_ids, parse_filters(args.filters))
 
@@ -121,9 +125,9 @@ def register_describe_instances(sub: argparse._SubParsersAction) -> None:
 
 def _state_command(op: str, key: str) -> Any:
     def run(args: argparse.Namespace) -> int:
-        from harness.instances import operations
+        from harness.instances.operations import launch, stop
 
-        func = getattr(operations, op)
+        func = getattr(stop, op, None) or getattr(launch, op)
         extra = {"force": True} if getattr(args, "force", False) else {}
         changes = func(args.instance_ids, wait=args.wait, **extra)
         lines = [f"{c['InstanceId']}\t{c['PreviousState']['Name']} -> {c['CurrentState']['Name']}"
@@ -209,7 +213,7 @@ def register_modify_instance_attribute(sub: argparse._SubParsersAction) -> None:
 
 
 def _reboot(args: argparse.Namespace) -> int:
-    from harness.instances.operations import reboot_instances
+    from harness.instances.operations.launch import reboot_instances
 
     reboot_instances(args.instance_ids)
     return print_result(args, {"Return": True}, list(args.instance_ids))
@@ -223,7 +227,7 @@ def register_reboot_instances(sub: argparse._SubParsersAction) -> None:
 
 def _schedule_event(args: argparse.Namespace) -> int:
     from harness.instances.events import parse_time
-    from harness.instances.operations import schedule_instance_event
+    from harness.instances.operations.stop import schedule_instance_event
 
     event = schedule_instance_event(args.instance_id, args.code, parse_time(args.not_before),
                                     args.description, args.window)  # fmt: skip
@@ -233,7 +237,7 @@ def _schedule_event(args: argparse.Namespace) -> int:
 
 def _modify_event(args: argparse.Namespace) -> int:
     from harness.instances.events import parse_time
-    from harness.instances.operations import modify_instance_event_start_time
+    from harness.instances.operations.stop import modify_instance_event_start_time
 
     out = modify_instance_event_start_time(
         args.instance_id, args.instance_event_id, parse_time(args.not_before)
@@ -243,7 +247,7 @@ def _modify_event(args: argparse.Namespace) -> int:
 
 
 def _describe_status(args: argparse.Namespace) -> int:
-    from harness.instances.operations import describe_instance_status
+    from harness.instances.operations.describe import describe_instance_status
 
     result = describe_instance_status(args.instance_ids, args.include_all_instances)
     lines = []
@@ -289,7 +293,7 @@ def register_events(sub: argparse._SubParsersAction) -> None:
 
 
 def _console(args: argparse.Namespace) -> int:
-    from harness.instances.operations import console_output
+    from harness.instances.operations.describe import console_output
 
     out = console_output(args.instance_id)
     return show(args, out, lambda: sys.stdout.write(out["Output"]))
@@ -303,7 +307,7 @@ def register_get_console_output(sub: argparse._SubParsersAction) -> None:
 
 def _ssh(args: argparse.Namespace) -> int:
     from builder.errors import BadInput, EnvironmentProblem
-    from harness.instances.operations import ssh_target
+    from harness.instances.operations.describe import ssh_target
 
     address, port, own_key = ssh_target(args.instance_id)
     key = args.identity or own_key
@@ -424,14 +428,14 @@ def _create_volume(args: argparse.Namespace) -> int:
 
 
 def _attach_volume(args: argparse.Namespace) -> int:
-    from harness.instances.operations import attach_volume
+    from harness.instances.operations.attachments import attach_volume
 
     att = attach_volume(args.volume_id, args.instance_id, args.device)
     return print_result(args, att, [f"{att['VolumeId']}\t{att['State']}"])
 
 
 def _detach_volume(args: argparse.Namespace) -> int:
-    from harness.instances.operations import detach_volume
+    from harness.instances.operations.attachments import detach_volume
 
     att = detach_volume(args.volume_id, args.instance_id, force=args.force)
     return print_result(args, att, [f"{att['VolumeId']}\t{att['State']}"])
@@ -534,7 +538,7 @@ def register_volumes(sub: argparse._SubParsersAction) -> None:
 
 
 def _create_image(args: argparse.Namespace) -> int:
-    from harness.instances.operations import create_image
+    from harness.instances.operations.images import create_image
 
     rec = create_image(args.instance_id, args.name, args.no_reboot, args.description or "")
     return print_result(args, {"ImageId": rec.image_id}, [rec.image_id])

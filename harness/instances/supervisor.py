@@ -569,7 +569,7 @@ def _settle(iid: str) -> Row:
 
 
 def _finish(iid: str, final: str, reason: tuple[str, str] | None) -> None:
-    from harness.instances.operations import release_terminated
+    from harness.instances.operations.common import release_terminated
 
     changes: list[tuple[str, str]] = []
 

@@ -138,13 +138,13 @@ def copy_image(p: Params, ctx: Context) -> Result:
 @action("CreateImage", "InvalidInstanceID.NotFound")
 def create_image(p: Params, ctx: Context) -> Result:
     from harness.api.actions.instances import find_instance
-    from harness.instances import operations
+    from harness.instances.operations.images import create_image as create_from
 
     rec = find_instance(require(p, "InstanceId"), ctx)
     name = require(p, "Name")
     _check_name(name)
     try:
-        image = operations.create_image(
+        image = create_from(
             rec["InstanceId"], name, no_reboot=bool(p.get("NoReboot")),
             description=p.get("Description") or "",
         )  # fmt: skip

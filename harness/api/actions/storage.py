@@ -24,14 +24,15 @@ from harness.api.actions.common import (
 )
 from harness.api.actions.instances import find_instance
 from harness.api.errors import ApiError
-from harness.instances import operations
+from harness.instances import store
+from harness.instances.operations import attachments, common
 
 
 def _volume_owner(v: Row) -> str:
     for a in v.get("Attachments") or []:  # the instance's owner; unattached: who made it
-        rec = operations.store.instances().get(a["InstanceId"])
+        rec = store.instances().get(a["InstanceId"])
         if rec is not None:
-            return operations.owner_of_instance(rec)
+            return common.owner_of_instance(rec)
     return str((v.get("Amilab") or {}).get("OwnerId") or local_account_id())
 
 
@@ -125,7 +126,7 @@ def attach_volume(p: Params, ctx: Context) -> Result:
     device = require(p, "Device")
     if not device.startswith("/dev/"):
         raise ApiError("InvalidParameterValue", f"Invalid value '{device}' for unixDevice")
-    return operations.attach_volume(v["VolumeId"], rec["InstanceId"], device)
+    return attachments.attach_volume(v["VolumeId"], rec["InstanceId"], device)
 
 
 @action("DetachVolume", "InvalidVolume.NotFound")
@@ -135,7 +136,7 @@ def detach_volume(p: Params, ctx: Context) -> Result:
     if iid:
         find_instance(iid, ctx)
     force = str(p.get("Force") or "").lower() == "true"
-    return operations.detach_volume(v["VolumeId"], iid, force=force)
+    return attachments.detach_volume(v["VolumeId"], iid, force=force)
 
 
 # ----------------------------------------------------------------- snapshots

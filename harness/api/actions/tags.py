@@ -26,6 +26,7 @@ from harness.api.actions.images import IMAGE_PREFIXES, find_owned
 from harness.api.actions.instances import find_instance
 from harness.api.errors import ApiError
 from harness.instances import keypairs, store
+from harness.instances.operations.common import owner_of_instance
 
 
 def _row_table(resource: str, ctx: Context) -> tuple[JsonTable, str]:
@@ -118,10 +119,8 @@ def _all_tagged(ctx: Context) -> list[tuple[str, str, dict[str, str]]]:
     for rec in Registry().list():
         if owner_of(rec) == ctx.account_id:
             out.append((rec.image_id, "image", dict(rec.tags)))
-    from harness.instances import operations
-
     for r in store.instances().list():
-        if operations.owner_of_instance(r) == ctx.account_id:
+        if owner_of_instance(r) == ctx.account_id:
             out.append((r["InstanceId"], "instance", tags_of(r.get("Tags"))))
     for v in volumes.volumes().list():
         if storage._volume_owner(v) == ctx.account_id:
