@@ -12,19 +12,9 @@ from typing import Any
 from builder.errors import AmilabError
 from builder.images.tables import JsonTable, Row
 from harness.api.actions import network
-from harness.api.actions.common import (
-    Context,
-    Params,
-    Result,
-    action,
-    check_id,
-    field,
-    filters_of,
-    match_filters,
-    require,
-    tag_specs,
-)
-from harness.api.actions.images import find_visible
+from harness.api.actions.common import Context, Params, Result, action, require, tag_specs
+from harness.api.actions.filters import field, filtered, filters_of, match_filters
+from harness.api.actions.lookup import find_instance, find_visible
 from harness.api.errors import ApiError, from_library
 from harness.instances import attributes, store
 from harness.instances.operations import common, describe, launch, stop
@@ -32,14 +22,6 @@ from harness.launch.request import USER_DATA_MAX
 from harness.launch.types import TYPES, InstanceType
 
 _token_lock = threading.Lock()
-
-
-def find_instance(instance_id: Any, ctx: Context) -> Row:
-    iid = check_id(instance_id, "i", "InvalidInstanceID.Malformed")
-    rec = store.instances().get(iid)
-    if rec is None or common.owner_of_instance(rec) != ctx.account_id:
-        raise ApiError("InvalidInstanceID.NotFound", f"The instance ID '{iid}' does not exist")
-    return rec
 
 
 def _ids(p: Params, ctx: Context, required: bool = True) -> list[str]:
@@ -513,7 +495,7 @@ def describe_instance_types(p: Params, ctx: Context) -> Result:
               "burstable-performance-supported": field("BurstablePerformanceSupported"),
               "hypervisor": field("Hypervisor")}  # fmt: skip
     items = [_type_item(TYPES[n]) for n in names]
-    return {"InstanceTypes": [i for i in items if match_filters(i, filters_of(p), fields)]}
+    return {"InstanceTypes": filtered(items, p, fields)}
 
 
 @action("DescribeInstanceCreditSpecifications", "InvalidInstanceID.NotFound")
