@@ -5,6 +5,7 @@ changing a shared one is an AuthFailure."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from builder.images import volumes
@@ -18,6 +19,16 @@ from harness.instances import store
 from harness.instances.operations.common import owner_of_instance
 
 IMAGE_PREFIXES = ("ami", "aki", "ari")
+
+
+def _callers(row: Row | None, owner: Callable[[Row], str], ctx: Context, code: str,
+             message: str) -> Row:  # fmt: skip
+    """The row if the caller owns it; else EC2's NotFound, which does not tell another
+    account's resource from a missing one."""
+    if row is None or owner(row) != ctx.account_id:
+        raise ApiError(code, message)
+    return row
+
 
 # ------------------------------------------------------------------- images
 
@@ -58,10 +69,9 @@ def find_owned(image_id: Any, ctx: Context) -> ImageRecord:
 
 def find_instance(instance_id: Any, ctx: Context) -> Row:
     iid = check_id(instance_id, "i", "InvalidInstanceID.Malformed")
-    rec = store.instances().get(iid)
-    if rec is None or owner_of_instance(rec) != ctx.account_id:
-        raise ApiError("InvalidInstanceID.NotFound", f"The instance ID '{iid}' does not exist")
-    return rec
+    message = f"The instance ID '{iid}' does not exist"
+    return _callers(store.instances().get(iid), owner_of_instance, ctx,
+                    "InvalidInstanceID.NotFound", message)  # fmt: skip
 
 
 # ------------------------------------------------------- volumes, snapshots
@@ -77,10 +87,9 @@ def volume_owner(v: Row) -> str:
 
 def find_volume(volume_id: Any, ctx: Context) -> Row:
     vid = check_id(volume_id, "vol", "InvalidVolume.Malformed")
-    v = volumes.volumes().get(vid)
-    if v is None or volume_owner(v) != ctx.account_id:
-        raise ApiError("InvalidVolume.NotFound", f"The volume '{vid}' does not exist.")
-    return v
+    message = f"The volume '{vid}' does not exist."
+    return _callers(volumes.volumes().get(vid), volume_owner, ctx,
+                    "InvalidVolume.NotFound", message)  # fmt: skip
 
 
 def snapshot_visible(s: Row, account: str) -> bool:
