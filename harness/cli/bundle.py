@@ -7,6 +7,7 @@ from pathlib import Path
 
 from builder.images import responses
 from harness.cli.command import add_command
+from harness.cli.flags import add_instance_id, add_no_reboot
 from harness.cli.output import add_json, print_result
 
 
@@ -100,7 +101,7 @@ def register_upload_bundle(sub: argparse._SubParsersAction) -> None:
 
 
 def _bundle_vol(args: argparse.Namespace) -> int:
-    from harness.instances.operations import bundle_vol
+    from harness.instances.operations.images import bundle_vol
 
     excludes = [p for item in args.exclude for p in item.split(",") if p]
     r, removed = bundle_vol(
@@ -122,7 +123,7 @@ def register_bundle_vol(sub: argparse._SubParsersAction) -> None:
         "--no-reboot). Key, certificate and history files (ec2-bundle-vol's filter), the "
         "contents of /dev /media /mnt /proc /sys and --exclude paths are left out.",
     )  # fmt: skip
-    p.add_argument("instance_id", metavar="INSTANCE_ID")
+    add_instance_id(p)
     p.add_argument("--cert", "-c", required=True, help="your X.509 certificate (PEM)")
     p.add_argument("--privatekey", "-k", required=True, help="its RSA private key (PEM)")
     p.add_argument("--ec2cert", help="EC2's certificate (default: amilab's own)")
@@ -137,6 +138,5 @@ def register_bundle_vol(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--kernel", metavar="AKI", help="default: the instance's kernel")
     p.add_argument("--ramdisk", metavar="ARI", help="default: the instance's ramdisk")
-    p.add_argument("--no-reboot", action="store_true",
-                   help="read a running instance's volume without stopping it")  # fmt: skip
+    add_no_reboot(p, "read a running instance's volume without stopping it")
     add_json(p)

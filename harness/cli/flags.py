@@ -1,4 +1,5 @@
-"""Launch settings as command-line options, for every command that launches.
+"""Options declared once for the commands that share them: the launch settings, for every
+command that launches, and the small groups below (instance IDs, tags, --no-reboot, …).
 
 The settings and their flags are declared once, as the fields of
 `harness.launch.request.LaunchRequest`; this module only turns those declarations into
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, TypeVar
 
+from builder.images.records import ImageRecord
+from harness.cli.output import add_json, print_result
 from harness.launch.request import LaunchRequest, launch_settings
 
 R = TypeVar("R", bound=LaunchRequest)
@@ -50,3 +53,37 @@ def launch_request(cls: type[R], args: argparse.Namespace, **own: Any) -> R:
 def metadata_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """`LaunchOptions.metadata` from the parsed metadata options."""
     return launch_request(LaunchRequest, args).metadata
+
+
+# The options several commands take, declared once so that they read and parse alike.
+
+
+def add_instance_id(p: argparse.ArgumentParser) -> None:
+    p.add_argument("instance_id", metavar="INSTANCE_ID")
+
+
+def add_instance_ids(p: argparse.ArgumentParser, nargs: str = "+") -> None:
+    p.add_argument("instance_ids", nargs=nargs, metavar="INSTANCE_ID")
+
+
+def add_tags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+
+
+def add_not_before(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--not-before", required=True, metavar="TIME",
+                   help="2020-03-25T10:00:00.000Z (UTC) or +SECONDS from now")  # fmt: skip
+
+
+def add_no_reboot(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--no-reboot", action="store_true", help=help)
+
+
+def add_image_json(p: argparse.ArgumentParser, what: str) -> None:
+    """--json for a command that registers one image: it prints it as describe-images does."""
+    add_json(p, f"print {what} as describe-images JSON")
+
+
+def print_image(args: argparse.Namespace, rec: ImageRecord) -> int:
+    """The image a command registered: describe-images JSON with --json, else its ID."""
+    return print_result(args, {"Images": [rec.describe()]}, [rec.image_id])

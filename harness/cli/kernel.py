@@ -7,7 +7,7 @@ from pathlib import Path
 
 from builder.errors import BadInput
 from harness.cli.command import add_command
-from harness.cli.output import add_json, print_result
+from harness.cli.flags import add_image_json, print_image
 
 
 def _register_kernel(args: argparse.Namespace) -> int:
@@ -26,7 +26,7 @@ def _register_kernel(args: argparse.Namespace) -> int:
             Path(args.config) if args.config else None,
         )
     rec = own_kernel.register(stored, args.name)
-    return print_result(args, {"Images": [rec.describe()]}, [rec.image_id])
+    return print_image(args, rec)
 
 
 def register_register_kernel(sub: argparse._SubParsersAction) -> None:
@@ -53,4 +53,4 @@ def register_register_kernel(sub: argparse._SubParsersAction) -> None:
         "kernel's linux-image, linux-binary, linux-modules and linux-base packages",
     )
     p.add_argument("--name", help="the AKI's name (default: kernel-<release>)")
-    add_json(p, "print the AKI as describe-images JSON")
+    add_image_json(p, "the AKI")

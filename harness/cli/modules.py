@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from harness.cli.command import add_command
-from harness.cli.output import add_json, print_result
+from harness.cli.flags import add_image_json, print_image
 
 
 def _add_modules(args: argparse.Namespace) -> int:
@@ -14,7 +14,7 @@ def _add_modules(args: argparse.Namespace) -> int:
     rec = add_modules(
         args.image, args.kernel, default_kernel=args.default_kernel, name=args.name
     )
-    return print_result(args, {"Images": [rec.describe()]}, [rec.image_id])
+    return print_image(args, rec)
 
 
 def register_add_modules(sub: argparse._SubParsersAction) -> None:
@@ -33,4 +33,4 @@ def register_add_modules(sub: argparse._SubParsersAction) -> None:
         "paravirtual image's AKI, an hvm image's first GRUB entry (kernel and initrd in /boot)",
     )
     p.add_argument("--name", help="the new AMI's name (default: <source name>-<release>)")
-    add_json(p, "print the new image as describe-images JSON")
+    add_image_json(p, "the new image")

@@ -20,9 +20,9 @@ import yaml
 
 from builder.errors import BadInput
 from builder.ids import random_id
+from builder.sockets import unix_path
 from harness.imds.document import SETTINGS_KEY, InstanceMetadata, document
 from harness.imds.protocol import answer, http_response
-from harness.launch.process import unix_path
 
 DEFAULT_PORT = 1338  # the port amazon-ec2-metadata-mock uses
 _MAX_REQUEST = 16384

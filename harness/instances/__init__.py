@@ -1,2 +1,2 @@
-"""Long-lived instances: EC2's states, a supervisor process per instance, key pairs,
-instance types, the operations run-instances … terminate-instances and create-image."""
+"""Long-lived instances: EC2's states, a supervisor process per instance, key pairs, the
+operations run-instances … terminate-instances and create-image."""

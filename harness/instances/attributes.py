@@ -18,8 +18,9 @@ from builder.errors import BadInput
 from builder.images.registry import Registry
 from builder.images.tables import Row
 from harness.instances import store
-from harness.instances.types import check_image, instance_type
+from harness.instances.operations.common import reconcile
 from harness.launch.request import USER_DATA_MAX
+from harness.launch.types import check_image, instance_type
 
 # changed only while stopped
 WHILE_STOPPED = ("InstanceType", "Kernel", "Ramdisk", "UserData")
@@ -142,8 +143,6 @@ def modify_instance_attribute(instance_id: str, changes: dict[str, Any]) -> Row:
     DisableApiTermination, DisableApiStop); the record after."""
     if not changes:
         raise BadInput("MissingParameter: The request must contain an attribute to modify")
-    from harness.instances.operations import reconcile
-
     rec = reconcile(store.find(instance_id))
     checked = _checked(rec, changes)
     with store.locked(instance_id):

@@ -36,7 +36,6 @@ from builder.steps import Step, StepRunner
 from harness.imds.document import block_device_mapping, document, write_document
 from harness.instances import events, hotplug, store
 from harness.instances.devices import FORCED, RELEASED, STUCK, DeviceError, Devices
-from harness.instances.types import instance_type
 from harness.launch import accel
 from harness.launch import instance as launch_dirs
 from harness.launch.machine import Disk, hotplug_ports
@@ -52,6 +51,7 @@ from harness.launch.steps import (
     WriteMetadata,
     compose_commands,
 )
+from harness.launch.types import instance_type
 
 POLL = 0.2
 # seconds a guest gets to shut down on the ACPI power button before QEMU is ended (EC2 waits
@@ -569,7 +569,7 @@ def _settle(iid: str) -> Row:
 
 
 def _finish(iid: str, final: str, reason: tuple[str, str] | None) -> None:
-    from harness.instances.operations import release_terminated
+    from harness.instances.operations.common import release_terminated
 
     changes: list[tuple[str, str]] = []
 

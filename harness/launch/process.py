@@ -27,6 +27,7 @@ from pathlib import Path
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from builder.errors import EnvironmentProblem
+from builder.sockets import unix_path
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: the child only calls it
@@ -50,17 +51,6 @@ def lasting_thread() -> None:
 
 def thread_done() -> None:
     _LASTING.discard(threading.get_ident())
-
-
-def unix_path(path: Path) -> str:
-    """A connectable path for a Unix socket even when `path` exceeds sun_path's 108 bytes
-    (deep test directories do): go through /proc/self/fd of the directory."""
-    text = str(path)
-    if len(text.encode()) < 100:
-        return text
-    fd = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
-    # the fd stays open for the process's lifetime; one per instance is acceptable
-    return f"/proc/self/fd/{fd}/{path.name}"
 
 
 class QemuProcess:

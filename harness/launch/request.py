@@ -196,8 +196,8 @@ class LaunchRequest:
         return out
 
     def plan(self, image: ImageRecord, kernel: str | None) -> LaunchPlan:
-        from harness.instances.types import check_image, instance_type
         from harness.launch.plan import make_plan
+        from harness.launch.types import check_image, instance_type
 
         if self.instance_type is not None and image.image_type == "machine":
             # RunInstances' refusal, before anything is prepared; the kernel is not checked
@@ -217,8 +217,8 @@ class LaunchRequest:
     def options(
         self, chosen: Accelerator, say: Callable[[str], None], interactive: bool = False
     ) -> LaunchOptions:
-        from harness.instances.types import DEFAULT_TYPE, TYPES
         from harness.launch.steps import LaunchOptions
+        from harness.launch.types import DEFAULT_TYPE, TYPES
 
         # the instance type's vCPUs, as run-instances gives them (m1.small: one); a type
         # the table does not know keeps the base layer's. Memory stays the base layer's:

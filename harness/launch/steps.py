@@ -23,7 +23,6 @@ from builder.steps import Step
 from harness.imds import PROTOCOL_SCRIPT, SCRIPT_NAME
 from harness.imds.document import InstanceMetadata, block_device_mapping, document, write_document
 from harness.imds.server import MetadataServer
-from harness.instances.types import default_type
 from harness.launch import instance as instances
 from harness.launch import keys, pvgrub
 from harness.launch.accel import Accelerator
@@ -40,6 +39,7 @@ from harness.launch.machine import (
 from harness.launch.plan import HARNESS_CMDLINE, LaunchPlan
 from harness.launch.process import QemuProcess
 from harness.launch.ssh import BootFailed, SshLogin, wait_for_ssh
+from harness.launch.types import default_type
 
 IMDS_SOCKET = "imds.sock"
 RELAY = "nc.openbsd"  # Debian's netcat-openbsd

@@ -17,7 +17,7 @@ import tty
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.launch.process import unix_path
+from builder.sockets import unix_path
 
 ESCAPE = b"\x1d"  # Ctrl-]
 

@@ -27,7 +27,7 @@ Only the start order changes; reports keep the matrix's own order.
 
 from __future__ import annotations
 
-from harness.instances.types import TYPES, default_type
+from harness.launch.types import TYPES, default_type
 from harness.matrix.cells import Cell
 
 # per vCPU-limited guest, relative to x86_64; arm64's was measured on 2 vCPUs (82.9 / 30.4

@@ -74,7 +74,7 @@ def resolve_kernel(ref: str, registry: Registry, say: Callable[[str], None]) -> 
 
 
 def skip_reason(cell: Cell, image: ImageRecord) -> str:
-    from harness.instances.types import TYPES
+    from harness.launch.types import TYPES
 
     opts = cell.option_dict
     arch = image.architecture or "x86_64"

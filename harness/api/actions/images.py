@@ -15,21 +15,18 @@ from builder.images import lifecycle, store, store_tasks, targets
 from builder.images.records import ImageRecord
 from builder.images.registry import Registry
 from builder.images.shapes import owner_of
-from harness.api.actions.common import (
-    Context,
-    Params,
-    Result,
-    action,
-    field,
-    filters_of,
-    is_ec2_id,
-    match_filters,
-    require,
-    tag_specs,
+from harness.api.actions.common import Context, Params, Result, action, require, tag_specs
+from harness.api.actions.filters import field, filters_of, match_filters
+from harness.api.actions.lookup import (
+    check_image_id,
+    find_instance,
+    find_owned,
+    find_snapshot,
+    find_visible,
+    visible,
 )
 from harness.api.errors import ApiError, from_library
-
-IMAGE_PREFIXES = ("ami", "aki", "ari")
+from harness.instances.operations import images as instance_images
 
 _FILTERS = {
     "image-id": field("ImageId"),
@@ -51,37 +48,6 @@ _FILTERS = {
     "block-device-mapping.device-name": field("BlockDeviceMappings", "DeviceName"),
     "block-device-mapping.volume-size": field("BlockDeviceMappings", "Ebs", "VolumeSize"),
 }
-
-
-def check_image_id(value: Any) -> str:
-    if not isinstance(value, str) or not any(is_ec2_id(value, p) for p in IMAGE_PREFIXES):
-        raise ApiError("InvalidAMIID.Malformed", f'Invalid id: "{value}" (expecting "ami-...")')
-    return value
-
-
-def visible(rec: ImageRecord, account: str) -> bool:
-    """What EC2 lets an account see and launch: its own, public, or shared with it."""
-    return owner_of(rec) == account or rec.public or account in rec.launch_permissions
-
-
-def not_found(image_id: str) -> ApiError:
-    return ApiError("InvalidAMIID.NotFound", f"The image id '[{image_id}]' does not exist")
-
-
-def find_visible(image_id: Any, ctx: Context) -> ImageRecord:
-    rec = Registry().get(check_image_id(image_id))
-    if rec is None or not visible(rec, ctx.account_id):
-        raise not_found(str(image_id))
-    return rec
-
-
-def find_owned(image_id: Any, ctx: Context) -> ImageRecord:
-    rec = find_visible(image_id, ctx)
-    if owner_of(rec) != ctx.account_id:
-        raise ApiError(
-            "AuthFailure", f"Not authorized for image:{rec.image_id} (owned by another account)"
-        )
-    return rec
 
 
 def image_item(rec: ImageRecord) -> dict[str, Any]:
@@ -137,14 +103,11 @@ def copy_image(p: Params, ctx: Context) -> Result:
 
 @action("CreateImage", "InvalidInstanceID.NotFound")
 def create_image(p: Params, ctx: Context) -> Result:
-    from harness.api.actions.instances import find_instance
-    from harness.instances import operations
-
     rec = find_instance(require(p, "InstanceId"), ctx)
     name = require(p, "Name")
     _check_name(name)
     try:
-        image = operations.create_image(
+        image = instance_images.create_image(
             rec["InstanceId"], name, no_reboot=bool(p.get("NoReboot")),
             description=p.get("Description") or "",
         )  # fmt: skip
@@ -192,8 +155,6 @@ def register_image(p: Params, ctx: Context) -> Result:
 
 def _register_ebs(p: Params, ctx: Context, name: str) -> Result:
     """An EBS-backed AMI from a snapshot the caller may use (its root device's mapping)."""
-    from harness.api.actions.storage import find_snapshot
-
     mappings = list(p.get("BlockDeviceMappings") or [])
     if not mappings:
         raise ApiError(

@@ -27,16 +27,8 @@ from builder.images import targets
 from builder.images.importer import import_disk
 from builder.images.shapes import acting_as
 from builder.images.tables import JsonTable, Row
-from harness.api.actions.common import (
-    Context,
-    Params,
-    Result,
-    action,
-    field,
-    filters_of,
-    match_filters,
-    tag_specs,
-)
+from harness.api.actions.common import Context, Params, Result, action, tag_specs
+from harness.api.actions.filters import field, filtered
 from harness.api.actions.images import bucket_target
 from harness.api.errors import ApiError
 
@@ -235,4 +227,4 @@ def describe_import_image_tasks(p: Params, ctx: Context) -> Result:
         mine = [r for r in mine if r["ImportTaskId"] in ids]
     fields = {"task-state": field("Status")}
     rows = [_public(_as_now(r)) for r in mine]
-    return {"ImportImageTasks": [r for r in rows if match_filters(r, filters_of(p), fields)]}
+    return {"ImportImageTasks": filtered(rows, p, fields)}

@@ -12,33 +12,16 @@ from typing import Any
 from builder.errors import AmilabError
 from builder.images.tables import JsonTable, Row
 from harness.api.actions import network
-from harness.api.actions.common import (
-    Context,
-    Params,
-    Result,
-    action,
-    check_id,
-    field,
-    filters_of,
-    match_filters,
-    require,
-    tag_specs,
-)
-from harness.api.actions.images import find_visible
+from harness.api.actions.common import Context, Params, Result, action, require, tag_specs
+from harness.api.actions.filters import field, filtered, filters_of, match_filters
+from harness.api.actions.lookup import find_instance, find_visible
 from harness.api.errors import ApiError, from_library
-from harness.instances import attributes, operations, store
-from harness.instances.types import TYPES, InstanceType
+from harness.instances import attributes, store
+from harness.instances.operations import common, describe, launch, stop
 from harness.launch.request import USER_DATA_MAX
+from harness.launch.types import TYPES, InstanceType
 
 _token_lock = threading.Lock()
-
-
-def find_instance(instance_id: Any, ctx: Context) -> Row:
-    iid = check_id(instance_id, "i", "InvalidInstanceID.Malformed")
-    rec = store.instances().get(iid)
-    if rec is None or operations.owner_of_instance(rec) != ctx.account_id:
-        raise ApiError("InvalidInstanceID.NotFound", f"The instance ID '{iid}' does not exist")
-    return rec
 
 
 def _ids(p: Params, ctx: Context, required: bool = True) -> list[str]:
@@ -50,7 +33,7 @@ def _ids(p: Params, ctx: Context, required: bool = True) -> list[str]:
 
 def instance_item(rec: Row, account: str) -> dict[str, Any]:
     """The record as EC2 describes it, with the network fields Terraform expects."""
-    item = operations.public(rec)
+    item = common.public(rec)
     zone = (item.get("Placement") or {}).get("AvailabilityZone") or network.ZONES[0]
     if zone not in network.ZONES:
         zone = network.ZONES[0]
@@ -184,7 +167,7 @@ def run_instances(p: Params, ctx: Context) -> Result:
 
 
 def _reservation(rid: str, ctx: Context) -> Result:
-    for res in operations.describe_instances()["Reservations"]:
+    for res in describe.describe_instances()["Reservations"]:
         if res["ReservationId"] == rid and res["OwnerId"] == ctx.account_id:
             return _reservation_item(res, ctx)
     raise ApiError("InvalidReservationID.NotFound", f"reservation {rid} does not exist")
@@ -213,10 +196,10 @@ def _run(p: Params, ctx: Context) -> Result:
         raise ApiError(
             "InvalidParameterValue", f"MinCount {lo} and MaxCount {hi}: need 1 <= min <= max"
         )
-    if lo > operations.MAX_COUNT:
+    if lo > launch.MAX_COUNT:
         raise ApiError(
             "InstanceLimitExceeded",
-            f"Your quota allows for {operations.MAX_COUNT} more running instance(s)",
+            f"Your quota allows for {launch.MAX_COUNT} more running instance(s)",
         )
     kernel, ramdisk = p.get("KernelId"), p.get("RamdiskId")
     if kernel:
@@ -245,11 +228,9 @@ def _run(p: Params, ctx: Context) -> Result:
             raise ApiError("InvalidBlockDeviceMapping", f"device name {m.get('DeviceName')!r}")
         mappings.append({k: v for k, v in m.items() if k in ("DeviceName", "Ebs", "VirtualName",
                                                             "NoDevice")})  # fmt: skip
-    from harness.instances.operations import RunRequest
-
     try:
-        req = RunRequest(
-            image=image.image_id, count=min(hi, operations.MAX_COUNT),
+        req = launch.RunRequest(
+            image=image.image_id, count=min(hi, launch.MAX_COUNT),
             key_name=p.get("KeyName"), placement=zone,
             shutdown_behavior=p.get("InstanceInitiatedShutdownBehavior") or "stop",
             disable_api_termination=bool(p.get("DisableApiTermination")),
@@ -259,7 +240,7 @@ def _run(p: Params, ctx: Context) -> Result:
         )  # fmt: skip
         if user_data is not None:
             req.metadata["user_data"] = user_data
-        result = operations.run_instances(req)
+        result = launch.run_instances(req)
     except AmilabError as e:
         raise from_library(e) from None
     res = {"ReservationId": result["ReservationId"], "OwnerId": result["OwnerId"],
@@ -273,7 +254,7 @@ def _run(p: Params, ctx: Context) -> Result:
 def _mine(ctx: Context, ids: list[str] | None = None) -> list[dict[str, Any]]:
     """The caller's reservations (their instances made true first: reconcile)."""
     out = []
-    described = operations.describe_instances(ids or None)["Reservations"]
+    described = describe.describe_instances(ids or None)["Reservations"]
     recs = {r["InstanceId"]: r for r in store.instances().list()}  # read after reconcile
     for res in described:
         if res["OwnerId"] == ctx.account_id:
@@ -314,9 +295,9 @@ def describe_instance_status(p: Params, ctx: Context) -> Result:
                 "InstanceId": i["InstanceId"],
                 "InstanceState": i["State"],
                 "AvailabilityZone": i["Placement"]["AvailabilityZone"],
-                "SystemStatus": operations.status_check(rec),
-                "InstanceStatus": operations.status_check(rec),
-                "Events": operations.event_shapes(rec),
+                "SystemStatus": describe.status_check(rec),
+                "InstanceStatus": describe.status_check(rec),
+                "Events": describe.event_shapes(rec),
             }
             if match_filters(item, filters_of(p), fields):
                 out.append(item)
@@ -330,7 +311,7 @@ def modify_instance_event_start_time(p: Params, ctx: Context) -> Result:
     iid = find_instance(require(p, "InstanceId"), ctx)["InstanceId"]
     when = require(p, "NotBefore")
     at = when.timestamp() if hasattr(when, "timestamp") else parse_time(str(when))
-    return operations.modify_instance_event_start_time(iid, str(require(p, "InstanceEventId")), at)
+    return stop.modify_instance_event_start_time(iid, str(require(p, "InstanceEventId")), at)
 
 
 # ---------------------------------------------------------------- state changes
@@ -340,29 +321,29 @@ def modify_instance_event_start_time(p: Params, ctx: Context) -> Result:
 def stop_instances(p: Params, ctx: Context) -> Result:
     # Force: EC2 skips the guest's orderly shutdown; here QEMU is ended without the button
     force = bool(p.get("Force"))
-    return {"StoppingInstances": operations.stop_instances(_ids(p, ctx), force=force)}
+    return {"StoppingInstances": stop.stop_instances(_ids(p, ctx), force=force)}
 
 
 @action("StartInstances", "IncorrectInstanceState")
 def start_instances(p: Params, ctx: Context) -> Result:
-    return {"StartingInstances": operations.start_instances(_ids(p, ctx))}
+    return {"StartingInstances": launch.start_instances(_ids(p, ctx))}
 
 
 @action("TerminateInstances", "IncorrectInstanceState")
 def terminate_instances(p: Params, ctx: Context) -> Result:
-    return {"TerminatingInstances": operations.terminate_instances(_ids(p, ctx))}
+    return {"TerminatingInstances": stop.terminate_instances(_ids(p, ctx))}
 
 
 @action("RebootInstances", "IncorrectInstanceState")
 def reboot_instances(p: Params, ctx: Context) -> Result:
-    operations.reboot_instances(_ids(p, ctx))
+    launch.reboot_instances(_ids(p, ctx))
     return {}
 
 
 @action("GetConsoleOutput", "InvalidInstanceID.NotFound")
 def get_console_output(p: Params, ctx: Context) -> Result:
     rec = find_instance(require(p, "InstanceId"), ctx)
-    out = operations.console_output(rec["InstanceId"], latest=bool(p.get("Latest")))
+    out = describe.console_output(rec["InstanceId"], latest=bool(p.get("Latest")))
     text = out["Output"]
     return {"InstanceId": out["InstanceId"], "Timestamp": out["Timestamp"],
             "Output": base64.b64encode(text.encode()).decode()}  # fmt: skip
@@ -514,7 +495,7 @@ def describe_instance_types(p: Params, ctx: Context) -> Result:
               "burstable-performance-supported": field("BurstablePerformanceSupported"),
               "hypervisor": field("Hypervisor")}  # fmt: skip
     items = [_type_item(TYPES[n]) for n in names]
-    return {"InstanceTypes": [i for i in items if match_filters(i, filters_of(p), fields)]}
+    return {"InstanceTypes": filtered(items, p, fields)}
 
 
 @action("DescribeInstanceCreditSpecifications", "InvalidInstanceID.NotFound")

@@ -6,17 +6,8 @@ from __future__ import annotations
 import base64
 import binascii
 
-from harness.api.actions.common import (
-    Context,
-    Params,
-    Result,
-    action,
-    field,
-    filters_of,
-    match_filters,
-    require,
-    tag_specs,
-)
+from harness.api.actions.common import Context, Params, Result, action, require, tag_specs
+from harness.api.actions.filters import field, filtered
 from harness.api.errors import ApiError
 from harness.instances import keypairs
 
@@ -65,7 +56,7 @@ def describe_key_pairs(p: Params, ctx: Context) -> Result:
         rows = [r for r in rows if r["KeyPairId"] in ids]
     if p.get("IncludePublicKey"):
         rows = [{**r, "PublicKey": keypairs.find_key_pair(r["KeyName"])["PublicKey"]} for r in rows]
-    return {"KeyPairs": [r for r in rows if match_filters(r, filters_of(p), _FIELDS)]}
+    return {"KeyPairs": filtered(rows, p, _FIELDS)}
 
 
 @action("DeleteKeyPair", "InvalidKeyPair.NotFound")

@@ -11,18 +11,8 @@ from typing import Any
 from builder.ids import random_id
 from builder.images.records import now_iso
 from builder.images.tables import JsonTable, Row
-from harness.api.actions.common import (
-    Context,
-    Params,
-    Result,
-    action,
-    check_ids,
-    field,
-    filters_of,
-    match_filters,
-    require,
-    tags_of,
-)
+from harness.api.actions.common import Context, Params, Result, action, check_ids, require, tags_of
+from harness.api.actions.filters import field, filtered, filters_of, match_filters
 from harness.api.errors import ApiError
 
 REGION = "us-east-1"
@@ -97,7 +87,7 @@ def describe_regions(p: Params, ctx: Context) -> Result:
         if n != REGION:
             raise ApiError("InvalidParameterValue", f"Invalid region: {n} (only {REGION} here)")
     fields = {"region-name": field("RegionName"), "endpoint": field("Endpoint")}
-    return {"Regions": [i for i in items if match_filters(i, filters_of(p), fields)]}
+    return {"Regions": filtered(items, p, fields)}
 
 
 @action("DescribeAvailabilityZones")
@@ -115,7 +105,7 @@ def describe_availability_zones(p: Params, ctx: Context) -> Result:
     fields = {"zone-name": field("ZoneName"), "state": field("State"),
               "region-name": field("RegionName"), "zone-id": field("ZoneId"),
               "zone-type": field("ZoneType"), "opt-in-status": field("OptInStatus")}  # fmt: skip
-    return {"AvailabilityZones": [i for i in items if match_filters(i, filters_of(p), fields)]}
+    return {"AvailabilityZones": filtered(items, p, fields)}
 
 
 @action("DescribeAccountAttributes")
@@ -143,7 +133,7 @@ def describe_vpcs(p: Params, ctx: Context) -> Result:
     fields = {"vpc-id": field("VpcId"), "is-default": field("IsDefault"),
               "state": field("State"), "cidr": field("CidrBlock"),
               "owner-id": field("OwnerId")}  # fmt: skip
-    return {"Vpcs": [v for v in [vpc] if match_filters(v, filters_of(p), fields)]}
+    return {"Vpcs": filtered([vpc], p, fields)}
 
 
 @action("DescribeSubnets", "InvalidSubnetID.NotFound")
@@ -159,7 +149,7 @@ def describe_subnets(p: Params, ctx: Context) -> Result:
               "availability-zone": field("AvailabilityZone"), "default-for-az":
               field("DefaultForAz"), "state": field("State"),
               "cidr-block": field("CidrBlock")}  # fmt: skip
-    return {"Subnets": [s for s in items if match_filters(s, filters_of(p), fields)]}
+    return {"Subnets": filtered(items, p, fields)}
 
 
 _GROUP_FIELDS = {

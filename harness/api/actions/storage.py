@@ -9,57 +9,17 @@ from builder.images import volumes
 from builder.images.shapes import local_account_id
 from builder.images.tables import Row
 from harness.api.actions import network
-from harness.api.actions.common import (
-    Context,
-    Params,
-    Result,
-    action,
-    check_id,
-    field,
-    filters_of,
-    match_filters,
-    require,
-    tag_specs,
-    tags_of,
+from harness.api.actions.common import Context, Params, Result, action, require, tag_specs, tags_of
+from harness.api.actions.filters import field, filtered
+from harness.api.actions.lookup import (
+    find_instance,
+    find_snapshot,
+    find_volume,
+    snapshot_visible,
+    volume_owner,
 )
-from harness.api.actions.instances import find_instance
 from harness.api.errors import ApiError
-from harness.instances import operations
-
-
-def _volume_owner(v: Row) -> str:
-    for a in v.get("Attachments") or []:  # the instance's owner; unattached: who made it
-        rec = operations.store.instances().get(a["InstanceId"])
-        if rec is not None:
-            return operations.owner_of_instance(rec)
-    return str((v.get("Amilab") or {}).get("OwnerId") or local_account_id())
-
-
-def find_volume(volume_id: Any, ctx: Context) -> Row:
-    vid = check_id(volume_id, "vol", "InvalidVolume.Malformed")
-    v = volumes.volumes().get(vid)
-    if v is None or _volume_owner(v) != ctx.account_id:
-        raise ApiError("InvalidVolume.NotFound", f"The volume '{vid}' does not exist.")
-    return v
-
-
-def _snapshot_visible(s: Row, account: str) -> bool:
-    owner = s.get("OwnerId") or local_account_id()
-    shared = (s.get("Amilab") or {}).get("CreateVolumePermissions") or []
-    return owner == account or account in shared or "all" in shared
-
-
-def find_snapshot(snapshot_id: Any, ctx: Context, owned: bool = False) -> Row:
-    sid = check_id(snapshot_id, "snap", "InvalidSnapshot.Malformed")
-    try:
-        s = volumes.find_snapshot(sid)
-    except Exception:  # noqa: BLE001 - EC2's answer whatever the lookup said
-        s = None
-    if s is None or not _snapshot_visible(s, ctx.account_id):
-        raise ApiError("InvalidSnapshot.NotFound", f"The snapshot '{sid}' does not exist.")
-    if owned and (s.get("OwnerId") or local_account_id()) != ctx.account_id:
-        raise ApiError("AuthFailure", f"Not authorized for snapshot:{sid}")
-    return s
+from harness.instances.operations import attachments
 
 
 def _set_tags(table: Any, key: str, tags: dict[str, str]) -> Row:
@@ -104,11 +64,11 @@ def create_volume(p: Params, ctx: Context) -> Result:
 @action("DescribeVolumes", "InvalidVolume.NotFound")
 def describe_volumes(p: Params, ctx: Context) -> Result:
     ids = [find_volume(i, ctx)["VolumeId"] for i in p.get("VolumeIds") or []]
-    rows = [v for v in volumes.volumes().list() if _volume_owner(v) == ctx.account_id]
+    rows = [v for v in volumes.volumes().list() if volume_owner(v) == ctx.account_id]
     if ids:
         rows = [v for v in rows if v["VolumeId"] in ids]
     items = [volumes.public(v) for v in rows]
-    return {"Volumes": [v for v in items if match_filters(v, filters_of(p), _VOLUME_FIELDS)]}
+    return {"Volumes": filtered(items, p, _VOLUME_FIELDS)}
 
 
 @action("DeleteVolume", "InvalidVolume.NotFound")
@@ -125,7 +85,7 @@ def attach_volume(p: Params, ctx: Context) -> Result:
     device = require(p, "Device")
     if not device.startswith("/dev/"):
         raise ApiError("InvalidParameterValue", f"Invalid value '{device}' for unixDevice")
-    return operations.attach_volume(v["VolumeId"], rec["InstanceId"], device)
+    return attachments.attach_volume(v["VolumeId"], rec["InstanceId"], device)
 
 
 @action("DetachVolume", "InvalidVolume.NotFound")
@@ -135,7 +95,7 @@ def detach_volume(p: Params, ctx: Context) -> Result:
     if iid:
         find_instance(iid, ctx)
     force = str(p.get("Force") or "").lower() == "true"
-    return operations.detach_volume(v["VolumeId"], iid, force=force)
+    return attachments.detach_volume(v["VolumeId"], iid, force=force)
 
 
 # ----------------------------------------------------------------- snapshots
@@ -180,7 +140,7 @@ def describe_snapshots(p: Params, ctx: Context) -> Result:
     rows = (
         [volumes.find_snapshot(i) for i in ids]
         if ids
-        else [s for s in volumes.snapshots().list() if _snapshot_visible(s, ctx.account_id)]
+        else [s for s in volumes.snapshots().list() if snapshot_visible(s, ctx.account_id)]
     )
     owners = {ctx.account_id if o == "self" else o for o in p.get("OwnerIds") or []}
     items = [_snapshot_item(s) for s in rows]
@@ -192,13 +152,13 @@ def describe_snapshots(p: Params, ctx: Context) -> Result:
             i
             for i in items
             if any(
-                _snapshot_visible(s, u)
+                snapshot_visible(s, u)
                 for s in rows
                 if s["SnapshotId"] == i["SnapshotId"]
                 for u in who
             )
         ]
-    return {"Snapshots": [i for i in items if match_filters(i, filters_of(p), _SNAPSHOT_FIELDS)]}
+    return {"Snapshots": filtered(items, p, _SNAPSHOT_FIELDS)}
 
 
 @action("DeleteSnapshot", "InvalidSnapshot.NotFound")

@@ -10,22 +10,21 @@ from builder.images import lifecycle, volumes
 from builder.images.registry import Registry
 from builder.images.shapes import owner_of
 from builder.images.tables import JsonTable, Row
-from harness.api.actions import network, storage
-from harness.api.actions.common import (
-    Context,
-    Params,
-    Result,
-    action,
-    field,
-    filters_of,
-    match_filters,
-    require,
-    tags_of,
+from harness.api.actions import network
+from harness.api.actions.common import Context, Params, Result, action, require, tags_of
+from harness.api.actions.filters import field, filtered
+from harness.api.actions.lookup import (
+    IMAGE_PREFIXES,
+    find_instance,
+    find_owned,
+    find_snapshot,
+    find_volume,
+    snapshot_visible,
+    volume_owner,
 )
-from harness.api.actions.images import IMAGE_PREFIXES, find_owned
-from harness.api.actions.instances import find_instance
 from harness.api.errors import ApiError
 from harness.instances import keypairs, store
+from harness.instances.operations.common import owner_of_instance
 
 
 def _row_table(resource: str, ctx: Context) -> tuple[JsonTable, str]:
@@ -33,9 +32,9 @@ def _row_table(resource: str, ctx: Context) -> tuple[JsonTable, str]:
     if prefix == "i":
         return store.instances(), find_instance(resource, ctx)["InstanceId"]
     if prefix == "vol":
-        return volumes.volumes(), storage.find_volume(resource, ctx)["VolumeId"]
+        return volumes.volumes(), find_volume(resource, ctx)["VolumeId"]
     if prefix == "snap":
-        return volumes.snapshots(), storage.find_snapshot(resource, ctx, owned=True)["SnapshotId"]
+        return volumes.snapshots(), find_snapshot(resource, ctx, owned=True)["SnapshotId"]
     if prefix == "sg":
         g = network.find_group(resource, ctx.account_id)
         if network.groups().get(g["GroupId"]) is None:
@@ -118,16 +117,14 @@ def _all_tagged(ctx: Context) -> list[tuple[str, str, dict[str, str]]]:
     for rec in Registry().list():
         if owner_of(rec) == ctx.account_id:
             out.append((rec.image_id, "image", dict(rec.tags)))
-    from harness.instances import operations
-
     for r in store.instances().list():
-        if operations.owner_of_instance(r) == ctx.account_id:
+        if owner_of_instance(r) == ctx.account_id:
             out.append((r["InstanceId"], "instance", tags_of(r.get("Tags"))))
     for v in volumes.volumes().list():
-        if storage._volume_owner(v) == ctx.account_id:
+        if volume_owner(v) == ctx.account_id:
             out.append((v["VolumeId"], "volume", tags_of(v.get("Tags"))))
     for s in volumes.snapshots().list():
-        if storage._snapshot_visible(s, ctx.account_id) and s.get("OwnerId") in (
+        if snapshot_visible(s, ctx.account_id) and s.get("OwnerId") in (
             ctx.account_id,
             None,
             "",
@@ -148,4 +145,4 @@ def describe_tags(p: Params, ctx: Context) -> Result:
     ]  # fmt: skip
     fields = {"resource-id": field("ResourceId"), "resource-type": field("ResourceType"),
               "key": field("Key"), "value": field("Value")}  # fmt: skip
-    return {"Tags": [i for i in items if match_filters(i, filters_of(p), fields)]}
+    return {"Tags": filtered(items, p, fields)}

@@ -24,7 +24,8 @@ from botocore.exceptions import ClientError
 from builder.errors import BadInput
 from builder.images import volumes
 from builder.images.shapes import acting_as
-from harness.instances import hotplug, operations, store, supervisor
+from harness.instances import hotplug, store, supervisor
+from harness.instances.operations import attachments
 from harness.launch.accel import Accelerator
 from harness.launch.machine import Disk, MachineSpec, command_line
 from tests.conftest import ROOT, need, run_amilab
@@ -246,9 +247,9 @@ def test_attach_needs_a_running_or_stopped_instance(api: dict) -> None:
     iid = _instance(api["home"], fake["ami"], "pending", supervisor=sleeper.pid)
     vid = volumes.create_volume(1)["VolumeId"]
     with pytest.raises(BadInput, match="^IncorrectInstanceState"):
-        operations.attach_volume(vid, iid, "/dev/sdf")
+        attachments.attach_volume(vid, iid, "/dev/sdf")
     with pytest.raises(BadInput, match="^InvalidParameterValue"):
-        operations.attach_volume(vid, iid, "sdf")
+        attachments.attach_volume(vid, iid, "sdf")
     assert volumes.volumes().find(vid, "x")["State"] == "available"
     sleeper.kill()
     sleeper.wait()
@@ -263,7 +264,7 @@ def test_a_request_that_met_a_stopping_instance_is_settled(api: dict) -> None:
     vid = volumes.create_volume(1)["VolumeId"]
     volumes.attach(vid, iid, "/dev/sdf", False, "attaching")
     store.instances().update(iid, lambda r: hotplug.want_attach(r, vid, "/dev/sdf", NOW))
-    operations._await_hotplug(iid, vid, "attachment", timeout=5)
+    attachments._await_hotplug(iid, vid, "attachment", timeout=5)
     rec = store.find(iid)
     assert _statuses(rec)["/dev/sdf"] == "attached" and "Hotplug" not in rec["Amilab"]
     assert volumes.volumes().find(vid, "x")["Attachments"][0]["State"] == "attached"

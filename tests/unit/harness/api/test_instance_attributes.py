@@ -19,8 +19,9 @@ from builder.ids import random_id
 from builder.images import volumes
 from builder.images.records import now_iso
 from builder.images.shapes import acting_as
-from harness.instances import operations, store
-from harness.instances.types import instance_type
+from harness.instances import store
+from harness.instances.operations import describe, stop
+from harness.launch.types import instance_type
 from tests.conftest import run_amilab
 from tests.unit.builder.images.test_lifecycle import register_fake
 from tests.unit.harness.api.conftest import A, B
@@ -158,7 +159,7 @@ def test_a_running_instance_refuses_launch_settings_and_honours_protections(
         "'disableApiTermination' instance attribute and try again.")  # fmt: skip
     assert error_of(lambda: ec2.stop_instances(InstanceIds=[iid]))[0] == "OperationNotPermitted"
     with pytest.raises(BadInput, match="^OperationNotPermitted: .* may not be terminated"):
-        operations.terminate_instances([iid])
+        stop.terminate_instances([iid])
     cli = run_amilab("terminate-instances", iid)  # the CLI says the same, in one line
     assert cli.returncode == 2 and "may not be terminated" in cli.stderr
     assert len(cli.stderr.strip().splitlines()) == 1
@@ -170,7 +171,7 @@ def test_a_running_instance_refuses_launch_settings_and_honours_protections(
     (t,) = ec2.terminate_instances(InstanceIds=[iid])["TerminatingInstances"]
     assert t["CurrentState"]["Name"] == "shutting-down"
     assert sleeper.wait(timeout=10) is not None  # the "supervisor" was told (SIGTERM)
-    operations.describe_instances([iid])  # the supervisor is gone: terminated
+    describe.describe_instances([iid])  # the supervisor is gone: terminated
     protect = {"DisableApiTermination": {"Value": True}}
     assert error_of(lambda: ec2.modify_instance_attribute(InstanceId=iid, **protect)) == (
         "IncorrectInstanceState", f"The instance '{iid}' is terminated")  # fmt: skip
@@ -192,7 +193,7 @@ def test_instance_status_is_initializing_until_the_guest_answers(
     assert status() == (initializing, initializing)
     reach = [{"Name": "instance-status.reachability", "Values": ["passed"]}]
     assert ec2.describe_instance_status(Filters=reach)["InstanceStatuses"] == []
-    (cli,) = operations.describe_instance_status([iid])["InstanceStatuses"]  # the CLI's
+    (cli,) = describe.describe_instance_status([iid])["InstanceStatuses"]  # the CLI's
     assert cli["InstanceStatus"] == initializing
 
     # what the supervisor writes once the guest has answered; the waiter then returns

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from builder.errors import BadInput
-from harness.instances import keypairs, operations, store
-from harness.instances.types import check_image, instance_type
+from harness.instances import keypairs, store
+from harness.instances.operations import describe, launch, stop
+from harness.launch.types import check_image, instance_type
 
 
 def test_instance_types_refuse_as_ec2() -> None:
@@ -29,7 +30,7 @@ def test_instance_types_refuse_as_ec2() -> None:
 
 
 def test_block_device_mapping_shorthand() -> None:
-    parse = operations.parse_block_device_mapping
+    parse = launch.parse_block_device_mapping
     assert parse("/dev/sdb=ephemeral0") == {"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"}
     assert parse("/dev/sdb=none") == {"DeviceName": "/dev/sdb", "NoDevice": ""}
     assert parse("/dev/sdf=:2:false") == {
@@ -75,7 +76,7 @@ def test_dead_supervisor_reads_back_stopped_with_a_reason(amilab_home: Path) -> 
         "Amilab": {"Dir": str(amilab_home / "x"), "Supervisor": {"Pid": gone.pid, "Start": 1}},
     }  # fmt: skip
     store.instances().insert(rec["InstanceId"], rec)
-    (got,) = operations.describe_instances()["Reservations"][0]["Instances"]
+    (got,) = describe.describe_instances()["Reservations"][0]["Instances"]
     assert got["State"] == {"Code": 80, "Name": "stopped"}
     assert got["StateReason"]["Code"] == "Server.InternalError"
     assert f"pid {gone.pid}" in got["StateReason"]["Message"]
@@ -85,12 +86,12 @@ def test_dead_supervisor_reads_back_stopped_with_a_reason(amilab_home: Path) -> 
         r["Amilab"]["SshPort"] = 2222
 
     store.instances().update(rec["InstanceId"], other_port)
-    (got,) = operations.describe_instances()["Reservations"][0]["Instances"]
+    (got,) = describe.describe_instances()["Reservations"][0]["Instances"]
     assert got["amilab:SshPort"] == 2222
     with pytest.raises(BadInput, match="^InvalidInstanceID.NotFound"):
-        operations.terminate_instances(["i-0000000000000000f"])
+        stop.terminate_instances(["i-0000000000000000f"])
     with pytest.raises(BadInput, match="^IncorrectInstanceState"):
-        operations.reboot_instances([rec["InstanceId"]])
+        launch.reboot_instances([rec["InstanceId"]])
 
 
 def test_same_process_tells_a_reused_pid() -> None:
@@ -145,17 +146,17 @@ def test_scheduled_events_are_served_and_described(amilab_home: Path) -> None:
     }  # fmt: skip
     assert instance_metadata(rec)["extra"]["events"] == [ev]
     store.instances().insert(rec["InstanceId"], rec)
-    assert operations.describe_instance_status()["InstanceStatuses"] == []  # not running
-    (st,) = operations.describe_instance_status(include_all=True)["InstanceStatuses"]
+    assert describe.describe_instance_status()["InstanceStatuses"] == []  # not running
+    (st,) = describe.describe_instance_status(include_all=True)["InstanceStatuses"]
     assert [e["InstanceEventId"] for e in st["Events"]] == [ev["EventId"]]
     with pytest.raises(BadInput, match="^IncorrectInstanceState"):
-        operations.schedule_instance_event(rec["InstanceId"], "instance-reboot", time.time() + 9)
-    moved = operations.modify_instance_event_start_time(
+        stop.schedule_instance_event(rec["InstanceId"], "instance-reboot", time.time() + 9)
+    moved = stop.modify_instance_event_start_time(
         rec["InstanceId"], ev["EventId"], time.time() + 120
     )
     assert moved["Event"]["NotBefore"] != events.api_shape(ev)["NotBefore"]
     with pytest.raises(BadInput, match="^InvalidInstanceEventID.NotFound"):
-        operations.modify_instance_event_start_time(rec["InstanceId"], "instance-event-x", 0)
+        stop.modify_instance_event_start_time(rec["InstanceId"], "instance-event-x", 0)
 
 
 def test_key_pairs_are_per_account_and_old_rows_are_the_local_accounts(

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from builder.errors import BadInput
-from harness.instances.types import TYPES, check_image, default_type
 from harness.launch.accel import Accelerator
 from harness.launch.console import ConsoleWatcher
 from harness.launch.machine import Disk, MachineSpec, command_line
+from harness.launch.types import TYPES, check_image, default_type
 from harness.matrix.classify import Observed, classify
 from harness.matrix.results import FAIL
 

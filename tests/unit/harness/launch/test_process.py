@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.launch.process import QemuProcess, unix_path
+from harness.launch.process import QemuProcess
 
 ROOT = Path(__file__).resolve().parents[4]
 
@@ -81,17 +81,3 @@ def test_missing_qemu_is_an_environment_problem(tmp_path: Path) -> None:
 
     with pytest.raises(EnvironmentProblem):
         QemuProcess(["/nonexistent/qemu"], tmp_path, tmp_path / "err").start()
-
-
-def test_long_socket_paths(tmp_path: Path) -> None:
-    import socket
-
-    deep = tmp_path / ("d" * 60) / ("e" * 60)
-    deep.mkdir(parents=True)
-    path = deep / "qmp.sock"
-    with socket.socket(socket.AF_UNIX) as server:
-        server.bind(unix_path(path))
-        server.listen(1)
-        with socket.socket(socket.AF_UNIX) as client:
-            client.connect(unix_path(path))
-    assert path.exists()
