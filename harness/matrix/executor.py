@@ -89,7 +89,8 @@ class Executor(ABC):
             raise
         finally:
             self.results = [
-                results.get(i) or CellResult(cell, not_run=True) for i, cell in enumerate(cells)
+                results[i] if i in results else CellResult(cell, not_run=True)
+                for i, cell in enumerate(cells)
             ]
             self._finish()
         return self.results
@@ -123,6 +124,7 @@ class LocalExecutor(Executor):
         self._running: dict[str, Instance] = {}  # cell key -> its current attempt's instance
         self._ended: queue.Queue[tuple[int, CellResult]] = queue.Queue()
         self._all_ended = threading.Event()
+        self._started = False  # whether every worker thread was started
 
     # Hooks (harness.matrix.cell_run)
     def attempt_started(self, cell: Cell, inst: Instance) -> None:
@@ -152,6 +154,7 @@ class LocalExecutor(Executor):
             todo.put(i)
         self._ended = queue.Queue()
         self._all_ended = threading.Event()
+        self._started = False
         ended: list[str] = []
 
         def worker() -> None:
@@ -180,6 +183,7 @@ class LocalExecutor(Executor):
         ]
         for t in threads:
             t.start()
+        self._started = True
         while True:
             try:  # with a timeout, so that the main thread takes signals
                 item = self._ended.get(timeout=0.2)
@@ -191,6 +195,9 @@ class LocalExecutor(Executor):
             yield item
 
     def _interrupted(self) -> list[tuple[int, CellResult]]:
+        if not self._started:  # interrupted while starting the workers: none to wait for
+            self.cancel()
+            return []
         # again while waiting: a guest may have been starting when the first kill ran
         _wait(self._all_ended, interruptible=False, tick=self.cancel)
         late = []
