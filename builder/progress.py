@@ -12,10 +12,39 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 console = Console(stderr=True, highlight=False)
 # reports (tables, results) go to stdout; when piped, wide enough that IDs are never cut
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def show_table(table: Table, console: Console | None = None) -> None:
+    """`table` on `console` (default: `out`). On a terminal rich fits it to the terminal's
+    width; anywhere else (a pipe, a file) nobody's window limits it, so it is printed as wide
+    as its longest cells need: never an ID, name or release cut with "…", never a cell
+    wrapped mid-value."""
+    console = console or out
+    if console.is_terminal:
+        console.print(table)
+        return
+    # rich clamps a measurement to the width it is measured in: measure without a limit
+    unlimited = console.options.update_width(1 << 16)
+    needed = console.measure(table, options=unlimited).maximum
+    if needed <= console.width:
+        console.print(table)
+        return
+    # print(width=) cannot go past the console's width: a console of the needed width,
+    # writing where `console` writes, with its colour and markup settings
+    wide = Console(
+        file=console.file,
+        width=needed,
+        color_system=console.color_system,  # type: ignore[arg-type]
+        no_color=console.no_color,
+        highlight=False,
+        force_terminal=False,
+    )
+    wide.print(table)
 
 
 class Stages:

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from builder import paths
-from builder.errors import BadInput
+from builder import config, paths
 from builder.images.shapes import local_account_id
 
 
@@ -58,28 +57,23 @@ def ensure_default(path: Path) -> None:
 
 
 def load(path: Path) -> dict[str, Account]:
-    """Access key ID → account; one clear line naming the file and entry when it is wrong."""
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise BadInput(f"--accounts {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise BadInput(f"--accounts {path}: not YAML: {str(e).splitlines()[0]}") from None
-    items = doc.get("accounts") if isinstance(doc, dict) else None
-    if not isinstance(items, list) or not items:
-        raise BadInput(f"--accounts {path}: expected `accounts:` with a list of entries")
+    """Access key ID → account; one clear line naming the file, line and entry when it is wrong."""
+    cfg = config.load(path, f"--accounts {path}", what="accounts file")
+    items = cfg.section("accounts", "expected `accounts:` with a list of entries", non_empty=True)
     out: dict[str, Account] = {}
     for n, item in enumerate(items, 1):
-        where = f"--accounts {path}: entry {n}"
+        at = ("accounts", n - 1)
         if not isinstance(item, dict):
-            raise BadInput(f"{where}: expected AccountId, AccessKeyId, SecretAccessKey")
+            raise cfg.error(f"entry {n}: expected AccountId, AccessKeyId, SecretAccessKey", *at)
         acct, key, secret = (str(item.get(k) or "") for k in
                              ("AccountId", "AccessKeyId", "SecretAccessKey"))  # fmt: skip
         if not (len(acct) == 12 and acct.isdigit()):
-            raise BadInput(f"{where}: AccountId {acct!r}: expected 12 digits (quote it)")
+            raise cfg.error(
+                f"entry {n}: AccountId {acct!r}: expected 12 digits (quote it)", *at, "AccountId"
+            )
         if not key or not secret:
-            raise BadInput(f"{where}: AccessKeyId and SecretAccessKey are required")
+            raise cfg.error(f"entry {n}: AccessKeyId and SecretAccessKey are required", *at)
         if key in out:
-            raise BadInput(f"{where}: AccessKeyId {key} appears twice")
+            raise cfg.error(f"entry {n}: AccessKeyId {key} appears twice", *at, "AccessKeyId")
         out[key] = Account(acct, key, secret)
     return out

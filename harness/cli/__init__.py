@@ -1,8 +1,9 @@
 """The `amilab` command line: parses arguments and calls library functions, nothing more.
 
 One module per command group registers its subcommands (build, images, disk, bundle, store,
-launch, imds) through `command.add_command`; `output` owns what is printed (--json, tables, ID
-lines) and `flags` the launch settings every launching command shares.
+launch, imds) through `command.add_command`; `groups` says under which heading `amilab --help`
+lists each; `output` owns what is printed (--json, tables, ID lines) and `flags` the launch
+settings every launching command shares.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from harness.cli import (
     store,
 )
 from harness.cli.command import Parser
+from harness.cli.groups import METAVAR, CommandsParser
 
-# in the order `amilab --help` lists them
+# the order of registration; `amilab --help` lists them by group (harness.cli.groups)
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     build.register_build,
     images.register_images,
@@ -72,11 +74,11 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = Parser(
+    parser = CommandsParser(
         prog="amilab",
         description="Bake VM images from YAML recipes and boot them under QEMU as EC2 did AMIs.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", metavar=METAVAR, required=True, parser_class=Parser)
     for register in _COMMANDS:
         register(sub)
     return parser

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from builder.images.registry import ImageRecord
 from builder.progress import out as console
+from builder.progress import show_table
 
 
 def add_json(p: argparse.ArgumentParser, help: str | None = None) -> None:
@@ -60,7 +61,7 @@ def print_images(records: list[ImageRecord]) -> None:
             r.ramdisk_id or "",
             r.creation_date,
         )
-    console.print(table)
+    show_table(table)
 
 
 def print_builds(records: list[ImageRecord]) -> None:
@@ -121,7 +122,7 @@ def print_kernels(rows: list[dict[str, Any]]) -> None:
             "yes" if row.get("Downloaded") else "no",
             row.get("ImageId") or "-",
         )
-    console.print(table)
+    show_table(table)
 
 
 # -------------------------------------------------------------------------------- disks

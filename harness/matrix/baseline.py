@@ -7,12 +7,11 @@ passes now; new and vanished cells are those only one of the runs has.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.errors import BadInput
+from builder import config
 from harness.matrix.results import FAIL, PASS, CellResult
 
 REGRESSION, FIX, NEW = "regression", "fix", "new"
@@ -67,17 +66,11 @@ def durations(path: Path) -> dict[str, float]:
 
 
 def _cells(path: Path) -> list[dict[str, Any]]:
-    try:
-        doc = json.loads(path.read_text())
-    except OSError as e:
-        raise BadInput(f"--baseline {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise BadInput(f"--baseline {path}: not JSON ({e.msg} at line {e.lineno})") from None
-    cells = doc.get("Cells") if isinstance(doc, dict) else None
-    if not isinstance(cells, list) or not all(
-        isinstance(c, dict) and "Cell" in c and "Status" in c for c in cells
-    ):
-        raise BadInput(f"--baseline {path}: not an `amilab matrix --json` report (no Cells)")
+    cfg = config.load(path, f"--baseline {path}", what="baseline", as_json=True)
+    cells = cfg.section("Cells", "not an `amilab matrix --json` report (no Cells)")
+    for n, c in enumerate(cells):
+        if not (isinstance(c, dict) and "Cell" in c and "Status" in c):
+            raise cfg.error(f"Cells[{n + 1}]: expected a cell with its Cell and Status", "Cells", n)
     return cells
 
 

@@ -1,7 +1,9 @@
 """Executors run cells: each takes plain `Cell`s and returns `CellResult`s, calling back as
-cells start and finish. `LocalExecutor` runs them on this machine in worker threads, at
-most `jobs` guests at once; a fleet executor (Dask) can stand beside it, submitting the
-same `run_cell(cell, settings)`.
+cells start and finish. `Executor.run` is the one loop that collects results (in the main
+thread, so `done` never runs concurrently) and marks what did not finish not run; its
+backends only submit: `LocalExecutor` runs cells on this machine in worker threads, at most
+`jobs` guests at once, and `harness.matrix.fleet.DaskExecutor` as Dask tasks, both through
+the same `run_cell(cell, settings)`.
 
 Why threads: a cell's harness side is mostly waiting (console polls, SSH), so threads cost
 no interpreter start per cell and share the imported harness. QEMU is tied to the thread
@@ -21,9 +23,9 @@ import os
 import queue
 import signal
 import threading
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import Protocol
 
 from harness.launch import process
 from harness.launch.steps import Instance
@@ -57,7 +59,12 @@ def _mem_available_mib() -> int:
     return GUEST_MIB + RESERVE_MIB
 
 
-class Executor(Protocol):
+class Executor(ABC):
+    """The one submit/collect loop; a backend says how cells are submitted, how their results
+    come back, and what an interrupt must wait for."""
+
+    results: list[CellResult]
+
     def run(
         self,
         cells: list[Cell],
@@ -65,18 +72,59 @@ class Executor(Protocol):
         started: Callable[[Cell], None],
         done: Callable[[CellResult], None],
     ) -> list[CellResult]:
-        """Every cell's result in the order of `cells`; unfinished ones marked not run."""
-        ...
+        """Every cell's result in the order of `cells`; unfinished ones marked not run
+        (also in `self.results` when an interrupt ends the run)."""
+        self.results = []
+        if not cells:
+            return []
+        results: dict[int, CellResult] = {}
+        try:
+            for i, result in self._submit(cells, settings, started):
+                results[i] = result
+                done(result)
+        except KeyboardInterrupt:
+            for i, result in self._interrupted():
+                results[i] = result
+                done(result)
+            raise
+        finally:
+            self.results = [
+                results[i] if i in results else CellResult(cell, not_run=True)
+                for i, cell in enumerate(cells)
+            ]
+            self._finish()
+        return self.results
 
+    @abstractmethod
+    def _submit(
+        self, cells: list[Cell], settings: RunSettings, started: Callable[[Cell], None]
+    ) -> Iterator[tuple[int, CellResult]]:
+        """Run the cells, calling `started` as each begins; yield (index, result) as each
+        ends, and return once none is left to end."""
+
+    @abstractmethod
+    def _interrupted(self) -> Iterable[tuple[int, CellResult]]:
+        """After Ctrl-C: stop what runs and wait for its cleanups; the results of cells
+        that still ended meanwhile."""
+
+    @abstractmethod
+    def _finish(self) -> None:
+        """Whatever ended the run: let go of what `_submit` took."""
+
+    @abstractmethod
     def cancel(self) -> None: ...
 
 
-class LocalExecutor:
+class LocalExecutor(Executor):
     def __init__(self, jobs: int) -> None:
         self.jobs = max(1, jobs)
+        self.results = []
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._running: dict[str, Instance] = {}  # cell key -> its current attempt's instance
+        self._ended: queue.Queue[tuple[int, CellResult]] = queue.Queue()
+        self._all_ended = threading.Event()
+        self._started = False  # whether every worker thread was started
 
     # Hooks (harness.matrix.cell_run)
     def attempt_started(self, cell: Cell, inst: Instance) -> None:
@@ -97,20 +145,17 @@ class LocalExecutor:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)  # the worker's cleanup reaps it
 
-    def run(
-        self,
-        cells: list[Cell],
-        settings: RunSettings,
-        started: Callable[[Cell], None],
-        done: Callable[[CellResult], None],
-    ) -> list[CellResult]:
-        if not cells:
-            return []
+    def _submit(
+        self, cells: list[Cell], settings: RunSettings, started: Callable[[Cell], None]
+    ) -> Iterator[tuple[int, CellResult]]:
         settings = replace(settings, tcg_thread=order.tcg_thread(self.jobs))
         todo: queue.Queue[int] = queue.Queue()
         for i in range(len(cells)):
             todo.put(i)
-        results: dict[int, CellResult] = {}
+        self._ended = queue.Queue()
+        self._all_ended = threading.Event()
+        self._started = False
+        ended: list[str] = []
 
         def worker() -> None:
             process.lasting_thread()
@@ -124,39 +169,44 @@ class LocalExecutor:
                     result = run_cell(cells[i], settings, self)
                     with self._lock:
                         self._running.pop(cells[i].key, None)
-                        results[i] = result
-                    done(result)
+                    self._ended.put((i, result))
             finally:
                 process.thread_done()
                 with self._lock:
                     ended.append(threading.current_thread().name)
                     if len(ended) == len(threads):
-                        all_ended.set()
+                        self._all_ended.set()
 
-        ended: list[str] = []
-        all_ended = threading.Event()
         threads = [
             threading.Thread(target=worker, name=f"cell-{n}", daemon=True)
             for n in range(min(self.jobs, len(cells)))
         ]
         for t in threads:
             t.start()
-        try:
-            _wait(all_ended)
-        except KeyboardInterrupt:
-            # again while waiting: a guest may have been starting when the first kill ran
-            _wait(all_ended, interruptible=False, tick=self.cancel)
-            raise
-        finally:
-            self._fill_not_run(cells, results)
-            self.results = [results[i] for i in range(len(cells))]
-        return self.results
+        self._started = True
+        while True:
+            try:  # with a timeout, so that the main thread takes signals
+                item = self._ended.get(timeout=0.2)
+            except queue.Empty:
+                # a worker puts its last result before it counts itself ended
+                if self._all_ended.is_set() and self._ended.empty():
+                    return
+                continue
+            yield item
 
-    @staticmethod
-    def _fill_not_run(cells: list[Cell], results: dict[int, CellResult]) -> None:
-        for i, cell in enumerate(cells):
-            if i not in results:
-                results[i] = CellResult(cell, not_run=True)
+    def _interrupted(self) -> list[tuple[int, CellResult]]:
+        if not self._started:  # interrupted while starting the workers: none to wait for
+            self.cancel()
+            return []
+        # again while waiting: a guest may have been starting when the first kill ran
+        _wait(self._all_ended, interruptible=False, tick=self.cancel)
+        late = []
+        while not self._ended.empty():
+            late.append(self._ended.get_nowait())
+        return late
+
+    def _finish(self) -> None:
+        """Nothing held: the workers are threads that end by themselves."""
 
 
 def _wait(

@@ -20,7 +20,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from harness.launch.plan import make_plan
 from harness.matrix import artifacts, connect, order
 from harness.matrix.cell_run import RunSettings
 from harness.matrix.cells import Cell
+from harness.matrix.executor import Executor
 from harness.matrix.results import ERROR, Attempt, CellResult, Evidence, Verdict
 from harness.matrix.worker import (
     PLUGIN,
@@ -47,7 +48,7 @@ _RUNS = itertools.count()
 CANCEL_WAIT = 8.0  # seconds the embedded run waits for its cancelled cells' cleanups
 
 
-class DaskExecutor:
+class DaskExecutor(Executor):
     def __init__(
         self,
         jobs: int,
@@ -136,73 +137,56 @@ class DaskExecutor:
                 self._cluster.close(timeout=5)
         self._client = self._cluster = None
 
-    def run(
-        self,
-        cells: list[Cell],
-        settings: RunSettings,
-        started: Callable[[Cell], None],
-        done: Callable[[CellResult], None],
-    ) -> list[CellResult]:
-        if not cells:
-            return []
-        results: dict[int, CellResult] = {}
+    def _submit(
+        self, cells: list[Cell], settings: RunSettings, started: Callable[[Cell], None]
+    ) -> Iterator[tuple[int, CellResult]]:
         self.open()
         client = self._client
-        try:
-            needed = self._needed(cells)
-            if needed:
-                n = artifacts.upload([x for x in needed if x is not None], self.say)
-                self.say(f"artifacts at {self.artifacts_at}: {n} uploaded")
-            run_id = f"amilab-{int(time.time() * 1000):x}-{next(_RUNS)}"
-            keys = [f"{run_id}-cell-{i}" for i in range(len(cells))]
-            by_key = dict(zip(keys, range(len(cells)), strict=True))
+        needed = self._needed(cells)
+        if needed:
+            n = artifacts.upload([x for x in needed if x is not None], self.say)
+            self.say(f"artifacts at {self.artifacts_at}: {n} uploaded")
+        run_id = f"amilab-{int(time.time() * 1000):x}-{next(_RUNS)}"
+        keys = [f"{run_id}-cell-{i}" for i in range(len(cells))]
+        by_key = dict(zip(keys, range(len(cells)), strict=True))
 
-            def on_start(event: tuple[float, dict[str, Any]]) -> None:
-                msg = event[1]
-                key = msg.get("key")
-                if key not in by_key:
-                    return
-                with self._lock:
-                    self._starts.setdefault(key, []).append((msg["token"], msg["worker"]))
-                started(cells[by_key[key]])
+        def on_start(event: tuple[float, dict[str, Any]]) -> None:
+            msg = event[1]
+            key = msg.get("key")
+            if key not in by_key:
+                return
+            with self._lock:
+                self._starts.setdefault(key, []).append((msg["token"], msg["worker"]))
+            started(cells[by_key[key]])
 
-            client.subscribe_topic(TOPIC, on_start)
-            home = str(paths.amilab_home())
-            cores = self._cores()
-            self._futures = [
-                client.submit(
-                    _task(),
-                    key,
-                    cell,
-                    settings,
-                    self.accel,
-                    needed[i] if needed else None,
-                    home,
-                    key=key,
-                    resources=_resources(cell, cores),
-                    pure=False,
-                    # the cells come longest first (harness.matrix.order): keep that order
-                    priority=len(cells) - i,
-                )  # fmt: skip
-                for i, (key, cell) in enumerate(zip(keys, cells, strict=True))
-            ]
-            from distributed import as_completed
+        client.subscribe_topic(TOPIC, on_start)
+        home = str(paths.amilab_home())
+        cores = self._cores()
+        self._futures = [
+            client.submit(
+                _task(),
+                key,
+                cell,
+                settings,
+                self.accel,
+                needed[i] if needed else None,
+                home,
+                key=key,
+                resources=_resources(cell, cores),
+                pure=False,
+                # the cells come longest first (harness.matrix.order): keep that order
+                priority=len(cells) - i,
+            )  # fmt: skip
+            for i, (key, cell) in enumerate(zip(keys, cells, strict=True))
+        ]
+        from distributed import as_completed
 
-            try:
-                for fut in as_completed(self._futures):
-                    i = by_key[fut.key]
-                    results[i] = self._collect(fut, cells[i])
-                    done(results[i])
-            except KeyboardInterrupt:
-                self._interrupted()
-                raise
-        finally:
-            for i, cell in enumerate(cells):
-                if i not in results:
-                    results[i] = CellResult(cell, not_run=True)
-            self.results = [results[i] for i in range(len(cells))]
-            self.close()
-        return self.results
+        for fut in as_completed(self._futures):
+            i = by_key[fut.key]
+            yield i, self._collect(fut, cells[i])
+
+    def _finish(self) -> None:
+        self.close()
 
     def _cores(self) -> int | None:
         """The vCPUs a cell may hold (harness.matrix.order): the embedded worker's budget;
@@ -215,9 +199,10 @@ class DaskExecutor:
         cpus = [w.get("resources", {}).get("CPU") for w in info]
         return int(min(cpus)) if cpus and all(cpus) else None
 
-    def _interrupted(self) -> None:
+    def _interrupted(self) -> list[tuple[int, CellResult]]:
         """Cancel what runs (the plugin kills those guests); the embedded cluster's cells
-        run in this process, so wait for their cleanups before it closes."""
+        run in this process, so wait for their cleanups before it closes. Cancelled
+        futures bring no results back."""
         self.cancel()
         if self.scheduler is None:
             deadline = time.monotonic() + CANCEL_WAIT
@@ -227,6 +212,7 @@ class DaskExecutor:
                         break
                 except KeyboardInterrupt:
                     RUNNING.kill_all()  # again: a guest may have been starting
+        return []
 
     def _needed(self, cells: list[Cell]) -> list[artifacts.Needed | None]:
         """Per cell, the files its plan boots (planned as the worker will), when the run

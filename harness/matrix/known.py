@@ -18,9 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from builder.errors import BadInput
+from builder import config
 from harness.matrix.classify import lines_matching
 from harness.matrix.results import ERROR, PASS, STATUSES, Verdict
 
@@ -37,41 +35,31 @@ class KnownIssue:
 
 
 def load(path: Path) -> list[KnownIssue]:
-    where = str(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise BadInput(f"{where}: cannot read the known-issues file: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise BadInput(f"{where}: not YAML: {e}") from None
-    entries = doc.get("known_issues") if isinstance(doc, dict) else None
-    if not isinstance(entries, list):
-        raise BadInput(f"{where}: expected a mapping with a known_issues: list")
+    cfg = config.load(path, what="known-issues file")
+    entries = cfg.section("known_issues", "expected a mapping with a known_issues: list")
     out = []
     for i, e in enumerate(entries, 1):
-        at = f"{where}: known_issues[{i}]"
-        if not isinstance(e, dict) or set(e) - KEYS:
-            extra = sorted(set(e) - KEYS)[0] if isinstance(e, dict) else None
-            raise BadInput(
-                f"{at}: "
-                + (
-                    f"unknown key {extra!r}; allowed: " + ", ".join(sorted(KEYS))
-                    if extra
-                    else "expected a mapping"
-                )
-            )
+        at, entry = f"known_issues[{i}]", ("known_issues", i - 1)
+        if not isinstance(e, dict):
+            raise cfg.error(f"{at}: expected a mapping", *entry)
+        if set(e) - KEYS:
+            extra = sorted(set(e) - KEYS)[0]
+            allowed = ", ".join(sorted(KEYS))
+            raise cfg.error(f"{at}: unknown key {extra!r}; allowed: {allowed}", *entry, extra)
         for k in ("id", "pattern", "class"):
             if not isinstance(e.get(k), str) or not e[k]:
-                raise BadInput(f"{at}: {k}: required text")
+                raise cfg.error(f"{at}: {k}: required text", *entry, k)
         try:
             re.compile(e["pattern"])
         except re.error as err:
-            raise BadInput(f"{at}: pattern: not a regular expression: {err}") from None
+            msg = f"{at}: pattern: not a regular expression: {err}"
+            raise cfg.error(msg, *entry, "pattern") from None
         verdict = str(e.get("verdict", "")).upper()
         if verdict and verdict not in STATUSES:
-            raise BadInput(f"{at}: verdict: {e['verdict']!r}; allowed: {', '.join(STATUSES)}")
+            msg = f"{at}: verdict: {e['verdict']!r}; allowed: {', '.join(STATUSES)}"
+            raise cfg.error(msg, *entry, "verdict")
         if not isinstance(e.get("retry", False), bool):
-            raise BadInput(f"{at}: retry: expected true or false")
+            raise cfg.error(f"{at}: retry: expected true or false", *entry, "retry")
         out.append(KnownIssue(e["id"], e["pattern"], e["class"], verdict, e.get("retry", False)))
     return out
 

@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from builder.progress import show_table
 from harness.matrix.baseline import REGRESSION, Comparison
 from harness.matrix.results import ERROR, FAIL, PASS, SKIP, CellResult
 
@@ -86,7 +87,7 @@ def print_table(run: Run, console: Console) -> None:
                 for c in cols
             ],
         )
-    console.print(table)
+    show_table(table, console)
     for r in run.results:
         v = r.verdict
         if r.status not in (FAIL, ERROR) and not r.flaky:

@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from builder import config
 from builder.errors import BadInput
 from harness.matrix.cells import OPTIONS, OWN, Cell, ImageRow, KernelColumn, expand
 
@@ -157,15 +156,8 @@ def from_mapping(doc: Any, where: str, base: Path = Path(".")) -> MatrixSpec:
 
 
 def load(path: Path) -> MatrixSpec:
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read the matrix file: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise BadInput(f"{path}{line}: not YAML: {getattr(e, 'problem', e)}") from None
-    return from_mapping(doc, str(path), path.parent)
+    cfg = config.load(path, what="matrix file")
+    return from_mapping(cfg.data, str(path), path.parent)
 
 
 def from_arguments(

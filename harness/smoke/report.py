@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from builder.progress import show_table
 from harness.smoke.checks import CheckResult
 
 
@@ -130,7 +131,7 @@ def print_summary(reports: list[SmokeReport], console: Console) -> None:
             f"{ok}/{len(r.checks)}",
             "[green]passed[/]" if r.passed else "[red]FAILED[/]",
         )
-    console.print(table)
+    show_table(table, console)
     for r in reports:
         if r.failure:
             console.print(f"[red]{r.image_name} {r.instance_id}: {r.failure}[/]")

@@ -1,9 +1,12 @@
-"""`amilab --help` and every subcommand's keep what main had before the CLI became a package.
+"""`amilab --help` and every subcommand's keep every command, option, choice and positional.
 
-tests/data/cli/help-snapshot.json was written from main's parser before the change (by walking
-make_parser()'s actions: subcommands, each option's flags, choices and whether it is required,
-positionals). The current parser must still have every command, option, choice and positional
-in it, unchanged; new ones may be added.
+tests/data/cli/help-snapshot.json was first written from main's parser before the CLI became
+a package, and written again, a superset of that, when `amilab --help` began to list the
+commands by group (issue #31): by walking make_parser()'s actions (subcommands, each option's
+flags, choices and whether it is required, positionals), plus `groups`, the headings of
+`amilab --help` in order with their commands. The current parser must still have every
+command, option, choice and positional in it, unchanged (new ones may be added); the help
+must print every command once, under its heading, and every option of each command.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import pytest
 
 from harness.cli import make_parser
+from harness.cli.groups import GROUPS, OTHER
 
 SNAPSHOT = Path(__file__).parents[3] / "data" / "cli" / "help-snapshot.json"
 
@@ -83,7 +87,41 @@ SNAPSHOT_DATA = json.loads(SNAPSHOT.read_text())
 def test_the_snapshot_covers_the_commands() -> None:
     # a sanity check of the data itself, so an empty snapshot cannot pass everything
     assert {"build", "images", "smoke", "boot", "imds"} <= set(SNAPSHOT_DATA["subcommands"])
-    assert len(_commands(SNAPSHOT_DATA)) >= 20
+    assert len(_commands(SNAPSHOT_DATA)) >= 50
+    grouped = [n for _, names in SNAPSHOT_DATA["groups"] for n in names]
+    assert sorted(grouped) == sorted(SNAPSHOT_DATA["subcommands"])
+
+
+def test_every_command_is_in_exactly_one_group() -> None:
+    commands = list(describe(make_parser())["subcommands"])
+    places = {n: [h for h, names in GROUPS.items() if n in names] for n in commands}
+    assert {n: hs for n, hs in places.items() if len(hs) != 1} == {}, "harness/cli/groups.py"
+    stale = {n for names in GROUPS.values() for n in names} - set(commands)
+    assert stale == set(), "groups.py names commands that do not exist"
+
+
+def _help_groups(text: str) -> list[list[Any]]:
+    """[heading, [command, ...]] as `amilab --help` prints them (git's layout: a heading at
+    the margin, then one indented line per command)."""
+    body = text.split("\n\n", 2)[2].split("\noptions:")[0]
+    out: list[list[Any]] = []
+    for line in body.splitlines():
+        if line and not line.startswith(" "):
+            out.append([line, []])
+        elif line.strip():
+            out[-1][1].append(line.split()[0])
+    return out
+
+
+def test_grouped_help_lists_every_command_once_under_its_heading() -> None:
+    text = make_parser().format_help()
+    assert text.startswith("usage: amilab [-h] <command> [<args>]\n")
+    printed = _help_groups(text)
+    assert printed == SNAPSHOT_DATA["groups"]
+    assert OTHER not in [h for h, _ in printed]
+    names = [n for _, ns in printed for n in ns]
+    assert sorted(names) == sorted(SNAPSHOT_DATA["subcommands"])  # each once, none missing
+    assert "{" not in text  # argparse's brace list of every name is gone
 
 
 def test_every_command_option_choice_and_positional_is_still_there() -> None:
@@ -114,3 +152,11 @@ def test_help_exits_0(command: str) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("usage: amilab"), r.stdout[:200]
     assert r.stderr == ""
+    declared: dict[str, Any] = SNAPSHOT_DATA
+    for name in command.split():
+        declared = declared["subcommands"][name]
+    shown = set(r.stdout.replace(",", " ").replace("[", " ").replace("]", " ").split())
+    for option in declared["options"]:
+        assert set(option["flags"]) <= shown, (command, option["flags"])
+    for name in declared["subcommands"]:
+        assert name in r.stdout, (command, name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -63,3 +64,34 @@ def test_interrupt_marks_the_rest_not_run(monkeypatch: pytest.MonkeyPatch) -> No
     out = e.run(cells, RunSettings(), started, lambda r: None)
     assert [r.not_run for r in out] == [True, True]
     assert e.results == out
+
+
+def test_the_shared_loop_keeps_late_results_and_always_finishes() -> None:
+    """Executor.run for any backend: results in the cells' order, those that ended during
+    an interrupt kept, the rest not run, and the backend let go of whatever ended the run."""
+    cells = [Cell(x, "own") for x in "abc"]
+
+    class Backend(ex.Executor):
+        finished = False
+
+        def _submit(
+            self, cells: list[Cell], settings: RunSettings, started: Callable[[Cell], None]
+        ) -> Iterator[tuple[int, CellResult]]:
+            started(cells[1])
+            yield 1, CellResult(cells[1], [Attempt(Verdict(PASS))])
+            raise KeyboardInterrupt
+
+        def _interrupted(self) -> list[tuple[int, CellResult]]:
+            return [(0, CellResult(cells[0], [Attempt(Verdict(PASS))]))]
+
+        def _finish(self) -> None:
+            self.finished = True
+
+        def cancel(self) -> None: ...
+
+    b = Backend()
+    done: list[CellResult] = []
+    with pytest.raises(KeyboardInterrupt):
+        b.run(cells, RunSettings(), lambda c: None, done.append)
+    assert [r.cell.image for r in done] == ["b", "a"]
+    assert [r.not_run for r in b.results] == [False, False, True] and b.finished
