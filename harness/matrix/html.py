@@ -140,6 +140,13 @@ def _cell_section(r: CellResult, i: int, scale: float, change: str) -> str:
             )
         parts.append("</table>")
     parts.append(_phases(r, scale))
+    analysis = report.get("BootAnalysis") or {}
+    if analysis:
+        parts.append(
+            "<details><summary>systemd-analyze</summary><pre>"
+            + escape("\n\n".join(analysis.get(k, "") for k in ("Time", "CriticalChain", "Blame")))
+            + "</pre></details>"
+        )
     if r.final and r.final.console_excerpt:
         parts.append(
             "<details><summary>console excerpt</summary><pre>"

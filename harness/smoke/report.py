@@ -37,6 +37,8 @@ class SmokeReport:
     console_tail: str = ""
     boot_phases: dict[str, float] = field(default_factory=dict)
     boot_phases_cpu: dict[str, float] = field(default_factory=dict)
+    # systemd-analyze's time, critical chain to ssh.service and blame (harness.smoke.analysis)
+    boot_analysis: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -61,6 +63,7 @@ class SmokeReport:
             "Seconds": self.seconds,
             "BootPhases": self.boot_phases,
             "BootPhasesQemuCpu": self.boot_phases_cpu,
+            "BootAnalysis": self.boot_analysis,
             "Passed": self.passed,
             "Failure": self.failure,
             "ConsoleLog": self.console_log,

@@ -27,6 +27,7 @@ from harness.launch.request import LaunchRequest, progress_printer
 from harness.launch.ssh import BootFailed, SshTimeout, run
 from harness.launch.steps import LAUNCH_STEPS, Instance, WaitForSsh
 from harness.smoke import checks
+from harness.smoke.analysis import RecordBootAnalysis
 from harness.smoke.diagnose import modules_tree_from_outside
 from harness.smoke.report import SmokeReport, json_document, print_summary, write_junit
 
@@ -109,7 +110,7 @@ def smoke_instance(
     )
     inst = Instance(plan, req.options(chosen, say))
     steps: list[Step[Instance]] = [cls() for cls in LAUNCH_STEPS]
-    steps += [WaitForSsh(), RunChecks(report)]
+    steps += [WaitForSsh(), RunChecks(report), RecordBootAnalysis(report)]
     if started is not None:
         started(inst)
     try:
