@@ -35,6 +35,7 @@ def _run_instances(args: argparse.Namespace) -> int:
 
         raise BadInput(f"--spot-action {args.spot_action!r}: terminate or stop")
     from harness.instances.events import parse_scheduled_event
+    from harness.instances.hibernation import parse_options
 
     req = launch_request(
         RunRequest, args, image=args.image, count=args.count, key_name=args.key_name,
@@ -43,6 +44,7 @@ def _run_instances(args: argparse.Namespace) -> int:
         block_device_mappings=[parse_block_device_mapping(m) for m in args.block_device_mapping],
         spot_interruption_after=args.spot_interruption_after, spot_action=args.spot_action,
         spot_notice=args.spot_notice,
+        hibernation_configured=parse_options(args.hibernation_options or "Configured=false"),
     )  # fmt: skip
     result = run_instances(req, say=None if args.json else progress_printer())
     lines = [f"{i['InstanceId']}\t{i['State']['Name']}\t{_ssh_address(i)}"
@@ -89,6 +91,10 @@ def register_run_instances(sub: argparse._SubParsersAction) -> None:
         "instance-stop, instance-retirement), served at events/maintenance/scheduled and "
         "carried out then (repeatable)",
     )  # fmt: skip
+    p.add_argument(
+        "--hibernation-options", metavar="Configured=true",
+        help="allow stop-instances --hibernate (the root volume must hold the type's RAM)",
+    )  # fmt: skip
     add_launch_arguments(p, single=True)
     add_json(p, "print the RunInstances reservation")
 
@@ -125,12 +131,24 @@ def _state_command(op: str, key: str) -> Any:
 
         func = getattr(operations, op)
         extra = {"force": True} if getattr(args, "force", False) else {}
+        if getattr(args, "hibernate", False):
+            extra["hibernate"] = True
         changes = func(args.instance_ids, wait=args.wait, **extra)
         lines = [f"{c['InstanceId']}\t{c['PreviousState']['Name']} -> {c['CurrentState']['Name']}"
-                 for c in changes]  # fmt: skip
+                 + _hibernation_note(c["InstanceId"]) for c in changes]  # fmt: skip
         return print_result(args, {key: changes}, lines)
 
     return run
+
+
+def _hibernation_note(instance_id: str) -> str:
+    """How a start went with a hibernated state (resumed, or cold and why), or a stop's
+    saved state, as a tab-separated tail."""
+    from harness.instances import hibernation, store
+
+    rec = store.find(instance_id)
+    note = hibernation.start_note(rec) or hibernation.saved_note(rec)
+    return f"\t{note}" if note else ""
 
 
 def _register_state(
@@ -151,6 +169,10 @@ def register_stop_instances(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--force", action="store_true",
         help="end the guest at once, without the power button (EC2's --force)",
+    )  # fmt: skip
+    p.add_argument(
+        "--hibernate", action="store_true",
+        help="save the guest's RAM beside its root volume; the next start resumes it",
     )  # fmt: skip
 
 

@@ -29,7 +29,7 @@ from builder.images import factory, volumes
 from builder.images.records import ImageRecord, now_iso
 from builder.images.registry import Registry
 from builder.images.tables import Row
-from harness.instances import addresses, attributes, events, hotplug, keypairs, store
+from harness.instances import addresses, attributes, events, hibernation, hotplug, keypairs, store
 from harness.instances.types import default_type, instance_type
 from harness.launch import instance as launch_dirs
 from harness.launch import keys
@@ -55,6 +55,7 @@ class RunRequest(LaunchRequest):
     spot_action: str = "terminate"
     spot_notice: float = 120.0  # EC2 announces an interruption two minutes ahead
     scheduled_events: list[dict[str, Any]] = field(default_factory=list)  # events.new_event
+    hibernation_configured: bool = False  # HibernationOptions.Configured: may hibernate
 
 
 # ------------------------------------------------------------------ supervision
@@ -101,6 +102,7 @@ def _reconcile_locked(iid: str) -> Row:
         if _supervisor_alive(r):
             return
         _kill_leftovers(r)
+        hibernation.drop_partial(r)  # a save its supervisor did not finish
         pid = (r["Amilab"].get("Supervisor") or {}).get("Pid")
         end = "terminated" if r["State"]["Name"] == "shutting-down" else "stopped"
         store.set_state(r, end, (
@@ -251,6 +253,9 @@ def run_instances(req: RunRequest, say: Any = None) -> dict[str, Any]:
     if len(req.kernels) > 1:
         raise BadInput("--kernel: run-instances takes one kernel")
     mappings = _mappings(req, image)
+    hibernation.check_launch(req.hibernation_configured, itype.memory_mib, itype.name,
+                             hibernation.root_gib(mappings, image.root_device_name,
+                                                  _root_size(image)))  # fmt: skip
     stores = [m for m in mappings if m.get("VirtualName", "").startswith("ephemeral")
               and "NoDevice" not in m]  # fmt: skip
     if len(stores) > len(itype.instance_store_gib):
@@ -367,6 +372,7 @@ def _launch_one(
                     {"Key": k, "Value": v} for k, v in sorted(req.metadata.get("tags", {}).items())
                 ],  # fmt: skip
                 "InstanceLifecycle": "spot" if spot else None,
+                "HibernationOptions": {"Configured": req.hibernation_configured},
                 "Amilab": {
                     "OwnerId": _owner(),  # the account that launched it (API: the signer's)
                     "Dir": str(directory),
@@ -431,6 +437,7 @@ def public(rec: Row) -> Row:
     unless the host's own sshd holds port 22 of every address (then another port; EC2's
     shape has no field for it, so amilab's own key says it)."""
     out = {k: v for k, v in rec.items() if k != "Amilab"}
+    out["HibernationOptions"] = hibernation.options(rec)  # also for records from before it
     out["amilab:SshPort"] = int(rec.get("Amilab", {}).get("SshPort") or 22)
     return out
 
@@ -546,15 +553,22 @@ def _transition(rec: Row, previous: str) -> dict[str, Any]:
 
 
 def stop_instances(
-    ids: list[str], wait: bool = False, timeout: float = 120, force: bool = False
+    ids: list[str],
+    wait: bool = False,
+    timeout: float = 120,
+    force: bool = False,
+    hibernate: bool = False,
 ) -> list[dict]:
     """StopInstances: the ACPI power button, QEMU ended after AMILAB_STOP_TIMEOUT seconds if
-    the guest has not shut down; `force` (EC2's --force) ends it at once, no shutdown."""
+    the guest has not shut down; `force` (EC2's --force) ends it at once, no shutdown;
+    `hibernate` saves the guest's RAM for the next start (harness.instances.hibernation)."""
     out = []
     recs = _change(ids, "stop")
     for rec, prev in recs:
         if prev in ("pending", "running"):
             attributes.refuse_if_protected(rec, "stopped")
+        if hibernate:
+            hibernation.refuse_stop(rec, prev, force)
     for rec, prev in recs:
         iid = rec["InstanceId"]
         if prev == "terminated":
@@ -563,15 +577,17 @@ def stop_instances(
             if prev in ("pending", "running"):
 
                 def change(r: Row) -> None:
-                    store.set_state(r, "stopping", store.USER_SHUTDOWN)
-                    r["Amilab"]["Desired"] = "stop"
+                    why = hibernation.HIBERNATE if hibernate else store.USER_SHUTDOWN
+                    store.set_state(r, "stopping", why)
+                    r["Amilab"]["Desired"] = hibernation.DESIRED if hibernate else "stop"
                     r["Amilab"]["Force"] = force
 
                 rec = store.instances().update(iid, change)
                 _signal_supervisor(rec, signal.SIGTERM)
         rec = reconcile(store.find(iid))
-        if wait:
-            rec = wait_for(iid, ("stopped",), timeout)
+        if wait:  # a hibernation that fails ends running: said, exit 2
+            rec = wait_for(iid, ("stopped",) + (("running",) if hibernate else ()), timeout)
+            hibernation.refuse_if_failed(rec)
         out.append(_transition(rec, prev))
     return out
 
@@ -659,6 +675,7 @@ def terminate_instances(ids: list[str], wait: bool = False, timeout: float = 120
 def release_terminated(rec: Row) -> None:
     """What a terminated instance gives back: volumes mapped with DeleteOnTermination are
     deleted, the others detached (they stay, available); its directory goes. Idempotent."""
+    hibernation.discard(rec)  # a hibernated instance's saved RAM goes with it
     for m in rec.get("BlockDeviceMappings", []):
         vid = m["Ebs"]["VolumeId"]
         if volumes.volumes().get(vid) is None:
