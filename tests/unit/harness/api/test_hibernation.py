@@ -39,8 +39,11 @@ def test_hibernation_options_parse_as_the_aws_cli_writes_them() -> None:
 def test_the_root_volume_must_hold_the_ram() -> None:
     hibernation.check_launch(True, 1740, "m1.small", 2)
     hibernation.check_launch(False, 3840, "m1.medium", 2)  # not configured: no rule
-    with pytest.raises(BadInput, match=r"^UnsupportedHibernationConfiguration: For hibernation, "
-                       r"the root device volume .* 2 GiB, instance type m1.medium has 3.75 GiB"):
+    with pytest.raises(
+        BadInput,
+        match=r"^UnsupportedHibernationConfiguration: For hibernation, "
+        r"the root device volume .* 2 GiB, instance type m1.medium has 3.75 GiB",
+    ):
         hibernation.check_launch(True, 3840, "m1.medium", 2)
     root = [{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 8}}, {"DeviceName": "/dev/sdb"}]
     assert hibernation.root_gib(root, "/dev/sda1", 2) == 8
