@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -293,9 +294,12 @@ class CompleteResume(Step[Instance]):
         if sh.file is not None:
             assert s.qemu is not None and s.dir is not None
             try:
-                info = migration.load(s.qemu.qmp(s.dir.qmp_socket), sh.file)
+                t0 = time.monotonic()
+                size = sh.file.stat().st_size
+                migration.load(s.qemu.qmp(s.dir.qmp_socket), sh.file)
                 sh.note = "resumed from hibernation"
-                sh.log(f"{sh.note} ({info.get('total-time', '?')} ms to load)")
+                took = time.monotonic() - t0
+                sh.log(f"{sh.note}: {size / 2**20:.0f} MiB loaded in {took:.2f} s")
             except Exception as e:  # noqa: BLE001 - any failure to load means a cold boot
                 sh.note = f"cold boot: loading the hibernated state failed: {e}"
                 s.qemu.kill()
