@@ -89,12 +89,22 @@ def test_only_an_instance_configured_at_launch_hibernates(
     assert shown["HibernationOptions"] == {"Configured": True}
     with pytest.raises(BadInput, match="^InvalidParameterCombination"):
         operations.stop_instances([iid], hibernate=True, force=True)
-    (t,) = ec2.stop_instances(InstanceIds=[iid], Hibernate=True)["StoppingInstances"]
-    assert t["CurrentState"]["Name"] == "stopping"
-    rec = store.find(iid)
-    assert rec["Amilab"]["Desired"] == hibernation.DESIRED
-    assert rec["StateReason"]["Code"] == "Client.UserInitiatedHibernate"
-    assert sleeper.wait(timeout=10) is not None  # the "supervisor" was told (SIGTERM)
+    # a "supervisor" that outlives the SIGTERM, so the record is read as the request left it
+    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 120 & wait"])
+    try:
+        sup = {"Pid": stubborn.pid, "Start": store.process_start(stubborn.pid)}
+        store.instances().update(iid, lambda r: r["Amilab"].update(Supervisor=sup))
+        (t,) = ec2.stop_instances(InstanceIds=[iid], Hibernate=True)["StoppingInstances"]
+        assert t["CurrentState"]["Name"] == "stopping"
+        rec = store.find(iid)
+        assert rec["Amilab"]["Desired"] == hibernation.DESIRED
+        assert rec["StateReason"] == {
+            "Code": "Client.UserInitiatedHibernate",
+            "Message": "Client.UserInitiatedHibernate: User initiated hibernate",
+        }
+    finally:
+        stubborn.kill()
+        stubborn.wait()
 
 
 def _hibernated(api: dict, fake: dict, tmp: Path) -> tuple[str, Path]:
