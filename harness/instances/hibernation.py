@@ -23,7 +23,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from builder.errors import BadInput
 from builder.images import volumes
@@ -32,7 +32,9 @@ from builder.images.tables import Row
 from builder.steps import Step
 from harness.instances import store
 from harness.launch import migration
-from harness.launch.steps import Instance, StartQemu
+
+if TYPE_CHECKING:  # the launch pipeline only where a supervisor runs it, not in every command
+    from harness.launch.steps import Instance
 
 DESIRED = "hibernate"  # Amilab.Desired: what the supervisor does on SIGTERM
 HIBERNATE = (
@@ -302,6 +304,8 @@ class CompleteResume(Step[Instance]):
                 sh.log(f"{sh.note}: {size / 2**20:.0f} MiB loaded in {took:.2f} s")
             except Exception as e:  # noqa: BLE001 - any failure to load means a cold boot
                 sh.note = f"cold boot: loading the hibernated state failed: {e}"
+                from harness.launch.steps import StartQemu
+
                 s.qemu.kill()
                 s.argv = migration.without_incoming(s.argv)
                 StartQemu().run(s)
