@@ -249,7 +249,7 @@ class _Resume:
         self.note = ""
 
 
-class PrepareResume(Step[Instance]):
+class PrepareResume(Step["Instance"]):
     """Between composing QEMU's command line and starting it: a saved state that still fits
     adds `-incoming defer`; one that does not is discarded with a note (a cold boot)."""
 
@@ -281,7 +281,7 @@ class PrepareResume(Step[Instance]):
         s.argv = s.argv + migration.INCOMING
 
 
-class CompleteResume(Step[Instance]):
+class CompleteResume(Step["Instance"]):
     """Once QEMU is up: load the saved state and let the guest run (or, if the load fails,
     start QEMU again cold); either way the state is spent, as the disk moves on from here."""
 
