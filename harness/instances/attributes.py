@@ -17,7 +17,7 @@ from typing import Any
 from builder.errors import BadInput
 from builder.images.registry import Registry
 from builder.images.tables import Row
-from harness.instances import store
+from harness.instances import hibernation, store
 from harness.instances.operations.common import reconcile
 from harness.launch.request import USER_DATA_MAX
 from harness.launch.types import check_image, instance_type
@@ -116,6 +116,7 @@ def _apply(r: Row, changes: dict[str, Any]) -> None:
     if any(n in WHILE_STOPPED for n in changes) and state != "stopped":
         raise BadInput(f"IncorrectInstanceState: The instance '{iid}' is not in the "
                        "'stopped' state.")  # fmt: skip
+    hibernation.refuse_modify(r, list(changes))  # a saved RAM keeps its devices and kernel
     a = r["Amilab"]
     for name, value in changes.items():
         if name == "InstanceType":

@@ -34,7 +34,7 @@ from builder.images.registry import Registry
 from builder.images.tables import Row
 from builder.steps import Step, StepRunner
 from harness.imds.document import block_device_mapping, document, write_document
-from harness.instances import events, hotplug, store
+from harness.instances import events, hibernation, hotplug, store
 from harness.instances.devices import FORCED, RELEASED, STUCK, DeviceError, Devices
 from harness.launch import accel
 from harness.launch import instance as launch_dirs
@@ -222,8 +222,11 @@ def supervise(iid: str) -> int:
         inst = build_instance(record)
         service = StartMetadataService()
         with StepRunner(inst) as runner:
+            # hibernation: a saved state is loaded into QEMU around its start (or boots cold)
+            prepare, resume = hibernation.resume_steps(record, _log)
             runner.run_all([OpenInstanceDir(record), WriteMetadata(), service,
-                            ComposeCommand(), StartNetwork(), StartQemu()])  # fmt: skip
+                            ComposeCommand(), prepare, StartNetwork(), StartQemu(),
+                            resume])  # fmt: skip
             probe = Reachability(inst.options.ssh_address, inst.options.ssh_port, service)
             devices = _devices(inst, record)
             try:
@@ -446,6 +449,7 @@ def _run(
         r["Amilab"]["Reachable"] = None  # until the guest answers (Reachability)
         if r["State"]["Name"] == "pending":
             store.set_state(r, "running")
+            hibernation.running_reason(r)  # a resume that booted cold says so
 
     _update(iid, running)
     _log(f"running: QEMU {inst.qemu.pid}")
@@ -483,6 +487,11 @@ def _run(
             now = store.find(iid)["Amilab"]
             desired, force = now.get("Desired") or "stop", bool(now.get("Force"))
             _log(f"{desired} requested" + (" (forced)" if force else ""))
+            if desired == hibernation.DESIRED:  # RAM saved beside the root volume, QEMU ended
+                outcome = hibernation.hibernate(iid, inst, _log)
+                if outcome is None:  # the save failed: the guest runs on, the record says why
+                    continue
+                return outcome
             # forced (stop-instances --force): no power button, QEMU is ended at once
             inst.qemu.stop(inst.dir.qmp_socket, timeout=STOP_GRACE, powerdown=not force)
             if inst.dir and not force:

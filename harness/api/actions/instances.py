@@ -237,6 +237,7 @@ def _run(p: Params, ctx: Context) -> Result:
             disable_api_stop=bool(p.get("DisableApiStop")),
             block_device_mappings=mappings, kernels=[kernel] if kernel else [],
             ramdisk=ramdisk, instance_type=p.get("InstanceType") or None, tags=tags,
+            hibernation_configured=bool((p.get("HibernationOptions") or {}).get("Configured")),
         )  # fmt: skip
         if user_data is not None:
             req.metadata["user_data"] = user_data
@@ -321,7 +322,9 @@ def modify_instance_event_start_time(p: Params, ctx: Context) -> Result:
 def stop_instances(p: Params, ctx: Context) -> Result:
     # Force: EC2 skips the guest's orderly shutdown; here QEMU is ended without the button
     force = bool(p.get("Force"))
-    return {"StoppingInstances": stop.stop_instances(_ids(p, ctx), force=force)}
+    hibernate = bool(p.get("Hibernate"))  # refusals: UnsupportedHibernationConfiguration
+    return {"StoppingInstances": stop.stop_instances(_ids(p, ctx), force=force,
+                                                     hibernate=hibernate)}  # fmt: skip
 
 
 @action("StartInstances", "IncorrectInstanceState")

@@ -27,12 +27,25 @@ def _state_command(op: str, key: str) -> Callable[[argparse.Namespace], int]:
         func = {"start_instances": launch.start_instances, "stop_instances": stop.stop_instances,
                 "terminate_instances": stop.terminate_instances}[op]  # fmt: skip
         extra = {"force": True} if getattr(args, "force", False) else {}
+        if getattr(args, "hibernate", False):
+            extra["hibernate"] = True
         changes = func(args.instance_ids, wait=args.wait, **extra)
         lines = [f"{c['InstanceId']}\t{c['PreviousState']['Name']} -> {c['CurrentState']['Name']}"
-                 for c in changes]  # fmt: skip
+                 + _hibernation_note(op, c["InstanceId"]) for c in changes]  # fmt: skip
         return print_result(args, {key: changes}, lines)
 
     return run
+
+
+def _hibernation_note(op: str, instance_id: str) -> str:
+    """How a start went with a hibernated state (resumed, or cold and why), or what a
+    hibernating stop saved, as a tab-separated tail."""
+    from harness.instances import hibernation, store
+
+    rec = store.find(instance_id)
+    notes = {"start_instances": hibernation.start_note, "stop_instances": hibernation.saved_note}
+    note = notes[op](rec) if op in notes else ""
+    return f"\t{note}" if note else ""
 
 
 def register_state(

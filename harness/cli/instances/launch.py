@@ -31,6 +31,7 @@ def _run_instances(args: argparse.Namespace) -> int:
 
         raise BadInput(f"--spot-action {args.spot_action!r}: terminate or stop")
     from harness.instances.events import parse_scheduled_event
+    from harness.instances.hibernation import parse_options
 
     req = launch_request(
         RunRequest, args, image=args.image, count=args.count, key_name=args.key_name,
@@ -39,6 +40,7 @@ def _run_instances(args: argparse.Namespace) -> int:
         block_device_mappings=[parse_block_device_mapping(m) for m in args.block_device_mapping],
         spot_interruption_after=args.spot_interruption_after, spot_action=args.spot_action,
         spot_notice=args.spot_notice,
+        hibernation_configured=parse_options(args.hibernation_options or "Configured=false"),
     )  # fmt: skip
     result = run_instances(req, say=None if args.json else progress_printer())
     lines = [f"{i['InstanceId']}\t{i['State']['Name']}\t{ssh_address(i)}"
@@ -67,6 +69,10 @@ def register_run_instances(sub: argparse._SubParsersAction) -> None:
         "--block-device-mapping", action="append", default=[], metavar="MAPPING",
         help="/dev/sdb=ephemeral0, /dev/sdc=[snap-…]:[GiB][:true|false], /dev/sdb=none, "
         "or the aws CLI's JSON list (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--hibernation-options", metavar="Configured=true",
+        help="allow stop-instances --hibernate (the root volume must hold the type's RAM)",
     )  # fmt: skip
     p.add_argument(
         "--spot-interruption-after", type=float, metavar="SECONDS",

@@ -20,6 +20,10 @@ def register_stop_instances(sub: argparse._SubParsersAction) -> None:
         "--force", action="store_true",
         help="end the guest at once, without the power button (EC2's --force)",
     )  # fmt: skip
+    p.add_argument(
+        "--hibernate", action="store_true",
+        help="save the guest's RAM beside its root volume; the next start resumes it",
+    )  # fmt: skip
 
 
 def register_terminate_instances(sub: argparse._SubParsersAction) -> None:

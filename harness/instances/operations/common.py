@@ -15,7 +15,7 @@ from typing import Any
 from builder.errors import BadInput
 from builder.images import volumes
 from builder.images.tables import Row
-from harness.instances import hotplug, store
+from harness.instances import hibernation, hotplug, store
 
 
 def supervisor_alive(rec: Row) -> bool:
@@ -59,6 +59,7 @@ def reconcile_locked(iid: str) -> Row:
         if supervisor_alive(r):
             return
         _kill_leftovers(r)
+        hibernation.drop_partial(r)  # a save its supervisor did not finish
         pid = (r["Amilab"].get("Supervisor") or {}).get("Pid")
         end = "terminated" if r["State"]["Name"] == "shutting-down" else "stopped"
         store.set_state(r, end, (
@@ -77,6 +78,7 @@ def reconcile_locked(iid: str) -> Row:
 def release_terminated(rec: Row) -> None:
     """What a terminated instance gives back: volumes mapped with DeleteOnTermination are
     deleted, the others detached (they stay, available); its directory goes. Idempotent."""
+    hibernation.discard(rec)  # a hibernated instance's saved RAM goes with it
     for m in rec.get("BlockDeviceMappings", []):
         vid = m["Ebs"]["VolumeId"]
         if volumes.volumes().get(vid) is None:
@@ -94,6 +96,7 @@ def public(rec: Row) -> Row:
     unless the host's own sshd holds port 22 of every address (then another port; EC2's
     shape has no field for it, so amilab's own key says it)."""
     out = {k: v for k, v in rec.items() if k != "Amilab"}
+    out["HibernationOptions"] = hibernation.options(rec)  # also for records from before it
     out["amilab:SshPort"] = int(rec.get("Amilab", {}).get("SshPort") or 22)
     return out
 

@@ -22,7 +22,7 @@ from builder.images import volumes
 from builder.images.records import ImageRecord, now_iso
 from builder.images.registry import Registry
 from builder.images.tables import Row
-from harness.instances import addresses, events, keypairs, store
+from harness.instances import addresses, events, hibernation, keypairs, store
 from harness.instances.operations.common import (
     acting_account,
     current_states,
@@ -58,6 +58,7 @@ class RunRequest(LaunchRequest):
     spot_action: str = "terminate"
     spot_notice: float = 120.0  # EC2 announces an interruption two minutes ahead
     scheduled_events: list[dict[str, Any]] = field(default_factory=list)  # events.new_event
+    hibernation_configured: bool = False  # HibernationOptions.Configured: may hibernate
 
 
 def _spawn(iid: str) -> None:
@@ -190,6 +191,9 @@ def run_instances(req: RunRequest, say: Any = None) -> dict[str, Any]:
     if len(req.kernels) > 1:
         raise BadInput("--kernel: run-instances takes one kernel")
     mappings = _mappings(req, image)
+    hibernation.check_launch(req.hibernation_configured, itype.memory_mib, itype.name,
+                             hibernation.root_gib(mappings, image.root_device_name,
+                                                  _root_size(image)))  # fmt: skip
     stores = [m for m in mappings if m.get("VirtualName", "").startswith("ephemeral")
               and "NoDevice" not in m]  # fmt: skip
     if len(stores) > len(itype.instance_store_gib):
@@ -306,6 +310,7 @@ def _launch_one(
                     {"Key": k, "Value": v} for k, v in sorted(req.metadata.get("tags", {}).items())
                 ],  # fmt: skip
                 "InstanceLifecycle": "spot" if spot else None,
+                "HibernationOptions": {"Configured": req.hibernation_configured},
                 "Amilab": {
                     "OwnerId": acting_account(),  # the account that launched it (API: the signer's)
                     "Dir": str(directory),

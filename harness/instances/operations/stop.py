@@ -9,7 +9,7 @@ from typing import Any
 
 from builder.errors import BadInput
 from builder.images.tables import Row
-from harness.instances import attributes, events, store
+from harness.instances import attributes, events, hibernation, store
 from harness.instances.operations.common import (
     current_states,
     reconcile,
@@ -21,15 +21,22 @@ from harness.instances.operations.common import (
 
 
 def stop_instances(
-    ids: list[str], wait: bool = False, timeout: float = 120, force: bool = False
+    ids: list[str],
+    wait: bool = False,
+    timeout: float = 120,
+    force: bool = False,
+    hibernate: bool = False,
 ) -> list[dict]:
     """StopInstances: the ACPI power button, QEMU ended after AMILAB_STOP_TIMEOUT seconds if
-    the guest has not shut down; `force` (EC2's --force) ends it at once, no shutdown."""
+    the guest has not shut down; `force` (EC2's --force) ends it at once, no shutdown;
+    `hibernate` saves the guest's RAM for the next start (harness.instances.hibernation)."""
     out = []
     recs = current_states(ids)
     for rec, prev in recs:
         if prev in ("pending", "running"):
             attributes.refuse_if_protected(rec, "stopped")
+        if hibernate:
+            hibernation.refuse_stop(rec, prev, force)
     for rec, prev in recs:
         iid = rec["InstanceId"]
         if prev == "terminated":
@@ -38,15 +45,17 @@ def stop_instances(
             if prev in ("pending", "running"):
 
                 def change(r: Row) -> None:
-                    store.set_state(r, "stopping", store.USER_SHUTDOWN)
-                    r["Amilab"]["Desired"] = "stop"
+                    why = hibernation.HIBERNATE if hibernate else store.USER_SHUTDOWN
+                    store.set_state(r, "stopping", why)
+                    r["Amilab"]["Desired"] = hibernation.DESIRED if hibernate else "stop"
                     r["Amilab"]["Force"] = force
 
                 rec = store.instances().update(iid, change)
                 signal_supervisor(rec, signal.SIGTERM)
         rec = reconcile(store.find(iid))
-        if wait:
-            rec = wait_for(iid, ("stopped",), timeout)
+        if wait:  # a hibernation that fails ends running: said, exit 2
+            rec = wait_for(iid, ("stopped",) + (("running",) if hibernate else ()), timeout)
+            hibernation.refuse_if_failed(rec)
         out.append(transition(rec, prev))
     return out
 
