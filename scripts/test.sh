@@ -5,4 +5,4 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$here/scripts/setup.sh"
 cd "$here"
 .venv/bin/ruff check builder harness tests bench
-exec .venv/bin/python -m pytest -v -rfEs --durations=15 "$@"
+exec .venv/bin/python -m pytest -v -rfEs --durations=25 "$@"

@@ -47,3 +47,28 @@ def run_amilab(
             f"amilab {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+MODULE_TOTALS = 15  # how many modules the per-module summary lists
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Seconds per test module (setup, call and teardown of its tests), slowest first: the
+    suite has a time limit in CI, and a module's total says where it goes better than the
+    slowest single tests do (a module-scoped fixture's boot is charged to one test)."""
+    totals: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            nodeid = getattr(report, "nodeid", "")
+            duration = getattr(report, "duration", None)
+            if not nodeid or duration is None or not hasattr(report, "when"):
+                continue
+            module = nodeid.split("::", 1)[0]
+            totals[module] = totals.get(module, 0.0) + duration
+    if not totals:
+        return
+    terminalreporter.write_sep("=", f"slowest {MODULE_TOTALS} modules (seconds)")
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+    for module, seconds in ranked[:MODULE_TOTALS]:
+        terminalreporter.write_line(f"{seconds:9.1f}  {module}")
+    terminalreporter.write_line(f"{sum(totals.values()):9.1f}  all {len(totals)} modules")
