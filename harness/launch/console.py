@@ -74,6 +74,10 @@ KERNEL_STALL = "the kernel stopped before init"
 KERNEL_STALL_SECONDS = 90.0
 KERNEL_CHATTY = 100
 
+# systemd's word that sshd is up (not a phase: the harness opens a fresh SSH probe at once
+# rather than at its next PROBE_INTERVAL tick)
+SSHD_STARTED = re.compile(r"Started .*(OpenBSD Secure Shell|ssh\.service)")
+
 # Milestones whose first appearance (host time) splits the boot into phases.
 MILESTONES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("kernel", re.compile(r"Linux version \d")),
@@ -115,6 +119,13 @@ class ConsoleWatcher:
         self.milestones: dict[str, float] = {}  # name -> seconds after start
         self.cpu_milestones: dict[str, float] = {}  # name -> QEMU's CPU seconds by then
         self._last_output = time.monotonic()
+        self._sshd_at: int | None = None  # where SSHD_STARTED matched
+
+    def sshd_started(self) -> bool:
+        """Whether the console has said that sshd started (read as of the last poll)."""
+        if self._sshd_at is None and (m := SSHD_STARTED.search(self._text)):
+            self._sshd_at = m.start()
+        return self._sshd_at is not None
 
     def poll(self) -> ConsoleFailure | None:
         """Read what is new; the failure seen so far, if any."""

@@ -71,6 +71,7 @@ def _banner_ready(
     check: Callable[[], None] = lambda: None,
     wait: float | None = None,
     host: str = "127.0.0.1",
+    ready: Callable[[], bool] = lambda: False,
 ) -> socket.socket | None:
     """A connected socket whose peer has started talking (the SSH banner, peeked, not read),
     or None when nothing answered within `wait` (default BANNER_WAIT).
@@ -85,13 +86,18 @@ def _banner_ready(
     ~19 s to SSH against ~13 s, the guest idle in between. So probing never stops: at
     MAX_PROBES the oldest (the one whose SYN is the furthest backed off) is closed for a
     fresh one. Resets (nothing listens yet) are dropped at once. `check()` runs every
-    BANNER_SLICE so console failures end the wait at once."""
+    BANNER_SLICE so console failures end the wait at once. When `ready()` first says sshd
+    has started (the console's word), a fresh probe goes out at once instead of at the
+    next tick: half a PROBE_INTERVAL saved on average."""
     deadline = time.monotonic() + (BANNER_WAIT if wait is None else wait)
     pending: list[socket.socket] = []
     next_probe = 0.0
+    hinted = False
     try:
         while time.monotonic() < deadline:
             now = time.monotonic()
+            if not hinted and ready():
+                hinted, next_probe = True, now
             if now >= next_probe:
                 if len(pending) >= MAX_PROBES:
                     pending.pop(0).close()
@@ -135,6 +141,7 @@ def wait_for_ssh(
     check: Callable[[], None],
     user: str = "root",
     host: str = "127.0.0.1",
+    ready: Callable[[], bool] = lambda: False,
 ) -> SshLogin:
     """Connect and authenticate; `check()` runs between attempts and raises to give up early
     (console failure, QEMU gone)."""
@@ -148,7 +155,7 @@ def wait_for_ssh(
             raise SshTimeout(f"no SSH login within {timeout:.0f} s (last: {last})")
         attempts += 1
         try:
-            sock = _banner_ready(port, check, host=host)
+            sock = _banner_ready(port, check, host=host, ready=ready)
         except OSError as e:
             sock, last = None, f"connect: {e}"
         if sock is None:

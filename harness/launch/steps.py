@@ -402,8 +402,9 @@ class WaitForSsh(Step[Instance]):
 
         pkey = keys.load_private_key(s.key_path)
         s.login = wait_for_ssh(
-            s.spec.ssh_port, pkey, s.options.ssh_timeout, check, host=s.spec.ssh_address
-        )
+            s.spec.ssh_port, pkey, s.options.ssh_timeout, check, host=s.spec.ssh_address,
+            ready=watcher.sshd_started,
+        )  # fmt: skip
         assert s.qemu_started_at is not None
         now = time.monotonic()
         s.seconds_to_ssh = round(now - s.qemu_started_at, 2)

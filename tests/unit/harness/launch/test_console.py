@@ -164,3 +164,16 @@ def test_a_kernel_that_stops_printing_before_init(
         f.write("[    3.0] Run /init as init process\n")
     w.poll()
     assert w.failure() is None  # it reached init: what follows is init's to explain
+
+
+def test_sshd_started_is_read_from_systemds_status_line(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    log.write_text("[  OK  ] Started ssh-host-keys.service - Generate this instance's SSH key.\n")
+    watcher = ConsoleWatcher(log)
+    watcher.poll()
+    assert not watcher.sshd_started()
+    with log.open("a") as f:
+        f.write("[\x1b[0;32m  OK  \x1b[0m] Started \x1b[0;1;39mssh.service\x1b[0m - OpenBSD Secure "
+                "Shell server.\r\n")  # fmt: skip
+    watcher.poll()
+    assert watcher.sshd_started()

@@ -171,3 +171,36 @@ def test_probing_goes_on_past_the_cap_with_fresh_connections(
     sock.close()
     assert took < 1.5
     assert len(held) > 3  # more connections than the cap were made
+
+
+def test_the_consoles_word_sends_a_fresh_probe_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Earlier connections stay silent (made before sshd listened); when the console says
+    sshd started, a fresh probe goes out at once, long before the next PROBE_INTERVAL."""
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    monkeypatch.setattr(ssh, "PROBE_INTERVAL", 30.0)
+    srv, port = _listener()
+    held: list[socket.socket] = []
+    up = time.monotonic() + 0.5
+
+    def serve() -> None:
+        srv.settimeout(0.1)
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if time.monotonic() >= up:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+            held.append(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    t0 = time.monotonic()
+    sock = _banner_ready(port, wait=5, ready=lambda: time.monotonic() >= up)
+    took = time.monotonic() - t0
+    srv.close()
+    assert sock is not None and sock.recv(4) == b"SSH-"
+    sock.close()
+    assert took < 2.0, "waited for the next PROBE_INTERVAL tick"
+    assert len(held) == 2  # the first probe, then the one the console's word sent
