@@ -57,6 +57,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     launch.register_smoke,
     matrix.register_matrix,
     results.register_results,
+    results.register_bisect,
     imds.register_imds,
     instances.register_run_instances,
     instances.register_describe_instances,

@@ -216,3 +216,64 @@ def register_results(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--matrix", metavar="KEY", help="only the runs of this matrix (MatrixKey)")
     p.add_argument("--limit", type=int, default=50, metavar="N", help="runs listed (default 50)")
     add_json(p, "print the answer as JSON (what the dashboard's /api/… serves)")
+
+
+def _bisect(args: argparse.Namespace) -> int:
+    from harness.launch.request import progress_printer
+    from harness.results.bisect import BisectRequest, bisect
+
+    if len(args.kernels) < 2:
+        raise BadInput("bisect needs an ordered series of at least two --kernel")
+    if len(set(args.kernels)) != len(args.kernels):
+        raise BadInput("bisect: a kernel is named twice in the series")
+    store = _open(args, writing=True)  # exit 2/3 before anything is built or booted
+    req = BisectRequest(
+        args.image, args.kernels, args.recipes or Path("build.yaml"), args.accel,
+        args.ssh_timeout, args.retries, args.known_issues, args.results_db, quiet=args.json,
+    )  # fmt: skip
+    try:
+        doc = bisect(req, store, progress_printer())
+    finally:
+        store.close()
+    if args.json:
+        _print_json(doc)
+        return 0
+    print(f"{doc['Boots']} boots for {len(args.kernels)} kernels (bound {doc['MaxBoots']})")
+    for name, key in (("newest passing", "LastPass"), ("oldest failing", "FirstFail")):
+        c = doc[key]
+        if c is None:
+            print(f"{name}: none" + (" (every kernel fails)" if key == "LastPass" else
+                                     " (every kernel passes)"))  # fmt: skip
+            continue
+        print(f"{name}: {c['Kernel']} {c.get('KernelRelease', '')} — {c['Status']}"
+              + (f" {c['Class']}" if c["Class"] else "") + f" (run {c['RunId']})")  # fmt: skip
+        for e in c["Evidence"]:
+            print(f"    {'console:' + str(e['Line']) if e['Line'] else 'check'}: {e['Text']}")
+        if c.get("ConsoleLog"):
+            print(f"    console log: {c['ConsoleLog']}")
+    if doc["Skipped"]:
+        print(f"left out (ERROR or SKIP): {', '.join(doc['Skipped'])}")
+    return 0
+
+
+def register_bisect(sub: argparse._SubParsersAction) -> None:
+    from harness.launch.accel import ACCELERATORS
+
+    p = add_command(
+        sub, "bisect", _bisect, "the first kernel of a series that breaks an image, in log2 boots",
+        description="Boot IMAGE with the kernels the search picks from an ordered series "
+        "(oldest first; kernels before the boundary pass, those from it on fail) until the "
+        "boundary is found: at most ceil(log2 n) + 1 boots. Every boot is recorded in the "
+        "results database; the boundary is printed with both cells' evidence.",
+    )  # fmt: skip
+    p.add_argument("--image", required=True, metavar="NAME", help="recipe name or AMI ID/name")
+    p.add_argument("--kernel", dest="kernels", action="append", default=[], metavar="K",
+                   help="own, a kernel name or aki- ID; repeat, oldest first")  # fmt: skip
+    p.add_argument("--recipes", type=Path, metavar="FILE", help="recipe file (default build.yaml)")
+    p.add_argument("--known-issues", type=Path, metavar="FILE", help="as matrix's")
+    p.add_argument("--retries", type=int, default=1, metavar="N",
+                   help="further attempts of a boot that ends in ERROR (default 1)")  # fmt: skip
+    p.add_argument("--accel", choices=ACCELERATORS, default="auto")
+    p.add_argument("--ssh-timeout", type=float, default=300.0, metavar="SECONDS")
+    add_results_db(p)
+    add_json(p, "print the boundary and every boot as JSON")
