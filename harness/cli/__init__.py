@@ -58,6 +58,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     matrix.register_matrix,
     results.register_results,
     results.register_bisect,
+    results.register_dashboard,
     imds.register_imds,
     instances.register_run_instances,
     instances.register_describe_instances,

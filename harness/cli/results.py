@@ -277,3 +277,26 @@ def register_bisect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ssh-timeout", type=float, default=300.0, metavar="SECONDS")
     add_results_db(p)
     add_json(p, "print the boundary and every boot as JSON")
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from harness.results.dashboard import serve
+
+    return serve(args.results_db, args.bind, args.port, args.token or "", args.known_issues)
+
+
+def register_dashboard(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "dashboard", _dashboard, "the results database as web pages and /api/… JSON",
+        description="Serve the runs, each run's grid, each image's timeline, the flaky cells "
+        "and the boot-time chart as self-contained pages, and the same data as JSON under "
+        "/api/… (/api/runs is `amilab results --json`). Loopback by default; another "
+        "--bind needs --token, which every request must then carry (Authorization: Bearer, "
+        "or ?token=).",
+    )  # fmt: skip
+    p.add_argument("--port", type=int, default=8700, help="TCP port (0: any free one)")
+    p.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="default 127.0.0.1")
+    p.add_argument("--token", help="the token every request must carry (needed off loopback)")
+    p.add_argument("--known-issues", type=Path, metavar="FILE",
+                   help="known issues (matrix's YAML), shown as known on every page")  # fmt: skip
+    add_results_db(p)

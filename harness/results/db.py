@@ -211,7 +211,8 @@ def _connect_sqlite(url: str, create: bool) -> Database:
             raise BadInput(f"results database {path}: no directory {path.parent}")
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+        # check_same_thread off: the dashboard shares one connection under its lock
+        conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA journal_mode = WAL")  # readers never wait for a recording run
         conn.execute("PRAGMA synchronous = NORMAL")
