@@ -177,3 +177,41 @@ def test_debian_version_order() -> None:
         "6.12.9+bpo-cloud-amd64", "7.2.13-cloud-amd64",
     ]  # fmt: skip
     assert debver.compare("1:1.0", "2.0") > 0 and debver.compare("1.0", "1.0") == 0
+
+
+def test_bad_databases_are_one_line_and_exit_2_or_3(tmp_path: Path, capsys) -> None:
+    from harness.cli import main
+
+    newer = tmp_path / "newer.sqlite"
+    dbmod.connect(str(newer)).close()
+    conn = sqlite3.connect(newer)
+    conn.execute("INSERT INTO amilab_schema VALUES (2)")
+    conn.commit()
+    conn.close()
+    cases = [
+        (["results", "--results-db", "mysql://h/db"], 2),
+        (["results", "--results-db", f"postgresql:///x?host={tmp_path}&connect_timeout=2"], 3),
+        (["results", "--results-db", str(newer)], 3),
+        (["results", "--results-db", str(newer), "--import", str(tmp_path / "x.json")], 3),
+        (
+            [
+                "bisect",
+                "--image",
+                "x",
+                "--kernel",
+                "a",
+                "--kernel",
+                "b",
+                "--results-db",
+                "mysql://h/db",
+            ],
+            2,
+        ),  # fmt: skip
+    ]
+    for argv, code in cases:
+        assert main(argv) == code, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("amilab: "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["newer.sqlite"]
+    conn = sqlite3.connect(newer)
+    assert conn.execute("SELECT COUNT(*) FROM runs").fetchone() == (0,)
