@@ -43,7 +43,8 @@ def _kernel_names(cells: list[dict[str, Any]]) -> dict[str, str]:
 
     names: dict[str, str] = {}
     reg = Registry()
-    for kid in {c.get("KernelId") for c in cells if c.get("KernelId")}:
+    refs = {c.get("KernelId") or c.get("KernelRef") for c in cells}
+    for kid in {r for r in refs if r and str(r).startswith("aki-")}:
         with contextlib.suppress(AmilabError):
             names[str(kid)] = reg.find(str(kid), "kernel").name
     return names

@@ -94,9 +94,11 @@ def _row(run_id: int, position: int, c: dict[str, Any], names: dict[str, str]) -
     modules = c.get("Modules")
     if modules is None:  # the module checks, when the report has no static verdicts of its own
         modules = [x for x in checks if _MODULE_CHECK.match(str(x.get("Name", "")))]
-    kernel_id = c.get("KernelId") or ""
-    ref = c.get("KernelRef") or ""
-    kernel_name = names.get(kernel_id) or (ref if ref and not ref.startswith("aki-") else "")
+    ref, label = str(c.get("KernelRef") or ""), str(c.get("Kernel") or "")
+    # a cell that never booted has no report: its kernel is what the cell was to boot
+    kernel_id = c.get("KernelId") or (ref if ref.startswith("aki-") else "")
+    named = next((x for x in (ref, label) if x and x != "own" and not x.startswith("aki-")), "")
+    kernel_name = names.get(kernel_id) or named
     attempts = [
         {k: a.get(k) for k in ("Status", "Class", "InstanceId", "ConsoleLog", "Seconds")}
         for a in c.get("Attempts") or []
