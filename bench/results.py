@@ -48,7 +48,7 @@ def synthetic_runs(real: list[dict[str, Any]], runs: int, per_run: int, seed: in
     """`runs` lists of `per_run` cells: the real cells under image names img-000…, IDs
     varied, each verdict flipped with probability 0.05 (seeded)."""
     rng = random.Random(seed)
-    images = max(1, per_run // len(real))
+    images = max(1, -(-per_run // len(real)))  # enough images to fill a run
     ami = {i: f"ami-{_hex17()}" for i in range(images)}
     for _ in range(runs):
         cells = []
