@@ -13,6 +13,7 @@ DEBS=(
   openssl procps iproute2
   chromium  # headless: tests/integration/test_matrix.py renders the HTML report
   diffoscope-minimal  # build --verify: how two builds' files differ
+  postgresql  # the results store's team server: its tests start one (initdb, pg_ctl) in tmp
   # arm64 images: their trees through QEMU user-mode emulation (mmdebstrap needs arch-test
   # for a foreign architecture), their boots on qemu-system-aarch64 with AAVMF. GRUB's
   # arm64-efi modules (grub-efi-arm64-bin, an arm64 package) come from the mirror at build time.

@@ -25,6 +25,7 @@ from harness.cli import (
     launch,
     matrix,
     modules,
+    results,
     store,
 )
 from harness.cli.command import Parser
@@ -55,6 +56,9 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     launch.register_boot,
     launch.register_smoke,
     matrix.register_matrix,
+    results.register_results,
+    results.register_bisect,
+    results.register_dashboard,
     imds.register_imds,
     instances.register_run_instances,
     instances.register_describe_instances,

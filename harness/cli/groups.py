@@ -24,6 +24,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "restore",
     ),
     "Launch and test": ("boot", "smoke", "matrix"),
+    "Results over time": ("results", "bisect", "dashboard"),
     "Instances": (
         "run-instances", "describe-instances", "describe-instance-status", "stop-instances",
         "start-instances", "reboot-instances", "terminate-instances",

@@ -4,6 +4,8 @@ boot, check, report). Their launch settings come from one table (harness.cli.fla
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
 from harness.cli.command import add_command
@@ -45,7 +47,23 @@ def _smoke(args: argparse.Namespace) -> int:
     req = launch_request(
         SmokeRequest, args, target=args.target, image=args.image, json=args.json, junit=args.junit
     )
-    return smoke(req)[1]
+    if not args.record:
+        return smoke(req)[1]
+    from harness.results import db, record
+
+    store = db.connect(args.results_db)  # exit 2/3 before anything is built or booted
+    started = time.time()
+    reports, code = smoke(req)
+    docs = [r.to_json() for r in reports]
+    info = record.RunInfo(
+        "smoke", str(args.target or "build.yaml") + (f" {args.image}" if args.image else ""),
+        started, time.time(), docs[0]["Accelerator"] if docs else "", 1,
+        reports={"junit": str(args.junit)} if args.junit else {},
+    )  # fmt: skip
+    run_id = record.write_run(store, info, record.smoke_cells(docs))
+    store.close()
+    print(f"amilab: recorded as run {run_id} in {store.where}", file=sys.stderr)
+    return code
 
 
 def register_smoke(sub: argparse._SubParsersAction) -> None:
@@ -64,3 +82,10 @@ def register_smoke(sub: argparse._SubParsersAction) -> None:
     add_launch_arguments(p)
     add_json(p, "print the report as JSON")
     p.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report")
+    p.add_argument(
+        "--record", action="store_true", help="write each verdict to the results database"
+    )
+    p.add_argument(
+        "--results-db", metavar="URL", help="with --record: sqlite:////PATH or postgresql://… "
+        "(else AMILAB_RESULTS_DB, else results.sqlite in AMILAB_HOME)",
+    )  # fmt: skip

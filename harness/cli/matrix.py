@@ -78,7 +78,10 @@ def _matrix(args: argparse.Namespace) -> int:
         json_file=args.json_file,
         junit=args.junit,
         html=args.html,
-        baseline=args.baseline,
+        baseline=args.baseline if args.baseline in (None, "last") else Path(args.baseline),
+        record=args.record is not False,
+        results_db=args.results_db,
+        name=str(args.file or ""),
         fail_on=args.fail_on,
         scheduler=args.scheduler,
         tls=tls,
@@ -153,9 +156,21 @@ def register_matrix(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--baseline",
-        type=Path,
-        metavar="OLD.json",
-        help="an earlier run's JSON report: mark regressions, fixes, new, vanished",
+        metavar="OLD.json|last",
+        help="an earlier run's JSON report, or `last`: the previous run of the same matrix in "
+        "the results database; mark regressions, fixes, new, vanished",
+    )
+    p.add_argument(
+        "--record",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write the run's cells to the results database (the default; --no-record: not)",
+    )
+    p.add_argument(
+        "--results-db",
+        metavar="URL",
+        help="sqlite:////PATH or postgresql://… (else AMILAB_RESULTS_DB, else "
+        "results.sqlite in AMILAB_HOME)",
     )
     p.add_argument(
         "--fail-on",

@@ -35,6 +35,13 @@ TRANSPORT = "SSH transport failure with a healthy console"
 OFF = "guest powered off or reset before SSH"
 KERNEL_STALLED = "kernel stalled before init (console silent)"
 HARNESS = "harness error"
+KERNEL_REFUSED = "QEMU refused the kernel"
+# QEMU's own words for a kernel file it cannot load (hw/i386/x86.c, hw/core/loader.c): the
+# kernel is at fault, not the host, so the cell fails instead of erring and being retried
+_REFUSED = re.compile(
+    r"invalid kernel header|linux kernel too old|could not load kernel|"
+    r"kernel is not a bzImage|Error loading uncompressed kernel"
+)
 MODULE_TREE = "module tree missing"
 MODULE_LOAD = "a module fails to load"
 WRONG_KERNEL = "another kernel booted"
@@ -144,6 +151,8 @@ def _check_failure(checks: list[dict[str, Any]], console: str) -> Verdict | None
 
 def classify(seen: Observed) -> Verdict:
     r, console = seen.report, seen.console
+    if seen.error and _REFUSED.search(seen.error):
+        return Verdict(FAIL, KERNEL_REFUSED, [Evidence(0, seen.error)])
     if seen.error:
         return Verdict(ERROR, HARNESS, [Evidence(0, seen.error)] + last_lines(console, 2))
     if r.get("Passed"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ class Run:
     seconds: float
     interrupted: bool = False
     comparison: Comparison | None = None
+    started: float = 0.0  # time.time() at the start; 0: unknown
+    run_id: int | None = None  # its ID in the results database, once recorded
 
     def grid(self) -> tuple[list[str], list[str], dict[tuple[str, str], CellResult]]:
         rows = list(dict.fromkeys(r.cell.row for r in self.results))
@@ -56,9 +59,18 @@ class Run:
             "Seconds": round(self.seconds, 2),
             "Interrupted": self.interrupted,
         }
+        if self.started:
+            doc["Started"] = _iso(self.started)
+            doc["Ended"] = _iso(self.started + self.seconds)
+        if self.run_id is not None:
+            doc["RunId"] = self.run_id
         if self.comparison:
             doc["Comparison"] = self.comparison.to_json()
         return doc
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def mark(r: CellResult, change: str = "") -> str:
@@ -117,12 +129,16 @@ def print_table(run: Run, console: Console) -> None:
             console.print(f"[bold red]regression[/]: {key}", highlight=False)
 
 
-def write_junit(run: Run, path: Path) -> None:
-    """One test suite per cell: a `cell` case with its verdict, then one case per check."""
+def write_junit(run: Run, path: Path, history: dict[str, str] | None = None) -> None:
+    """One test suite per cell: a `cell` case with its verdict, then one case per check.
+    `history`: cell key -> the results database's verdict on it (e.g. flaky, with its rates),
+    carried as the suite's `amilab.history` property and in the cell's failure message."""
     suites = ET.Element("testsuites", name="amilab matrix")
+    history = history or {}
     for r in run.results:
         v = r.verdict
         checks = r.final.report.get("Checks", []) if r.final else []
+        said = history.get(r.cell.key, "")
         suite = ET.SubElement(
             suites,
             "testsuite",
@@ -133,14 +149,18 @@ def write_junit(run: Run, path: Path) -> None:
             skipped=str(int(r.status == SKIP)),
             time=f"{r.seconds:.2f}",
         )
+        if said:
+            props = ET.SubElement(suite, "properties")
+            ET.SubElement(props, "property", name="amilab.history", value=said)
         case = ET.SubElement(suite, "testcase", classname=r.cell.row, name=f"{r.cell.kernel}")
         text = "\n".join(
             f"{'console:' + str(e.line) if e.line else 'check'}: {e.text}" for e in v.evidence
         )
+        message = f"{v.klass} ({said})" if said else v.klass
         if r.status == FAIL:
-            ET.SubElement(case, "failure", message=v.klass).text = text
+            ET.SubElement(case, "failure", message=message).text = text
         elif r.status == ERROR:
-            ET.SubElement(case, "error", message=v.klass).text = text
+            ET.SubElement(case, "error", message=message).text = text
         elif r.status == SKIP:
             ET.SubElement(case, "skipped", message=v.klass)
         for c in checks:

@@ -22,7 +22,7 @@ from builder.signals import sigterm_as_interrupt
 from builder.steps import interrupts_held
 from harness.launch import accel
 from harness.launch.request import progress_printer
-from harness.matrix import baseline, html, known, order
+from harness.matrix import baseline, html, known, order, recording
 from harness.matrix.cell_run import RunSettings
 from harness.matrix.cells import Cell
 from harness.matrix.connect import Tls
@@ -50,21 +50,24 @@ class MatrixRequest:
     json_file: Path | None = None
     junit: Path | None = None
     html: Path | None = None
-    baseline: Path | None = None
+    baseline: Path | str | None = None  # an earlier JSON report, or "last": the database's
     fail_on: str = "failure"  # failure | regression
     scheduler: str | None = None  # a running dask scheduler; None: the embedded cluster
     tls: Tls | None = None
     artifacts: str | None = None  # s3://bucket/prefix or a shared directory
     endpoint_url: str | None = None
+    record: bool = True  # write the run's cells to the results database
+    results_db: str | None = None  # its URL (else AMILAB_RESULTS_DB, else AMILAB_HOME's)
+    name: str = ""  # what the run is recorded under (the matrix file)
 
 
-def _write_reports(req: MatrixRequest, run: Run) -> None:
+def _write_reports(req: MatrixRequest, run: Run, history: dict[str, str] | None = None) -> None:
     doc = run.to_json()
     if req.json_file:
         req.json_file.parent.mkdir(parents=True, exist_ok=True)
         req.json_file.write_text(json.dumps(doc, indent=2) + "\n")
     if req.junit:
-        write_junit(run, req.junit)
+        write_junit(run, req.junit, history)
     if req.html:
         html.write(run, req.html)
     if req.json:
@@ -88,10 +91,17 @@ def matrix(req: MatrixRequest, executor: Executor | None = None) -> int:
     # the cells' verdicts say what matters, so their noise stays out of the display
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     issues = tuple(known.load(req.known_issues)) if req.known_issues else ()
-    old = baseline.load(req.baseline) if req.baseline else None
-    earlier = baseline.durations(req.baseline) if req.baseline else {}
-    jobs = req.jobs or default_jobs()
     cells: list[Cell] = req.spec.cells()
+    # the database first: a bad URL, an unreachable server or a newer schema is exit 2/3
+    # before anything is built, booted or written
+    store = recording.open_store(req.results_db, req.record, req.baseline == recording.LAST)
+    old, earlier, baseline_name = None, {}, str(req.baseline)
+    if req.baseline == recording.LAST:
+        old, earlier, baseline_name = recording.last_run(store, cells)
+    elif req.baseline:
+        old, earlier = baseline.load(Path(req.baseline)), baseline.durations(Path(req.baseline))
+    jobs = req.jobs or default_jobs()
+    started = time.time()
     results: list[CellResult] = []
     interrupted = False
     t0 = time.monotonic()
@@ -143,9 +153,14 @@ def matrix(req: MatrixRequest, executor: Executor | None = None) -> int:
         if interrupted:
             say("interrupted: every guest stopped; writing the reports")
         jobs = getattr(executor, "slots", jobs)
-        run = Run(results, chosen_name, jobs, time.monotonic() - t0, interrupted)
+        run = Run(results, chosen_name, jobs, time.monotonic() - t0, interrupted, started=started)
         if old is not None and req.baseline is not None:
-            run.comparison = baseline.compare(old, results, str(req.baseline))
+            run.comparison = baseline.compare(old, results, baseline_name)
         with interrupts_held():  # a second Ctrl-C must not cut the reports short
-            _write_reports(req, run)
+            history = None
+            if store is not None and req.record:
+                run.run_id, history = recording.record_run(store, req, run, say)
+            _write_reports(req, run, history)
+        if store is not None:
+            store.close()
     return exit_code(run, req.fail_on)

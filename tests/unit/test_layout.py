@@ -73,7 +73,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("harness.imds",),
     ("harness.launch",),
     ("harness.smoke", "harness.instances"),
-    ("harness.matrix", "harness.api"),
+    ("harness.matrix", "harness.api", "harness.results"),
     ("harness.cli",),
     ("bench",),
 )

@@ -120,3 +120,12 @@ def test_a_kernel_stalled_before_init_is_an_error_to_retry() -> None:
     v = classify(Observed(report(failure), console(last)))
     assert (v.status, v.klass) == (ERROR, c.KERNEL_STALLED)
     assert v.evidence[0].text == failure and any(e.text == last for e in v.evidence)
+
+
+def test_a_kernel_qemu_refuses_is_the_kernels_fault() -> None:
+    from harness.matrix.classify import KERNEL_REFUSED, Observed, classify
+
+    v = classify(Observed({}, "", error="QEMU did not start: qemu: invalid kernel header"))
+    assert (v.status, v.klass) == ("FAIL", KERNEL_REFUSED)
+    assert v.evidence[0].text.endswith("invalid kernel header")
+    assert classify(Observed({}, "", error="QEMU did not start: no /dev/kvm")).status == "ERROR"
