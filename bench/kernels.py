@@ -41,7 +41,7 @@ DEFAULT_KERNEL = "debian-cloud-bookworm-backports"
 _REGISTER = (
     "import json, sys, time\n"
     "t0 = time.monotonic()\n"
-    "from builder.images.modules import register_catalogue_kernel\n"
+    "from builder.images.kernel_refs import register_catalogue_kernel\n"
     "aki, ari = register_catalogue_kernel(sys.argv[1])\n"
     "print(json.dumps({'aki': aki.image_id, 'ari': ari.image_id,\n"
     "                  'release': aki.kernel_release, 's': time.monotonic() - t0}))\n"

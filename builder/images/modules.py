@@ -25,7 +25,6 @@ from typing import Any, Protocol
 
 from builder import paths
 from builder.build import kernel as kernel_mod
-from builder.build.kernel_catalogue import definition
 from builder.build.kernel_tree import Kernel
 from builder.disk import e2fs
 from builder.disk.formats import FORMATS
@@ -34,6 +33,7 @@ from builder.errors import BadInput, BuildFailed
 from builder.ids import file_sha256, sparse_sha256
 from builder.images import factory
 from builder.images.image_files import image_file, work_dir
+from builder.images.kernel_refs import find_kernel
 from builder.images.records import ImageRecord, LaunchSettings, RamdiskSettings
 from builder.images.registry import Registry, check_name_free, store_artifact
 from builder.steps import Step, run_steps
@@ -84,7 +84,7 @@ def add_modules(
     entry to copy, or an image that already holds that kernel's modules."""
     registry = registry or Registry()
     source = registry.find(ami_ref, "machine")
-    aki = registry.find(aki_ref, "kernel")
+    aki = find_kernel(aki_ref, registry)
     kernel = None if aki.kernel_release else kernel_for_aki(aki)
     release = aki.kernel_release or (kernel.release if kernel else "")
     if _has_tree(source, release):
@@ -490,39 +490,3 @@ def _store(s: AddModules, path: Path, digest: str, suffix: str) -> Path:
     if not existed:
         s.stored.append(dest)
     return dest
-
-
-def register_catalogue_kernel(
-    name: str, registry: Registry | None = None, log: Path | None = None
-) -> tuple[ImageRecord, ImageRecord]:
-    """The AKI and generated ARI of a catalogue kernel, as a build's Register step makes them
-    (the kernel is downloaded and unpacked on first use, then cached), without building an
-    image: what the tests and bench/kernels.py register other releases' kernels with."""
-    from builder.build import ramdisk as ramdisk_mod
-    from builder.images.records import KernelSettings
-
-    registry = registry or Registry()
-    k = kernel_mod.resolve_kernel(definition(name), log=log)
-    work = work_dir("kernel")
-    try:
-        vmlinuz = work / "vmlinuz"
-        shutil.copy2(k.vmlinuz, vmlinuz)
-        kernel_path = store_artifact(vmlinuz, k.digest, ".vmlinuz")
-        initrd = ramdisk_mod.build_generated(k, work / "initrd.img")
-        digest = file_sha256(initrd)
-        initrd_path = store_artifact(initrd, digest, ".initrd")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    aki = factory.content_image(
-        k.digest, f"{k.name}-{k.release}", str(kernel_path),
-        KernelSettings(definition=k.name, package=k.package, cmdline=k.cmdline),
-        release=k.release, version=k.version, description=f"{k.package} {k.version}",
-        architecture=k.architecture,
-    )  # fmt: skip
-    ari = factory.content_image(
-        digest, f"initrd-{k.release}-generated", str(initrd_path),
-        RamdiskSettings(kind="generated", built_for=k.aki_id), release=k.release,
-        description=f"generated ramdisk for {k.release}", architecture=k.architecture,
-    )  # fmt: skip
-    aki, ari = registry.register([aki, ari])
-    return aki, ari

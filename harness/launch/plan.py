@@ -19,6 +19,7 @@ from builder.disk.formats import FORMATS, format_names
 from builder.errors import BadInput
 from builder.ids import file_sha256
 from builder.images import factory
+from builder.images.kernel_refs import find_kernel
 from builder.images.records import RamdiskSettings
 from builder.images.registry import ImageRecord, Registry, store_artifact
 from harness.launch import pvgrub
@@ -222,7 +223,7 @@ def make_plan(
     kernel_ref = kernel_ref or image.kernel_id
     if not kernel_ref:
         raise BadInput(f"{image.image_id} is paravirtual but names no kernel: use --kernel AKI")
-    kernel = registry.find(kernel_ref, "kernel")
+    kernel = find_kernel(kernel_ref, registry)  # a catalogue name: fetched on first use
     own_ramdisk = registry.get(image.ramdisk_id) if image.ramdisk_id else None
     ramdisk: ImageRecord | None
     if ramdisk_ref == "none":

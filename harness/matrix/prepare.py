@@ -55,22 +55,9 @@ def resolve_kernel(ref: str, registry: Registry, say: Callable[[str], None]) -> 
     downloaded and registered (with its generated ramdisk) once."""
     if ref in pvgrub.ALIASES:
         return ref
-    try:
-        return registry.find(ref, "kernel").image_id
-    except BadInput:
-        pass
-    from builder.build.kernel_catalogue import load_catalogue
-    from builder.images.modules import register_catalogue_kernel
+    from builder.images.kernel_refs import find_kernel
 
-    if ref not in load_catalogue():
-        known = ", ".join(sorted(load_catalogue()))
-        raise BadInput(f"kernel {ref!r}: not a registered AKI nor a catalogue kernel ({known})")
-    for aki in reversed(registry.list("kernel")):  # the newest registered from it
-        if aki.kernel_settings.definition == ref:
-            return aki.image_id
-    say(f"registering kernel {ref}")
-    aki, _ = register_catalogue_kernel(ref, registry)
-    return aki.image_id
+    return find_kernel(ref, registry, say).image_id
 
 
 def skip_reason(cell: Cell, image: ImageRecord) -> str:

@@ -60,7 +60,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     old = os.environ.get("AMILAB_HOME")
     os.environ["AMILAB_HOME"] = str(home)
     try:
-        from builder.images.modules import register_catalogue_kernel
+        from builder.images.kernel_refs import register_catalogue_kernel
 
         kernels = {n: register_catalogue_kernel(n) for n in KERNELS}
     finally:

@@ -45,7 +45,7 @@ def checks(report: dict) -> dict[str, dict]:
 
 def register_kernel(env: dict[str, str], name: str) -> str:
     """A catalogue kernel registered as an AKI (with its generated ARI), as the matrix does."""
-    code = ("from builder.images.modules import register_catalogue_kernel as r; "
+    code = ("from builder.images.kernel_refs import register_catalogue_kernel as r; "
             f"print(r({name!r})[0].image_id)")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
                             env={**os.environ, **env}, capture_output=True, text=True,

@@ -152,7 +152,7 @@ def test_add_modules_on_the_imported_disk_goes_through_libguestfs(
     """add-modules' fallback for real: an imported disk is described by what inspection
     found (its mountpoints), so libguestfs writes the copy, not e2fsprogs. With
     `--default-kernel` the kernel, an initrd made for it and a first GRUB entry go in too."""
-    from builder.images.modules import register_catalogue_kernel
+    from builder.images.kernel_refs import register_catalogue_kernel
     from builder.images.registry import Registry
 
     home = exported["home"]

@@ -104,6 +104,29 @@ def test_modules_omitted_fails_naming_release_and_trees(pv: dict, tmp_path: Path
     assert "module trees in the image: none" in tree["Detail"]
 
 
+def test_a_catalogue_kernel_by_name_is_fetched_registered_and_booted(pv: dict) -> None:
+    """`smoke --kernel NAME` with a catalogue kernel no build in this home registered: it is
+    fetched (from the cache when another test already did), registered with a ramdisk
+    generated for it, and booted; the image carries bookworm's modules only, so the
+    modules-tree check fails naming the booted release (issue #27)."""
+    name = "debian-cloud-trixie"
+    before = {i.kernel_settings.definition for i in Registry(pv["home"]).list("kernel")}
+    assert name not in before
+    result, report = smoke(pv["home"], pv["ami"], "--kernel", name)
+    assert result.returncode == 1, result.stderr[-3000:]
+    akis = [i for i in Registry(pv["home"]).list("kernel")
+            if i.kernel_settings.definition == name]  # fmt: skip
+    assert len(akis) == 1 and report["KernelId"] == akis[0].image_id
+    release = akis[0].kernel_release
+    assert release and release != pv["release"]
+    got = checks(report)
+    assert got["kernel-release"]["Passed"], got["kernel-release"]
+    assert got["kernel-release"]["Actual"] == release
+    tree = got["modules-tree"]
+    assert not tree["Passed"]
+    assert release in tree["Detail"] or release in tree["Expected"], tree
+
+
 def _ramdisk_without(pv: dict, tmp_path: Path, module: str) -> str:
     """Register a copy of the image's ramdisk with one module file removed."""
     reg = Registry(pv["home"])

@@ -9,7 +9,9 @@ import threading
 from datetime import datetime
 from typing import Any
 
+from builder.build.kernel_catalogue import load_catalogue
 from builder.errors import AmilabError
+from builder.images.kernel_refs import find_kernel
 from builder.images.tables import JsonTable, Row
 from harness.api.actions import network
 from harness.api.actions.common import Context, Params, Result, action, require, tag_specs
@@ -187,6 +189,11 @@ def _reservation_item(
     }  # fmt: skip
 
 
+def _catalogue_kernel(ref: Any) -> bool:
+    """A KernelId that is no AKI ID but a kernel of the catalogue (kernels/*.yaml)."""
+    return isinstance(ref, str) and not ref.startswith("aki-") and ref in load_catalogue()
+
+
 def _run(p: Params, ctx: Context) -> Result:
     image = find_visible(require(p, "ImageId"), ctx)
     if image.image_type != "machine":
@@ -202,7 +209,11 @@ def _run(p: Params, ctx: Context) -> Result:
             f"Your quota allows for {launch.MAX_COUNT} more running instance(s)",
         )
     kernel, ramdisk = p.get("KernelId"), p.get("RamdiskId")
-    if kernel:
+    if kernel and _catalogue_kernel(kernel):
+        # a kernel of amilab's catalogue by name, as Amazon's public AKIs were for everyone:
+        # fetched and registered on first use
+        kernel = find_kernel(str(kernel)).image_id
+    elif kernel:
         k = find_visible(kernel, ctx)
         if k.image_type != "kernel":
             raise ApiError("InvalidParameterValue", f"KernelId {kernel} is not a kernel image")

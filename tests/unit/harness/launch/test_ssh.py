@@ -174,13 +174,13 @@ def test_probing_goes_on_past_the_cap_with_fresh_connections(
 
 
 def test_the_consoles_word_sends_a_fresh_probe_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Earlier connections stay silent (made before sshd listened); when the console says
-    sshd started, a fresh probe goes out at once, long before the next PROBE_INTERVAL."""
+    """The first connection stays silent (made before sshd listened, its SYN backed off);
+    when the console says sshd started, a fresh probe goes out at once, long before the
+    next PROBE_INTERVAL, and is answered."""
     monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
     monkeypatch.setattr(ssh, "PROBE_INTERVAL", 30.0)
     srv, port = _listener()
     held: list[socket.socket] = []
-    up = time.monotonic() + 0.5
 
     def serve() -> None:
         srv.settimeout(0.1)
@@ -191,16 +191,18 @@ def test_the_consoles_word_sends_a_fresh_probe_at_once(monkeypatch: pytest.Monke
                 continue
             except OSError:
                 return
-            if time.monotonic() >= up:
+            if held:  # every connection but the first is answered
                 conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
             held.append(conn)
 
     threading.Thread(target=serve, daemon=True).start()
+    up = time.monotonic() + 0.5
     t0 = time.monotonic()
     sock = _banner_ready(port, wait=5, ready=lambda: time.monotonic() >= up)
     took = time.monotonic() - t0
     srv.close()
-    assert sock is not None and sock.recv(4) == b"SSH-"
+    assert sock is not None, "no fresh probe when the console said sshd started"
+    assert sock.recv(4) == b"SSH-"
     sock.close()
-    assert took < 2.0, "waited for the next PROBE_INTERVAL tick"
-    assert len(held) == 2  # the first probe, then the one the console's word sent
+    assert took < 2.0
+    assert len(held) == 2
