@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
 
 
 def listener() -> tuple[socket.socket, int]:
@@ -41,3 +42,26 @@ def serve(behaviour: str) -> tuple[int, threading.Event]:
 
     threading.Thread(target=loop, daemon=True).start()
     return port, stop
+
+
+def sshd_answering(
+    srv: socket.socket, held: list[socket.socket], answers: Callable[[], bool]
+) -> None:
+    """Accept on `srv` (in a thread) until it is closed, keeping every connection in `held`:
+    one accepted while `answers()` is false stays silent (made before sshd listened), one
+    accepted when it is true gets an SSH banner."""
+
+    def loop() -> None:
+        srv.settimeout(0.1)
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if answers():
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+            held.append(conn)
+
+    threading.Thread(target=loop, daemon=True).start()

@@ -10,7 +10,7 @@ import pytest
 
 from harness.launch import ssh
 from harness.launch.ssh import BootFailed, SshTimeout, _banner_ready, wait_for_ssh
-from tests.unit.harness.launch.fake_sshd import listener, serve
+from tests.unit.harness.launch.fake_sshd import listener, serve, sshd_answering
 
 
 @pytest.mark.parametrize("behaviour,ready", [("reset", False), ("silent", False), ("banner", True)])
@@ -117,20 +117,7 @@ def test_probing_goes_on_past_the_cap_with_fresh_connections(
     held: list[socket.socket] = []
     up = time.monotonic() + 0.6  # "sshd" answers connections accepted after this
 
-    def sshd() -> None:
-        srv.settimeout(0.1)
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if time.monotonic() >= up:
-                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
-            held.append(conn)
-
-    threading.Thread(target=sshd, daemon=True).start()
+    sshd_answering(srv, held, lambda: time.monotonic() >= up)
     t0 = time.monotonic()
     sock = _banner_ready(port, wait=3)
     took = time.monotonic() - t0
@@ -147,23 +134,11 @@ def test_the_consoles_word_sends_a_fresh_probe_at_once(monkeypatch: pytest.Monke
     next PROBE_INTERVAL, and is answered."""
     monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
     monkeypatch.setattr(ssh, "PROBE_INTERVAL", 30.0)
-    srv, port = _listener()
+    srv, port = listener()
     held: list[socket.socket] = []
 
-    def serve() -> None:
-        srv.settimeout(0.1)
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if held:  # every connection but the first is answered
-                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
-            held.append(conn)
-
-    threading.Thread(target=serve, daemon=True).start()
+    # every connection but the first is answered
+    sshd_answering(srv, held, lambda: bool(held))
     up = time.monotonic() + 0.5
     t0 = time.monotonic()
     sock = _banner_ready(port, wait=5, ready=lambda: time.monotonic() >= up)
