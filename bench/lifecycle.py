@@ -39,16 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.cli_runner import amilab  # noqa: E402
 from builder.images import sparsetar  # noqa: E402
 from builder.images.bundle_keys import make_key_pair  # noqa: E402
-
-
-def amilab(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "harness.cli", *args]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"amilab {' '.join(args)} failed:\n{result.stderr}")
-    return result
 
 
 def sh(script: str) -> None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from harness.cli.command import add_command
+from harness.cli.flags import add_switch
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -37,7 +38,7 @@ def register_api(sub: argparse._SubParsersAction) -> None:
         help="YAML: accounts: [{AccountId, AccessKeyId, SecretAccessKey}] (default: one "
         "for the local account, made at $AMILAB_HOME/api/accounts.yaml)",
     )  # fmt: skip
-    s.add_argument("--log", action="store_true", help="one line per request on stderr")
+    add_switch(s, "--log", "one line per request on stderr")
     s.add_argument(
         "--s3-endpoint", metavar="URL",
         help="where CreateStoreImageTask's buckets are (default: directories under "

@@ -8,6 +8,7 @@ from pathlib import Path
 from builder.build.recipe import keys_help
 from builder.images import responses
 from harness.cli.command import add_command
+from harness.cli.flags import add_switch
 from harness.cli.output import add_json, print_builds, print_kernels, print_verdicts, show
 
 
@@ -49,11 +50,8 @@ def register_build(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("recipe_file", nargs="?", default="build.yaml", help="default: build.yaml")
     p.add_argument("--image", help="build only the recipe with this name")
-    p.add_argument(
-        "--verify",
-        action="store_true",
-        help="build twice without registering; exit 1 naming what differs when the disks do",
-    )
+    add_switch(p, "--verify", "build twice without registering; exit 1 naming what differs "
+               "when the disks do")  # fmt: skip
     add_json(p, "print describe-images JSON")
 
 

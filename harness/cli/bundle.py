@@ -7,7 +7,7 @@ from pathlib import Path
 
 from builder.images import responses
 from harness.cli.command import add_command
-from harness.cli.flags import add_instance_id, add_no_reboot
+from harness.cli.flags import add_instance_id, add_no_reboot, add_switch
 from harness.cli.output import add_json, print_result
 
 
@@ -132,10 +132,7 @@ def register_bundle_vol(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--user", "-u", help="account ID in the manifest (default: yours)")
     p.add_argument("--exclude", "-e", action="append", default=[], metavar="PATH[,PATH]",
                    help="leave out this path of the instance (repeatable)")  # fmt: skip
-    p.add_argument(
-        "--no-filter", action="store_true",
-        help="keep key, certificate and history files (left out by default)",
-    )  # fmt: skip
+    add_switch(p, "--no-filter", "keep key, certificate and history files (left out by default)")
     p.add_argument("--kernel", metavar="AKI", help="default: the instance's kernel")
     p.add_argument("--ramdisk", metavar="ARI", help="default: the instance's ramdisk")
     add_no_reboot(p, "read a running instance's volume without stopping it")

@@ -75,8 +75,20 @@ def add_not_before(p: argparse.ArgumentParser) -> None:
                    help="2020-03-25T10:00:00.000Z (UTC) or +SECONDS from now")  # fmt: skip
 
 
+def add_switch(p: argparse.ArgumentParser, option: str, help: str) -> None:
+    """An on/off option, off unless given."""
+    p.add_argument(option, action="store_true", help=help)
+
+
+def add_seconds(
+    p: argparse.ArgumentParser, option: str, help: str | None = None, default: float | None = None
+) -> None:
+    """A duration in seconds (a float)."""
+    p.add_argument(option, type=float, default=default, metavar="SECONDS", help=help)
+
+
 def add_no_reboot(p: argparse.ArgumentParser, help: str) -> None:
-    p.add_argument("--no-reboot", action="store_true", help=help)
+    add_switch(p, "--no-reboot", help)
 
 
 def add_image_json(p: argparse.ArgumentParser, what: str) -> None:

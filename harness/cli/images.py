@@ -8,6 +8,7 @@ import argparse
 from builder.images import responses
 from builder.images.registry import ImageRecord
 from harness.cli.command import add_command
+from harness.cli.flags import add_switch
 from harness.cli.output import add_json, print_images, print_json, print_result
 
 
@@ -51,7 +52,7 @@ def register_copy_image(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", metavar="SOURCE_IMAGE_ID")
     p.add_argument("--name", required=True)
     p.add_argument("--description")
-    p.add_argument("--copy-image-tags", action="store_true", help="copy its tags too")
+    add_switch(p, "--copy-image-tags", "copy its tags too")
     add_json(p)
 
 
@@ -67,7 +68,7 @@ def register_deregister(sub: argparse._SubParsersAction) -> None:
         sub, "deregister", _deregister, "deregister images (refused while others use them)"
     )
     p.add_argument("image", nargs="+", metavar="IMAGE_ID")
-    p.add_argument("--force", action="store_true", help="even if registered AMIs use it")
+    add_switch(p, "--force", "even if registered AMIs use it")
     add_json(p)
 
 
@@ -118,5 +119,5 @@ def register_launch_permission(sub: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--public", dest="public", action="store_true", default=None)
     g.add_argument("--private", dest="public", action="store_false")
-    p.add_argument("--reset", action="store_true", help="private, no accounts (before the rest)")
+    add_switch(p, "--reset", "private, no accounts (before the rest)")
     add_json(p)

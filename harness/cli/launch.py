@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from harness.cli.command import add_command
-from harness.cli.flags import add_launch_arguments, launch_request
+from harness.cli.flags import add_launch_arguments, add_switch, launch_request
 from harness.cli.output import add_json
 
 
@@ -32,7 +32,7 @@ def register_boot(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("image", help="AMI ID or image name")
     add_launch_arguments(p, single=True)
-    p.add_argument("--console", action="store_true", help="attach the serial console")
+    add_switch(p, "--console", "attach the serial console")
     p.add_argument(
         "--runner",
         type=Path,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from builder.errors import BadInput
 from harness.cli.command import add_command
+from harness.cli.flags import add_seconds, add_switch
 from harness.cli.output import add_json
 from harness.launch.accel import ACCELERATORS
 from harness.matrix.connect import Tls, check_address
@@ -199,8 +200,8 @@ def register_matrix(sub: argparse._SubParsersAction) -> None:
         help="S3 endpoint for --artifacts (else AMILAB_S3_ENDPOINT_URL or boto3's config)",
     )
     p.add_argument("--accel", choices=ACCELERATORS, default="auto")
-    p.add_argument("--ssh-timeout", type=float, default=300.0, metavar="SECONDS")
-    p.add_argument("--keep", action="store_true", help="keep the instance directories")
+    add_seconds(p, "--ssh-timeout", default=300.0)
+    add_switch(p, "--keep", "keep the instance directories")
     add_json(p, "print the report as JSON (one object per cell)")
     p.add_argument("--json-file", type=Path, metavar="FILE", help="also write the JSON report")
     p.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from harness.cli.command import add_command
-from harness.cli.flags import add_image_json, print_image
+from harness.cli.flags import add_image_json, add_switch, print_image
 
 
 def _add_modules(args: argparse.Namespace) -> int:
@@ -26,11 +26,8 @@ def register_add_modules(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("image", metavar="AMI")
     p.add_argument("--kernel", required=True, metavar="AKI", help="the kernel whose modules")
-    p.add_argument(
-        "--default-kernel",
-        action="store_true",
-        help="boot the new AMI with that kernel (and a ramdisk generated for it): a "
-        "paravirtual image's AKI, an hvm image's first GRUB entry (kernel and initrd in /boot)",
-    )
+    add_switch(p, "--default-kernel", "boot the new AMI with that kernel (and a ramdisk "
+               "generated for it): a paravirtual image's AKI, an hvm image's first GRUB entry "
+               "(kernel and initrd in /boot)")  # fmt: skip
     p.add_argument("--name", help="the new AMI's name (default: <source name>-<release>)")
     add_image_json(p, "the new image")

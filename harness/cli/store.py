@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from harness.cli.command import add_command
+from harness.cli.flags import add_switch
 from harness.cli.output import add_json, print_result
 
 _BUCKET_HELP = "DIR or s3://BUCKET[/PATH]"
@@ -25,7 +26,7 @@ def register_store(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", metavar="AMI_ID")
     p.add_argument("--bucket", required=True, help=_BUCKET_HELP)
     p.add_argument("--endpoint-url", help=_ENDPOINT_HELP)
-    p.add_argument("--with-kernel", action="store_true", help="include its AKI and ARI")
+    add_switch(p, "--with-kernel", "include its AKI and ARI")
     add_json(p)
 
 

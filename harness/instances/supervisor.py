@@ -5,10 +5,10 @@ console log, and it alone moves the instance through pending → running → sto
 stopped (or shutting-down → terminated), writing each state to the registry. Commands reach
 it by signal: SIGTERM stops or terminates it (the record's `Amilab.Desired` says which),
 SIGHUP reboots it, SIGUSR1 reloads its scheduled events, SIGUSR2 carries out the volume
-attachments and detachments the record asks for (harness.instances.hotplug). Both QEMUs are
-started with the parent-death signal from this process's main thread, so a `kill -9` of the
-supervisor kills them too; describe-instances notices the dead supervisor (PID and start
-time) and says stopped, with the reason.
+attachments and detachments the record asks for (harness.instances.volume_requests). Both
+QEMUs are started with the parent-death signal from this process's main thread, so a `kill -9`
+of the supervisor kills them too; describe-instances notices the dead supervisor (PID and
+start time) and says stopped, with the reason.
 
 A guest that powers itself off stops (or terminates, per its
 instance-initiated shutdown behaviour); one that reboots is started again on the same
@@ -34,8 +34,9 @@ from builder.images.registry import Registry
 from builder.images.tables import Row
 from builder.steps import Step, StepRunner
 from harness.imds.document import block_device_mapping, document, write_document
-from harness.instances import events, hibernation, hotplug, store
-from harness.instances.devices import FORCED, RELEASED, STUCK, DeviceError, Devices
+from harness.instances import events, hibernation, hotplug, store, volume_requests
+from harness.instances.devices import Devices
+from harness.instances.volume_requests import volume_serial
 from harness.launch import accel
 from harness.launch import instance as launch_dirs
 from harness.launch.machine import Disk, hotplug_ports
@@ -90,10 +91,6 @@ class OpenInstanceDir(Step[Instance]):
         s.public_key = self.record["Amilab"]["PublicKey"]
         key = s.dir.path / "id_ed25519"
         s.key_path = key if key.exists() else None
-
-
-def volume_serial(volume_id: str) -> str:
-    return volume_id.replace("-", "")  # as EC2's NVMe volumes name themselves
 
 
 def extra_volume_ids(record: Row) -> list[str]:
@@ -360,77 +357,11 @@ def _devices(inst: Instance, record: Row) -> Devices:
 
 
 def _volume_requests(iid: str, devices: Devices) -> None:
-    """Carry out the attachments and detachments the record asks for."""
-    for vid, req in hotplug.open_requests(store.find(iid)).items():
-        if req["Op"] == hotplug.ATTACH:
-            if vid in devices.plugged:
-                _attached(iid, vid)
-                continue
-            try:
-                vol = volumes.volumes().get(vid)
-                if vol is None:
-                    raise DeviceError(f"InvalidVolume.NotFound: The volume '{vid}' does not exist.")
-                devices.plug(vid, volumes.volume_path(vol), volume_serial(vid))
-            except DeviceError as e:
-                _log(f"attach {vid} failed: {e}")
-                _update(iid, lambda r, v=vid, m=str(e): hotplug.failed(r, v, m))
-                hotplug.settle_volumes(iid, [(vid, "detached")])
-                continue
-            _attached(iid, vid)
-        else:
-            try:
-                waiting = devices.unplug(vid, bool(req.get("Force")))
-            except DeviceError as e:
-                _log(f"detach {vid} failed: {e}")
-                _update(iid, lambda r, v=vid, m=str(e): hotplug.failed(r, v, m))
-                continue
-            if waiting:
-                _log(
-                    f"detach {vid}: asked the guest to let go"
-                    + (" (forced)" if req.get("Force") else "")
-                )
-            else:  # this QEMU has no such device
-                _detached(iid, vid)
-
-
-def _attached(iid: str, vid: str) -> None:
-    _update(iid, lambda r: hotplug.attached(r, vid))
-    hotplug.settle_volumes(iid, [(vid, "attached")])
-    _log(f"attached {vid}")
-
-
-def _detached(iid: str, vid: str) -> None:
-    _update(iid, lambda r: hotplug.detached(r, vid))
-    hotplug.settle_volumes(iid, [(vid, "detached")])
-    _log(f"detached {vid}")
+    volume_requests.carry_out(iid, devices, _log)
 
 
 def _unplugs(iid: str, devices: Devices) -> None:
-    """Detachments the guest (or a forced detach) has ended since the last look."""
-    try:
-        ended = devices.poll()
-    except DeviceError as e:  # a forced detach QEMU refused: said on every open request
-        _log(f"detach failed: {e}")
-        for vid in [v for v, p in devices.plugged.items() if p.force]:
-            _update(iid, lambda r, v=vid, m=str(e): hotplug.failed(r, v, m))
-        return
-    for vid, outcome in ended:
-        if outcome in (RELEASED, FORCED):
-            _detached(iid, vid)
-            if outcome == FORCED:
-                _log(f"{vid} forced out: the guest still holds a device that reads zeros")
-        elif outcome == STUCK:
-            rec = store.find(iid)
-            m = hotplug.mapping(rec, vid)
-            device = m["DeviceName"] if m else "its device"
-            from harness.instances.devices import DETACH_TIMEOUT
-
-            message = (f"IncorrectState: the guest did not let go of {device} ({vid}) within "
-                       f"{DETACH_TIMEOUT:.0f} s; the volume stays detaching until it does or "
-                       "the instance stops (unmount it in the guest, or detach-volume "
-                       "--force)")  # fmt: skip
-            _log(f"detach {vid}: the guest did not let go")
-            _update(iid, lambda r, v=vid, t=message: hotplug.failed(r, v, t))
+    volume_requests.unplugs(iid, devices, _log)
 
 
 def _run(

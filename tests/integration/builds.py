@@ -12,6 +12,8 @@ from pathlib import Path
 
 from tests.conftest import AMILAB, ROOT, run_amilab
 
+SMOKE_TIMEOUT = 900  # a whole smoke on a loaded CI machine, far above the ~20 s it takes idle
+
 
 def build(recipe: Path, home: Path, *extra: str, env: dict[str, str] | None = None) -> dict:
     result = run_amilab(
@@ -19,6 +21,12 @@ def build(recipe: Path, home: Path, *extra: str, env: dict[str, str] | None = No
     )
     assert result.returncode == 0, f"build failed:\n{result.stderr[-3000:]}"
     return json.loads(result.stdout)
+
+
+def debian_pv(home: Path) -> dict:
+    """The default paravirtual image (build.yaml's debian-pv) built in `home`: its AMI."""
+    images = build(ROOT / "build.yaml", home, "--image", "debian-pv")["Images"]
+    return next(i for i in images if i["VirtualizationType"] == "paravirtual")
 
 
 def interrupt_build(
@@ -51,6 +59,23 @@ def interrupt_build(
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()[-2000:]
     assert "Traceback" not in err.decode()
+
+
+def smoke(
+    env: dict[str, str], *args: str, timeout: float = SMOKE_TIMEOUT
+) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """`amilab smoke ARGS --json` with `env`: the process and its JSON report."""
+    result = run_amilab("smoke", *args, "--json", env=env, timeout=timeout)
+    try:
+        report = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"no JSON report:\n{result.stdout}\n{result.stderr}") from None
+    return result, report
+
+
+def checks(report: dict) -> dict[str, dict]:
+    """A smoke report's checks by name."""
+    return {c["Name"]: c for c in report["Checks"]}
 
 
 def images(home: Path, image_type: str | None = None) -> list[dict]:

@@ -29,7 +29,7 @@ import yaml
 
 from builder.ids import sparse_sha256
 from tests.conftest import ROOT, run_amilab
-from tests.integration.builds import build
+from tests.integration.builds import build, smoke
 
 pytestmark = pytest.mark.integration
 
@@ -39,12 +39,7 @@ HVM_KERNEL = "debian-cloud-bookworm-backports"
 
 
 def _smoke(home: Path, *args: str) -> tuple[int, dict, str]:
-    result = run_amilab("smoke", *args, "--json", env={"AMILAB_HOME": str(home)},
-                        timeout=BOOT_TIMEOUT)  # fmt: skip
-    try:
-        report = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        raise AssertionError(f"no JSON report:\n{result.stdout}\n{result.stderr}") from None
+    result, report = smoke({"AMILAB_HOME": str(home)}, *args)
     shown = f"{result.stderr[-2000:]}\n{json.dumps(report, indent=1)[-4000:]}"
     return result.returncode, report, shown
 

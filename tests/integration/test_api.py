@@ -25,9 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,26 +37,21 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from builder.build import kernel
-from harness.launch.ssh import run, wait_for_ssh
-from tests.conftest import AMILAB, ROOT, need, run_amilab
+from harness.launch.ssh import wait_for_ssh
+from tests.conftest import ROOT, need, run_amilab
+from tests.integration import instances_helpers as live
 from tests.integration.builds import build
 
 pytestmark = pytest.mark.integration
 logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 
 OTHER_KERNEL = "debian-cloud-bullseye"
-BOOT = 600
-A = {
-    "AccountId": "111111111111",
-    "AccessKeyId": "AKIAAMILABTESTAAAAAA",
-    "SecretAccessKey": "a-secret",
-}
+A = live.ACCOUNT
 B = {
     "AccountId": "222222222222",
     "AccessKeyId": "AKIAAMILABTESTBBBBBB",
     "SecretAccessKey": "b-secret",
 }
-AWS = [sys.executable, "-m", "awscli"]
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +70,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Any:
     assert k.deb is not None
     res = run_amilab("register-kernel", "--deb", str(k.deb), "--json", env=env, check=True)
     (aki,) = json.loads(res.stdout)["Images"]
-    accounts = home / "accounts.yaml"
-    accounts.write_text(json.dumps({"accounts": [A, B]}))  # JSON is YAML
-    server = subprocess.Popen(
-        [*AMILAB, "api", "serve", "--port", "0", "--accounts", str(accounts), "--log"],
-        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    line = server.stdout.readline() if server.stdout else ""
-    assert "serving EC2 at http://" in line, line + (server.stderr.read() if server.stderr else "")
-    url = line.split(" at ", 1)[1].split()[0].rstrip("/")
+    server, url = live.serve_api(home, env, [A, B], "--log")
     print(f"setup (build, kernel, server) {time.monotonic() - t0:.1f} s; {url}")
     state: dict[str, Any] = {
         "home": home,
@@ -125,36 +109,16 @@ def client(api: dict, who: dict, service: str = "ec2", secret: str | None = None
 
 
 def aws(api: dict, *args: str, who: dict = A) -> Any:
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": who["AccessKeyId"],
-           "AWS_SECRET_ACCESS_KEY": who["SecretAccessKey"], "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}  # fmt: skip
-    res = subprocess.run([*AWS, "--endpoint-url", api["url"], "--output", "json", "ec2", *args],
-                         env=env, capture_output=True, text=True, timeout=BOOT)  # fmt: skip
-    assert res.returncode == 0, f"aws ec2 {' '.join(args)}: {res.returncode}\n{res.stderr}"
-    return json.loads(res.stdout) if res.stdout.strip() else None
+    return live.aws_json(live.aws_ec2(api["url"], who, *args), args)
 
 
 def ssh_port(api: dict, iid: str) -> int:
-    with sqlite3.connect(api["home"] / "registry.sqlite") as db:
-        (text,) = db.execute("SELECT record FROM instances WHERE id = ?", (iid,)).fetchone()
-    return int(json.loads(text)["Amilab"].get("SshPort") or 22)
+    return int(live.record(api, iid)["Amilab"].get("SshPort") or 22)
 
 
 def login(api: dict, address: str, iid: str, pem: Path) -> paramiko.SSHClient:
     key = paramiko.RSAKey.from_private_key_file(str(pem))
-    return wait_for_ssh(ssh_port(api, iid), key, BOOT, lambda: None, host=address).client
-
-
-def sh(c: paramiko.SSHClient, command: str) -> str:
-    res = run(c, command, timeout=120)
-    assert res.status == 0, f"{command}: {res.status}\n{res.output}"
-    return res.output.strip()
-
-
-def curl(c: paramiko.SSHClient, path: str) -> tuple[str, str]:
-    out = run(c, f"curl -s -w '\\n%{{http_code}}' http://169.254.169.254{path}").output
-    body, _, code = out.rpartition("\n")
-    return code.strip(), body
+    return wait_for_ssh(ssh_port(api, iid), key, live.BOOT, lambda: None, host=address).client
 
 
 def test_aws_cli_and_boto3_drive_real_guests(api: dict) -> None:
@@ -202,7 +166,7 @@ def test_aws_cli_and_boto3_drive_real_guests(api: dict) -> None:
     assert [i["InstanceId"] for i in again["Instances"]] == [y]  # ClientToken: no second launch
 
     # the status checks: initializing from the moment QEMU runs until the guest answers
-    deadline = time.monotonic() + BOOT
+    deadline = time.monotonic() + live.BOOT
     while True:
         (xs,) = ec2.describe_instance_status(InstanceIds=[x], IncludeAllInstances=True)[
             "InstanceStatuses"]  # fmt: skip
@@ -222,11 +186,11 @@ def test_aws_cli_and_boto3_drive_real_guests(api: dict) -> None:
     (xs,) = aws(api, "describe-instance-status", "--instance-ids", x)["InstanceStatuses"]
     assert xs["SystemStatus"]["Details"] == [{"Name": "reachability", "Status": "passed"}]
     print(f"aws CLI instance: status ok {time.monotonic() - t0:.1f} s after run-instances")
-    assert sh(cx, "uname -r") == api["release"]
-    sh(cx, "echo made-through-the-api > /root/api.txt && sync")
+    assert live.sh(cx, "uname -r") == api["release"]
+    live.sh(cx, "echo made-through-the-api > /root/api.txt && sync")
     cx.close()
     # boto3: describe_instances until running, then the 2008 session's checks
-    deadline = time.monotonic() + BOOT
+    deadline = time.monotonic() + live.BOOT
     while True:
         yi = ec2.describe_instances(InstanceIds=[y])["Reservations"][0]["Instances"][0]
         if yi["State"]["Name"] == "running":
@@ -234,12 +198,12 @@ def test_aws_cli_and_boto3_drive_real_guests(api: dict) -> None:
         assert time.monotonic() < deadline and yi["State"]["Name"] == "pending", yi["State"]
         time.sleep(1)
     cy = login(api, yi["PublicIpAddress"], y, pem2)
-    assert sh(cy, "uname -r") == api["release"]
-    assert curl(cy, "/2008-02-01/meta-data/kernel-id") == ("200", api["aki"])
-    assert curl(cy, "/2008-02-01/meta-data/ami-id") == ("200", api["ami"])
+    assert live.sh(cy, "uname -r") == api["release"]
+    assert live.curl(cy, "/2008-02-01/meta-data/kernel-id") == ("200", api["aki"])
+    assert live.curl(cy, "/2008-02-01/meta-data/ami-id") == ("200", api["ami"])
     # the image's generated ramdisk is made again for the other kernel (its own ARI): served;
     # a launch without one would answer 404, as seeds/002 shows
-    ramdisk = curl(cy, "/2008-02-01/meta-data/ramdisk-id")
+    ramdisk = live.curl(cy, "/2008-02-01/meta-data/ramdisk-id")
     assert ramdisk == (("200", yi["RamdiskId"]) if yi.get("RamdiskId") else ("404", ramdisk[1]))
     cy.close()
     ec2.terminate_instances(InstanceIds=[y])
@@ -261,7 +225,7 @@ def test_aws_cli_and_boto3_drive_real_guests(api: dict) -> None:
     aws(api, "wait", "instance-running", "--instance-ids", x)
     got = aws(api, "describe-instances", "--instance-ids", x)["Reservations"][0]["Instances"][0]
     cx = login(api, got["PublicIpAddress"], x, pem)
-    assert sh(cx, "cat /root/api.txt") == "made-through-the-api"  # kept across stop/start
+    assert live.sh(cx, "cat /root/api.txt") == "made-through-the-api"  # kept across stop/start
     cx.close()
     aws(api, "modify-instance-attribute", "--instance-id", x, "--disable-api-termination")
     with pytest.raises(ClientError) as e:
@@ -397,7 +361,7 @@ def test_terraform_apply_boots_and_destroy_terminates(api: dict, tmp_path: Path)
     def tf(*args: str) -> str:
         flags = ["-no-color"] + (["-input=false"] if args[0] != "output" else [])
         res = subprocess.run([terraform, *args, *flags], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=BOOT)  # fmt: skip
+                             capture_output=True, text=True, timeout=live.BOOT)  # fmt: skip
         assert res.returncode == 0, (
             f"terraform {args[0]}: {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
         )
@@ -444,7 +408,7 @@ def test_import_image_from_a_bucket_registers_the_disk(api: dict) -> None:
     ec2 = client(api, A)
     while True:
         (task,) = ec2.describe_import_image_tasks(ImportTaskIds=[task_id])["ImportImageTasks"]
-        if task["Status"] != "active" or time.monotonic() - t0 > BOOT:
+        if task["Status"] != "active" or time.monotonic() - t0 > live.BOOT:
             break
         time.sleep(1)
     print(f"import-image: {time.monotonic() - t0:.1f} s to {task['Status']}")

@@ -16,31 +16,17 @@ import pytest
 
 from builder.images.registry import Registry
 from tests.conftest import ROOT, need, run_amilab
-from tests.integration.builds import build, images
+from tests.integration.builds import build, checks, images, smoke
 
 pytestmark = pytest.mark.integration
 
 RECIPES = ROOT / "architectures.yaml"
-BOOT_TIMEOUT = 900
 
 
 def i386_env(home: Path) -> dict[str, str]:
     """(This machine's mirror serves a bookworm-security i386 index apt refuses; amilab then
     resolves kernels and makes the base tree without that suite: builder.build.kernel.)"""
     return {"AMILAB_HOME": str(home)}
-
-
-def smoke(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    result = run_amilab("smoke", *args, "--json", env=env, timeout=BOOT_TIMEOUT)
-    try:
-        report = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        raise AssertionError(f"no JSON report:\n{result.stdout}\n{result.stderr}") from None
-    return result, report
-
-
-def checks(report: dict) -> dict[str, dict]:
-    return {c["Name"]: c for c in report["Checks"]}
 
 
 def register_kernel(env: dict[str, str], name: str) -> str:

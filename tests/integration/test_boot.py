@@ -23,7 +23,7 @@ from harness.launch.plan import make_plan
 from harness.launch.ssh import run
 from harness.launch.steps import LAUNCH_STEPS, Instance, LaunchOptions, WaitForSsh
 from tests.conftest import AMILAB, ROOT
-from tests.integration.builds import build
+from tests.integration.builds import debian_pv
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +31,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def pv(tmp_path_factory: pytest.TempPathFactory) -> dict:
     home = tmp_path_factory.mktemp("home")
-    images = build(ROOT / "build.yaml", home, "--image", "debian-pv")["Images"]
-    ami = next(i for i in images if i["VirtualizationType"] == "paravirtual")
+    ami = debian_pv(home)
     return {"home": home, "ami": ami["ImageId"], "aki": ami["KernelId"], "ari": ami["RamdiskId"]}
 
 

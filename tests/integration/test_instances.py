@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -41,9 +40,20 @@ import pytest
 
 from builder.build import kernel
 from builder.ids import sparse_sha256
-from harness.launch.ssh import run, wait_for_ssh
+from harness.launch.ssh import wait_for_ssh
 from tests.conftest import ROOT, need, run_amilab
 from tests.integration.builds import build
+from tests.integration.instances_helpers import (
+    BOOT,
+    cli,
+    cli_json,
+    curl,
+    describe,
+    processes_in,
+    record,
+    sh,
+    wait_state,
+)
 
 pytestmark = pytest.mark.integration
 # a guest going down for a reboot drops connections after their banner; paramiko's transport
@@ -51,34 +61,7 @@ pytestmark = pytest.mark.integration
 logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 
 OTHER_KERNEL = "debian-cloud-bullseye"  # one .deb; boots the bookworm image under TCG
-BOOT = 600  # seconds; TCG on a shared 2-core machine
 SHARED: dict[str, Any] = {}
-
-
-def cli(env: dict, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    res = run_amilab(*args, env=env["env"], timeout=900)
-    if ok:
-        assert res.returncode == 0, f"amilab {' '.join(args)}: {res.returncode}\n{res.stderr}"
-    return res
-
-
-def cli_json(env: dict, *args: str) -> Any:
-    return json.loads(cli(env, *args, "--json").stdout)
-
-
-def describe(env: dict, iid: str) -> dict:
-    (res,) = cli_json(env, "describe-instances", iid)["Reservations"]
-    return res["Instances"][0]
-
-
-def wait_state(env: dict, iid: str, state: str, timeout: float = BOOT) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = describe(env, iid)
-        if got["State"]["Name"] == state:
-            return got
-        assert time.monotonic() < deadline, f"{iid} is {got['State']} after {timeout} s"
-        time.sleep(0.5)
 
 
 def login(env: dict, iid: str) -> paramiko.SSHClient:
@@ -92,35 +75,8 @@ def login(env: dict, iid: str) -> paramiko.SSHClient:
     return wait_for_ssh(port, key, BOOT, lambda: None, host=address).client
 
 
-def sh(client: paramiko.SSHClient, command: str) -> str:
-    res = run(client, command, timeout=120)
-    assert res.status == 0, f"{command}: {res.status}\n{res.output}"
-    return res.output.strip()
-
-
-def curl(client: paramiko.SSHClient, path: str) -> tuple[str, str]:
-    out = run(client, f"curl -s -w '\\n%{{http_code}}' http://169.254.169.254{path}").output
-    body, _, code = out.rpartition("\n")
-    return code.strip(), body
-
-
 def supervisor_of(env: dict, iid: str) -> dict:
-    with sqlite3.connect(env["home"] / "registry.sqlite") as db:
-        (text,) = db.execute("SELECT record FROM instances WHERE id = ?", (iid,)).fetchone()
-    return json.loads(text)["Amilab"]
-
-
-def processes_in(directory: str) -> list[int]:
-    """PIDs whose working directory is the instance's (its QEMUs run there)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if os.readlink(proc / "cwd") == directory:
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-    return found
+    return record(env, iid)["Amilab"]
 
 
 @pytest.fixture(scope="module")

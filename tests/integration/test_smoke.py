@@ -19,19 +19,17 @@ from builder.images import factory
 from builder.images.records import RamdiskSettings
 from builder.images.registry import Registry
 from tests.conftest import ROOT, run_amilab
-from tests.integration.builds import build
+from tests.integration import builds
+from tests.integration.builds import checks, debian_pv
 
 pytestmark = pytest.mark.integration
-
-BOOT_TIMEOUT = 900  # a whole smoke on a loaded CI machine, far above the ~20 s it takes idle
 
 
 @pytest.fixture(scope="module")
 def pv(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The default paravirtual image, built once for this module."""
     home = tmp_path_factory.mktemp("home")
-    images = build(ROOT / "build.yaml", home, "--image", "debian-pv")["Images"]
-    ami = next(i for i in images if i["VirtualizationType"] == "paravirtual")
+    ami = debian_pv(home)
     reg = Registry(home)
     return {
         "home": home,
@@ -43,17 +41,7 @@ def pv(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def smoke(home: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    result = run_amilab("smoke", *args, "--json", env={"AMILAB_HOME": str(home)},
-                        timeout=BOOT_TIMEOUT)  # fmt: skip
-    try:
-        report = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        raise AssertionError(f"no JSON report:\n{result.stdout}\n{result.stderr}") from None
-    return result, report
-
-
-def checks(report: dict) -> dict[str, dict]:
-    return {c["Name"]: c for c in report["Checks"]}
+    return builds.smoke({"AMILAB_HOME": str(home)}, *args)
 
 
 def test_default_image_passes(pv: dict, tmp_path: Path) -> None:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import filecmp
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, run_amilab
 from tests.integration.builds import build
-from tests.unit.builder.images.test_lifecycle import S3_ENV, start_s3_server
+from tests.unit.builder.images.test_lifecycle import S3_ENV, s3_server  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 
@@ -23,21 +22,13 @@ CHANGES = {"ImageId", "Name", "CreationDate", "ImageLocation", "Locations", "Own
 
 
 @pytest.fixture(scope="module")
-def s3_url() -> Iterator[str]:
-    proc, url = start_s3_server()
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, s3_url: str) -> dict:
+def built(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> dict:  # noqa: F811
     home = tmp_path_factory.mktemp("home")
     out = build(ROOT / "build.yaml", home, "--image", "debian-pv")
-    env = {"AMILAB_HOME": str(home), "AMILAB_S3_ENDPOINT_URL": s3_url, **S3_ENV}
+    env = {"AMILAB_HOME": str(home), "AMILAB_S3_ENDPOINT_URL": s3_server, **S3_ENV}
     import boto3
 
-    boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1",
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
                  aws_access_key_id="testing", aws_secret_access_key="testing",
                  ).create_bucket(Bucket="amis")  # fmt: skip
     ami = out["Images"][0]

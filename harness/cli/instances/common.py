@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from harness.cli.command import add_command
-from harness.cli.flags import add_instance_ids
+from harness.cli.flags import add_instance_ids, add_switch
 from harness.cli.output import add_json, print_result
 
 
@@ -53,6 +53,6 @@ def register_state(
 ) -> argparse.ArgumentParser:
     p = add_command(sub, name, _state_command(op, key), help)
     add_instance_ids(p)
-    p.add_argument("--wait", action="store_true", help="return once the change is complete")
+    add_switch(p, "--wait", "return once the change is complete")
     add_json(p)
     return p

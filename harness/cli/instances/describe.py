@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from harness.cli.command import add_command
-from harness.cli.flags import add_instance_id, add_instance_ids
+from harness.cli.flags import add_instance_id, add_instance_ids, add_switch
 from harness.cli.instances.common import ssh_address
 from harness.cli.output import add_json, print_result, show
 
@@ -55,15 +55,10 @@ def _describe_status(args: argparse.Namespace) -> int:
 
 
 def register_describe_instance_status(sub: argparse._SubParsersAction) -> None:
-    p = add_command(
-        sub,
-        "describe-instance-status",
-        _describe_status,
-        "instances' status checks and scheduled events",
-    )
+    p = add_command(sub, "describe-instance-status", _describe_status,
+                    "instances' status checks and scheduled events")  # fmt: skip
     add_instance_ids(p, "*")
-    p.add_argument("--include-all-instances", action="store_true",
-                   help="not only running instances")  # fmt: skip
+    add_switch(p, "--include-all-instances", "not only running instances")
     add_json(p)
 
 

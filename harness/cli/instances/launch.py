@@ -12,6 +12,7 @@ from harness.cli.flags import (
     add_instance_id,
     add_instance_ids,
     add_launch_arguments,
+    add_seconds,
     launch_request,
 )
 from harness.cli.instances.common import register_state, ssh_address
@@ -74,19 +75,12 @@ def register_run_instances(sub: argparse._SubParsersAction) -> None:
         "--hibernation-options", metavar="Configured=true",
         help="allow stop-instances --hibernate (the root volume must hold the type's RAM)",
     )  # fmt: skip
-    p.add_argument(
-        "--spot-interruption-after", type=float, metavar="SECONDS",
-        help="a spot interruption SECONDS after launch, announced at spot/instance-action "
-        "--spot-notice seconds ahead, then carried out",
-    )  # fmt: skip
+    add_seconds(p, "--spot-interruption-after", "a spot interruption SECONDS after launch, "
+                "announced at spot/instance-action --spot-notice seconds ahead, then carried "
+                "out")  # fmt: skip
     p.add_argument("--spot-action", default="terminate", help="terminate or stop")
-    p.add_argument(
-        "--spot-notice",
-        type=float,
-        default=120.0,
-        metavar="SECONDS",
-        help="how long before the interruption it is announced (EC2: 120)",
-    )
+    add_seconds(p, "--spot-notice", "how long before the interruption it is announced (EC2: 120)",
+                default=120.0)  # fmt: skip
     p.add_argument(
         "--scheduled-event", action="append", default=[], metavar="CODE:SECONDS",
         help="a scheduled event SECONDS after launch (instance-reboot, system-reboot, "

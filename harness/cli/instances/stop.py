@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from harness.cli.command import add_command
-from harness.cli.flags import add_instance_id, add_not_before
+from harness.cli.flags import add_instance_id, add_not_before, add_seconds, add_switch
 from harness.cli.instances.common import register_state
 from harness.cli.output import add_json, print_result
 
@@ -16,14 +16,9 @@ def register_stop_instances(sub: argparse._SubParsersAction) -> None:
         sub, "stop-instances", "stop_instances", "StoppingInstances",
         "stop instances (ACPI power button, then forced); volumes stay",
     )  # fmt: skip
-    p.add_argument(
-        "--force", action="store_true",
-        help="end the guest at once, without the power button (EC2's --force)",
-    )  # fmt: skip
-    p.add_argument(
-        "--hibernate", action="store_true",
-        help="save the guest's RAM beside its root volume; the next start resumes it",
-    )  # fmt: skip
+    add_switch(p, "--force", "end the guest at once, without the power button (EC2's --force)")
+    add_switch(p, "--hibernate", "save the guest's RAM beside its root volume; the next start "
+               "resumes it")  # fmt: skip
 
 
 def register_terminate_instances(sub: argparse._SubParsersAction) -> None:
@@ -64,8 +59,7 @@ def register_scheduled_events(sub: argparse._SubParsersAction) -> None:
                    "instance-stop or instance-retirement")  # fmt: skip
     add_not_before(p)
     p.add_argument("--description", help="default: EC2's wording for the code")
-    p.add_argument("--window", type=float, default=7200.0, metavar="SECONDS",
-                   help="NotAfter - NotBefore (default 7200)")  # fmt: skip
+    add_seconds(p, "--window", "NotAfter - NotBefore (default 7200)", default=7200.0)
     add_json(p)
     p = add_command(
         sub,

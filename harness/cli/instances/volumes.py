@@ -4,9 +4,11 @@ describe, copy, delete)."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 from harness.cli.command import add_command
-from harness.cli.flags import add_tags
+from harness.cli.flags import add_switch, add_tags
 from harness.cli.output import add_json, print_result
 
 
@@ -78,6 +80,25 @@ def _delete_snapshot(args: argparse.Namespace) -> int:
     return print_result(args, {"Return": True}, [])
 
 
+_REQUIRED: dict[str, Any] = {"required": True}
+# the volume and snapshot commands that take only IDs (and a description): command, function,
+# help, {argument: argparse's keywords}
+_ID_COMMANDS: tuple[tuple[str, Callable[[argparse.Namespace], int], str, dict], ...] = (
+    ("describe-volumes", _describe_volumes, "list volumes",
+     {"volume_ids": {"nargs": "*", "metavar": "VOLUME_ID"}}),
+    ("delete-volume", _delete_volume, "delete an available volume", {"--volume-id": _REQUIRED}),
+    ("create-snapshot", _create_snapshot, "an immutable copy of a volume",
+     {"--volume-id": _REQUIRED, "--description": {}}),
+    ("describe-snapshots", _describe_snapshots, "list snapshots",
+     {"snapshot_ids": {"nargs": "*", "metavar": "SNAPSHOT_ID"}}),
+    ("copy-snapshot", _copy_snapshot, "a snapshot under a new ID",
+     {"--source-snapshot-id": _REQUIRED, "--description": {}}),
+    ("delete-snapshot", _delete_snapshot,
+     "delete a snapshot (refused while a registered image uses it)",
+     {"--snapshot-id": _REQUIRED}),
+)  # fmt: skip
+
+
 def register_volumes(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "create-volume", _create_volume, "an EBS volume: empty or from a snapshot")
     p.add_argument("--size", type=int, metavar="GiB")
@@ -96,31 +117,11 @@ def register_volumes(sub: argparse._SubParsersAction) -> None:
                     "detach a volume (a running guest lets go of it first)")  # fmt: skip
     p.add_argument("--volume-id", required=True)
     p.add_argument("--instance-id")
-    p.add_argument("--force", action="store_true",
-                   help="end the attachment even if the guest does not let go")  # fmt: skip
+    add_switch(p, "--force", "end the attachment even if the guest does not let go")
     add_json(p)
-    p = add_command(sub, "describe-volumes", _describe_volumes, "list volumes")
-    p.add_argument("volume_ids", nargs="*", metavar="VOLUME_ID")
-    add_json(p)
-    p = add_command(sub, "delete-volume", _delete_volume, "delete an available volume")
-    p.add_argument("--volume-id", required=True)
-    add_json(p)
-    p = add_command(sub, "create-snapshot", _create_snapshot, "an immutable copy of a volume")
-    p.add_argument("--volume-id", required=True)
-    p.add_argument("--description")
-    add_json(p)
-    p = add_command(sub, "describe-snapshots", _describe_snapshots, "list snapshots")
-    p.add_argument("snapshot_ids", nargs="*", metavar="SNAPSHOT_ID")
-    add_json(p)
-    p = add_command(sub, "copy-snapshot", _copy_snapshot, "a snapshot under a new ID")
-    p.add_argument("--source-snapshot-id", required=True)
-    p.add_argument("--description")
-    add_json(p)
-    p = add_command(
-        sub,
-        "delete-snapshot",
-        _delete_snapshot,
-        "delete a snapshot (refused while a registered image uses it)",
-    )
-    p.add_argument("--snapshot-id", required=True)
-    add_json(p)
+    for name, func, help, arguments in _ID_COMMANDS:
+        p = add_command(sub, name, func, help)
+        for argument, kw in arguments.items():
+            p.add_argument(argument, **kw)
+        add_json(p)
+

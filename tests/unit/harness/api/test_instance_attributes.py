@@ -219,41 +219,18 @@ def test_instance_status_is_initializing_until_the_guest_answers(
 
 
 def test_reachability_is_an_ssh_banner_or_a_metadata_request() -> None:
-    import socket
-    import threading
     import time
     from types import SimpleNamespace
 
     from harness.instances.supervisor import Reachability
-
-    def listener(banner: bytes) -> tuple[socket.socket, threading.Event]:
-        srv = socket.create_server(("127.0.0.1", 0))
-        stop = threading.Event()
-
-        def serve() -> None:
-            srv.settimeout(0.2)
-            held = []
-            while not stop.is_set():
-                try:
-                    conn, _ = srv.accept()
-                except TimeoutError:
-                    continue
-                if banner:
-                    conn.sendall(banner)
-                held.append(conn)  # a silent peer: accepted (as slirp does), never talks
-            for c in held:
-                c.close()
-            srv.close()
-
-        threading.Thread(target=serve, daemon=True).start()
-        return srv, stop
+    from tests.unit.harness.launch.fake_sshd import serve
 
     service = SimpleNamespace(server=None)
-    silent, stop_silent = listener(b"")
-    talking, stop_talking = listener(b"SSH-2.0-OpenSSH_9.2\r\n")
+    silent, stop_silent = serve("silent")
+    talking, stop_talking = serve("banner")
     try:
-        quiet = Reachability("127.0.0.1", silent.getsockname()[1], service)  # type: ignore[arg-type]
-        sshd = Reachability("127.0.0.1", talking.getsockname()[1], service)  # type: ignore[arg-type]
+        quiet = Reachability("127.0.0.1", silent, service)  # type: ignore[arg-type]
+        sshd = Reachability("127.0.0.1", talking, service)  # type: ignore[arg-type]
         deadline = time.monotonic() + 10
         while not sshd.answered() and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -10,46 +10,14 @@ import pytest
 
 from harness.launch import ssh
 from harness.launch.ssh import BootFailed, SshTimeout, _banner_ready, wait_for_ssh
-
-
-def _listener() -> tuple[socket.socket, int]:
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    return srv, srv.getsockname()[1]
-
-
-def _server(behaviour: str) -> tuple[int, threading.Event]:
-    """A listener that resets, stays silent, or sends an SSH banner on each connection."""
-    srv, _ = _listener()
-    stop = threading.Event()
-
-    def loop() -> None:
-        srv.settimeout(0.2)
-        held = []
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            if behaviour == "reset":
-                conn.close()
-            elif behaviour == "silent":
-                held.append(conn)
-            else:
-                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
-                held.append(conn)
-        srv.close()
-
-    threading.Thread(target=loop, daemon=True).start()
-    return srv.getsockname()[1], stop
+from tests.unit.harness.launch.fake_sshd import listener, serve, sshd_answering
 
 
 @pytest.mark.parametrize("behaviour,ready", [("reset", False), ("silent", False), ("banner", True)])
 def test_banner_probe(behaviour: str, ready: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ssh, "BANNER_WAIT", 0.3)
     monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
-    port, stop = _server(behaviour)
+    port, stop = serve(behaviour)
     try:
         sock = _banner_ready(port)
         assert (sock is not None) == ready
@@ -61,7 +29,7 @@ def test_banner_probe(behaviour: str, ready: bool, monkeypatch: pytest.MonkeyPat
 
 
 def test_console_failure_ends_the_wait_at_once() -> None:
-    port, stop = _server("reset")
+    port, stop = serve("reset")
     t0 = time.monotonic()
 
     def check() -> None:
@@ -79,7 +47,7 @@ def test_console_failure_ends_the_wait_at_once() -> None:
 def test_timeout_names_the_last_problem(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ssh, "BANNER_WAIT", 0.2)
     monkeypatch.setattr(ssh, "BANNER_SLICE", 0.1)
-    port, stop = _server("silent")
+    port, stop = serve("silent")
     try:
         with pytest.raises(SshTimeout, match="no SSH banner yet"):
             wait_for_ssh(port, None, 1.0, lambda: None)  # type: ignore[arg-type]
@@ -92,7 +60,7 @@ def test_a_silent_connection_is_kept_and_checked(monkeypatch: pytest.MonkeyPatch
     nothing answers, and the console check still runs often."""
     monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
     monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
-    port, stop = _server("silent")
+    port, stop = serve("silent")
     calls = []
 
     def check() -> None:
@@ -114,7 +82,7 @@ def test_a_late_answer_on_an_early_connection_wins(monkeypatch: pytest.MonkeyPat
     it is still taken, and the later probes are closed."""
     monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
     monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
-    srv, port = _listener()
+    srv, port = listener()
     conns: list[socket.socket] = []
 
     def late() -> None:
@@ -145,24 +113,11 @@ def test_probing_goes_on_past_the_cap_with_fresh_connections(
     monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
     monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
     monkeypatch.setattr(ssh, "MAX_PROBES", 3)
-    srv, port = _listener()
+    srv, port = listener()
     held: list[socket.socket] = []
     up = time.monotonic() + 0.6  # "sshd" answers connections accepted after this
 
-    def serve() -> None:
-        srv.settimeout(0.1)
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if time.monotonic() >= up:
-                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
-            held.append(conn)
-
-    threading.Thread(target=serve, daemon=True).start()
+    sshd_answering(srv, held, lambda: time.monotonic() >= up)
     t0 = time.monotonic()
     sock = _banner_ready(port, wait=3)
     took = time.monotonic() - t0
@@ -179,23 +134,11 @@ def test_the_consoles_word_sends_a_fresh_probe_at_once(monkeypatch: pytest.Monke
     next PROBE_INTERVAL, and is answered."""
     monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
     monkeypatch.setattr(ssh, "PROBE_INTERVAL", 30.0)
-    srv, port = _listener()
+    srv, port = listener()
     held: list[socket.socket] = []
 
-    def serve() -> None:
-        srv.settimeout(0.1)
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if held:  # every connection but the first is answered
-                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
-            held.append(conn)
-
-    threading.Thread(target=serve, daemon=True).start()
+    # every connection but the first is answered
+    sshd_answering(srv, held, lambda: bool(held))
     up = time.monotonic() + 0.5
     t0 = time.monotonic()
     sock = _banner_ready(port, wait=5, ready=lambda: time.monotonic() >= up)
