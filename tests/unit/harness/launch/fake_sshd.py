@@ -60,8 +60,9 @@ def sshd_answering(
                 continue
             except OSError:
                 return
-            if answers():
+            answer = answers()
+            held.append(conn)  # before the banner: a client that has it may count at once
+            if answer:
                 conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
-            held.append(conn)
 
     threading.Thread(target=loop, daemon=True).start()
