@@ -96,7 +96,13 @@ def of_recipe(loaded: LoadedRecipe, log: Path | None = None) -> BuildInputs:
     found = elements.resolve(r.elements, paths.elements_path(), loaded.where)
     kernel = kernel_input(loaded, log)
     index = index_digest(r.release, log, r.architecture)
-    return BuildInputs(r.digest, r.engine, elements_digest(found), kernel, index)
+    recipe_digest = r.digest
+    if r.extra_modules:  # their content, not only their paths (digests stay as they were without)
+        from builder.build.out_of_tree import inputs_digest
+
+        both = f"{r.digest}\0{inputs_digest(loaded)}"
+        recipe_digest = hashlib.sha256(both.encode()).hexdigest()
+    return BuildInputs(recipe_digest, r.engine, elements_digest(found), kernel, index)
 
 
 def registered(inputs: BuildInputs) -> ImageRecord | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import paths
-from builder.build import bootloader, chroot, elements, inputs, reproducible, rootfs
+from builder.build import bootloader, chroot, elements, inputs, out_of_tree, reproducible, rootfs
 from builder.build import kernel as kernel_mod
 from builder.build import layout as disk_mod
 from builder.build.arch import of as arch_of
@@ -64,6 +64,8 @@ class BuildState:
     installed: dict[str, str] = field(default_factory=dict)  # package -> version in the tree
     keep: Path | None = None  # --verify: the tree and raw disk are moved here, not registered
     engine: RootEngine = field(init=False)  # the recipe's root engine (builder.build.engines)
+    headers: Any = None  # the kernel's header packages, when out-of-tree modules are built
+    out_of_tree: list[out_of_tree.BuiltModule] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.engine = engine_for(self.recipe.engine)
@@ -133,6 +135,10 @@ class Resolve(Step[BuildState]):
         s.uninstall = sorted({p.name for p in installs if p.uninstall})
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         s.kernel_future = self._pool.submit(resolve_kernel_ref, s.loaded, s.logs / "kernel.log")
+        # out-of-tree modules: the headers' dependencies (the compiler) go into the base tree,
+        # so the kernel is waited for here rather than beside mmdebstrap
+        if extra := out_of_tree.packages_for(s):
+            s.packages = sorted(set(s.packages) | set(extra))
         s.root_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"amilab:{r.digest}"))
 
     _pool: ThreadPoolExecutor | None = None
@@ -180,6 +186,18 @@ class Modules(Step[BuildState]):
         boot.mkdir(exist_ok=True)
         shutil.copy2(s.kernel.config, boot / f"config-{release}")
         subprocess.run(["depmod", "-b", str(s.root), release], check=True)
+
+
+class OutOfTree(Step[BuildState]):
+    """dkms and extra-modules, built in the image for its kernel (builder.build.out_of_tree)."""
+
+    name = "out-of-tree"
+    what = "modules"
+
+    def run(self, s: BuildState) -> None:
+        if s.recipe.dkms or s.recipe.extra_modules:
+            s.out_of_tree = out_of_tree.build(s)
+            s.stages.detail(", ".join(f"{m.name} {m.version}" for m in s.out_of_tree))
 
 
 class Ramdisk(Step[BuildState]):
@@ -354,6 +372,9 @@ class Register(Step[BuildState]):
                 "build_kernel_id": k.aki_id,
                 "build_ramdisk_id": ari_id,
                 "modules": r.modules,
+                out_of_tree.RECORD_KEY: [
+                    m.record(self._store(s, m.copy, m.digest, ".ko")) for m in s.out_of_tree
+                ],
                 "logs": str(s.logs),
                 "timings": s.stages.timings,
             },
@@ -425,6 +446,7 @@ PIPELINE: tuple[type[Step[BuildState]], ...] = (
     BaseRoot,
     Elements,
     Modules,
+    OutOfTree,
     Ramdisk,
     BootFiles,
     Finalise,
@@ -459,6 +481,7 @@ def validate(loaded: LoadedRecipe) -> None:
     r, where = loaded.recipe, loaded.where
     found = elements.resolve(r.elements, paths.elements_path(), where)
     elements.package_installs(found, r.architecture)
+    out_of_tree.validate(loaded)
     if r.kernel.startswith("aki-"):
         return
     catalogue = load_catalogue()

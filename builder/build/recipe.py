@@ -32,6 +32,7 @@ from builder.errors import BadInput, RecipeError
 NAME = r"[a-z0-9][a-z0-9._-]{0,62}"
 PACKAGE = r"[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?"
 MODULE = r"[A-Za-z0-9_-]{1,64}"
+DKMS_PACKAGE = r"[a-z0-9][a-z0-9+.-]*-dkms"
 RELEASES = ("bookworm", "trixie")
 FORMATS = format_names("recipe")
 
@@ -84,6 +85,11 @@ class Checks:
     commands: tuple[CommandCheck, ...] = key(
         ListOf(Section(CommandCheck)), "custom commands with an expected output regex", ()
     )
+    probes: dict[str, str] = key(
+        MapOf(MODULE, "out-of-tree module names", Str(r"[^\n]+", "one line")),
+        "per out-of-tree module (dkms, extra-modules): a shell command that must exit 0 once "
+        "it is loaded, e.g. v4l2loopback: test -c /dev/video0",
+    )
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,20 @@ class Recipe:
         Choice(("install", "omit")),
         "install the kernel's /lib/modules/<release> into the image, or leave it out",
         "install",
+    )
+    dkms: tuple[str, ...] = key(
+        ListOf(Str(DKMS_PACKAGE, "a Debian *-dkms package")),
+        "DKMS packages from the image's suite, built by dkms in the image for its kernel "
+        "(with that kernel's linux-headers from the kernel's own suite, removed afterwards)",
+        (),
+    )
+    extra_modules: tuple[str, ...] = key(
+        ListOf(Str(r"[^\n\0]+", "a path")),
+        "out-of-tree modules: a source tree with a Makefile or Kbuild (built in the image "
+        "against the kernel's headers) or a prebuilt .ko, installed under "
+        "/lib/modules/<release>/extra; relative paths are read from the recipe's folder",
+        (),
+        name="extra-modules",
     )
     virtualization: str = key(
         Choice(("paravirtual", "hvm")),
@@ -224,6 +244,11 @@ def _cross_check(recipe: Recipe, where: Located) -> None:
     if recipe.engine == "diskimage-builder" and recipe.architecture != "x86_64":
         raise where.error(
             "engine", "diskimage-builder builds x86_64 here (untested for others): use native"
+        )
+    if (recipe.dkms or recipe.extra_modules) and recipe.modules == "omit":
+        raise where.error(
+            "dkms" if recipe.dkms else "extra-modules",
+            "out-of-tree modules go beside the kernel's own: use modules: install",
         )
     if recipe.modules == "omit" and recipe.ramdisk == "distro":
         raise where.error(

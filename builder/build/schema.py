@@ -203,7 +203,8 @@ class Section(Kind):
 
     @property
     def describe(self) -> str:  # type: ignore[override]
-        return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(self.cls))
+        names = (yaml_name(f) for f in dataclasses.fields(self.cls))
+        return "a mapping with keys " + ", ".join(names)
 
     def convert(self, node: yaml.Node, ctx: _Ctx, key: str) -> Any:
         return build(self.cls, node, ctx, prefix=f"{key}.")
@@ -217,6 +218,7 @@ class Key:
     help: str
     required: bool = False
     check: Callable[[Any], str | None] | None = None
+    name: str = ""  # the key as the YAML spells it, where that is no Python name
 
 
 def key(
@@ -226,8 +228,9 @@ def key(
     *,
     required: bool = False,
     check: Callable[[Any], str | None] | None = None,
+    name: str = "",
 ) -> Any:
-    meta = {"key": Key(kind, help, required, check)}
+    meta = {"key": Key(kind, help, required, check, name)}
     if required:
         return field(metadata=meta)
     if isinstance(default, list | dict):
@@ -244,7 +247,7 @@ def build(cls: type, node: yaml.Node, ctx: _Ctx, prefix: str = "") -> Any:
     if not isinstance(node, yaml.MappingNode):
         where = prefix.rstrip(".") or cls.__name__.lower()
         raise ctx.fail(node, where, "expected a mapping of keys")
-    declared = {f.name: f for f in dataclasses.fields(cls)}
+    declared = {yaml_name(f): f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     seen: set[str] = set()
     for knode, vnode in node.value:
@@ -262,11 +265,15 @@ def build(cls: type, node: yaml.Node, ctx: _Ctx, prefix: str = "") -> Any:
         if spec.check and (problem := spec.check(value)):
             raise ctx.fail(vnode, dotted, problem)
         ctx.lines[dotted] = knode.start_mark.line + 1
-        values[name] = value
+        values[f.name] = value
     for name, f in declared.items():
         if f.metadata["key"].required and name not in values:
             raise ctx.fail(node, prefix + name, "required key is missing")
     return cls(**values)
+
+
+def yaml_name(f: dataclasses.Field[Any]) -> str:
+    return f.metadata["key"].name or f.name
 
 
 def load_nodes(path: str, text: str) -> yaml.Node:
@@ -288,7 +295,7 @@ def help_rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
     rows = []
     for f in dataclasses.fields(cls):
         spec: Key = f.metadata["key"]
-        dotted = prefix + f.name
+        dotted = prefix + yaml_name(f)
         if isinstance(spec.kind, Section):
             rows.append((dotted, "mapping", "", spec.help))
             rows.extend(help_rows(spec.kind.cls, dotted + "."))

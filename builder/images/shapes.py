@@ -79,6 +79,11 @@ def describe_image(rec: ImageRecord) -> dict[str, Any]:
         out["Locations"] = rec.locations
     if rec.extra.get("build_inputs"):  # what went into a built AMI (builder.build.inputs)
         out["amilab:BuildInputs"] = rec.extra["build_inputs"]
+    if rec.extra.get("out_of_tree_modules"):  # dkms and extra-modules (build.out_of_tree)
+        out["amilab:OutOfTreeModules"] = [
+            {k: m[k] for k in ("Name", "Version", "KernelRelease", "Source", "Origin", "Path")}
+            for m in rec.extra["out_of_tree_modules"]
+        ]
     out["OwnerId"] = owner_of(rec)
     out["Public"] = rec.public
     out["LaunchPermissions"] = [{"UserId": a} for a in rec.launch_permissions] + (
