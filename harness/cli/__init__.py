@@ -50,6 +50,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     store.register_restore,
     images.register_copy_image,
     modules.register_add_modules,
+    modules.register_modules,
     images.register_deregister,
     images.register_tag,  # and untag
     images.register_launch_permission,

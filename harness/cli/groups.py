@@ -17,7 +17,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "build", "images", "create-image", "copy-image", "deregister", "tag", "untag",
         "launch-permission",
     ),
-    "Kernels and modules": ("kernels", "register-kernel", "add-modules"),
+    "Kernels and modules": ("kernels", "register-kernel", "add-modules", "modules"),
     "Disks": ("convert", "inspect", "import"),
     "Bundles and stores": (
         "bundle", "unbundle", "register", "upload-bundle", "bundle-vol", "store", "store-tasks",

@@ -125,6 +125,24 @@ def print_kernels(rows: list[dict[str, Any]]) -> None:
     show_table(table)
 
 
+def print_module_cells(cells: list[dict[str, Any]]) -> None:
+    """`modules check`: one row per module and kernel, the evidence under each verdict."""
+    table = Table(title="out-of-tree modules")
+    for col in ("Module", "Built for", "Kernel", "Release", "Verdict", "ms"):
+        table.add_column(col)
+    for c in cells:
+        colour = "green" if c["Class"] == "loads" else "red"
+        table.add_row(
+            f"{c['Module']} {c['Version']} ({c['Source']})", c["BuiltFor"], c["KernelName"],
+            c["KernelRelease"], f"[{colour}]{c['Class']}[/]", f"{c['Milliseconds']:.1f}",
+        )  # fmt: skip
+    show_table(table)
+    for c in cells:
+        console.print(f"{c['Module']} on {c['KernelRelease']}: {c['Class']}")
+        for line in c["Evidence"] + c["Notes"]:
+            console.print(f"  {line}", markup=False)
+
+
 # -------------------------------------------------------------------------------- disks
 
 
