@@ -112,6 +112,77 @@ def modprobe(module: str) -> Check:
     return Check(name, command, evaluate)
 
 
+# dmesg lines that mean the kernel refused a module, or loaded it with what it could not check
+# ("module verification failed" alone is the taint (E) of any unsigned module on a kernel
+# that does not enforce signatures, Debian's without Secure Boot: recorded, not a failure)
+MODULE_ERRORS = ("disagrees about version of symbol", "Unknown symbol", "BTF",
+                 "module verification failed", "Key was rejected")  # fmt: skip
+FATAL_MODULE_ERRORS = ("disagrees about version of symbol", "Unknown symbol",
+                       "failed to validate module", "Key was rejected")  # fmt: skip
+# /proc/sys/kernel/tainted bits (Documentation/admin-guide/tainted-kernels.rst)
+TAINT_LETTERS = dict(enumerate("PFSRMBUDAWCIOELKXT"))
+
+
+def taint_letters(value: int) -> str:
+    return "".join(TAINT_LETTERS.get(bit, "?") for bit in range(32) if value >> bit & 1)
+
+
+def out_of_tree_module(module: dict[str, Any], probe: str | None = None) -> Check:
+    """An out-of-tree module the image declares (dkms, extra-modules): modprobe loads it, the
+    file it loaded is the out-of-tree copy (updates/ or extra/, not an in-tree module of the
+    same name), dmesg has no symbol, CRC or BTF complaint about it, the recipe's probe passes;
+    the kernel's taint is recorded."""
+    name = module["Name"]
+    check = f"out-of-tree-{name}"
+    q, sysname = shlex.quote(name), shlex.quote(name.replace("-", "_"))
+    command = (
+        f"if out=$(modprobe {q} 2>&1); then echo 'modprobe ok'; "
+        f'else echo "modprobe failed: $(echo $out | head -c 300)"; fi; '
+        f'echo "file $(modinfo -n {q} 2>/dev/null)"; '
+        f"[ -d /sys/module/{sysname} ] && echo loaded; "
+        'echo "taint $(cat /proc/sys/kernel/tainted)"; '
+        f"dmesg 2>/dev/null | grep -F -e {sysname} -e {q} | grep -E "
+        + shlex.quote("|".join(MODULE_ERRORS))
+        + " | sed 's/^/dmesg /' | head -20"
+    )
+    if probe:
+        command += (f"; if ( {probe} ) >/dev/null 2>&1; then echo 'probe ok'; "
+                    "else echo 'probe failed'; fi")  # fmt: skip
+    expected = f"loaded from {module.get('Path') or 'updates/ or extra/'}"
+
+    def evaluate(status: int, out: str) -> CheckResult:
+        lines = out.strip().splitlines()
+        fields = {ln.split(" ", 1)[0]: (ln.split(" ", 1) + [""])[1] for ln in lines}
+        path = fields.get("file", "").strip()
+        dmesg = [ln[len("dmesg "):] for ln in lines if ln.startswith("dmesg ")]
+        taint = fields.get("taint", "0").strip()
+        letters = taint_letters(int(taint)) if taint.isdigit() else taint
+        why = []
+        if "modprobe ok" not in lines:
+            why.append(next((ln for ln in lines if ln.startswith("modprobe failed")),
+                            "modprobe did not run"))  # fmt: skip
+        elif "loaded" not in lines:
+            why.append(f"modprobe succeeded but /sys/module/{name} is missing")
+        out_of_tree = "/updates/" in path or "/extra/" in path
+        if path and not out_of_tree:
+            why.append(f"modprobe resolves {name} to {path}, not the out-of-tree copy")
+        fatal = [d for d in dmesg if any(e in d for e in FATAL_MODULE_ERRORS)]
+        why += [f"dmesg: {d}" for d in fatal]
+        if probe and "probe ok" not in lines:
+            why.append(f"probe failed: {probe}")
+        built_for = module.get("KernelRelease", "")
+        actual = why[0] if why else f"loaded from {path}"
+        detail = "; ".join(why[1:])
+        notes = [f"taint {taint} ({letters or 'none'})", f"built for {built_for}"]
+        notes += [f"dmesg: {d}" for d in dmesg if d not in fatal]
+        if probe and not why:
+            notes.append(f"probe ok: {probe}")
+        detail = "; ".join([*([detail] if detail else []), *notes])
+        return CheckResult(check, not why, expected, actual, detail)
+
+    return Check(check, command, evaluate)
+
+
 def metadata_value(key: str, expected: str | None) -> Check:
     """`curl` from inside the guest; `expected` None means the path must be 404. IMDSv2 as
     EC2's own tools do it (a token first, IMDSv1 only if no token is issued), so the check
@@ -166,11 +237,18 @@ def command(name: str, run: str, expect: str) -> Check:
 
 
 def builtin_checks(
-    release: str, kernel_id: str | None, ramdisk_id: str | None, recipe_checks: dict[str, Any]
+    release: str,
+    kernel_id: str | None,
+    ramdisk_id: str | None,
+    recipe_checks: dict[str, Any],
+    out_of_tree: list[dict[str, Any]] | None = None,
 ) -> list[Check]:
-    """The checks for one instance: built-ins, then the recipe's `checks`."""
+    """The checks for one instance: built-ins, then the recipe's `checks`; `out_of_tree`: the
+    image's out-of-tree modules (its record's), each checked with the recipe's probe."""
     out = [kernel_release(release), modules_tree()]
     out += [modprobe(m) for m in recipe_checks.get("modules", ())]
+    probes = recipe_checks.get("probes") or {}
+    out += [out_of_tree_module(m, probes.get(m["Name"])) for m in out_of_tree or ()]
     if recipe_checks.get("metadata", True):
         out += [metadata_value("kernel-id", kernel_id), metadata_value("ramdisk-id", ramdisk_id)]
     for c in recipe_checks.get("commands", ()):

@@ -52,9 +52,11 @@ class RunChecks(Step[Instance]):
 
     def run(self, s: Instance) -> None:
         recipe = s.plan.image.extra.get("recipe") or {}
+        image = s.plan.image
         todo = checks.builtin_checks(
-            s.plan.expected_release, s.plan.kernel_id, s.plan.ramdisk_id, recipe.get("checks") or {}
-        )
+            s.plan.expected_release, s.plan.kernel_id, s.plan.ramdisk_id,
+            recipe.get("checks") or {}, image.extra.get("out_of_tree_modules") or [],
+        )  # fmt: skip
         token = checks.new_token()
         t0 = time.monotonic()
         try:
