@@ -26,8 +26,9 @@ class Located:
     lines: dict[str, int]
 
     def line(self, key: str) -> int | None:
-        # a key left at its default has no line of its own: point at the recipe's start
-        return self.lines.get(key) or self.lines.get("")
+        # a key left at its default has no line of its own: point at the recipe's start;
+        # an item of a list (`extra-modules[1]`) at its list's line
+        return self.lines.get(key) or self.lines.get(key.split("[", 1)[0]) or self.lines.get("")
 
     def error(self, key: str, message: str) -> RecipeError:
         return RecipeError(self.path, self.line(key), key, message)
