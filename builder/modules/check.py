@@ -15,7 +15,7 @@ from builder.images.kernel_refs import find_kernel
 from builder.images.records import ImageRecord
 from builder.images.registry import Registry
 from builder.modules.elf import ModuleFacts, read_module
-from builder.modules.symvers import kernel_index
+from builder.modules.symvers import KernelIndex, cached_index, kernel_index
 from builder.modules.verdict import Verdict, check
 
 RECORD_KEY = "out_of_tree_modules"  # builder.build.out_of_tree.RECORD_KEY
@@ -43,6 +43,15 @@ class Cell:
         }
 
 
+def index_of(aki: ImageRecord, log: Path | None = None) -> KernelIndex:
+    """The kernel's export index: cached by the package and version its record names, else
+    made from the unpacked kernel and its headers (once)."""
+    package, version = aki.kernel_settings.package or "", aki.package_version or ""
+    if package and version and (found := cached_index(package, version)) is not None:
+        return found
+    return kernel_index(kernel_for_record(aki, log), log)
+
+
 def image_modules(image: ImageRecord) -> list[tuple[dict[str, Any], ModuleFacts]]:
     found = image.extra.get(RECORD_KEY) or []
     if not found:
@@ -63,7 +72,7 @@ def check_image(
         if not ref:
             raise BadInput(f"{image.image_id} has no default kernel: name one with --kernel")
         aki = find_kernel(ref, registry, say)
-        index = kernel_index(kernel_for_record(aki, log), log)
+        index = index_of(aki, log)
         for record, facts in modules:
             t0 = time.perf_counter()
             verdict = check(facts, index, aki.architecture)

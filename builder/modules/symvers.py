@@ -14,17 +14,19 @@ import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 from builder import paths
 from builder.build.kernel_tree import Kernel
 from builder.errors import BuildFailed
 from builder.modules.elf import SUFFIXES, read_module
 
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2
 
 
-@dataclass(frozen=True)
-class Export:
+class Export(NamedTuple):
+    """A tuple, not a dataclass: 25,000 of them unpickle in ~15 ms rather than ~100 ms."""
+
     crc: int | None  # None: the kernel has no modversions
     gpl_only: bool
     namespace: str
@@ -95,8 +97,8 @@ def kernel_vermagic(kernel: Kernel, config: dict[str, str]) -> str:
     return " ".join(words) + " "
 
 
-def index_path(kernel: Kernel) -> Path:
-    name = f"{kernel.package}_{kernel.version.replace(':', '%3a')}.v{_INDEX_VERSION}.pickle"
+def index_path(package: str, version: str) -> Path:
+    name = f"{package}_{version.replace(':', '%3a')}.v{_INDEX_VERSION}.pickle"
     return paths.cache_dir() / "modules-index" / name
 
 
@@ -117,6 +119,13 @@ def build_index(kernel: Kernel, headers_tree: Path) -> KernelIndex:
     )
 
 
+def cached_index(package: str, version: str) -> KernelIndex | None:
+    """The index of a kernel package already in the cache, without unpacking anything (an
+    AKI's record names its package and version): what makes a warm check milliseconds."""
+    path = index_path(package, version)
+    return _load(path, path.stat().st_mtime) if path.exists() else None
+
+
 @lru_cache(maxsize=32)
 def _load(path: Path, mtime: float) -> KernelIndex:
     with open(path, "rb") as f:
@@ -126,7 +135,7 @@ def _load(path: Path, mtime: float) -> KernelIndex:
 def kernel_index(kernel: Kernel, log: Path | None = None) -> KernelIndex:
     """The index of `kernel`: from the cache, else built from its headers (downloaded and
     unpacked once) and cached."""
-    path = index_path(kernel)
+    path = index_path(kernel.package, kernel.version)
     if path.exists():
         return _load(path, path.stat().st_mtime)
     from builder.modules.headers import unpacked_headers

@@ -88,7 +88,7 @@ def test_gpl_only_symbol_of_a_non_gpl_module(index: KernelIndex) -> None:
 
 def test_namespace_not_imported(index: KernelIndex) -> None:
     symbols = dict(index.symbols)
-    symbols["video_ioctl2"] = dataclasses.replace(symbols["video_ioctl2"], namespace="V4L2_TEST")
+    symbols["video_ioctl2"] = symbols["video_ioctl2"]._replace(namespace="V4L2_TEST")
     v = check(read_module(DATA / "v4l2loopback.ko"), dataclasses.replace(index, symbols=symbols))
     assert v.cls == "refused: namespace V4L2_TEST not imported"
     m = dataclasses.replace(read_module(DATA / "v4l2loopback.ko"), import_ns=("V4L2_TEST",))
