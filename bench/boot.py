@@ -127,7 +127,10 @@ def smoke(ami: str, variant: Variant, home: Path) -> Smoke:
     if variant.name == VIRTME:
         return virtme()
     load = round(os.getloadavg()[0], 2)
-    result = run(["smoke", variant.ami or ami, "--json", *variant.args()], home, tree=variant.tree)
+    # the baseline revision's smoke knows no --boot-analysis (it recorded none)
+    full = [] if variant.tree else ["--boot-analysis", "full"]
+    args = ["smoke", variant.ami or ami, "--json", *full, *variant.args()]
+    result = run(args, home, tree=variant.tree)
     try:
         report = json.loads(result.stdout)
     except json.JSONDecodeError:

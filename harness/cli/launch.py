@@ -45,8 +45,9 @@ def _smoke(args: argparse.Namespace) -> int:
     from harness.smoke.run import SmokeRequest, smoke
 
     req = launch_request(
-        SmokeRequest, args, target=args.target, image=args.image, json=args.json, junit=args.junit
-    )
+        SmokeRequest, args, target=args.target, image=args.image, json=args.json,
+        junit=args.junit, boot_analysis=args.boot_analysis,
+    )  # fmt: skip
     if not args.record:
         return smoke(req)[1]
     from harness.results import db, record
@@ -82,6 +83,11 @@ def register_smoke(sub: argparse._SubParsersAction) -> None:
     add_launch_arguments(p)
     add_json(p, "print the report as JSON")
     p.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report")
+    p.add_argument(
+        "--boot-analysis", choices=("none", "chain", "full"), default="chain",
+        help="what systemd-analyze says of the boot, into the report: time and the critical "
+        "chain to ssh.service (chain, the default), also blame (full), or nothing",
+    )  # fmt: skip
     p.add_argument(
         "--record", action="store_true", help="write each verdict to the results database"
     )

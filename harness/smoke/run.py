@@ -42,6 +42,7 @@ class SmokeRequest(LaunchRequest):
     image: str | None = None  # recipe name within the file
     json: bool = False
     junit: Path | None = None
+    boot_analysis: str = "chain"  # harness.smoke.analysis.LEVELS
 
 
 class RunChecks(Step[Instance]):
@@ -112,7 +113,7 @@ def smoke_instance(
     )
     inst = Instance(plan, req.options(chosen, say))
     steps: list[Step[Instance]] = [cls() for cls in LAUNCH_STEPS]
-    steps += [WaitForSsh(), RunChecks(report), RecordBootAnalysis(report)]
+    steps += [WaitForSsh(), RunChecks(report), RecordBootAnalysis(report, req.boot_analysis)]
     if started is not None:
         started(inst)
     try:

@@ -36,3 +36,14 @@ def test_a_guest_without_systemd_gives_nothing() -> None:
     assert SCRIPT.startswith("command -v systemd-analyze")
     # a marker-like line that names no section is text of the current one, not a section
     assert parse("@@Time\n@@Nope\nx\n") == {"Time": "@@Nope\nx"}
+
+
+def test_levels_choose_what_the_guest_runs() -> None:
+    from harness.smoke.analysis import LEVELS, script
+
+    assert script("none") is None
+    chain, full = script("chain"), script("full")
+    assert chain is not None and full is not None
+    assert "critical-chain ssh.service" in chain and "blame" not in chain
+    assert full.startswith(chain) and "systemd-analyze blame" in full
+    assert set(LEVELS) == {"none", "chain", "full"}
