@@ -109,7 +109,10 @@ def test_static_check_own_kernel_loads_another_needs_rebuild(built) -> None:
     warm = json.loads(again.stdout)["Cells"]
     print(f"modules check warm: {time.monotonic() - t0:.2f} s for {len(warm)} cells (CLI), "
           f"per cell {max(c['Milliseconds'] for c in warm):.2f} ms at most")  # fmt: skip
-    assert all(c["Milliseconds"] < 50 for c in warm)
+    # the same verdicts warm (speed is the bench's to measure, not a test's to assert)
+    assert [(c["Module"], c["KernelId"], c["Class"]) for c in warm] == [
+        (c["Module"], c["KernelId"], c["Class"]) for c in cells
+    ]
 
 
 def test_smoke_loads_v4l2loopback_from_updates_dkms(built) -> None:
