@@ -122,7 +122,9 @@ def cached_kernel(defn: KernelDefinition, package: str, version: str) -> Kernel:
     unpacked = kernel_dir(package, version)
     if not complete(unpacked):
         raise BuildFailed(f"kernel {package}={version} is not in the cache ({unpacked})")
-    return kernel_from(unpacked, defn, package, version, defn.suite)
+    # a definition that follows the recipe's release has no suite of its own: the default
+    # release's, as suite_of gives (an empty suite left headers looked up nowhere)
+    return kernel_from(unpacked, defn, package, version, suite_of(defn))
 
 
 def _unpack_from(

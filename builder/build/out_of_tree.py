@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from builder.build import chroot
-from builder.build.apt_index import prepared
+from builder.build.apt_index import prepared, refresh_when_old, try_update
 from builder.build.kernel_tree import Kernel
 from builder.build.recipe import MODULE, LoadedRecipe
 from builder.errors import BadInput, BuildFailed
@@ -132,8 +132,13 @@ def check_dkms(loaded: LoadedRecipe) -> None:
     """Each DKMS package must be in the image's suite and depend on dkms."""
     r = loaded.recipe
     with prepared(r.release, r.architecture) as apt:
+        # a cold cache has no index yet, an old one may predate the package: as kernels do
+        refreshed = refresh_when_old(apt, None)
         for i, package in enumerate(r.dkms):
             fields = apt.show(package)
+            if fields is None and not refreshed:
+                refreshed = try_update(apt, None, must=True)
+                fields = apt.show(package)
             if fields is None:
                 raise loaded.where.error(
                     f"dkms[{i}]", f"{package} is not in the {r.release} archive"

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder import paths
-from builder.build.apt_index import PrivateApt, cached_deb, download_deb, prepared
+from builder.build.apt_index import (
+    PrivateApt,
+    cached_deb,
+    download_deb,
+    prepared,
+    refresh_when_old,
+    try_update,
+)
+from builder.build.kernel_catalogue import DEFAULT_RELEASE
 from builder.build.kernel_tree import Kernel, run_logged
 from builder.errors import EnvironmentProblem
 
@@ -69,9 +77,14 @@ def resolve(kernel: Kernel, log: Path | None = None, download: bool = True) -> H
     (all of them, or with download=False only linux-headers-<release>); exit 3 naming the
     package when the mirror lacks it."""
     main = headers_package(kernel.release)
-    suite = kernel.suite
+    suite = kernel.suite or DEFAULT_RELEASE
     with prepared(suite, kernel.architecture) as apt:
+        # a cold cache has no index yet, an old one may predate these headers
+        refreshed = refresh_when_old(apt, log)
         fields = _show_exact(apt, main, kernel.version)
+        if fields is None and not refreshed:
+            try_update(apt, log, must=True)
+            fields = _show_exact(apt, main, kernel.version)
         if fields is None:
             have = apt.show(main)
             also = f" (it has {have['Version']})" if have else ""
