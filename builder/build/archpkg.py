@@ -8,15 +8,12 @@ are downloaded once, and are unpacked once with dpkg-deb (nothing is installed o
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from builder import paths
 from builder.build.apt_index import cached_deb, download_deb, prepared, refresh_when_old
 from builder.build.arch import of as arch_of
-from builder.build.kernel_tree import run_logged
+from builder.build.kernel_tree import unpack_debs
 from builder.errors import EnvironmentProblem
 
 SUITE = "bookworm"  # the host's release: the same busybox and GRUB versions it has itself
@@ -37,15 +34,5 @@ def unpacked(package: str, architecture: str, log: Path | None = None) -> Path:
         deb = cached_deb(package, version)
         if deb is None or not deb.name.endswith(f"_{deb_arch}.deb"):
             deb = download_deb(apt, package, version, log)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-        try:
-            run_logged(["dpkg-deb", "-x", str(deb), str(tmp)], log, f"dpkg-deb -x {deb.name}")
-            (tmp / ".amilab-complete").write_text(deb.name + "\n")
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.rename(tmp, dest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        unpack_debs([deb], dest, log)
     return dest

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,20 +70,19 @@ def run_logged(argv: list[str], log: Path | None, what: str, cwd: Path | None = 
         raise BuildFailed(f"{what} failed: {tail[0]}")
 
 
-def unpack(debs: Path | list[Path], dest: Path, log: Path | None = None) -> None:
-    """dpkg-deb -x every package into a temporary sibling, run depmod, then rename into place
-    atomically (a split kernel's packages make one tree, as installing them would)."""
-    debs = [debs] if isinstance(debs, Path) else list(debs)
+def unpack_debs(
+    debs: list[Path], dest: Path, log: Path | None = None,
+    finish: Callable[[Path], None] = lambda tree: None,
+) -> None:
+    """dpkg-deb -x every package into a temporary sibling of `dest`, `finish(tree)` there
+    (it may refuse), mark it complete and rename it into place: an interrupted or refused
+    unpack never looks done. The kernel, header and foreign-architecture caches share it."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
     try:
         for deb in debs:
             run_logged(["dpkg-deb", "-x", str(deb), str(tmp)], log, what=f"dpkg-deb -x {deb.name}")
-        release = release_of(tmp)
-        if modules_root(tmp) != tmp / "lib/modules":
-            (tmp / "lib").symlink_to("usr/lib")  # depmod -b looks in <base>/lib/modules
-        # the .deb carries no modules.dep (its postinst runs depmod); make it here once
-        run_logged(["depmod", "-b", str(tmp), release], log, what=f"depmod {release}")
+        finish(tmp)
         (tmp / ".amilab-complete").write_text("".join(f"{d.name}\n" for d in debs))
         if dest.exists():
             shutil.rmtree(dest)  # an incomplete leftover from an older layout
@@ -90,6 +90,19 @@ def unpack(debs: Path | list[Path], dest: Path, log: Path | None = None) -> None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def unpack(debs: Path | list[Path], dest: Path, log: Path | None = None) -> None:
+    """A kernel's packages as one tree (a split kernel's packages make one, as installing
+    them would), with the modules.dep its postinst would have made."""
+
+    def depmod(tree: Path) -> None:
+        release = release_of(tree)
+        if modules_root(tree) != tree / "lib/modules":
+            (tree / "lib").symlink_to("usr/lib")  # depmod -b looks in <base>/lib/modules
+        run_logged(["depmod", "-b", str(tree), release], log, what=f"depmod {release}")
+
+    unpack_debs([debs] if isinstance(debs, Path) else list(debs), dest, log, depmod)
 
 
 def modules_root(unpacked: Path) -> Path:

@@ -9,10 +9,7 @@ flavour package's `Module.symvers` and `.config`, unpacked once into the cache.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +23,7 @@ from builder.build.apt_index import (
     try_update,
 )
 from builder.build.kernel_catalogue import DEFAULT_RELEASE
-from builder.build.kernel_tree import Kernel, run_logged
+from builder.build.kernel_tree import Kernel, unpack_debs
 from builder.errors import EnvironmentProblem
 
 _DEP = re.compile(r"^\s*([a-z0-9][a-z0-9+.-]+)(?::[a-z0-9]+)?\s*(?:\(([^)]*)\))?\s*$")
@@ -124,17 +121,10 @@ def unpacked_headers(kernel: Kernel, log: Path | None = None) -> Path:
     if (dest / ".amilab-complete").exists():
         return tree
     found = resolve(kernel, log, download=False)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    try:
-        run_logged(["dpkg-deb", "-x", str(found.debs[0]), str(tmp)], log, "dpkg-deb -x headers")
-        if not (tmp / "usr/src" / headers_package(kernel.release) / "Module.symvers").exists():
+
+    def has_symvers(unpacked: Path) -> None:
+        if not (unpacked / "usr/src" / headers_package(kernel.release) / "Module.symvers").exists():
             raise EnvironmentProblem(f"{found.package}={found.version} has no Module.symvers")
-        (tmp / ".amilab-complete").write_text(found.debs[0].name + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.rename(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    unpack_debs([found.debs[0]], dest, log, has_symvers)
     return tree
