@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from builder import paths
+from builder import paths, statedb
 from builder.errors import BadInput
 from builder.images.records import (
     IMAGE_TYPES,
@@ -54,8 +54,7 @@ class Registry:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        self.home.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30)
+        conn = statedb.connect(self.path)
         try:
             conn.executescript(_SCHEMA)
             yield conn

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from builder import statedb
 from builder.images.registry import Registry, now_iso
 from builder.pids import pid_alive
 
@@ -64,8 +65,7 @@ class TaskLog:
         self.path = Registry().path
 
     def _conn(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30)
+        conn = statedb.connect(self.path)
         conn.executescript(_TASKS_SCHEMA)
         return conn
 

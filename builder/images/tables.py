@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from builder import paths
+from builder import paths, statedb
 from builder.errors import BadInput
 
 Row = dict[str, Any]
@@ -29,8 +29,7 @@ class JsonTable:
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
-        self.home.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=60)
+        conn = statedb.connect(self.path)
         try:
             conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.table} "
