@@ -51,6 +51,35 @@ def run_amilab(
 
 MODULE_TOTALS = 15  # how many modules the per-module summary lists
 
+# Integration modules by their seconds in the last full run (the per-module summary below),
+# longest first. Test workers (pytest-xdist, --dist loadfile) take whole modules in
+# collection order, so starting the longest ones first keeps one worker from being left
+# with a long module at the end while the other idles. Modules not listed keep their
+# place after these; the order changes no result, only when each module starts.
+LONGEST_FIRST = [
+    "test_instances.py",
+    "test_architectures.py",
+    "test_matrix_fleet.py",
+    "test_import.py",
+    "test_matrix.py",
+    "test_api.py",
+    "test_hvm_build.py",
+    "test_add_modules.py",
+    "test_reproducible.py",
+    "test_smoke.py",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        name = item.path.name
+        integration = "integration" in item.path.parts
+        if integration and name in LONGEST_FIRST:
+            return (0, LONGEST_FIRST.index(name))
+        return (1, 0) if integration else (2, 0)
+
+    items.sort(key=rank)  # stable: tests keep their order inside a module
+
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Seconds per test module (setup, call and teardown of its tests), slowest first: the

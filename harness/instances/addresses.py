@@ -9,14 +9,23 @@ host listens on.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
+import json
+import os
 import socket
+import tempfile
+import time
 from pathlib import Path
 
 from builder.errors import EnvironmentProblem
 from harness.instances import store
 
 NETWORK = ipaddress.ip_network("127.100.0.0/16")
+# How long an address handed out stays reserved host-wide: from allocation until QEMU has
+# bound its forward (seconds after, even on a loaded host), after which the bind itself
+# keeps other homes off it.
+LEASE_S = 300.0
 
 
 def _free(address: str, port: int = 22) -> int | None:
@@ -61,14 +70,53 @@ def allocate(taken_extra: set[str] | None = None) -> tuple[str, int]:
         if rec["State"]["Name"] != "terminated" and rec.get("PublicIpAddress"):
             taken.add(rec["PublicIpAddress"])
     everywhere = port_22_held_everywhere()
-    for host in NETWORK.hosts():
-        address = str(host)
-        if address.endswith(".0") or address in taken:
-            continue
-        port = _free(address, 0 if everywhere else 22)
-        if port is not None:
-            return address, port
+    with _host_leases() as leases:
+        taken |= set(leases)
+        for host in NETWORK.hosts():
+            address = str(host)
+            if address.endswith(".0") or address in taken:
+                continue
+            port = _free(address, 0 if everywhere else 22)
+            if port is not None:
+                leases[address] = time.time() + LEASE_S
+                return address, port
     raise EnvironmentProblem(f"no free loopback address left in {NETWORK}")
+
+
+class _host_leases:
+    """Addresses handed out lately by any AMILAB_HOME on this host, under a host-wide lock.
+    The per-home lock cannot see another home's instance between its allocation and its
+    QEMU's bind, and two homes launching at once (parallel test workers, two users) would
+    otherwise both find the same address free."""
+
+    def __init__(self) -> None:
+        base = Path(tempfile.gettempdir()) / f"amilab-addresses-{os.getuid()}"
+        self.lock, self.path = base.with_suffix(".lock"), base.with_suffix(".json")
+        self.leases: dict[str, float] = {}
+
+    def __enter__(self) -> dict[str, float]:
+        self.fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        now = time.time()
+        if isinstance(data, dict):
+            self.leases = {
+                a: float(t) for a, t in data.items() if isinstance(t, int | float) and t > now
+            }
+        return self.leases
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(self.leases))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a lease not written only narrows the race back to what it was
+        finally:
+            os.close(self.fd)
 
 
 def dns_name(address: str) -> str:

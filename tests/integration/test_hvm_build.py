@@ -108,11 +108,21 @@ def test_mbr_bios_layout(tmp_path: Path) -> None:
     assert head[512:1024] != bytes(512)  # core.img in the gap after the MBR
 
 
+def _loops(under: Path) -> list[str]:
+    """Loop devices backed by a file under `under`: other test workers run beside this one,
+    so the host's whole list is not this build's to judge."""
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if str(under) in line]
+
+
+def _mounts(under: Path) -> list[str]:
+    return [line for line in Path("/proc/mounts").read_text().splitlines() if str(under) in line]
+
+
 def test_failed_bootloader_step_leaves_nothing(tmp_path: Path) -> None:
     home, scratch = tmp_path / "home", tmp_path / "scratch"
     scratch.mkdir()
-    loops_before = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    mounts_before = Path("/proc/mounts").read_text()
+    loops_before, mounts_before = _loops(tmp_path), _mounts(tmp_path)
     recipe = recipe_file(tmp_path, "hvm-broken", virtualization="hvm", disk={"partitioning": "gpt"})
     result = run_amilab(
         "build",
@@ -125,8 +135,8 @@ def test_failed_bootloader_step_leaves_nothing(tmp_path: Path) -> None:
     )
     assert result.returncode == 1, result.stderr
     assert "bootloader: grub-mkimage for i386-pc failed" in result.stderr
-    assert subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout == loops_before
-    assert Path("/proc/mounts").read_text() == mounts_before
+    assert _loops(tmp_path) == loops_before
+    assert _mounts(tmp_path) == mounts_before
     _no_leftovers(home, scratch)
 
 
