@@ -8,4 +8,4 @@ cd "$here"
 # Test modules run on parallel workers, whole modules each (module-scoped builds and guests
 # stay in one process): a TCG guest keeps one core busy, so one worker per core.
 workers=${AMILAB_TEST_WORKERS:-$(nproc)}
-exec .venv/bin/python -m pytest -v -rfEs --durations=25 -n "$workers" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -v -rfEs --durations=25 -n "$workers" --dist loadfile --no-loadscope-reorder "$@"

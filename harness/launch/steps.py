@@ -36,7 +36,7 @@ from harness.launch.machine import (
     network_split_supported,
     split_network,
 )
-from harness.launch.plan import HARNESS_CMDLINE, LaunchPlan
+from harness.launch.plan import HARNESS_CMDLINE, X86_CMDLINE, LaunchPlan
 from harness.launch.process import QemuProcess
 from harness.launch.ssh import BootFailed, SshLogin, wait_for_ssh
 from harness.launch.types import default_type
@@ -156,7 +156,9 @@ class PrepareDisk(Step[Instance]):
             s.say("PV-GRUB: reading the image's menu (libguestfs, read-only)")
             menu = pvgrub.load(p.disk.path, p.disk.format, s.dir.path, p.image.image_id)
             p.kernel_path, p.ramdisk_path = menu.kernel, menu.initrd
-            p.cmdline = " ".join(a for a in (menu.entry.args, HARNESS_CMDLINE, p.cmdline) if a)
+            # PV-GRUB is x86's; its kernel meets the same late timer ticks as a direct boot's
+            args = (menu.entry.args, HARNESS_CMDLINE, X86_CMDLINE, p.cmdline)
+            p.cmdline = " ".join(a for a in args if a)
             p.expected_release = menu.release or ""
             p.notes.append(f"PV-GRUB loaded {menu.entry.title!r} from {menu.menu}")
             s.say(p.notes[-1])
