@@ -171,13 +171,19 @@ def images_using(snapshot_id: str) -> list[str]:
 
 
 def delete_snapshot(snapshot_id: str) -> Row:
-    snap = find_snapshot(snapshot_id)
-    if users := images_using(snapshot_id):
-        raise BadInput(
-            f"InvalidSnapshot.InUse: The snapshot {snapshot_id} is currently in use by "
-            f"{', '.join(users)}"
-        )
-    snapshots().delete(snapshot_id)  # the artifact stays: other snapshots may share its bytes
+    """The check that no image names the snapshot and the deletion are one transaction, so
+    a RegisterImage of it meanwhile either comes first (InUse) or finds it gone."""
+    with Registry().transaction():
+        snap = find_snapshot(snapshot_id)
+        if users := images_using(snapshot_id):
+            raise BadInput(
+                f"InvalidSnapshot.InUse: The snapshot {snapshot_id} is currently in use by "
+                f"{', '.join(users)}"
+            )
+        if not snapshots().delete(snapshot_id):  # the artifact stays: others may share it
+            raise BadInput(
+                f"InvalidSnapshot.NotFound: The snapshot '{snapshot_id}' does not exist."
+            )
     return snap
 
 
