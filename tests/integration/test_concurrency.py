@@ -39,12 +39,14 @@ pytestmark = pytest.mark.integration
 CLIENTS = 16
 SECONDS = float(os.environ.get("AMILAB_CONCURRENCY_SECONDS", "180"))
 RACES = 3
+DELAYS = ((0.0, 0.0), (0.3, 0.0), (0.0, 0.3))  # (launch, deregister) after the start signal
 A = live.ACCOUNT
 LOCKED = "database is locked"
 ALLOWED = {  # EC2's answers a racing client can get; anything else fails the test
     "DryRunOperation",  # a permitted dry run
     "InvalidAMIID.NotFound",  # a copy deregistered by another client first
     "InvalidAMIID.Unavailable",
+    "InvalidSnapshot.NotFound",  # a snapshot deleted by another client first
 }
 
 
@@ -121,6 +123,8 @@ class Tally:
         self.failures: list[str] = []
         self.tags: list[tuple[str, str, str]] = []
         self.copies: list[str] = []  # AMIs copied and not yet deregistered
+        self.snaps: list[str] = []  # snapshots made and not yet deleted
+        self.done: Counter[str] = Counter()  # "DeregisterImage ami-…": successes
 
     def call(self, action: str, fn: Any, **kw: Any) -> Any:
         try:
@@ -138,11 +142,19 @@ class Tally:
             self.calls[action] += 1
         return out
 
+    def finish(self, action: str, victim: str, pool: list[str], fn: Any, **kw: Any) -> None:
+        """Delete `victim` (from `pool`, where other clients may pick it at once): at most
+        one of them may succeed, as on EC2."""
+        if self.call(action, fn, **kw) is not None:
+            with self.lock:
+                self.done[f"{action} {victim}"] += 1
+                if victim in pool:
+                    pool.remove(victim)
+
 
 def client_loop(api: dict, n: int, tally: Tally, shared: dict, stop: float) -> None:
     c = ec2(api)
     rng = random.Random(n)
-    mine_snaps: list[str] = []
     i = 0
     while time.monotonic() < stop:
         i += 1
@@ -169,18 +181,21 @@ def client_loop(api: dict, n: int, tally: Tally, shared: dict, stop: float) -> N
         elif op == "deregister":
             with tally.lock:  # any client's copy: two may race for one (one gets NotFound)
                 victim = rng.choice(tally.copies) if tally.copies else None
-            gone = victim and tally.call("DeregisterImage", c.deregister_image, ImageId=victim)
-            if gone is not None:
-                with tally.lock:
-                    if victim in tally.copies:
-                        tally.copies.remove(victim)
+            if victim is not None:
+                tally.finish("DeregisterImage", victim, tally.copies, c.deregister_image,
+                             ImageId=victim)  # fmt: skip
         elif op == "snapshot":
             got = tally.call("CreateSnapshot", c.create_snapshot, VolumeId=shared["vol"],
                              Description=f"conc {n} {i}")  # fmt: skip
             if got is not None:
-                mine_snaps.append(got["SnapshotId"])
-        elif op == "delsnap" and mine_snaps:
-            tally.call("DeleteSnapshot", c.delete_snapshot, SnapshotId=mine_snaps.pop(0))
+                with tally.lock:
+                    tally.snaps.append(got["SnapshotId"])
+        elif op == "delsnap":
+            with tally.lock:  # any client's: two may race for one (one gets NotFound)
+                victim = rng.choice(tally.snaps) if tally.snaps else None
+            if victim is not None:
+                tally.finish("DeleteSnapshot", victim, tally.snaps, c.delete_snapshot,
+                             SnapshotId=victim)  # fmt: skip
         elif op == "run":
             with tally.lock:
                 image = rng.choice(tally.copies) if tally.copies else api["ami"]
@@ -220,6 +235,18 @@ def cli_loop(api: dict, n: int, tally: Tally, stop: float) -> None:
                 elif args[0] == "copy-image":
                     copy = json.loads(res.stdout)["ImageId"]
                     tally.copies.append(copy)
+        with tally.lock:
+            victim = tally.copies[0] if tally.copies else None
+        if victim is not None:  # the oldest copy: API clients may deregister it at once
+            res = run_amilab("deregister", victim, env=api["env"], timeout=300)
+            with tally.lock:
+                tally.calls["cli deregister"] += 1
+                if res.returncode == 0:
+                    tally.done[f"DeregisterImage {victim}"] += 1
+                    if victim in tally.copies:
+                        tally.copies.remove(victim)
+                elif res.returncode != 2 or "no such image" not in res.stderr:
+                    tally.failures.append(f"amilab deregister: {res.returncode} {res.stderr}")
 
 
 def test_many_clients(api: dict) -> None:
@@ -243,6 +270,8 @@ def test_many_clients(api: dict) -> None:
           f"({total / wall:.1f}/s); {dict(sorted(tally.calls.items()))}; "
           f"refusals {dict(tally.codes)}; tags acknowledged {len(tally.tags)}")  # fmt: skip
     assert not tally.failures, "\n".join(tally.failures[:20])
+    twice = [what for what, n in tally.done.items() if n > 1]
+    assert not twice, f"deleted more than once: {twice[:10]}"
     assert tally.calls["CreateTags"] > 0 and tally.calls["CopyImage"] > 0
 
     # every acknowledged tag is there, as the API and the CLI show it
@@ -294,7 +323,7 @@ def test_deregister_racing_launch(api: dict) -> None:
     for n in range(RACES):
         ami = c.copy_image(SourceImageId=api["ami"], SourceRegion="us-east-1",
                            Name=f"race-{n}")["ImageId"]  # fmt: skip
-        got = race(api, ami, delay=0.05 * n)  # a little later each round
+        got = race(api, ami, *DELAYS[n % len(DELAYS)])
         if isinstance(got, str):
             assert got == "InvalidAMIID.NotFound", got
             outcomes["refused"] += 1
@@ -313,24 +342,26 @@ def test_deregister_racing_launch(api: dict) -> None:
     check_fsck(api)
 
 
-def race(api: dict, ami: str, delay: float) -> Any:
-    """RunInstances and DeregisterImage of `ami` at once (the deregister `delay` s later):
-    the launch's answer, or its error code."""
+def race(api: dict, ami: str, launch_delay: float, deregister_delay: float) -> Any:
+    """RunInstances and DeregisterImage of `ami` at once (each after its delay): the
+    launch's answer, or its error code."""
     got: dict[str, Any] = {}
     barrier = threading.Barrier(2)
+    launcher, deregisterer = ec2(api), ec2(api)
 
     def launch() -> None:
         barrier.wait()
+        time.sleep(launch_delay)
         try:
-            got["run"] = ec2(api).run_instances(ImageId=ami, MinCount=1, MaxCount=1,
+            got["run"] = launcher.run_instances(ImageId=ami, MinCount=1, MaxCount=1,
                                                 InstanceType="t3.micro")  # fmt: skip
         except ClientError as e:
             got["run"] = e.response["Error"]["Code"]
 
     def deregister() -> None:
         barrier.wait()
-        time.sleep(delay)
-        got["dereg"] = ec2(api).deregister_image(ImageId=ami)
+        time.sleep(deregister_delay)
+        got["dereg"] = deregisterer.deregister_image(ImageId=ami)
 
     threads = [threading.Thread(target=launch), threading.Thread(target=deregister)]
     for t in threads:
