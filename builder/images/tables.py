@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,11 @@ class JsonTable:
             )
             yield conn
 
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction that the calls made inside it (in this thread, on any
+        table of this file) join: a check and the change it allows as one step."""
+        return statedb.session(self.path, write=True)
+
     def get(self, key: str) -> Row | None:
         with self.connect() as conn:
             row = conn.execute(f"SELECT record FROM {self.table} WHERE id = ?", (key,)).fetchone()
@@ -57,6 +62,18 @@ class JsonTable:
 
     def insert(self, key: str, record: Row) -> Row:
         with self.connect(write=True) as conn:
+            conn.execute(
+                f"INSERT INTO {self.table} (id, record) VALUES (?, ?)", (key, json.dumps(record))
+            )
+        return record
+
+    def ensure(self, key: str, record: Row) -> Row:
+        """Insert the record unless one with this key is there; the stored one either way
+        (two callers making the same record at once both get the one that was kept)."""
+        with self.connect(write=True) as conn:
+            row = conn.execute(f"SELECT record FROM {self.table} WHERE id = ?", (key,)).fetchone()
+            if row is not None:
+                return dict(json.loads(row[0]))
             conn.execute(
                 f"INSERT INTO {self.table} (id, record) VALUES (?, ?)", (key, json.dumps(record))
             )

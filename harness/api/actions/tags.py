@@ -37,8 +37,7 @@ def _row_table(resource: str, ctx: Context) -> tuple[JsonTable, str]:
         return volumes.snapshots(), find_snapshot(resource, ctx, owned=True)["SnapshotId"]
     if prefix == "sg":
         g = network.find_group(resource, ctx.account_id)
-        if network.groups().get(g["GroupId"]) is None:
-            network.groups().insert(g["GroupId"], g)
+        network.groups().ensure(g["GroupId"], g)  # the default group's row, made once
         return network.groups(), g["GroupId"]
     if prefix == "key":
         return store.key_pairs(), keypairs.table_key(resource)
