@@ -198,6 +198,10 @@ def print_mix(mixed: dict[str, Any]) -> None:
               f"{r['MedianMs']:>9.1f} {r['ServerErrors']:>4}")  # fmt: skip
         for line in r["Unexpected"]:
             print(f"  {name} unexpected: {line[:200]}")
+    print("p99 ms per action, amilab/moto:")
+    for act, got in a["PerAction"].items():
+        peer = m["PerAction"].get(act, {}).get("P99Ms", float("nan"))
+        print(f"  {act:20} {got['P99Ms']:>8.0f} {peer:>8.0f}")
     print(f"ratio req/s amilab/moto {mixed['ReqPerSecRatio']:.2f}; "
           f"p99 moto/amilab {mixed['P99Ratio']:.2f}")  # fmt: skip
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 OPS = ("tag", "describe", "copy", "deregister", "snapshot", "delsnap", "run", "key")
 WEIGHTS = (6, 4, 2, 2, 1, 1, 2, 2)
@@ -61,7 +61,7 @@ def seed_moto_image(c: Any) -> str:
 class Run:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.latencies: list[float] = []
+        self.latencies: dict[str, list[float]] = {}
         self.server_errors = 0
         self.unexpected: list[str] = []
         self.copies: list[str] = []
@@ -78,8 +78,13 @@ class Run:
                 self.server_errors += status >= 500
                 if code not in EXPECTED:
                     self.unexpected.append(f"{code}: {e}")
+        except BotoCoreError as e:  # no EC2 answer at all (a web server's 500 page)
+            out = None
+            with self.lock:
+                self.server_errors += 1
+                self.unexpected.append(f"{type(e).__name__}: {str(e)[:200]}")
         with self.lock:
-            self.latencies.append(time.perf_counter() - t)
+            self.latencies.setdefault(fn.__name__, []).append(time.perf_counter() - t)
         return out
 
 
@@ -91,7 +96,8 @@ def _loop(c: Any, n: int, run: Run, ami: str, vol: str, stop: float) -> None:
         i += 1
         op = rng.choices(OPS, weights=WEIGHTS)[0]
         if op == "tag":
-            run.call(c.create_tags, Resources=[ami], Tags=[{"Key": f"c{n}-{i}", "Value": "v"}])
+            # one key per client (EC2 keeps at most 50 tags on a resource), a new value each time
+            run.call(c.create_tags, Resources=[ami], Tags=[{"Key": f"c{n}", "Value": str(i)}])
         elif op == "describe":
             run.call(c.describe_images, Owners=["self"])
         elif op == "copy":
@@ -135,12 +141,20 @@ def mix(url: str, key: str, secret: str, ami: str, clients: int, seconds: float
     for t in threads:
         t.join()
     wall = time.monotonic() - t0
-    flat = sorted(run.latencies)
+    flat = sorted(x for lat in run.latencies.values() for x in lat)
     return {
         "Requests": len(flat),
         "ReqPerSec": len(flat) / wall,
-        "P99Ms": flat[min(len(flat) - 1, int(0.99 * len(flat)))] * 1000,
-        "MedianMs": flat[len(flat) // 2] * 1000,
+        "P99Ms": _pct(flat, 0.99),
+        "MedianMs": _pct(flat, 0.5),
         "ServerErrors": run.server_errors,
         "Unexpected": run.unexpected[:5],
+        "PerAction": {
+            name: {"Requests": len(lat), "P99Ms": _pct(sorted(lat), 0.99)}
+            for name, lat in sorted(run.latencies.items())
+        },  # fmt: skip
     }
+
+
+def _pct(flat: list[float], q: float) -> float:
+    return flat[min(len(flat) - 1, int(q * len(flat)))] * 1000 if flat else float("nan")
