@@ -10,17 +10,26 @@ which takes the write lock before its first read. A DEFERRED transaction that re
 then writes fails at once with SQLITE_BUSY (busy timeout or not) when another connection
 committed after its read; one that takes the lock first waits its turn instead. A session
 opened inside another on the same file (in the same thread) joins it, so a check over
-several tables (no image names this snapshot) and the change it allows are one step."""
+several tables (no image names this snapshot) and the change it allows are one step.
+
+Within one process (the API server's threads) writers also queue on a lock of their own
+before they ask SQLite: SQLite's busy handler polls with sleeps growing to 100 ms, so
+under many writers a thread could wait rounds for no reason (and the unlucky ones many);
+the lock hands the write over in turn, at once. Between processes SQLite's lock remains."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
 BUSY_TIMEOUT_S = 60.0
+
+_writers: dict[Path, threading.Lock] = {}  # per database file: this process's writer turn
+_writers_lock = threading.Lock()
 
 # the write transaction this thread (or task) holds: (database path, its connection)
 _current: ContextVar[tuple[Path, sqlite3.Connection] | None] = ContextVar(
@@ -46,18 +55,38 @@ def session(path: Path, *, write: bool = False) -> Iterator[sqlite3.Connection]:
     if held is not None and held[0] == path:
         yield held[1]
         return
-    conn = connect(path)
-    token = None
-    try:
-        if write:
-            conn.execute("BEGIN IMMEDIATE")
-            token = _current.set((path, conn))
-        yield conn
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    finally:
-        if token is not None:
+    if not write:
+        with _open(path, write=False) as conn:
+            yield conn
+        return
+    with _open(path, write=True) as conn:
+        token = _current.set((path, conn))
+        try:
+            yield conn
+        finally:
             _current.reset(token)
+
+
+def _writer_turn(path: Path) -> threading.Lock:
+    with _writers_lock:
+        return _writers.setdefault(path, threading.Lock())
+
+
+@contextmanager
+def _open(path: Path, write: bool) -> Iterator[sqlite3.Connection]:
+    conn = connect(path)
+    try:
+        if not write:
+            yield conn
+            conn.commit()
+            return
+        with _writer_turn(path):  # the connection is opened outside the turn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+    finally:
         conn.close()
