@@ -19,6 +19,7 @@ the lock hands the write over in turn, at once. Between processes SQLite's lock 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -30,6 +31,17 @@ BUSY_TIMEOUT_S = 60.0
 
 _writers: dict[Path, threading.Lock] = {}  # per database file: this process's writer turn
 _writers_lock = threading.Lock()
+
+
+def _forget_turns() -> None:
+    """A child forked while another thread held a turn starts with none held (its copy of
+    that lock would stay locked for good)."""
+    global _writers_lock
+    _writers.clear()
+    _writers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_turns)
 
 # the write transaction this thread (or task) holds: (database path, its connection)
 _current: ContextVar[tuple[Path, sqlite3.Connection] | None] = ContextVar(
