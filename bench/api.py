@@ -12,7 +12,16 @@ minutes), so the client's own cost is small and equal for both. At 1 and at 32 c
 clients: requests per second and p99 latency. Ratio = amilab / moto for req/s (target >= 1)
 and moto / amilab for p99 (target >= 1).
 
-Usage: .venv/bin/python bench/api.py [--images 100] [--instances 20] [--seconds 5] [--json]
+Then the mix of issue 29's concurrency test: 16 boto3 clients (no retries) for --mix-seconds
+each, one server after the other, calling CreateTags, DescribeImages, CopyImage,
+DeregisterImage (of a copy), CreateSnapshot, DeleteSnapshot, RunInstances and
+TerminateInstances with DryRun, CreateKeyPair and DeleteKeyPair in the same proportions
+(each client's choices come from the same seed on both servers). amilab's AMI is a small
+raw disk registered as a build would; moto's is registered by RegisterImage. Requests per
+second, p99 latency and server errors (5xx) per server, and the two ratios as above.
+
+Usage: .venv/bin/python bench/api.py [--images 100] [--instances 20] [--seconds 5]
+                                     [--mix-seconds 30] [--json]
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ import boto3  # noqa: E402
 from botocore.auth import SigV4Auth  # noqa: E402
 from botocore.awsrequest import AWSRequest  # noqa: E402
 from botocore.credentials import Credentials  # noqa: E402
+
+from bench import api_mix  # noqa: E402
 
 KEY, SECRET, ACCOUNT = "AKIAAMILABBENCH00001", "bench-secret", "123456789012"
 ACTIONS = {
@@ -159,11 +170,49 @@ def load(url: str, body: bytes, headers: dict[str, str], clients: int, seconds: 
     }
 
 
+def run_mix(servers: dict[str, str], home: Path, clients: int, seconds: float
+            ) -> dict[str, Any]:  # fmt: skip
+    """The concurrency test's mix on each server in turn (amilab's AMI registered in its
+    home while it serves, as a build would), and the ratios."""
+    amis = {
+        "amilab": api_mix.seed_amilab_image(home),
+        "moto": api_mix.seed_moto_image(api_mix.client(servers["moto"], KEY, SECRET)),
+    }
+    got = {name: api_mix.mix(url, KEY, SECRET, amis[name], clients, seconds)
+           for name, url in servers.items()}  # fmt: skip
+    a, m = got["amilab"], got["moto"]
+    return {"Clients": clients, "Seconds": seconds, "amilab": a, "moto": m,
+            "ReqPerSecRatio": a["ReqPerSec"] / m["ReqPerSec"],
+            "P99Ratio": m["P99Ms"] / a["P99Ms"]}  # fmt: skip
+
+
+def print_mix(mixed: dict[str, Any]) -> None:
+    a, m = mixed["amilab"], mixed["moto"]
+    print(f"\nmix (CreateTags, DescribeImages, CopyImage, DeregisterImage, CreateSnapshot, "
+          f"DeleteSnapshot, Run/TerminateInstances dry-run, Create/DeleteKeyPair): "
+          f"{mixed['Clients']} boto3 clients, {mixed['Seconds']:.0f} s each")  # fmt: skip
+    print(f"{'server':8} {'requests':>8} {'req/s':>8} {'p99 ms':>8} {'median ms':>9} "
+          f"{'5xx':>4}")  # fmt: skip
+    for name, r in (("amilab", a), ("moto", m)):
+        print(f"{name:8} {r['Requests']:>8} {r['ReqPerSec']:>8.1f} {r['P99Ms']:>8.1f} "
+              f"{r['MedianMs']:>9.1f} {r['ServerErrors']:>4}")  # fmt: skip
+        for line in r["Unexpected"]:
+            print(f"  {name} unexpected: {line[:200]}")
+    print("p99 ms per action, amilab/moto:")
+    for act, got in a["PerAction"].items():
+        peer = m["PerAction"].get(act, {}).get("P99Ms", float("nan"))
+        print(f"  {act:20} {got['P99Ms']:>8.0f} {peer:>8.0f}")
+    print(f"ratio req/s amilab/moto {mixed['ReqPerSecRatio']:.2f}; "
+          f"p99 moto/amilab {mixed['P99Ratio']:.2f}")  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--instances", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--mix-seconds", type=float, default=30.0)
+    ap.add_argument("--mix-clients", type=int, default=16)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
@@ -211,10 +260,12 @@ def main() -> int:
                     "ReqPerSecRatio": a["ReqPerSec"] / m["ReqPerSec"],
                     "P99Ratio": m["P99Ms"] / a["P99Ms"],
                 })  # fmt: skip
+        mixed = run_mix(servers, home, args.mix_clients, args.mix_seconds)
         load_avg = os.getloadavg()
         if args.json:
             print(json.dumps({"Images": args.images, "Instances": args.instances,
-                              "LoadAverage": load_avg, "Results": rows}, indent=2))  # fmt: skip
+                              "LoadAverage": load_avg, "Results": rows, "Mix": mixed},
+                             indent=2))  # fmt: skip
         else:
             print(f"{args.images} images, {args.instances} instances; {args.seconds:.0f} s per "
                   f"measurement; load average {load_avg[0]:.2f}")  # fmt: skip
@@ -229,6 +280,7 @@ def main() -> int:
                       f"{m['P99Ms']:>11.1f} {r['P99Ratio']:>6.2f}")  # fmt: skip
             errs = sum(r["amilab"]["Errors"] + r["moto"]["Errors"] for r in rows)
             print(f"non-200 answers: {errs}")
+            print_mix(mixed)
     finally:
         for p in procs:
             p.terminate()

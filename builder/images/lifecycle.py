@@ -199,7 +199,11 @@ def register_snapshot(
         extra={"registered_from": snap_id}, fresh=True,
     )  # fmt: skip
     image.block_device_mappings = out
-    return registry.register_new(image)
+    with registry.transaction():  # a DeleteSnapshot meanwhile: it comes first or sees the AMI
+        for m in out:
+            if (ebs := m.get("Ebs")) and ebs.get("SnapshotId"):
+                volumes.find_snapshot(ebs["SnapshotId"])
+        return registry.register_new(image)
 
 
 def _record_for(
@@ -282,14 +286,20 @@ def dependents(registry: Registry, image_id: str) -> list[str]:
 
 
 def deregister(ref: str, *, force: bool = False) -> ImageRecord:
+    """Drop the record; the lookup, the check for images that launch with it and the
+    removal are one transaction, so a machine image registered meanwhile is seen, and two
+    deregisters of one image give one success and one NotFound."""
     registry = Registry()
-    rec = registry.find(ref)
-    users = dependents(registry, rec.image_id)
-    if users and not force:
-        raise BadInput(
-            f"{rec.image_id} is used by {', '.join(users)}: deregister those first or use --force"
-        )
-    registry.remove(rec.image_id)
+    with registry.transaction():
+        rec = registry.find(ref)
+        users = dependents(registry, rec.image_id)
+        if users and not force:
+            raise BadInput(
+                f"{rec.image_id} is used by {', '.join(users)}: "
+                "deregister those first or use --force"
+            )
+        if not registry.remove(rec.image_id):
+            raise BadInput(f"{ref}: no such image in the registry ({registry.path})")
     return rec
 
 
@@ -319,12 +329,15 @@ def tag(image_ids: list[str], tags: dict[str, str]) -> list[ImageRecord]:
     return [registry.update(i, lambda r: r.tags.update(tags)) for i in _ids(registry, image_ids)]
 
 
-def untag(image_ids: list[str], items: list[str]) -> list[ImageRecord]:
-    """Remove tags: KEY removes the key whatever its value, KEY=VALUE only with that value."""
+def untag(image_ids: list[str], items: list[str] | None) -> list[ImageRecord]:
+    """Remove tags: KEY removes the key whatever its value, KEY=VALUE only with that value;
+    None removes every tag the image has when the change is made (DeleteTags without Tags)."""
     registry = Registry()
 
     def change(rec: ImageRecord) -> None:
-        for item in items:
+        if items is None:
+            rec.tags.clear()
+        for item in items or []:
             key, eq, value = item.partition("=")
             if key in rec.tags and (not eq or rec.tags[key] == value):
                 del rec.tags[key]

@@ -7,7 +7,7 @@ import os
 import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from builder import paths, statedb
@@ -35,16 +35,16 @@ __all__ = [
 
 _PREFIX = {"machine": "ami", "kernel": "aki", "ramdisk": "ari"}
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS images (
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS images (
     image_id TEXT PRIMARY KEY,
     image_type TEXT NOT NULL,
     name TEXT NOT NULL,
     creation_date TEXT NOT NULL,
     record TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS images_name ON images(name, creation_date);
-"""
+)""",
+    "CREATE INDEX IF NOT EXISTS images_name ON images(name, creation_date)",
+)
 
 
 class Registry:
@@ -53,20 +53,24 @@ class Registry:
         self.path = self.home / "registry.sqlite"
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = statedb.connect(self.path)
-        try:
-            conn.executescript(_SCHEMA)
+    def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A session on the registry (`statedb.session`): with `write`, one IMMEDIATE
+        transaction, so what a change reads is what it writes over."""
+        with statedb.session(self.path, write=write) as conn:
+            for statement in _SCHEMA:  # not executescript: it would commit a transaction
+                conn.execute(statement)
             yield conn
-            conn.commit()
-        finally:
-            conn.close()
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction that the registry's and the record tables' calls made
+        inside it (in this thread) join: a check and the change it allows as one step."""
+        return statedb.session(self.path, write=True)
 
     def register(self, records: list[ImageRecord]) -> list[ImageRecord]:
         """Register several images in one transaction; an existing ID is kept as it is
         (registered images never change), and the stored record is returned for it."""
         out = []
-        with self._connect() as conn:
+        with self._connect(write=True) as conn:  # the lookups and inserts are one step
             for rec in records:
                 row = conn.execute(
                     "SELECT record FROM images WHERE image_id = ?", (rec.image_id,)
@@ -111,8 +115,7 @@ class Registry:
     def update(self, image_id: str, change: Callable[[ImageRecord], None]) -> ImageRecord:
         """Change an image's attributes (tags, launch permissions) in one transaction; what
         identifies the image (disk, kernel, ramdisk, launch settings) stays as it is."""
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+        with self._connect(write=True) as conn:
             row = conn.execute(
                 "SELECT record FROM images WHERE image_id = ?", (image_id,)
             ).fetchone()
@@ -128,15 +131,14 @@ class Registry:
 
     def remove(self, image_id: str) -> bool:
         """Drop an image's record (deregistration); its artifacts stay, as EBS snapshots do."""
-        with self._connect() as conn:
+        with self._connect(write=True) as conn:
             cur = conn.execute("DELETE FROM images WHERE image_id = ?", (image_id,))
         return cur.rowcount > 0
 
     def register_new(self, rec: ImageRecord) -> ImageRecord:
         """Register an image under a name no other machine image of this registry has
         (EC2's rule for register-image, copy-image and restore); BadInput if it is taken."""
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")  # the name check and the insert are one step
+        with self._connect(write=True) as conn:  # the name check and the insert are one step
             taken = conn.execute(
                 "SELECT image_id FROM images WHERE name = ? AND image_type = ?",
                 (rec.name, rec.image_type),

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,21 +57,21 @@ CREATE TABLE IF NOT EXISTS store_tasks (
     task_id TEXT PRIMARY KEY,
     start_time TEXT NOT NULL,
     task TEXT NOT NULL
-);
-"""
+)"""
 
 
 class TaskLog:
     def __init__(self) -> None:
         self.path = Registry().path
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = statedb.connect(self.path)
-        conn.executescript(_TASKS_SCHEMA)
-        return conn
+    @contextmanager
+    def _conn(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        with statedb.session(self.path, write=write) as conn:
+            conn.execute(_TASKS_SCHEMA)  # not executescript: it would commit a transaction
+            yield conn
 
     def save(self, task: StoreTask) -> None:
-        with closing(self._conn()) as conn, conn:
+        with self._conn(write=True) as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO store_tasks VALUES (?, ?, ?)",
                 (task.task_id, task.start_time, json.dumps(asdict(task))),
@@ -78,7 +79,7 @@ class TaskLog:
 
     def recent(self, days: int = TASK_HISTORY_DAYS) -> list[StoreTask]:
         since = (datetime.now(UTC) - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S")
-        with closing(self._conn()) as conn:
+        with self._conn() as conn:
             rows = conn.execute(
                 "SELECT task FROM store_tasks WHERE start_time >= ? ORDER BY start_time, rowid",
                 (since,),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +28,20 @@ class JsonTable:
         self.path = self.home / "registry.sqlite"
 
     @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        conn = statedb.connect(self.path)
-        try:
+    def connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A session on the table (`statedb.session`): with `write`, one IMMEDIATE
+        transaction, joined to the one a caller holds on this file."""
+        with statedb.session(self.path, write=write) as conn:
             conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.table} "
                 "(id TEXT PRIMARY KEY, created REAL DEFAULT (julianday('now')), record TEXT)"
             )
             yield conn
-            conn.commit()
-        finally:
-            conn.close()
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction that the calls made inside it (in this thread, on any
+        table of this file) join: a check and the change it allows as one step."""
+        return statedb.session(self.path, write=True)
 
     def get(self, key: str) -> Row | None:
         with self.connect() as conn:
@@ -58,7 +61,19 @@ class JsonTable:
             return [json.loads(r[0]) for r in rows.fetchall()]
 
     def insert(self, key: str, record: Row) -> Row:
-        with self.connect() as conn:
+        with self.connect(write=True) as conn:
+            conn.execute(
+                f"INSERT INTO {self.table} (id, record) VALUES (?, ?)", (key, json.dumps(record))
+            )
+        return record
+
+    def ensure(self, key: str, record: Row) -> Row:
+        """Insert the record unless one with this key is there; the stored one either way
+        (two callers making the same record at once both get the one that was kept)."""
+        with self.connect(write=True) as conn:
+            row = conn.execute(f"SELECT record FROM {self.table} WHERE id = ?", (key,)).fetchone()
+            if row is not None:
+                return dict(json.loads(row[0]))
             conn.execute(
                 f"INSERT INTO {self.table} (id, record) VALUES (?, ?)", (key, json.dumps(record))
             )
@@ -67,8 +82,7 @@ class JsonTable:
     def update(self, key: str, change: Callable[[Row], None], code: str = "NotFound") -> Row:
         """Read, change and write one record in one transaction; `change` may raise to
         refuse (nothing is written then)."""
-        with self.connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+        with self.connect(write=True) as conn:
             row = conn.execute(f"SELECT record FROM {self.table} WHERE id = ?", (key,)).fetchone()
             if row is None:
                 raise BadInput(f"{code}: The {self.what} ID '{key}' does not exist")
@@ -80,6 +94,6 @@ class JsonTable:
         return record
 
     def delete(self, key: str) -> bool:
-        with self.connect() as conn:
+        with self.connect(write=True) as conn:
             cur = conn.execute(f"DELETE FROM {self.table} WHERE id = ?", (key,))
         return cur.rowcount > 0

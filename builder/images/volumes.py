@@ -89,13 +89,7 @@ def image_snapshot(image: ImageRecord) -> Row:
         "Tags": [],
         "Amilab": {"Path": str(disk), "Bytes": disk.stat().st_size, "Digest": image.digest},
     }
-    try:
-        return snapshots().insert(snap_id, row)
-    except Exception:  # noqa: BLE001 - made by a concurrent launch a moment ago
-        found = snapshots().get(snap_id)
-        if found is None:
-            raise
-        return found
+    return snapshots().ensure(snap_id, row)  # a concurrent launch may make it at once
 
 
 def find_snapshot(snapshot_id: str) -> Row:
@@ -171,13 +165,19 @@ def images_using(snapshot_id: str) -> list[str]:
 
 
 def delete_snapshot(snapshot_id: str) -> Row:
-    snap = find_snapshot(snapshot_id)
-    if users := images_using(snapshot_id):
-        raise BadInput(
-            f"InvalidSnapshot.InUse: The snapshot {snapshot_id} is currently in use by "
-            f"{', '.join(users)}"
-        )
-    snapshots().delete(snapshot_id)  # the artifact stays: other snapshots may share its bytes
+    """The check that no image names the snapshot and the deletion are one transaction, so
+    a RegisterImage of it meanwhile either comes first (InUse) or finds it gone."""
+    with Registry().transaction():
+        snap = find_snapshot(snapshot_id)
+        if users := images_using(snapshot_id):
+            raise BadInput(
+                f"InvalidSnapshot.InUse: The snapshot {snapshot_id} is currently in use by "
+                f"{', '.join(users)}"
+            )
+        if not snapshots().delete(snapshot_id):  # the artifact stays: others may share it
+            raise BadInput(
+                f"InvalidSnapshot.NotFound: The snapshot '{snapshot_id}' does not exist."
+            )
     return snap
 
 
@@ -305,11 +305,15 @@ def detach(volume_id: str, instance_id: str | None = None) -> Row:
 
 
 def delete_volume(volume_id: str) -> Row:
-    vol = volumes().find(volume_id, "InvalidVolume.NotFound")
-    if vol["State"] == "in-use":
-        instance = vol["Attachments"][0]["InstanceId"]
-        raise BadInput(f"VolumeInUse: Volume {volume_id} is currently attached to {instance}")
-    volumes().delete(volume_id)
+    """The state check and the deletion are one transaction (an attach meanwhile comes
+    first, and the volume is in use, or finds it gone); the file goes once it is gone."""
+    with Registry().transaction():
+        vol = volumes().find(volume_id, "InvalidVolume.NotFound")
+        if vol["State"] == "in-use":
+            instance = vol["Attachments"][0]["InstanceId"]
+            raise BadInput(f"VolumeInUse: Volume {volume_id} is currently attached to {instance}")
+        if not volumes().delete(volume_id):
+            raise BadInput(f"InvalidVolume.NotFound: The volume ID '{volume_id}' does not exist")
     volume_path(vol).unlink(missing_ok=True)
     return vol
 

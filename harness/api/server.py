@@ -81,8 +81,11 @@ class Handler(BaseHTTPRequestHandler):
                 if status >= 400
                 else ""
             )
-            print(f"amilab api: {self._action or '-'} {status} {code}".rstrip(), file=sys.stderr,
-                  flush=True)  # fmt: skip
+            # one write per line: print() writes the text and the newline apart, so two
+            # threads' lines could run into each other
+            line = f"amilab api: {self._action or '-'} {status} {code}".rstrip()
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
         self.send_response(status)
         self.send_header("Content-Type", "text/xml;charset=UTF-8")
         self.send_header("Content-Length", str(len(body)))

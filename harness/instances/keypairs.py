@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import sqlite3
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
@@ -75,8 +74,6 @@ def _tag_list(tags: dict[str, str] | None) -> list[dict[str, str]]:
 
 def _insert(name: str, public_line: str, key_type: str, tags: dict[str, str] | None) -> Row:
     _check_name(name)
-    if _lookup(name) is not None:
-        raise BadInput(f"InvalidKeyPair.Duplicate: The keypair '{name}' already exists.")
     owner = account_id()
     row: Row = {
         "KeyPairId": random_id("key"),
@@ -88,10 +85,10 @@ def _insert(name: str, public_line: str, key_type: str, tags: dict[str, str] | N
         "PublicKey": public_line,
         "OwnerId": owner,
     }
-    try:
+    with store.key_pairs().transaction():  # the name check and the insert are one step
+        if _lookup(name) is not None:
+            raise BadInput(f"InvalidKeyPair.Duplicate: The keypair '{name}' already exists.")
         return store.key_pairs().insert(f"{owner}\t{name}", row)
-    except sqlite3.IntegrityError:  # the same name made at the same moment by another call
-        raise BadInput(f"InvalidKeyPair.Duplicate: The keypair '{name}' already exists.") from None
 
 
 def create_key_pair(

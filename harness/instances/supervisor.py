@@ -30,11 +30,10 @@ from typing import Any
 from builder.errors import AmilabError
 from builder.images import volumes
 from builder.images.records import now_iso
-from builder.images.registry import Registry
 from builder.images.tables import Row
 from builder.steps import Step, StepRunner
 from harness.imds.document import block_device_mapping, document, write_document
-from harness.instances import events, hibernation, hotplug, store, volume_requests
+from harness.instances import events, hibernation, hotplug, launch_images, store, volume_requests
 from harness.instances.devices import Devices
 from harness.instances.volume_requests import volume_serial
 from harness.launch import accel
@@ -154,7 +153,8 @@ def disk_bus(record: Row) -> str:
 def build_instance(record: Row) -> Instance:
     a = record["Amilab"]
     launch = a["Launch"]
-    image = Registry().find(record["ImageId"], "machine")
+    registry = launch_images.registry_for(record)  # its AMI may be deregistered by now
+    image = registry.find(record["ImageId"], "machine")
     itype = instance_type(record["InstanceType"])
     bus = disk_bus(record)
     plan = make_plan(
@@ -166,6 +166,7 @@ def build_instance(record: Row) -> Instance:
         firmware=launch.get("Firmware"),
         disk_bus=bus,
         append=launch.get("Append"),
+        registry=registry,
     )
     plan.disk, extra = attached_disks(record, bus)
     plan.imported = False  # an instance's volume is its own; VM Import's fixes went into it

@@ -184,8 +184,6 @@ def create_security_group(p: Params, ctx: Context) -> Result:
     vpc = p.get("VpcId") or default_vpc_id(ctx.account_id)
     if vpc != default_vpc_id(ctx.account_id):
         raise ApiError("InvalidVpcID.NotFound", f"The vpc ID '{vpc}' does not exist")
-    if any(g["GroupName"] == name for g in account_groups(ctx.account_id)):
-        raise ApiError("InvalidGroup.Duplicate", f"The security group '{name}' already exists")
     gid = random_id("sg")
     tags = [{"Key": k, "Value": v} for s in p.get("TagSpecifications") or []
             for k, v in tags_of(s.get("Tags")).items()]  # fmt: skip
@@ -195,7 +193,10 @@ def create_security_group(p: Params, ctx: Context) -> Result:
         "IpPermissionsEgress": [{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}],
         "Tags": tags, "Amilab": {"Created": now_iso()},
     }  # fmt: skip
-    groups().insert(gid, row)
+    with groups().transaction():  # the name check and the insert are one step
+        if any(g["GroupName"] == name for g in account_groups(ctx.account_id)):
+            raise ApiError("InvalidGroup.Duplicate", f"The security group '{name}' already exists")
+        groups().insert(gid, row)
     return {"GroupId": gid, "Tags": tags}
 
 
@@ -236,8 +237,8 @@ def _permissions(p: Params) -> list[dict[str, Any]]:
 def _change_rules(p: Params, ctx: Context, key: str, add: bool) -> Result:
     g = _group_ref(p, ctx)
     perms = _permissions(p)
-    if g["GroupName"] == "default" and groups().get(g["GroupId"]) is None:
-        groups().insert(g["GroupId"], g)
+    if g["GroupName"] == "default":
+        groups().ensure(g["GroupId"], g)  # the default group's row, made once
 
     def change(r: Row) -> None:
         if add:

@@ -37,8 +37,7 @@ def _row_table(resource: str, ctx: Context) -> tuple[JsonTable, str]:
         return volumes.snapshots(), find_snapshot(resource, ctx, owned=True)["SnapshotId"]
     if prefix == "sg":
         g = network.find_group(resource, ctx.account_id)
-        if network.groups().get(g["GroupId"]) is None:
-            network.groups().insert(g["GroupId"], g)
+        network.groups().ensure(g["GroupId"], g)  # the default group's row, made once
         return network.groups(), g["GroupId"]
     if prefix == "key":
         return store.key_pairs(), keypairs.table_key(resource)
@@ -92,12 +91,13 @@ def delete_tags(p: Params, ctx: Context) -> Result:
     if given is not None:
         tags_of([{"Value": "", **t} for t in given])  # each names its Key
     images, rows = _check(resources, ctx)
-    for image_id in images:  # KEY removes whatever the value, KEY=VALUE only that value
-        rec = Registry().get(image_id)
-        items = [t["Key"] + (f"={t['Value']}" if "Value" in t else "") for t in given or []]
-        if given is None and rec is not None:
-            items = list(rec.tags)
-        lifecycle.untag([image_id], items)
+    # KEY removes whatever the value, KEY=VALUE only that value; no Tags: all, as they are
+    # when the change is made (a tag added meanwhile goes too)
+    items = None if given is None else [
+        t["Key"] + (f"={t['Value']}" if "Value" in t else "") for t in given
+    ]  # fmt: skip
+    if images:
+        lifecycle.untag(images, items)
 
     def change(have: dict[str, str]) -> None:
         if given is None:

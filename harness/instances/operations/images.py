@@ -11,7 +11,7 @@ from builder.images import factory, volumes
 from builder.images.records import ImageRecord
 from builder.images.registry import Registry
 from builder.images.tables import Row
-from harness.instances import store
+from harness.instances import launch_images, store
 from harness.instances.operations.common import (
     reconcile,
 )
@@ -34,7 +34,7 @@ def create_image(
     state = rec["State"]["Name"]
     if state not in ("running", "stopped"):
         raise BadInput(f"IncorrectInstanceState: The instance '{instance_id}' is {state}")
-    source = registry.find(rec["ImageId"], "machine")
+    source = launch_images.registry_for(rec).find(rec["ImageId"], "machine")
     restart = state == "running" and not no_reboot
     if restart:
         stop_instances([instance_id], wait=True, timeout=180)
@@ -110,7 +110,7 @@ def bundle_vol(
     state = rec["State"]["Name"]
     if state not in ("running", "stopped"):
         raise BadInput(f"IncorrectInstanceState: The instance '{instance_id}' is {state}")
-    image = Registry().find(rec["ImageId"], "machine")
+    image = launch_images.registry_for(rec).find(rec["ImageId"], "machine")
     root = next((m for m in rec["BlockDeviceMappings"]
                  if m["DeviceName"] == rec["RootDeviceName"]), None)  # fmt: skip
     if root is None:

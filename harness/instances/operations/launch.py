@@ -22,7 +22,7 @@ from builder.images import volumes
 from builder.images.records import ImageRecord, now_iso
 from builder.images.registry import Registry
 from builder.images.tables import Row
-from harness.instances import addresses, events, hibernation, keypairs, store
+from harness.instances import addresses, events, hibernation, keypairs, launch_images, store
 from harness.instances.operations.common import (
     acting_account,
     current_states,
@@ -321,6 +321,8 @@ def _launch_one(
                     "DisableApiTermination": req.disable_api_termination,
                     "DisableApiStop": req.disable_api_stop,
                     "Launch": _launch_settings(req, bus),
+                    # its images as they are now: it still starts when they are deregistered
+                    launch_images.KEY: launch_images.kept(image, plan.kernel, plan.ramdisk),
                     "InstanceStore": store_paths,
                     "InstanceStoreDevices": [m["DeviceName"] for m in stores],
                     "Spot": spot,
