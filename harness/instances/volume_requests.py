@@ -39,8 +39,9 @@ def carry_out(iid: str, devices: Devices, say: Say) -> None:
                 devices.plug(vid, volumes.volume_path(vol), volume_serial(vid))
             except DeviceError as e:
                 say(f"attach {vid} failed: {e}")
-                _update(iid, lambda r, v=vid, m=str(e): hotplug.failed(r, v, m))
-                hotplug.settle_volumes(iid, [(vid, "detached")])
+                with store.instances().transaction():
+                    _update(iid, lambda r, v=vid, m=str(e): hotplug.failed(r, v, m))
+                    hotplug.settle_volumes(iid, [(vid, "detached")])
                 continue
             _attached(iid, vid, say)
         else:
@@ -60,14 +61,19 @@ def carry_out(iid: str, devices: Devices, say: Say) -> None:
 
 
 def _attached(iid: str, vid: str, say: Say) -> None:
-    _update(iid, lambda r: hotplug.attached(r, vid))
-    hotplug.settle_volumes(iid, [(vid, "attached")])
+    # one transaction: the waiting command takes the request's end as its answer and reads
+    # the volume's record at once, which must then say `attached` (it read `attaching`
+    # when the two were written apart, on a loaded host)
+    with store.instances().transaction():
+        _update(iid, lambda r: hotplug.attached(r, vid))
+        hotplug.settle_volumes(iid, [(vid, "attached")])
     say(f"attached {vid}")
 
 
 def _detached(iid: str, vid: str, say: Say) -> None:
-    _update(iid, lambda r: hotplug.detached(r, vid))
-    hotplug.settle_volumes(iid, [(vid, "detached")])
+    with store.instances().transaction():
+        _update(iid, lambda r: hotplug.detached(r, vid))
+        hotplug.settle_volumes(iid, [(vid, "detached")])
     say(f"detached {vid}")
 
 
