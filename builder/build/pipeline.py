@@ -36,6 +36,7 @@ from builder.images.records import KernelSettings, LaunchSettings, Partition, Ra
 from builder.images.registry import ImageRecord, Registry, store_artifact
 from builder.progress import Stages
 from builder.signals import sigterm_as_interrupt
+from builder.state.diskfull import allocated, require_space
 from builder.steps import Step, run_steps
 
 
@@ -550,8 +551,18 @@ def build_recipe(loaded: LoadedRecipe, quiet: bool = False) -> Built:
                 file=sys.stderr,
             )
         return Built(cached, True)
+    require_space(paths.work_root(), space_needed(loaded.recipe), f"the image {loaded.recipe.name}")
     state = run_pipeline(loaded, found, quiet)
     return Built(next(r for r in state.records if r.image_type == "machine"), False)
+
+
+def space_needed(recipe: Any) -> int:
+    """What a build of `recipe` writes under the work root at most: each format of a disk
+    that holds the root tree (as large as the cached base tree of its release, else 512 MiB,
+    and never more than the disk), plus the kernel and ramdisk."""
+    bases = (paths.cache_dir() / "rootfs").glob(f"{recipe.release}-*.tar")
+    tree = max((allocated(b) for b in bases), default=512 << 20)
+    return min(tree, recipe.disk.size) * len(recipe.disk.formats) + (64 << 20)
 
 
 def chosen_recipes(path: Path, image: str | None = None) -> list[LoadedRecipe]:
