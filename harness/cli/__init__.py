@@ -29,6 +29,7 @@ from harness.cli import (
     matrix,
     modules,
     results,
+    space,
     store,
 )
 from harness.cli.command import Parser
@@ -78,6 +79,8 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     instances.register_volumes,
     instances.register_create_image,
     api.register_api,
+    space.register_df,
+    space.register_prune,
 ]
 
 
