@@ -37,7 +37,8 @@ def test_other_errors_are_not_full(tmp_path: Path) -> None:
 
 
 def test_writing_translates_and_lets_others_through(tmp_path: Path) -> None:
-    with pytest.raises(DiskFull, match="writing the thing"), diskfull.writing(tmp_path, "the thing"):
+    what = "the thing"
+    with pytest.raises(DiskFull, match="writing the thing"), diskfull.writing(tmp_path, what):
         raise OSError(errno.ENOSPC, "No space left on device")
     with pytest.raises(PermissionError), diskfull.writing(tmp_path, "the thing"):
         raise PermissionError(errno.EACCES, "Permission denied")
