@@ -28,7 +28,8 @@ DAY = 86400.0
 LOGS_OLDER_THAN_DAYS = 7.0
 GRACE_S = 3600.0  # a volume file or work entry without a PID is spared this long after a write
 _PID = re.compile(r"(?:-|\.|tmp|partial)(\d{2,7})(?:-|\.|$)")
-_CACHE_KINDS = {"rootfs": "Base trees", "apt": "Package caches", "debs": "Package caches",
+# the cache's folders by the df kind their space counts under
+CACHE_KINDS = {"rootfs": "Base trees", "apt": "Package caches", "debs": "Package caches",
                 "archpkg": "Package caches", "kernels": "Kernels", "headers": "Kernels",
                 "modules-index": "Kernels"}  # fmt: skip
 
@@ -138,7 +139,7 @@ def _over_limit(p: Plan, cache: Path, keep: int) -> None:
         if total <= keep:
             break
         before = len(p.items)
-        p.add(_CACHE_KINDS.get(entry.parent.name, "Other caches"), entry,
+        p.add(CACHE_KINDS.get(entry.parent.name, "Other caches"), entry,
               "least recently used cache entry over --keep-cache")  # fmt: skip
         if len(p.items) > before:
             total -= size

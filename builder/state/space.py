@@ -35,9 +35,7 @@ KINDS = (
 )
 _HOME_KINDS = {"volumes": "Volumes", "instances": "Instances", "work": "Work area",
                "logs": "Logs", "kernels": "Kernels"}  # fmt: skip
-_CACHE_KINDS = {"rootfs": "Base trees", "apt": "Package caches", "debs": "Package caches",
-                "archpkg": "Package caches", "kernels": "Kernels", "headers": "Kernels",
-                "modules-index": "Kernels"}  # fmt: skip
+_CACHE_KINDS = prune.CACHE_KINDS
 
 
 @dataclass
