@@ -52,8 +52,10 @@ class Plan:
     counter: BlockCounter = field(default_factory=BlockCounter)
     refs: References = field(default_factory=References)
 
-    def add(self, kind: str, path: Path, reason: str) -> None:
-        if self.refs.covers(path) or any(i.path == path for i in self.items):
+    def add(self, kind: str, path: Path, reason: str, *, named_ok: bool = False) -> None:
+        """`named_ok`: a record may name it and it still goes (an ended instance's folder
+        and logs, which its record keeps naming)."""
+        if (self.refs.covers(path) and not named_ok) or any(i.path == path for i in self.items):
             return
         self.items.append(Item(kind, path, self.counter.tree(path)[0], reason))
 
@@ -82,7 +84,7 @@ def plan(
             p.add("Volumes", f, "no volume record names it")
     for d in _entries(home / "instances"):
         if d.name.startswith("i-") and not p.refs.instance_live(d.name, d):
-            p.add("Instances", d, "its instance has ended")
+            p.add("Instances", d, "its instance has ended", named_ok=True)
     for e in _entries(home / "work"):
         pid = _pid_in(e.name)
         if (pid is not None and not pid_alive(pid)) or (pid is None and now - _last_use(e) > DAY):
@@ -91,7 +93,8 @@ def plan(
         iid = f.name.split(".", 1)[0]
         ended = p.refs.instances.get(iid, "terminated") == "terminated"
         if ended and now - f.stat().st_mtime > logs_older_than * DAY:
-            p.add("Logs", f, f"log of an ended instance, older than {logs_older_than:g} days")
+            why = f"log of an ended instance, older than {logs_older_than:g} days"
+            p.add("Logs", f, why, named_ok=True)
     _old_base_trees(p, cache / "rootfs")
     if keep_cache is not None:
         _over_limit(p, cache, keep_cache)

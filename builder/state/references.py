@@ -68,13 +68,14 @@ def referenced(home: Path | None = None, tables: set[str] | None = None) -> Refe
                 refs.instances[str(record.get("InstanceId", ""))] = state
     finally:
         conn.close()
+    # a record that names a folder the stores live in (the home itself, say) must not make
+    # every file in it "referenced": only names below those folders count
+    stores = [home / sub / "x" for sub in ("artifacts", "volumes", "instances", "work")]
+    stores += [home / "logs" / "instances" / "x", paths.cache_dir() / "x" / "x"]
+    refs.paths = {p for p in refs.paths if not any(s.is_relative_to(p) for s in stores)}
     for p in list(refs.paths):
-        if p.suffix == ".qcow2" or p.name.endswith(".qcow2"):
+        if p.suffix == ".qcow2":
             refs.paths.update(backing_chain(p))
-    # a volume file is named by its record; what it is over must stay as well
-    for vol in (home / "volumes").glob("*.qcow2"):
-        if vol in refs.paths:
-            refs.paths.update(backing_chain(vol))
     return refs
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -88,3 +89,35 @@ def test_parse_size() -> None:
     assert prune.parse_size("0") == 0
     with pytest.raises(ValueError):
         prune.parse_size("ten")
+
+
+def test_a_record_naming_the_home_protects_nothing_by_it(home: Path) -> None:
+    orphan = home / "artifacts" / "cd" / ("ef" * 32 + ".raw")
+    orphan.write_bytes(b"x" * 4096)
+    JsonTable("results_like", "row").insert("r-1", {"Home": str(home), "Root": "/"})
+    assert [i.path for i in prune.plan().items] == [orphan]
+
+
+def test_an_ended_instance_goes_though_its_record_names_its_folder(home: Path) -> None:
+    folder = home / "instances" / "i-3"
+    folder.mkdir(parents=True)
+    JsonTable("instances", "instance").insert(
+        "i-3",
+        {
+            "InstanceId": "i-3",
+            "State": {"Name": "terminated"},
+            "Amilab": {"Dir": str(folder)},
+        },  # fmt: skip
+    )
+    assert [i.path for i in prune.plan().items] == [folder]
+
+
+def test_a_volume_keeps_the_file_it_is_over(home: Path, tmp_path: Path) -> None:
+    base = home / "artifacts" / "cd" / ("ee" * 32 + ".raw")
+    base.write_bytes(b"\0" * 65536)
+    vol = home / "volumes" / "vol-1.qcow2"
+    vol.parent.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw",
+                    str(vol)], check=True)  # fmt: skip
+    JsonTable("volumes", "volume").insert("vol-1", {"Amilab": {"Path": str(vol)}})
+    assert prune.plan().items == []
