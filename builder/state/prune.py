@@ -76,14 +76,19 @@ def plan(
     cache = cache or paths.cache_dir()
     p = Plan(refs=referenced(home))
     now = time.time()
+    # an artifact is placed first and its record committed after: while a command works, a
+    # file placed lately may be one whose record is a moment away
+    placed_before = now - GRACE_S if _work_in_progress(home / "work", now) else now
     for f in _files(home / "artifacts"):
-        if not _busy(f.name):
+        if not _busy(f.name) and _changed(f) < placed_before:
             p.add("Unreferenced", f, "no record references it")
     for f in _entries(home / "volumes"):
         if now - _last_use(f) > GRACE_S:
             p.add("Volumes", f, "no volume record names it")
     for d in _entries(home / "instances"):
-        if d.name.startswith("i-") and not p.refs.instance_live(d.name, d):
+        # a folder made for a launch a moment before its record: spared for a while
+        fresh = d.name not in p.refs.instances and now - _mtime(d) < GRACE_S
+        if d.name.startswith("i-") and not fresh and not p.refs.instance_live(d.name, d):
             p.add("Instances", d, "its instance has ended", named_ok=True)
     for e in _entries(home / "work"):
         pid = _pid_in(e.name)
@@ -160,6 +165,32 @@ def _files(root: Path) -> list[Path]:
     for d in _entries(root):
         out += [f for f in _entries(d)] if d.is_dir() else [d]
     return [f for f in out if f.is_file() or f.is_symlink()]
+
+
+def _work_in_progress(work: Path, now: float) -> bool:
+    """Whether some command is working now: a work entry whose process lives, or one whose
+    name names none and that was touched within the day."""
+    for e in _entries(work):
+        pid = _pid_in(e.name)
+        if (pid is not None and pid_alive(pid)) or (pid is None and now - _last_use(e) < DAY):
+            return True
+    return False
+
+
+def _changed(path: Path) -> float:
+    """When `path` was last written or renamed (its ctime; a rename into place sets it)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0.0
+    return max(st.st_mtime, st.st_ctime)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.lstat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 def _busy(name: str) -> bool:

@@ -241,11 +241,12 @@ def used(state: dict[str, Any]) -> dict[str, Any]:
     stray = home / "instances" / "i-0000000000000dead"
     stray.mkdir(parents=True)
     (stray / "metadata.marshal").write_bytes(os.urandom(1 << 20))
+    month_ago = time.time() - 30 * 86400
+    os.utime(stray, (month_ago, month_ago))  # not a launch a moment before its record
     dead = _dead_pid()
     work = home / "work" / f"raw-{dead}-0badf00d"
     work.mkdir(parents=True)
     (work / "disk.raw").write_bytes(os.urandom(2 << 20))
-    month_ago = time.time() - 30 * 86400
     logs = sorted((home / "logs" / "instances").glob(f"{inst['InstanceId']}.*"))
     assert logs, "the terminated instance left no logs"
     for log in logs:

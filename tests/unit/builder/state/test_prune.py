@@ -121,3 +121,23 @@ def test_a_volume_keeps_the_file_it_is_over(home: Path, tmp_path: Path) -> None:
                     str(vol)], check=True)  # fmt: skip
     JsonTable("volumes", "volume").insert("vol-1", {"Amilab": {"Path": str(vol)}})
     assert prune.plan().items == []
+
+
+def test_an_artifact_placed_while_a_command_works_is_spared(home: Path) -> None:
+    """Placed first, registered a moment after: not an orphan while its writer works."""
+    placed = home / "artifacts" / "cd" / ("ef" * 32 + ".raw")
+    placed.write_bytes(b"x" * 4096)
+    work = home / "work" / f"restore-{os.getpid()}-0123abcd"
+    work.mkdir(parents=True)
+    assert prune.plan().items == []
+    work.rmdir()  # the command ended without registering it: now it is an orphan
+    assert [i.path for i in prune.plan().items] == [placed]
+
+
+def test_an_instance_folder_without_a_record_yet_is_spared_a_while(home: Path) -> None:
+    folder = home / "instances" / "i-4"
+    folder.mkdir(parents=True)
+    assert prune.plan().items == []  # a launch makes its folder a moment before its record
+    old = time.time() - 2 * prune.GRACE_S
+    os.utime(folder, (old, old))
+    assert [i.path for i in prune.plan().items] == [folder]
