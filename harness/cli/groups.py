@@ -37,7 +37,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "Key pairs": ("create-key-pair", "import-key-pair", "describe-key-pairs", "delete-key-pair"),
     "Services": ("imds", "api"),
-    "State and space": ("df", "prune"),
+    "State": ("df", "prune"),
 }  # fmt: skip
 OTHER = "Other"
 METAVAR = "<command>"
