@@ -62,13 +62,15 @@ class BlockCounter:
         return total, files
 
 
-def walk(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
-    """Every entry under `root` and `root` itself, with its lstat; vanished ones skipped."""
+def walk(root: Path, one_filesystem: bool = False) -> Iterator[tuple[Path, os.stat_result]]:
+    """Every entry under `root` and `root` itself, with its lstat; vanished ones skipped;
+    `one_filesystem`: not into what is mounted below `root` (a chroot's /proc, say)."""
     try:
         st = os.lstat(root)
     except OSError:
         return
     yield root, st
+    device = st.st_dev
     if not stat.S_ISDIR(st.st_mode):
         return
     stack = [root]
@@ -82,6 +84,8 @@ def walk(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
             try:
                 est = e.stat(follow_symlinks=False)
             except OSError:
+                continue
+            if one_filesystem and est.st_dev != device:
                 continue
             yield Path(e.path), est
             if stat.S_ISDIR(est.st_mode):
