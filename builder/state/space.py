@@ -38,6 +38,10 @@ _HOME_KINDS = {"volumes": "Volumes", "instances": "Instances", "work": "Work are
 _CACHE_KINDS = prune.CACHE_KINDS
 
 
+# what `amilab df --json` calls Usage's fields, in order
+FIELDS = ("Type", "Count", "SizeBytes", "ReclaimableBytes")
+
+
 @dataclass
 class Usage:
     kind: str
@@ -46,12 +50,7 @@ class Usage:
     reclaimable: int = 0
 
     def shape(self) -> dict[str, Any]:
-        return {
-            "Type": self.kind,
-            "Count": self.count,
-            "SizeBytes": self.size,
-            "ReclaimableBytes": self.reclaimable,
-        }
+        return dict(zip(FIELDS, (self.kind, self.count, self.size, self.reclaimable), strict=True))
 
 
 def disk_usage(home: Path | None = None, cache: Path | None = None) -> dict[str, Any]:

@@ -24,15 +24,12 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "prune", _prune, "remove what no record references, old base trees, old logs"
     )
+    days = prune.LOGS_OLDER_THAN_DAYS
     p.add_argument("--yes", action="store_true", help="remove; without it only show what would go")
-    p.add_argument(
-        "--keep-cache", metavar="SIZE",
-        help="also remove the least recently used cache entries over SIZE (10G, 0)",
-    )  # fmt: skip
-    p.add_argument(
-        "--logs-older-than", metavar="DAYS", type=float, default=prune.LOGS_OLDER_THAN_DAYS,
-        help=f"ended instances' logs older than DAYS go (default {prune.LOGS_OLDER_THAN_DAYS:g})",
-    )  # fmt: skip
+    p.add_argument("--keep-cache", metavar="SIZE", help="also remove the least recently used "
+                   "cache entries over SIZE (10G, 0)")  # fmt: skip
+    p.add_argument("--logs-older-than", metavar="DAYS", type=float, default=days,
+                   help=f"ended instances' logs older than DAYS go (default {days:g})")  # fmt: skip
     add_json(p, "print {DryRun, Items: [{Type, Path, SizeBytes, Reason}], SpaceReclaimed}")
 
 

@@ -14,12 +14,11 @@ from harness.cli import main
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("AMILAB_HOME", str(home))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    (home / "artifacts" / "ab").mkdir(parents=True)
-    return home
+def home(amilab_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tests/conftest.py's AMILAB_HOME, an empty cache beside it, and an artifact folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(amilab_home.parent / "cache"))
+    (amilab_home / "artifacts" / "ab").mkdir(parents=True)
+    return amilab_home
 
 
 def test_df_json_has_every_kind_and_adds_up(home: Path, capsys: pytest.CaptureFixture) -> None:
