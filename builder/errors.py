@@ -37,3 +37,13 @@ class BuildFailed(AmilabError):
     """A build step failed (e.g. an element script exited non-zero)."""
 
     exit_code = 1
+
+
+class DiskFull(EnvironmentProblem):
+    """A filesystem has no room (ENOSPC, EDQUOT, or a refused estimate): exit code 3, one line
+    naming the filesystem's mount point and what was being written."""
+
+    def __init__(self, mount: str, what: str, detail: str = "no space left") -> None:
+        self.mount = mount
+        self.what = what
+        super().__init__(f"{mount}: {detail} (writing {what})")

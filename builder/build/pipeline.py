@@ -36,6 +36,8 @@ from builder.images.records import KernelSettings, LaunchSettings, Partition, Ra
 from builder.images.registry import ImageRecord, Registry, store_artifact
 from builder.progress import Stages
 from builder.signals import sigterm_as_interrupt
+from builder.state.blocks import walk
+from builder.state.diskfull import allocated, require_space
 from builder.steps import Step, run_steps
 
 
@@ -268,6 +270,10 @@ class Disk(Step[BuildState]):
     def run(self, s: BuildState) -> None:
         d = s.recipe.disk
         s.raw = s.workdir / "disk.raw"
+        # the tree's size is known now: each format holds about as much
+        tree = sum(st.st_blocks * 512 for _, st in walk(s.root, one_filesystem=True))
+        need = min(tree, d.size) * len(d.formats)
+        require_space(s.workdir, need, f"the disk of {s.recipe.name}")
         s.stages.detail(f"mkfs.ext4 -d ({s.recipe.partitioning}, {d.size >> 20} MiB)")
         s.layout = disk_mod.make_disk(
             s.root,
@@ -550,8 +556,19 @@ def build_recipe(loaded: LoadedRecipe, quiet: bool = False) -> Built:
                 file=sys.stderr,
             )
         return Built(cached, True)
+    require_space(paths.work_root(), space_needed(loaded.recipe), f"the image {loaded.recipe.name}")
     state = run_pipeline(loaded, found, quiet)
     return Built(next(r for r in state.records if r.image_type == "machine"), False)
+
+
+def space_needed(recipe: Any) -> int:
+    """What a build of `recipe` writes under the work root at least, known before it starts:
+    each format of a disk that holds at least the smallest cached base tree of its release
+    (else 256 MiB; never more than the disk), plus the kernel and ramdisk. The Disk step
+    checks again with the tree it made."""
+    bases = (paths.cache_dir() / "rootfs").glob(f"{recipe.release}-*.tar")
+    tree = min((allocated(b) for b in bases), default=256 << 20)
+    return min(tree, recipe.disk.size) * len(recipe.disk.formats) + (64 << 20)
 
 
 def chosen_recipes(path: Path, image: str | None = None) -> list[LoadedRecipe]:

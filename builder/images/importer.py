@@ -22,6 +22,7 @@ from builder.ids import sparse_sha256
 from builder.images import factory
 from builder.images.records import LaunchSettings, partitioning_of
 from builder.images.registry import ImageRecord, Registry, store_artifact
+from builder.state.diskfull import allocated, require_space
 
 ROOT_DEVICE = "/dev/xvda"
 
@@ -42,6 +43,9 @@ def import_disk(
         raise BadInput(f"{src}: no such file")
     parent = work_dir or paths.work_root()
     parent.mkdir(parents=True, exist_ok=True)
+    # the raw disk is sparse: about what the source's blocks hold (a compressed stream VMDK
+    # holds less, so twice that)
+    require_space(parent, 2 * allocated(src), f"the import of {src.name}")
     work = Path(tempfile.mkdtemp(prefix="import-", dir=parent))
     try:
         raw = work / "disk.raw"

@@ -20,6 +20,7 @@ from builder.images.records import (
     record_to_dict,
 )
 from builder.images.shapes import account_id
+from builder.state.diskfull import writing
 
 # the names callers have always imported from here
 __all__ = [
@@ -192,7 +193,13 @@ def store_artifact(src: Path, digest: str, suffix: str) -> Path:
     try:
         os.rename(src, tmp)
     except OSError:  # another filesystem: copy keeping holes
-        subprocess.run(["cp", "--sparse=always", str(src), str(tmp)], check=True)
+        try:
+            with writing(dest_dir, f"artifact {dest.name}"):
+                subprocess.run(["cp", "--sparse=always", str(src), str(tmp)], check=True,
+                               capture_output=True)  # fmt: skip
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # nothing half-copied stays in the store
+            raise
         src.unlink()
     os.chmod(tmp, 0o444)
     os.rename(tmp, dest)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from builder import paths
 from builder.errors import BadInput
 from builder.ids import file_sha256, sparse_sha256
 from builder.images import factory, sparsetar, transfer
@@ -51,6 +52,7 @@ from builder.images.registry import (
 )
 from builder.images.store_tasks import StoreTask, TaskLog
 from builder.images.targets import parse_bucket
+from builder.state.diskfull import require_space
 
 META_MEMBER = "amilab-image.json"
 DISK_MEMBER = "disk.raw"
@@ -199,6 +201,8 @@ def restore_image(
     started = time.monotonic()
     target = parse_bucket(bucket, endpoint_url)
     registry = Registry()
+    # the object is a sparse tar: its size is about what its members occupy once written
+    require_space(paths.work_root(), target.size(object_key), f"the restore of {object_key}")
     work = work_dir("restore")
     sinks: dict[str, Sink] = {}
     where = f"{target.url}/{object_key}"

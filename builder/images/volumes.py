@@ -18,12 +18,14 @@ from typing import Any
 
 from builder import paths
 from builder.disk import qemu_img
+from builder.disk.backing import backing_chain
 from builder.errors import BadInput
 from builder.ids import is_id, random_id, sparse_sha256
 from builder.images.image_files import image_file
 from builder.images.records import ImageRecord, now_iso
 from builder.images.registry import Registry, store_artifact
 from builder.images.tables import JsonTable, Row
+from builder.state.diskfull import allocated, require_space
 
 GIB = 1 << 30
 IMAGE_VOLUME = "vol-ffffffff"  # what EC2 shows as the source volume of a registered image's
@@ -107,6 +109,7 @@ def create_snapshot(volume_id: str, description: str = "") -> Row:
     meanwhile: a stopped instance, or a guest that synced). Pending while it is copied;
     on failure nothing is left."""
     vol = volumes().find(volume_id, "InvalidVolume.NotFound")
+    require_space(paths.work_root(), snapshot_estimate(vol), f"a snapshot of {volume_id}")
     snap_id = random_id("snap")
     row: Row = {
         "SnapshotId": snap_id,
@@ -143,6 +146,13 @@ def create_snapshot(volume_id: str, description: str = "") -> Row:
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def snapshot_estimate(vol: Row) -> int:
+    """What a snapshot of `vol` will occupy at most: the blocks its instance wrote plus
+    those of the snapshot it was made from (the flattened raw file is sparse)."""
+    path = volume_path(vol)
+    return allocated(path) + sum(allocated(b) for b in backing_chain(path))
 
 
 def copy_snapshot(snapshot_id: str, description: str | None = None) -> Row:

@@ -9,10 +9,13 @@ settings every launching command shares.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Callable
 
+from builder import paths
 from builder.errors import AmilabError
+from builder.state import diskfull
 from harness.cli import (
     api,
     build,
@@ -26,6 +29,7 @@ from harness.cli import (
     matrix,
     modules,
     results,
+    space,
     store,
 )
 from harness.cli.command import Parser
@@ -75,6 +79,8 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     instances.register_volumes,
     instances.register_create_image,
     api.register_api,
+    space.register_df,
+    space.register_prune,
 ]
 
 
@@ -93,9 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except AmilabError as e:
-        print(f"amilab: {e}", file=sys.stderr)
-        return e.exit_code
+    except (AmilabError, OSError, subprocess.CalledProcessError) as e:
+        # the last net for a full disk: whatever a writer did not translate itself
+        full = diskfull.from_exception(e, paths.amilab_home(), f"amilab {args.command}'s files")
+        if full is None and not isinstance(e, AmilabError):
+            raise
+        shown = full or e
+        print(f"amilab: {shown}", file=sys.stderr)
+        return shown.exit_code if isinstance(shown, AmilabError) else 1
     except KeyboardInterrupt:
         print("amilab: interrupted", file=sys.stderr)
         return 130

@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from builder import paths
 from builder.errors import BadInput
 from builder.images import factory, volumes
 from builder.images.records import ImageRecord
 from builder.images.registry import Registry
 from builder.images.tables import Row
+from builder.state.diskfull import require_space
 from harness.instances import launch_images, store
 from harness.instances.operations.common import (
     reconcile,
@@ -35,6 +37,14 @@ def create_image(
     if state not in ("running", "stopped"):
         raise BadInput(f"IncorrectInstanceState: The instance '{instance_id}' is {state}")
     source = launch_images.registry_for(rec).find(rec["ImageId"], "machine")
+    # refused before the instance is stopped: a full disk must not cost it a reboot
+    need = sum(
+        volumes.snapshot_estimate(
+            volumes.volumes().find(m["Ebs"]["VolumeId"], "InvalidVolume.NotFound")
+        )
+        for m in rec["BlockDeviceMappings"]
+    )
+    require_space(paths.work_root(), need, f"the snapshots of {instance_id}")
     restart = state == "running" and not no_reboot
     if restart:
         stop_instances([instance_id], wait=True, timeout=180)
