@@ -24,6 +24,7 @@ from builder.images.image_files import image_file
 from builder.images.records import ImageRecord, now_iso
 from builder.images.registry import Registry, store_artifact
 from builder.images.tables import JsonTable, Row
+from builder.state import workarea
 
 GIB = 1 << 30
 IMAGE_VOLUME = "vol-ffffffff"  # what EC2 shows as the source volume of a registered image's
@@ -128,9 +129,8 @@ def create_snapshot(volume_id: str, description: str = "") -> Row:
         "Amilab": {},
     }
     snapshots().insert(snap_id, row)
-    work = paths.work_root() / f"snapshot-{snap_id}"
+    work = workarea.new_dir(f"snapshot-{snap_id}")
     try:
-        work.mkdir(parents=True)
         raw = work / "volume.raw"
         # -U: a running instance's QEMU holds the volume (create-image --no-reboot)
         qemu_img.convert(volume_path(vol), raw, src_format="qcow2", out_format="raw",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder import paths
+from builder.state import workarea
 from builder.build.bzimage import kernel_release
 from builder.errors import BadInput
 from builder.ids import make_id
@@ -57,10 +58,8 @@ def register(registry: Registry | None = None) -> ImageRecord:
     aki_id = make_id("aki", digest)
     if existing := registry.get(aki_id):
         return existing
-    store = paths.artifacts_dir() / digest[:2]
-    store.mkdir(parents=True, exist_ok=True)
-    location = store / f"{digest}.pv-grub.json"
-    location.write_bytes(blob)
+    location = paths.artifacts_dir() / digest[:2] / f"{digest}.pv-grub.json"
+    workarea.write_file(location, blob)
     record = factory.content_image(
         digest,
         NAME,
