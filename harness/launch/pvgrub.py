@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder import paths
-from builder.state import workarea
 from builder.build.bzimage import kernel_release
 from builder.errors import BadInput
 from builder.ids import make_id
 from builder.images import factory
 from builder.images.records import KernelSettings
 from builder.images.registry import ImageRecord, Registry
+from builder.state import workarea
 
 NAME = "pv-grub-hd0"
 ALIASES = ("pv-grub", "pv-grub-hd0", "pv-grub-hd00")
