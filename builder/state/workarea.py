@@ -154,6 +154,35 @@ def _mounted_under(path: Path) -> bool:
     return any(line.split()[4].startswith(prefix) for line in lines)
 
 
+def _start_epoch(pid: int, start_ticks: int) -> float | None:
+    try:
+        btime = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration, ValueError):
+        return None
+    return btime + start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def live_since() -> float | None:
+    """When the oldest process still working in the work area started (epoch seconds), or
+    None when none is: a file placed after that may belong to a record about to be committed
+    (placing comes first, then the commit), so it is not an orphan yet."""
+    base = paths.work_root()
+    if not base.is_dir():
+        return None
+    starts = []
+    for entry in base.iterdir():
+        if (m := _OWNED.search(entry.name)) and owner_gone(entry.name) is False:
+            if (t := _start_epoch(int(m.group(1)), int(m.group(2)))) is not None:
+                starts.append(t)
+        elif owner_gone(entry.name) is False:  # an older name: PID only
+            starts.append(entry.lstat().st_mtime - UNOWNED_GRACE_S)
+    return min(starts, default=None)
+
+
 def remove(path: Path) -> bool:
     """Remove a leftover; False when it cannot safely go (something is mounted in it)."""
     if path.is_dir() and not path.is_symlink():

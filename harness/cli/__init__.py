@@ -26,6 +26,7 @@ from harness.cli import (
     matrix,
     modules,
     results,
+    state,
     store,
 )
 from harness.cli.command import Parser
@@ -75,6 +76,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     instances.register_volumes,
     instances.register_create_image,
     api.register_api,
+    state.register_fsck,
 ]
 
 
@@ -92,6 +94,10 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
+        if args.command != "fsck":  # fsck reports what a dead process left; others mend it
+            from builder.state.pending import recover_at_start
+
+            recover_at_start()
         return int(args.func(args) or 0)
     except AmilabError as e:
         print(f"amilab: {e}", file=sys.stderr)

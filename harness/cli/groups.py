@@ -37,6 +37,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "Key pairs": ("create-key-pair", "import-key-pair", "describe-key-pairs", "delete-key-pair"),
     "Services": ("imds", "api"),
+    "State": ("fsck",),
 }  # fmt: skip
 OTHER = "Other"
 METAVAR = "<command>"
