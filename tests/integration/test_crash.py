@@ -1,0 +1,206 @@
+"""Crash consistency (issue #29): each mutating command killed with SIGKILL at several points,
+then `fsck` must report only what `--repair` fixes, be clean after the repair, the same
+command run again must succeed (or give EC2's refusal because the killed run had already
+finished: a second delete of the same snapshot), and every image, snapshot and volume that
+existed before the kill must have the same digest and describe output (the command's own
+target may instead show the finished command's result).
+
+Kill points: by time (fractions of an unkilled run of the same command, measured first) and,
+for commands that run steps, at each step boundary the step runner passes
+(AMILAB_KILL_AT_STEP=N: the process SIGKILLs itself there; builder/steps.py). The CI variant
+tries AMILAB_CRASH_POINTS (default 3) time points per command; `AMILAB_CRASH_POINTS=10` is
+the bench-sized variant (≥ 10 kills per command). The points tried per command are printed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from builder.ids import file_sha256, sparse_sha256
+from builder.images import factory, volumes
+from builder.images.registry import Registry, store_artifact
+from builder.state import fsck, workarea
+from tests.conftest import AMILAB, ROOT, need
+
+POINTS = int(os.environ.get("AMILAB_CRASH_POINTS", "3"))
+TIMEOUT_S = 300
+
+
+@dataclass
+class Home:
+    path: Path
+    ami: str
+    volume: str
+    snapshot: str
+    counter: int = 0
+    tried: dict[str, list[str]] = field(default_factory=dict)
+
+    def fresh(self, stem: str) -> str:
+        self.counter += 1
+        return f"{stem}-{self.counter}"
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "AMILAB_HOME": str(home), **extra}
+
+
+def _run(home: Path, args: list[str], **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*AMILAB, *args], cwd=ROOT, env=_env(home, **extra),
+                          capture_output=True, text=True, timeout=TIMEOUT_S)  # fmt: skip
+
+
+def _kill_after(home: Path, args: list[str], delay: float) -> bool:
+    """Run the command and SIGKILL it `delay` seconds in; False if it ended first."""
+    proc = subprocess.Popen([*AMILAB, *args], cwd=ROOT, env=_env(home),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        proc.wait(timeout=delay)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return True
+
+
+def _state() -> dict[str, tuple[Any, str]]:
+    """Every image, snapshot and volume: its describe output and the digest of its file."""
+    out: dict[str, tuple[Any, str]] = {}
+    for rec in Registry().list():
+        disk = Path(rec.locations.get("raw") or rec.image_location)
+        out[rec.image_id] = (rec.describe(), sparse_sha256(disk) if disk.is_file() else "")
+    for s in volumes.snapshots().list():
+        p = Path(s["Amilab"].get("Path", ""))
+        out[s["SnapshotId"]] = (volumes.public(s), sparse_sha256(p) if p.is_file() else "")
+    for v in volumes.volumes().list():
+        p = Path(v["Amilab"].get("Path", ""))
+        out[v["VolumeId"]] = (volumes.public(v), file_sha256(p) if p.is_file() else "")
+    return out
+
+
+@dataclass
+class Case:
+    name: str
+    # the arguments for one kill point, and the resource the command changes (if any);
+    # may make a fresh target through the library first
+    prepare: Callable[[Home], tuple[list[str], str | None]]
+    # what a re-run says when the killed run had already finished (EC2's refusal)
+    refusal: str | None = None
+
+
+def _fresh_volume(h: Home) -> str:
+    return str(volumes.create_volume(1)["VolumeId"])
+
+
+def _fresh_snapshot(h: Home) -> str:
+    return str(volumes.copy_snapshot(h.snapshot)["SnapshotId"])
+
+
+def _fresh_ami(h: Home) -> str:
+    from builder.images.lifecycle import copy_image
+
+    return copy_image(h.ami, h.fresh("victim")).image_id
+
+
+CASES = [
+    Case("create-volume", lambda h: (["create-volume", "--size", "1", "--json"], None)),
+    Case("delete-volume", lambda h: (["delete-volume", "--volume-id", v := _fresh_volume(h)], v),
+         "InvalidVolume.NotFound"),
+    Case("create-snapshot", lambda h: (["create-snapshot", "--volume-id", h.volume], None)),
+    Case("copy-snapshot",
+         lambda h: (["copy-snapshot", "--source-snapshot-id", h.snapshot], None)),
+    Case("delete-snapshot",
+         lambda h: (["delete-snapshot", "--snapshot-id", s := _fresh_snapshot(h)], s),
+         "InvalidSnapshot.NotFound"),
+    Case("tag", lambda h: (["tag", h.ami, f"{h.fresh('k')}=v"], h.ami)),
+    Case("untag", lambda h: (["untag", h.ami, "k-1"], h.ami)),
+    Case("launch-permission",
+         lambda h: (["launch-permission", h.ami, "--add", "123456789012"], h.ami)),
+    Case("copy-image", lambda h: (["copy-image", h.ami, "--name", h.fresh("copy")], None),
+         "already in use"),
+    Case("deregister", lambda h: (["deregister", a := _fresh_ami(h)], a), "no such image"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
+    need("qemu-img", "qemu-utils")
+    path = tmp_path_factory.mktemp("crash") / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AMILAB_HOME", str(path))
+        work = workarea.new_dir("disk")
+        disk = work / "disk.raw"
+        with open(disk, "wb") as f:
+            f.truncate(4 << 20)
+            f.write(b"crash test disk")
+        digest = sparse_sha256(disk)
+        stored = store_artifact(disk, digest, ".raw")
+        work.rmdir()
+        rec = factory.machine_image(
+            factory.Registration("crash-base", "hvm", "/dev/xvda"), digest,
+            factory.LaunchSettings(disk_size=4 << 20), {"raw": str(stored)},
+        )  # fmt: skip
+        Registry().register([rec])
+        vol = volumes.create_volume(1)
+        snap = volumes.create_snapshot(vol["VolumeId"], "base")
+        yield Home(path, rec.image_id, vol["VolumeId"], snap["SnapshotId"])
+
+
+def _check_after_kill(h: Home, case: Case, point: str, target: str | None,
+                      before: dict[str, tuple[Any, str]], args: list[str]) -> None:  # fmt: skip
+    found = fsck.check().findings
+    unfixable = [f for f in found if f.kind not in fsck.REPAIRABLE]
+    assert unfixable == [], f"{case.name} {point}: {unfixable}"
+    repaired = fsck.repair()
+    assert repaired.findings == [], f"{case.name} {point}: left after repair {repaired.findings}"
+    assert sorted(f.kind for f in repaired.repaired) == sorted(f.kind for f in found)
+    assert fsck.check().findings == [], f"{case.name} {point}: fsck after repair"
+    now = _state()
+    again = _run(h.path, args)
+    finished_first = case.refusal is not None and case.refusal in again.stderr
+    assert again.returncode == 0 or finished_first, (
+        f"{case.name} {point}: re-run exited {again.returncode}: {again.stderr.strip()}"
+    )
+    final = _state()
+    for rid, was in before.items():
+        got = now.get(rid)
+        if rid == target:  # as before, or as the finished command left it
+            assert got in (was, final.get(rid)), f"{case.name} {point}: {rid} changed"
+        else:
+            assert got == was, f"{case.name} {point}: {rid} changed: {was} -> {got}"
+
+
+def _time_points(h: Home, case: Case) -> list[float]:
+    """Delays spread over an unkilled run of the same command (measured now)."""
+    args, _ = case.prepare(h)
+    t0 = time.monotonic()
+    done = _run(h.path, args)
+    took = time.monotonic() - t0
+    assert done.returncode == 0, f"{case.name}: {done.stderr}"
+    return [took * (i + 1) / (POINTS + 1) for i in range(POINTS)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_killed_command_leaves_consistent_state(
+    home: Home, case: Case, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AMILAB_HOME", str(home.path))
+    tried = home.tried.setdefault(case.name, [])
+    for delay in _time_points(home, case):
+        args, target = case.prepare(home)
+        before = _state()
+        killed = _kill_after(home.path, args, delay)
+        point = f"t={delay:.2f}s" + ("" if killed else " (ended first)")
+        tried.append(point)
+        _check_after_kill(home, case, point, target, before, args)
+    kills = sum("ended first" not in p for p in tried)
+    with capsys.disabled():
+        print(f"\n{case.name}: {kills} kills of {len(tried)} points: {', '.join(tried)}")
