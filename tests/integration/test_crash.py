@@ -215,3 +215,64 @@ def test_killed_command_leaves_consistent_state(
     with capsys.disabled():
         print(f"\n{case.name}: {kills} kills of {len(tried)} points: {', '.join(tried)}; "
               f"fsck found: {', '.join(sorted(home.found)) or 'nothing'}")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ build
+# One shared build per module: the first (traced) build says how many step boundaries a
+# build passes; each kill point then rebuilds from scratch (the test drops the AMI the
+# re-run registered, with its disk, so the next build is not found unchanged).
+
+BUILD_ARGS = ["build", str(ROOT / "build.yaml"), "--image", "debian-pv", "--json"]
+
+
+def _drop_ami(home: Path) -> None:
+    """Undo a finished build's AMI (the test's own reset; AKI and ARI stay, as they do)."""
+    for rec in Registry().list("machine"):
+        Registry().remove(rec.image_id)
+        for loc in {*rec.locations.values(), rec.image_location}:
+            Path(loc).unlink(missing_ok=True)
+
+
+def _boundaries(total: int) -> list[int]:
+    """Every boundary for the bench-sized run; two for CI."""
+    if POINTS >= 10:
+        return list(range(1, total + 1))
+    # CI: each point costs a full rebuild (~35 s); the middle, and just before registering
+    return [total // 2, total - 1]
+
+
+def test_killed_build_at_step_boundaries_and_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = Home(tmp_path / "home", "", "", "")
+    monkeypatch.setenv("AMILAB_HOME", str(home.path))
+    home.path.mkdir()
+    trace = tmp_path / "trace"
+    t0 = time.monotonic()
+    first = _run(home.path, BUILD_ARGS, AMILAB_STEP_TRACE=str(trace))
+    took = time.monotonic() - t0
+    assert first.returncode == 0, first.stderr[-2000:]
+    steps = trace.read_text().splitlines()
+    _drop_ami(home.path)
+    points: list[tuple[str, dict[str, str], float | None]] = [
+        (f"{steps[n - 1].split(' ', 1)[1]} (#{n})", {"AMILAB_KILL_AT_STEP": str(n)}, None)
+        for n in _boundaries(len(steps))
+    ]
+    if POINTS >= 10:  # the bench-sized run: by time as well
+        points += [(f"t={took * (i + 0.5) / POINTS:.1f}s", {}, took * (i + 0.5) / POINTS)
+                   for i in range(POINTS)]  # fmt: skip
+    case = Case("build", lambda h: (BUILD_ARGS, None))
+    tried = []
+    for label, env, delay in points:
+        before = _state()
+        if delay is None:
+            killed = _run(home.path, BUILD_ARGS, **env).returncode == -signal.SIGKILL
+        else:
+            killed = _kill_after(home.path, BUILD_ARGS, delay)
+        tried.append(label + ("" if killed else " (ended first)"))
+        _check_after_kill(home, case, label, None, before, BUILD_ARGS)
+        _drop_ami(home.path)
+    kills = sum("ended first" not in p for p in tried)
+    with capsys.disabled():
+        print(f"\nbuild: {kills} kills of {len(tried)} points: {', '.join(tried)}; "
+              f"fsck found: {', '.join(sorted(home.found)) or 'nothing'}")  # fmt: skip
