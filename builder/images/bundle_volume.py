@@ -198,7 +198,6 @@ def bundle_volume(
 ) -> tuple[bundle_mod.BundleResult, list[str]]:
     """The bundle of the volume's filtered copy in DEST, and the paths left out."""
     work = workarea.new_dir("bundle-vol")
-    work.mkdir()
     try:
         f = filtered_copy(volume, fmt, fs_offset, work, sel)
         result = bundle_mod.bundle_file(
