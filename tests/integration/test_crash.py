@@ -250,10 +250,7 @@ def test_killed_command_leaves_consistent_state(
         point, _killed = _kill_point(home, args, delay)
         tried.append(point)
         _check_after_kill(home, case, point, target, before, args)
-    kills = sum("ended first" not in p for p in tried)
-    with capsys.disabled():
-        print(f"\n{case.name}: {kills} kills of {len(tried)} points: {', '.join(tried)}; "
-              f"fsck found: {', '.join(sorted(home.found)) or 'nothing'}")  # fmt: skip
+    _report(case.name, home, tried, capsys)
 
 
 # ------------------------------------------------------------------------------ build
@@ -280,19 +277,46 @@ def _boundaries(total: int) -> list[int]:
     return [total // 2, total - 1]
 
 
-def test_killed_build_at_step_boundaries_and_times(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    home = Home(tmp_path / "home", "", "", "")
-    monkeypatch.setenv("AMILAB_HOME", str(home.path))
+@dataclass
+class Built:
+    home: Home
+    steps: list[str]  # the step boundaries a build passes, as the trace has them
+    seconds: float  # one whole build
+    disk: Path  # a copy of the built raw disk: what import takes
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    base = tmp_path_factory.mktemp("crash-build")
+    home = Home(base / "home", "", "", "")
     home.path.mkdir()
-    trace = tmp_path / "trace"
+    trace = base / "trace"
     t0 = time.monotonic()
     first = _run(home.path, BUILD_ARGS, AMILAB_STEP_TRACE=str(trace))
     took = time.monotonic() - t0
     assert first.returncode == 0, first.stderr[-2000:]
-    steps = trace.read_text().splitlines()
-    _drop_ami(home.path)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AMILAB_HOME", str(home.path))
+        ami = Registry().list("machine")[0]
+        disk = base / "built.raw"
+        subprocess.run(["cp", "--sparse=always", ami.locations["raw"], str(disk)], check=True)
+        _drop_ami(home.path)
+        yield Built(home, trace.read_text().splitlines(), took, disk)
+
+
+def _report(name: str, home: Home, tried: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    kills = sum("ended first" not in p for p in tried)
+    with capsys.disabled():
+        print(f"\n{name}: {kills} kills of {len(tried)} points: {', '.join(tried)}; "
+              f"fsck found: {', '.join(sorted(home.found)) or 'nothing'}")  # fmt: skip
+
+
+def test_killed_build_at_step_boundaries_and_times(
+    built: Built, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home, steps, took = built.home, built.steps, built.seconds
+    monkeypatch.setenv("AMILAB_HOME", str(home.path))
+    home.found = set()
     points: list[tuple[str, dict[str, str], float | None]] = [
         (f"{steps[n - 1].split(' ', 1)[1]} (#{n})", {"AMILAB_KILL_AT_STEP": str(n)}, None)
         for n in _boundaries(len(steps))
@@ -311,7 +335,26 @@ def test_killed_build_at_step_boundaries_and_times(
         tried.append(label + ("" if killed else " (ended first)"))
         _check_after_kill(home, case, label, None, before, BUILD_ARGS)
         _drop_ami(home.path)
-    kills = sum("ended first" not in p for p in tried)
-    with capsys.disabled():
-        print(f"\nbuild: {kills} kills of {len(tried)} points: {', '.join(tried)}; "
-              f"fsck found: {', '.join(sorted(home.found)) or 'nothing'}")  # fmt: skip
+    _report("build", home, tried, capsys)
+
+
+def test_killed_import(
+    built: Built, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Import of the built disk (libguestfs inspects it: ~15 s a run), killed by time; CI
+    tries one point, the bench-sized run POINTS."""
+    home = built.home
+    monkeypatch.setenv("AMILAB_HOME", str(home.path))
+    home.found = set()
+    case = Case("import", lambda h: (["import", str(built.disk), "--name", "imported"], None))
+    delays = _time_points(home, case)
+    if POINTS < 10:
+        delays = [delays[len(delays) // 2]]
+    tried = []
+    for delay in delays:
+        args, _ = case.prepare(home)
+        before = _state()
+        point, _killed = _kill_point(home, args, delay)
+        tried.append(point)
+        _check_after_kill(home, case, point, None, before, args)
+    _report("import", home, tried, capsys)
