@@ -45,6 +45,7 @@ def boundary(event: str, name: str) -> None:
     if os.environ.get(KILL_ENV) == str(_boundaries):
         os.kill(os.getpid(), signal.SIGKILL)
 
+
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
