@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 
 from builder.errors import AmilabError
+from builder.steps import boundary
 from harness.cli import (
     api,
     build,
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             from builder.state.pending import recover_at_start
 
             recover_at_start()
+        # the command's own work is one step for crash testing's trace (builder/steps.py)
+        boundary("start", f"command-{args.command}")
         return int(args.func(args) or 0)
     except AmilabError as e:
         print(f"amilab: {e}", file=sys.stderr)

@@ -61,26 +61,15 @@ def _run(home: Path, args: list[str], **extra: str) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=TIMEOUT_S)  # fmt: skip
 
 
-def _opened_registry(pid: int) -> bool:
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").endswith("registry.sqlite"):
-                return True
-        except OSError:
-            continue
-    return False
-
-
 def _start(home: Path, args: list[str]) -> tuple[subprocess.Popen[bytes], float]:
-    """The command started, and the moment it first opened the registry (its interpreter
-    and imports done: where its own work begins), or its end if it never did."""
-    proc = subprocess.Popen([*AMILAB, *args], cwd=ROOT, env=_env(home),
+    """The command started, and the moment it began its own work (its interpreter, imports
+    and start-up recovery done: the CLI's first step boundary in AMILAB_STEP_TRACE), or
+    its end if it never did."""
+    trace = home.parent / f"trace-{time.monotonic_ns()}"
+    env = _env(home, AMILAB_STEP_TRACE=str(trace))
+    proc = subprocess.Popen([*AMILAB, *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    while proc.poll() is None and not _opened_registry(proc.pid):
+    while proc.poll() is None and not trace.exists():
         time.sleep(0.002)
     return proc, time.monotonic()
 
