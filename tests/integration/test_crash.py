@@ -330,6 +330,8 @@ def test_killed_build_at_step_boundaries_and_times(
         tried.append(label + ("" if killed else " (ended first)"))
         _check_after_kill(home, case, label, None, before, BUILD_ARGS)
         _drop_ami(home.path)
+        with capsys.disabled():  # a bench-sized run takes long: each point as it passes
+            print(f"\nbuild point {len(tried)}/{len(points)}: {tried[-1]} passed", flush=True)
     _report("build", home, tried, capsys)
 
 
