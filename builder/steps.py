@@ -18,6 +18,7 @@ be run across several calls and undone together later:
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +27,24 @@ from types import FrameType, TracebackType
 from typing import Generic, TypeVar
 
 S = TypeVar("S")
+
+# Crash testing (tests/integration/test_crash.py): every step boundary the runner passes is
+# appended to the file AMILAB_STEP_TRACE names ("PID start|end STEP"), and the process kills
+# itself with SIGKILL at the Nth boundary when AMILAB_KILL_AT_STEP=N: a crash exactly there.
+TRACE_ENV, KILL_ENV = "AMILAB_STEP_TRACE", "AMILAB_KILL_AT_STEP"
+_boundaries = 0
+
+
+def boundary(event: str, name: str) -> None:
+    """One step boundary passed (`start` or `end` of step `name`)."""
+    global _boundaries
+    _boundaries += 1
+    if trace := os.environ.get(TRACE_ENV):
+        with open(trace, "a") as f:
+            f.write(f"{os.getpid()} {event} {name}\n")
+    if os.environ.get(KILL_ENV) == str(_boundaries):
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -88,8 +107,10 @@ class StepRunner(Generic[S]):
             raise RuntimeError(f"step {step.name}: the runner was closed")
         # entered before run starts: a run that fails halfway still gets its cleanup
         self.entered.append(step)
+        boundary("start", step.name)
         with self.around(step) if self.around else nullcontext():
             step.run(self.state)
+        boundary("end", step.name)
 
     def run_all(self, steps: Iterable[Step[S]]) -> None:
         for step in steps:

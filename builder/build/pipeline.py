@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +35,7 @@ from builder.images.records import KernelSettings, LaunchSettings, Partition, Ra
 from builder.images.registry import ImageRecord, Registry, store_artifact
 from builder.progress import Stages
 from builder.signals import sigterm_as_interrupt
+from builder.state import workarea
 from builder.state.blocks import walk
 from builder.state.diskfull import allocated, require_space
 from builder.steps import Step, run_steps
@@ -105,14 +105,13 @@ class Workdir(Step[BuildState]):
     name = "workdir"
 
     def run(self, s: BuildState) -> None:
-        paths.work_root().mkdir(parents=True, exist_ok=True)
-        s.workdir = Path(tempfile.mkdtemp(prefix=f"{s.recipe.name}-", dir=paths.work_root()))
+        s.workdir = workarea.new_dir(s.recipe.name)
         stamp = time.strftime("%Y%m%dT%H%M%S")
         s.logs = paths.logs_dir() / f"{s.recipe.name}-{stamp}-{s.workdir.name[-6:]}"
         s.logs.mkdir(parents=True, exist_ok=True)
         scratch = paths.scratch_dir()
         if scratch:
-            s.root = Path(tempfile.mkdtemp(prefix=f"amilab-{s.recipe.name}-", dir=scratch))
+            s.root = workarea.new_dir(f"amilab-{s.recipe.name}", scratch)
         else:
             s.root = s.workdir / "root"
 

@@ -15,18 +15,17 @@ import os
 import shutil
 import stat
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder import paths
 from builder.build import chroot, inputs
 from builder.build.pipeline import chosen_recipes, run_pipeline
 from builder.build.recipe import LoadedRecipe
 from builder.ids import sparse_sha256
 from builder.signals import sigterm_as_interrupt
+from builder.state import workarea
 
 DIFFOSCOPE_FILES = 5  # diffoscope runs on at most this many differing files
 DIFFOSCOPE_CHARS = 4000  # of its output per file
@@ -58,8 +57,7 @@ def verify_file(path: Path, image: str | None = None, quiet: bool = False) -> li
 
 
 def verify_recipe(loaded: LoadedRecipe, quiet: bool = False) -> Verdict:
-    paths.work_root().mkdir(parents=True, exist_ok=True)
-    keep = Path(tempfile.mkdtemp(prefix=f"verify-{loaded.recipe.name}-", dir=paths.work_root()))
+    keep = workarea.new_dir(f"verify-{loaded.recipe.name}")
     try:
         found = inputs.of_recipe(loaded)
         digests = []

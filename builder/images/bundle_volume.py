@@ -21,7 +21,6 @@ certificate and key "outside the bundled tree"), and udev's persistent-net rules
 from __future__ import annotations
 
 import fnmatch
-import os
 import posixpath
 import re
 import shutil
@@ -29,10 +28,10 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import paths
 from builder.disk import e2fs, qemu_img
 from builder.errors import BadInput, BuildFailed
 from builder.images import bundle as bundle_mod
+from builder.state import workarea
 
 # ec2-ami-tools' EC2::Platform::Base::Constants::Security::FILE_FILTER, and two newer key types
 FILE_FILTER = (
@@ -198,9 +197,7 @@ def bundle_volume(
     root_device: str,
 ) -> tuple[bundle_mod.BundleResult, list[str]]:
     """The bundle of the volume's filtered copy in DEST, and the paths left out."""
-    paths.work_root().mkdir(parents=True, exist_ok=True)
-    work = paths.work_root() / f"bundle-vol-{os.getpid()}-{os.urandom(4).hex()}"
-    work.mkdir()
+    work = workarea.new_dir("bundle-vol")
     try:
         f = filtered_copy(volume, fmt, fs_offset, work, sel)
         result = bundle_mod.bundle_file(

@@ -9,8 +9,6 @@ none of them may import another for it (that made import cycles).
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,6 +21,7 @@ from builder.errors import BadInput
 from builder.ids import file_sha256
 from builder.images.records import LaunchSettings, Partition
 from builder.images.registry import ImageRecord, store_artifact
+from builder.state import workarea
 
 
 def image_file(rec: ImageRecord) -> Path:
@@ -64,11 +63,7 @@ def _raw_copy(src: Path, fmt: str, rec: ImageRecord) -> Path:
 
 def work_dir(what: str) -> Path:
     """Scratch space beside the artifacts, so results are renamed into place, not copied."""
-    root = paths.work_root()
-    root.mkdir(parents=True, exist_ok=True)
-    d = root / f"{what}-{os.getpid()}-{secrets.token_hex(4)}"
-    d.mkdir()
-    return d
+    return workarea.new_dir(what)
 
 
 def kernel_release_of(vmlinuz: Path) -> str | None:

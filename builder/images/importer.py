@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from builder import paths
 from builder.disk.convert import convert
 from builder.disk.inspection import inspect_guest, open_guestfs
 from builder.errors import BadInput
@@ -22,6 +20,7 @@ from builder.ids import sparse_sha256
 from builder.images import factory
 from builder.images.records import LaunchSettings, partitioning_of
 from builder.images.registry import ImageRecord, Registry, store_artifact
+from builder.state import workarea
 from builder.state.diskfull import allocated, require_space
 
 ROOT_DEVICE = "/dev/xvda"
@@ -41,12 +40,12 @@ def import_disk(
     may have to drop an import halfway (the API server stopping) gives its own."""
     if not src.exists():
         raise BadInput(f"{src}: no such file")
-    parent = work_dir or paths.work_root()
+    parent = work_dir or workarea.root()
     parent.mkdir(parents=True, exist_ok=True)
     # the raw disk is sparse: about what the source's blocks hold (a compressed stream VMDK
     # holds less, so twice that)
     require_space(parent, 2 * allocated(src), f"the import of {src.name}")
-    work = Path(tempfile.mkdtemp(prefix="import-", dir=parent))
+    work = workarea.new_dir("import", work_dir)
     try:
         raw = work / "disk.raw"
         started = time.monotonic()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -20,7 +18,7 @@ from builder.images.records import (
     record_to_dict,
 )
 from builder.images.shapes import account_id
-from builder.state.diskfull import writing
+from builder.state import workarea
 
 # the names callers have always imported from here
 __all__ = [
@@ -181,29 +179,14 @@ def _from_json(text: str) -> ImageRecord:
 
 
 def store_artifact(src: Path, digest: str, suffix: str) -> Path:
-    """Move a finished file into the digest-addressed store; an identical one already there
-    is kept (same digest, same bytes) and the new copy dropped."""
-    dest_dir = paths.artifacts_dir() / digest[:2]
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / f"{digest}{suffix}"
+    """Move a finished file into the digest-addressed store, durably (`workarea.place`: fsync,
+    rename, fsync the directory), so the record that names it can be committed after; an
+    identical one already there is kept (same digest, same bytes) and the new copy dropped."""
+    dest = paths.artifacts_dir() / digest[:2] / f"{digest}{suffix}"
     if dest.exists():
         src.unlink()
         return dest
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    try:
-        os.rename(src, tmp)
-    except OSError:  # another filesystem: copy keeping holes
-        try:
-            with writing(dest_dir, f"artifact {dest.name}"):
-                subprocess.run(["cp", "--sparse=always", str(src), str(tmp)], check=True,
-                               capture_output=True)  # fmt: skip
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # nothing half-copied stays in the store
-            raise
-        src.unlink()
-    os.chmod(tmp, 0o444)
-    os.rename(tmp, dest)
-    return dest
+    return workarea.place(src, dest)
 
 
 def id_prefix(image_type: str) -> str:

@@ -77,6 +77,8 @@ def describe_image(rec: ImageRecord) -> dict[str, Any]:
         out["PackageVersion"] = rec.package_version
     if rec.locations:
         out["Locations"] = rec.locations
+    if rec.extra.get("state_reason"):  # why a pending image ended failed (builder.state)
+        out["StateReason"] = rec.extra["state_reason"]
     if rec.extra.get("build_inputs"):  # what went into a built AMI (builder.build.inputs)
         out["amilab:BuildInputs"] = rec.extra["build_inputs"]
     if rec.extra.get("out_of_tree_modules"):  # dkms and extra-modules (build.out_of_tree)

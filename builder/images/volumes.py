@@ -25,6 +25,7 @@ from builder.images.image_files import image_file
 from builder.images.records import ImageRecord, now_iso
 from builder.images.registry import Registry, store_artifact
 from builder.images.tables import JsonTable, Row
+from builder.state import pending, workarea
 from builder.state.diskfull import allocated, require_space
 
 GIB = 1 << 30
@@ -122,12 +123,11 @@ def create_snapshot(volume_id: str, description: str = "") -> Row:
         "Encrypted": False,
         "OwnerId": _owner(),
         "Tags": [],
-        "Amilab": {},
+        "Amilab": {"Owner": pending.owner()},  # a dead owner's snapshot ends `error`
     }
     snapshots().insert(snap_id, row)
-    work = paths.work_root() / f"snapshot-{snap_id}"
+    work = workarea.new_dir(f"snapshot-{snap_id}")
     try:
-        work.mkdir(parents=True)
         raw = work / "volume.raw"
         # -U: a running instance's QEMU holds the volume (create-image --no-reboot)
         qemu_img.convert(volume_path(vol), raw, src_format="qcow2", out_format="raw",
@@ -233,32 +233,47 @@ def create_volume(
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{vol_id}.qcow2"
     if snap is not None:
-        size = size_gib * GIB if size_gib is not None else snap_bytes
-        qemu_img.create(path, "qcow2", size=size, backing=snapshot_path(snap),
-                        backing_format="raw")  # fmt: skip
         gib = size_gib if size_gib is not None else least
     else:
         assert size_gib is not None
-        qemu_img.create(path, "qcow2", size=size_gib * GIB)
         gib = size_gib
     row: Row = {
         "VolumeId": vol_id,
         "Size": gib,
         "SnapshotId": snap["SnapshotId"] if snap else "",
         "AvailabilityZone": zone,
-        "State": "available",
+        "State": "creating",
         "CreateTime": now_iso(),
         "VolumeType": volume_type,
         "Encrypted": False,
         "Attachments": [],
         "Tags": [{"Key": k, "Value": v} for k, v in sorted((tags or {}).items())],
-        "Amilab": {"Path": str(path)},
+        # creating until its file is on disk; a dead owner's volume ends `error`
+        "Amilab": {"Path": str(path), "Owner": pending.owner()},
     }
+    volumes().insert(vol_id, row)
+    tmp = workarea.new_dir(f"volume-{vol_id}")
     try:
-        return volumes().insert(vol_id, row)
+        made = tmp / path.name
+        if snap is not None:
+            size = size_gib * GIB if size_gib is not None else snap_bytes
+            qemu_img.create(made, "qcow2", size=size, backing=snapshot_path(snap),
+                            backing_format="raw")  # fmt: skip
+        else:
+            qemu_img.create(made, "qcow2", size=gib * GIB)
+        workarea.place(made, path, mode=None)
+
+        def done(r: Row) -> None:
+            r["State"] = "available"
+            r["Amilab"].pop("Owner", None)
+
+        return volumes().update(vol_id, done)
     except BaseException:
+        volumes().delete(vol_id)
         path.unlink(missing_ok=True)
         raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def attach(

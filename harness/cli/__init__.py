@@ -16,6 +16,7 @@ from collections.abc import Callable
 from builder import paths
 from builder.errors import AmilabError
 from builder.state import diskfull
+from builder.steps import boundary
 from harness.cli import (
     api,
     build,
@@ -30,6 +31,7 @@ from harness.cli import (
     modules,
     results,
     space,
+    state,
     store,
 )
 from harness.cli.command import Parser
@@ -81,6 +83,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     api.register_api,
     space.register_df,
     space.register_prune,
+    state.register_fsck,
 ]
 
 
@@ -98,6 +101,12 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
+        if args.command != "fsck":  # fsck reports what a dead process left; others mend it
+            from builder.state.pending import recover_at_start
+
+            recover_at_start()
+        # the command's own work is one step for crash testing's trace (builder/steps.py)
+        boundary("start", f"command-{args.command}")
         return int(args.func(args) or 0)
     except (AmilabError, OSError, subprocess.CalledProcessError) as e:
         # the last net for a full disk: whatever a writer did not translate itself

@@ -37,7 +37,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "Key pairs": ("create-key-pair", "import-key-pair", "describe-key-pairs", "delete-key-pair"),
     "Services": ("imds", "api"),
-    "State": ("df", "prune"),
+    "State": ("fsck", "df", "prune"),
 }  # fmt: skip
 OTHER = "Other"
 METAVAR = "<command>"

@@ -17,6 +17,8 @@ from typing import Any
 from builder import paths
 from builder.errors import BadInput
 from builder.images.tables import JsonTable, Row
+from builder.pids import process_start as process_start  # callers use it from here
+from builder.pids import same_process as same_process
 
 STATE_CODES = {
     "pending": 0,
@@ -90,27 +92,3 @@ def locked(name: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def process_start(pid: int) -> int | None:
-    """A process's start time (clock ticks since boot), which with the PID names one process
-    for good: a PID reused by another process has another start time."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def same_process(pid: int | None, start: int | None) -> bool:
-    if not pid:
-        return False
-    now = process_start(pid)
-    if now is None:
-        return False
-    try:  # a zombie (exited, not yet reaped) is no longer running anything
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    except OSError:
-        return False
-    return start is None or now == start

@@ -14,7 +14,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import paths
 from builder.disk.formats import FORMATS, format_names
 from builder.errors import BadInput
 from builder.ids import file_sha256
@@ -22,6 +21,7 @@ from builder.images import factory
 from builder.images.kernel_refs import find_kernel
 from builder.images.records import RamdiskSettings
 from builder.images.registry import ImageRecord, Registry, store_artifact
+from builder.state import workarea
 from harness.launch import pvgrub
 from harness.launch.machine import Disk
 
@@ -154,9 +154,9 @@ def generated_ramdisk(kernel: ImageRecord, registry: Registry) -> ImageRecord:
     from builder.build.ramdisk import build_generated
 
     resolved = kernel_for_record(kernel)
-    work = paths.work_root()
-    work.mkdir(parents=True, exist_ok=True)  # beside the artifacts: the file is moved there
-    with tempfile.TemporaryDirectory(dir=work, prefix="ramdisk-") as tmp:
+    # beside the artifacts (the file is moved there), named for its owner (a kill leaves it)
+    work = workarea.root()
+    with tempfile.TemporaryDirectory(dir=work, prefix=f"ramdisk@{workarea.owner_tag()}.") as tmp:
         built = build_generated(resolved, Path(tmp) / "initrd")
         digest = file_sha256(built)
         record = factory.content_image(

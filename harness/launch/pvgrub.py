@@ -23,6 +23,7 @@ from builder.ids import make_id
 from builder.images import factory
 from builder.images.records import KernelSettings
 from builder.images.registry import ImageRecord, Registry
+from builder.state import workarea
 
 NAME = "pv-grub-hd0"
 ALIASES = ("pv-grub", "pv-grub-hd0", "pv-grub-hd00")
@@ -57,10 +58,8 @@ def register(registry: Registry | None = None) -> ImageRecord:
     aki_id = make_id("aki", digest)
     if existing := registry.get(aki_id):
         return existing
-    store = paths.artifacts_dir() / digest[:2]
-    store.mkdir(parents=True, exist_ok=True)
-    location = store / f"{digest}.pv-grub.json"
-    location.write_bytes(blob)
+    location = paths.artifacts_dir() / digest[:2] / f"{digest}.pv-grub.json"
+    workarea.write_file(location, blob)
     record = factory.content_image(
         digest,
         NAME,
