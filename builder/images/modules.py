@@ -36,6 +36,7 @@ from builder.images.image_files import image_file, work_dir
 from builder.images.kernel_refs import find_kernel
 from builder.images.records import ImageRecord, LaunchSettings, RamdiskSettings
 from builder.images.registry import Registry, check_name_free, store_artifact
+from builder.modules.rebuild import RECORD_KEY, Rebuilt, rebuild
 from builder.steps import Step, run_steps
 
 
@@ -57,6 +58,7 @@ class AddModules:
     stored: list[Path] = field(default_factory=list)  # artifacts this run put in the store
     handle: Any = None  # the libguestfs handle while it is open
     notes: list[str] = field(default_factory=list)
+    rebuilt: Rebuilt | None = None  # the image's out-of-tree modules built for the kernel
     result: ImageRecord | None = None
 
 
@@ -93,7 +95,8 @@ def add_modules(
     check_name_free(registry, name)
     kernel = kernel or kernel_for_aki(aki)
     state = AddModules(source, aki, kernel, name, default_kernel, registry)
-    run_steps([Workdir(), CopyDisk(), AddTree(), DefaultRamdisk(), Formats(), Register()], state)
+    steps = [Workdir(), Rebuild(), CopyDisk(), AddTree(), DefaultRamdisk(), Formats(), Register()]
+    run_steps(steps, state)
     assert state.result is not None
     return state.result
 
@@ -117,6 +120,23 @@ class Workdir(Step[AddModules]):
                 path.unlink(missing_ok=True)
         if s.work is not None:
             shutil.rmtree(s.work, ignore_errors=True)
+
+
+class Rebuild(Step[AddModules]):
+    """The image's out-of-tree modules (dkms, extra-modules) built for the kernel inside a
+    copy of the image's tree (builder.modules.rebuild), before the disk is copied: a failed
+    build ends the run with nothing copied or registered."""
+
+    name = "rebuild"
+
+    def run(self, s: AddModules) -> None:
+        modules = s.source.extra.get(RECORD_KEY) or []
+        if not modules or _import_mounts(s.source):
+            return
+        assert s.work is not None
+        s.rebuilt = rebuild(modules, image_file(s.source), _root_offset(s.source), s.kernel,
+                            s.work / "rebuild")  # fmt: skip
+        s.notes += s.rebuilt.notes
 
 
 class CopyDisk(Step[AddModules]):
@@ -146,7 +166,7 @@ class AddTree(Step[AddModules]):
     def run(self, s: AddModules) -> None:
         assert s.disk is not None and s.work is not None
         k = s.kernel
-        base = _indexed_tree(k, s.work)
+        base = s.rebuilt.base if s.rebuilt and s.rebuilt.base else _indexed_tree(k, s.work)
         boot = _boot_files(s)
         fs = None if _import_mounts(s.source) else e2fs.open_fs(s.disk, _root_offset(s.source))
         if fs is not None:
@@ -470,14 +490,20 @@ class Register(Step[AddModules]):
             (s.ari.image_id if s.ari else None) if pv_default else reg.ramdisk_id,
         )  # fmt: skip
         first = next(iter(src.locations), "raw")
+        extra = {**src.extra, "source_image_id": src.image_id,
+                 "added_modules": [*src.extra.get("added_modules", []), release],
+                 "added_modules_from": s.aki.image_id, "add_modules_notes": s.notes}  # fmt: skip
+        if s.rebuilt is not None:
+            extra[RECORD_KEY] = [
+                *src.extra.get(RECORD_KEY, []),
+                *(m.record(_store(s, m.copy, m.digest, ".ko")) for m in s.rebuilt.modules),
+            ]
         rec = factory.machine_image(
             reg, digest, launch, locations,
             description=src.description,
             image_location=locations.get(first, locations["raw"]),
             instance_store=src.root_device_type == "instance-store",
-            extra={**src.extra, "source_image_id": src.image_id,
-                   "added_modules": [*src.extra.get("added_modules", []), release],
-                   "added_modules_from": s.aki.image_id, "add_modules_notes": s.notes},
+            extra=extra,
             id_extra={"modules_added_from": s.aki.image_id, "source_image_id": src.image_id},
             fresh=True,
         )  # fmt: skip

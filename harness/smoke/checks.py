@@ -154,7 +154,7 @@ def out_of_tree_module(module: dict[str, Any], probe: str | None = None) -> Chec
         lines = out.strip().splitlines()
         fields = {ln.split(" ", 1)[0]: (ln.split(" ", 1) + [""])[1] for ln in lines}
         path = fields.get("file", "").strip()
-        dmesg = [ln[len("dmesg "):] for ln in lines if ln.startswith("dmesg ")]
+        dmesg = [ln[len("dmesg ") :] for ln in lines if ln.startswith("dmesg ")]
         taint = fields.get("taint", "0").strip()
         letters = taint_letters(int(taint)) if taint.isdigit() else taint
         why = []
@@ -236,6 +236,17 @@ def command(name: str, run: str, expect: str) -> Check:
     return Check(name, run, evaluate)
 
 
+def for_release(modules: list[dict[str, Any]] | None, release: str) -> list[dict[str, Any]]:
+    """One record per module name: the copy built for `release` (add-modules adds one per
+    kernel it rebuilt for), else the first (whose check then fails naming what it was built
+    for)."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for m in modules or ():
+        if m["Name"] not in chosen or m.get("KernelRelease") == release:
+            chosen[m["Name"]] = m
+    return list(chosen.values())
+
+
 def builtin_checks(
     release: str,
     kernel_id: str | None,
@@ -248,7 +259,7 @@ def builtin_checks(
     out = [kernel_release(release), modules_tree()]
     out += [modprobe(m) for m in recipe_checks.get("modules", ())]
     probes = recipe_checks.get("probes") or {}
-    out += [out_of_tree_module(m, probes.get(m["Name"])) for m in out_of_tree or ()]
+    out += [out_of_tree_module(m, probes.get(m["Name"])) for m in for_release(out_of_tree, release)]
     if recipe_checks.get("metadata", True):
         out += [metadata_value("kernel-id", kernel_id), metadata_value("ramdisk-id", ramdisk_id)]
     for c in recipe_checks.get("commands", ()):

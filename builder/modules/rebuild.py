@@ -1,0 +1,208 @@
+"""add-modules' rebuild: an image's out-of-tree modules compiled again for another kernel.
+
+As on an instance that installs another kernel's headers and lets DKMS rebuild: inside a copy
+of the image's own tree (dumped from its disk with debugfs; the source disk is only read),
+with the image's own compiler, `dkms` and `make`, and the kernel's header packages from the
+kernel's own suite (builder.modules.headers). DKMS modules are built from the sources the
+image keeps in /usr/src, `extra-modules` source trees from /usr/src/amilab-extra; a prebuilt
+.ko cannot be rebuilt and is reported so. The .ko files come out into a staged copy of the
+kernel's modules tree (hard links into the kernel cache) where depmod indexes them with the
+kernel's own, ready for add-modules to install.
+
+Headers that want a compiler the image lacks (a sid kernel's gcc on a bookworm image) fail
+before anything is built, saying so; a failed compile is `module-build-failed` with the
+module's name and the compiler's error lines. Either way nothing is registered.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder.build import chroot
+from builder.build.kernel_tree import Kernel
+from builder.build.out_of_tree import (
+    BuiltModule,
+    build_failure,
+    dkms_modules,
+    in_root,
+    install_headers,
+    make_source,
+    package_version,
+)
+from builder.errors import BuildFailed
+from builder.ids import file_sha256
+from builder.modules import headers as headers_mod
+from builder.modules.elf import is_module_file, module_stem, read_module
+
+RECORD_KEY = "out_of_tree_modules"  # builder.build.out_of_tree.RECORD_KEY
+COMPILER = re.compile(r"^(gcc|g\+\+|clang|llvm|lld)(-\d+)?(-[a-z0-9_-]+)?$")
+
+
+@dataclass
+class Rebuilt:
+    """What the rebuild made for one kernel."""
+
+    release: str
+    modules: list[BuiltModule] = field(default_factory=list)
+    base: Path | None = None  # holds <release>/ with the rebuilt .ko and depmod's index
+    notes: list[str] = field(default_factory=list)
+
+
+def dump_tree(disk: Path, offset: int, dest: Path) -> None:
+    """The image's root filesystem into `dest` (debugfs rdump: the disk is only read)."""
+    spec = f"{disk}?offset={offset}" if offset else str(disk)
+    dest.mkdir(parents=True)
+    r = subprocess.run(["debugfs", "-R", f"rdump / {dest}", spec], capture_output=True,
+                       text=True, errors="replace")  # fmt: skip
+    problems = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("debugfs ")]
+    if r.returncode != 0 or not (dest / "var/lib/dpkg/status").is_file():
+        raise BuildFailed(f"debugfs rdump of {disk}: {(problems or ['no dpkg status'])[0]}")
+
+
+def installed_packages(root: Path) -> set[str]:
+    """Packages dpkg lists as installed in the tree."""
+    text = (root / "var/lib/dpkg/status").read_text(errors="replace")
+    out = set()
+    for para in text.split("\n\n"):
+        name = re.search(r"^Package: (\S+)", para, re.M)
+        if name and re.search(r"^Status: install ok installed", para, re.M):
+            out.add(name.group(1))
+    return out
+
+
+def check_compiler(root: Path, headers: headers_mod.HeaderPackages, names: str) -> None:
+    """The headers' dependencies from the image's suite must be in the image: the compiler
+    above all (the kernel's headers name the gcc its modules must be built with)."""
+    have = installed_packages(root)
+    missing = [n for n in headers.needs if n not in have]
+    if not missing:
+        return
+    compilers = [n for n in missing if COMPILER.match(n)]
+    own = sorted(n for n in have if re.fullmatch(r"gcc-\d+", n))
+    if compilers:
+        why = (f"compiler mismatch: {headers.package} needs {', '.join(compilers)}, which the "
+               f"image lacks (it has {', '.join(own) or 'no gcc'})")  # fmt: skip
+    else:
+        why = f"{headers.package} needs {', '.join(missing)}, which the image lacks"
+    raise BuildFailed(f"module-build-failed: {names} for {headers.release}: {why}")
+
+
+def _dkms_packages(modules: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for m in modules:
+        package = str(m.get("Origin", "")).split("=", 1)[0]
+        if m.get("Source") == "dkms" and package and package not in out:
+            out.append(package)
+    return out
+
+
+def _kept(ko: Path, work: Path) -> tuple[Path, str]:
+    out = work / "rebuilt"
+    out.mkdir(exist_ok=True)
+    copy = out / ko.name
+    shutil.copy2(ko, copy)
+    return copy, file_sha256(copy)
+
+
+def _dkms(root: Path, package: str, release: str, log: Path, work: Path) -> list[BuiltModule]:
+    built = []
+    for name, version in dkms_modules(root, package):
+        state = root / "var/lib/dkms" / name / version / release
+        if not state.exists():  # the headers' postinst hook did not build it already
+            res = in_root(root, log, ["dkms", "install", "-m", name, "-v", version, "-k", release])
+            if res.returncode != 0 or not state.exists():
+                make_log = root / "var/lib/dkms" / name / version / "build/make.log"
+                raise build_failure(name, release, make_log, log)
+        for ko in sorted(state.rglob("*")):
+            if not is_module_file(ko):
+                continue
+            installed = next(
+                (p for p in (root / "lib/modules" / release / "updates").rglob(ko.name)), ko
+            )
+            facts = read_module(installed)
+            copy, digest = _kept(installed, work)
+            path = f"/lib/modules/{release}/updates/dkms/{installed.name}"
+            built.append(BuiltModule(
+                facts.name or module_stem(installed), facts.version or version, facts.release,
+                "dkms", f"{package}={package_version(root, package)}", path, copy, digest,
+            ))  # fmt: skip
+    return built
+
+
+def _source(root: Path, m: dict[str, Any], release: str, log: Path, work: Path) -> BuiltModule:
+    tree = str(m["SourceTree"])
+    found = [ko for ko in make_source(root, tree, release, log, m["Name"])
+             if (read_module(ko).name or module_stem(ko)) == m["Name"]]  # fmt: skip
+    if not found:
+        raise BuildFailed(f"module-build-failed: {m['Name']} for {release}: no {m['Name']}.ko")
+    facts = read_module(found[0])
+    copy, digest = _kept(found[0], work)
+    path = f"/lib/modules/{release}/extra/{m['Name']}.ko"
+    return BuiltModule(m["Name"], facts.version, facts.release, "source", str(m["Origin"]),
+                       path, copy, digest, tree)  # fmt: skip
+
+
+def rebuild(
+    modules: list[dict[str, Any]], disk: Path, offset: int, kernel: Kernel, work: Path
+) -> Rebuilt:
+    """Build `modules` (an AMI record's out-of-tree list) for `kernel` in a copy of the tree
+    on `disk`; the result's base holds the kernel's tree with them, indexed by depmod."""
+    release, log = kernel.release, work / "rebuild.log"
+    done = Rebuilt(release)
+    names = ", ".join(sorted({str(m["Name"]) for m in modules}))
+    headers = headers_mod.resolve(kernel, log)  # exit 3 naming the package if missing
+    root = work / "tree"
+    dump_tree(disk, offset, root)
+    check_compiler(root, headers, names)
+    with chroot.prepared(root):
+        if not install_headers(root, headers, log):
+            # the headers' DKMS hook builds at install time: its failure is the module's
+            failed = sorted((root / "var/lib/dkms").glob("*/*/build/make.log"))
+            raise build_failure(
+                failed[0].parts[-4] if failed else headers.package, release,
+                failed[0] if failed else None, log,
+            )  # fmt: skip
+        for package in _dkms_packages(modules):
+            done.modules += _dkms(root, package, release, log, work)
+        for m in modules:
+            if m.get("Source") == "source" and m.get("SourceTree"):
+                done.modules.append(_source(root, m, release, log, work))
+            elif m.get("Source") != "dkms":
+                done.notes.append(f"{m['Name']}: {m.get('Source')} module, not rebuilt for "
+                                  f"{release} (no source in the image)")  # fmt: skip
+    chroot.remove_tree(root)
+    done.base = stage_tree(kernel, work, done.modules)
+    done.notes.append(f"rebuilt for {release} in the image's tree: "
+                      + ", ".join(f"{m.name} {m.version}" for m in done.modules))  # fmt: skip
+    return done
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def stage_tree(kernel: Kernel, work: Path, modules: list[BuiltModule]) -> Path:
+    """The kernel's modules tree (hard links into the cache) with `modules` at their paths,
+    indexed by depmod (which writes new index files, never into the linked ones)."""
+    base = work / "stage/lib/modules"
+    tree = base / kernel.release
+    shutil.copytree(kernel.modules_dir, tree, symlinks=True, copy_function=_link_or_copy)
+    for index in tree.glob("modules.*"):  # links to the cache's: depmod writes its own
+        if index.name not in ("modules.builtin", "modules.order", "modules.builtin.modinfo"):
+            index.unlink()
+    for m in modules:
+        dest = tree / m.path.split(f"/lib/modules/{kernel.release}/", 1)[1]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(m.copy, dest)
+    subprocess.run(["depmod", "-b", str(work / "stage"), kernel.release], check=True,
+                   capture_output=True)  # fmt: skip
+    return base
