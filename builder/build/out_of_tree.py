@@ -233,13 +233,17 @@ def _failed(s: BuildState, name: str, build_log: Path | None) -> BuildFailed:
     return build_failure(name, s.kernel.release, build_log, s.logs / "out-of-tree.log")
 
 
-def install_headers(root: Path, headers: headers_mod.HeaderPackages, log: Path) -> bool:
-    """The kernel's header packages into the tree with dpkg (staged inside it first)."""
+def install_headers(
+    root: Path, headers: headers_mod.HeaderPackages, log: Path, force_depends: bool = False
+) -> bool:
+    """The kernel's header packages into the tree with dpkg (staged inside it first);
+    `force_depends` for a throw-away tree that lacks dependencies a compile does not use."""
     staged = root / HEADERS_IN_ROOT
     staged.mkdir(parents=True, exist_ok=True)
     for deb in headers.debs:
         shutil.copy2(deb, staged / deb.name)
-    argv = ["dpkg", "-i", *(f"/{HEADERS_IN_ROOT}/{d.name}" for d in headers.debs)]
+    force = ["--force-depends"] if force_depends else []
+    argv = ["dpkg", *force, "-i", *(f"/{HEADERS_IN_ROOT}/{d.name}" for d in headers.debs)]
     return in_root(root, log, argv).returncode == 0
 
 

@@ -52,6 +52,16 @@ def index_of(aki: ImageRecord, log: Path | None = None) -> KernelIndex:
     return kernel_index(kernel_for_record(aki, log), log)
 
 
+def modules_for(records: list[dict[str, Any]], release: str) -> list[dict[str, Any]]:
+    """One record per module name: the copy built for `release` (add-modules adds one per
+    kernel it rebuilt for), else the first (whose verdict then names what it was built for)."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for m in records:
+        if m["Name"] not in chosen or m.get("KernelRelease") == release:
+            chosen[m["Name"]] = m
+    return list(chosen.values())
+
+
 def image_modules(image: ImageRecord) -> list[tuple[dict[str, Any], ModuleFacts]]:
     found = image.extra.get(RECORD_KEY) or []
     if not found:
@@ -73,7 +83,10 @@ def check_image(
             raise BadInput(f"{image.image_id} has no default kernel: name one with --kernel")
         aki = find_kernel(ref, registry, say)
         index = index_of(aki, log)
+        chosen = modules_for([r for r, _ in modules], aki.kernel_release or "")
         for record, facts in modules:
+            if not any(record is c for c in chosen):
+                continue
             t0 = time.perf_counter()
             verdict = check(facts, index, aki.architecture)
             cells.append(Cell(record, aki, verdict, time.perf_counter() - t0))

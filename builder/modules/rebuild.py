@@ -76,21 +76,22 @@ def installed_packages(root: Path) -> set[str]:
     return out
 
 
-def check_compiler(root: Path, headers: headers_mod.HeaderPackages, names: str) -> None:
-    """The headers' dependencies from the image's suite must be in the image: the compiler
-    above all (the kernel's headers name the gcc its modules must be built with)."""
+def check_compiler(root: Path, headers: headers_mod.HeaderPackages, names: str) -> list[str]:
+    """The compiler the kernel's headers name (their linux-compiler-gcc-N package depends on
+    it) must be the image's: module-build-failed saying so where the image lacks it. The
+    other dependencies the image lacks are returned: tools a module's compile does not run
+    (pahole without a vmlinux, linux-base's scripts, the kernel image package itself)."""
     have = installed_packages(root)
     missing = [n for n in headers.needs if n not in have]
-    if not missing:
-        return
     compilers = [n for n in missing if COMPILER.match(n)]
-    own = sorted(n for n in have if re.fullmatch(r"gcc-\d+", n))
     if compilers:
-        why = (f"compiler mismatch: {headers.package} needs {', '.join(compilers)}, which the "
-               f"image lacks (it has {', '.join(own) or 'no gcc'})")  # fmt: skip
-    else:
-        why = f"{headers.package} needs {', '.join(missing)}, which the image lacks"
-    raise BuildFailed(f"module-build-failed: {names} for {headers.release}: {why}")
+        own = sorted(n for n in have if re.fullmatch(r"gcc-\d+", n))
+        raise BuildFailed(
+            f"module-build-failed: {names} for {headers.release}: compiler mismatch: "
+            f"{headers.package} needs {', '.join(compilers)}, which the image lacks (it has "
+            f"{', '.join(own) or 'no gcc'})"
+        )
+    return missing
 
 
 def _dkms_packages(modules: list[dict[str, Any]]) -> list[str]:
@@ -155,13 +156,17 @@ def rebuild(
     on `disk`; the result's base holds the kernel's tree with them, indexed by depmod."""
     release, log = kernel.release, work / "rebuild.log"
     done = Rebuilt(release)
+    work.mkdir(parents=True, exist_ok=True)
     names = ", ".join(sorted({str(m["Name"]) for m in modules}))
     headers = headers_mod.resolve(kernel, log)  # exit 3 naming the package if missing
     root = work / "tree"
     dump_tree(disk, offset, root)
-    check_compiler(root, headers, names)
+    lacking = check_compiler(root, headers, names)
+    if lacking:
+        done.notes.append(f"{headers.package} installed without {', '.join(lacking)} "
+                          "(not in the image; the compile does not use them)")  # fmt: skip
     with chroot.prepared(root):
-        if not install_headers(root, headers, log):
+        if not install_headers(root, headers, log, force_depends=bool(lacking)):
             # the headers' DKMS hook builds at install time: its failure is the module's
             failed = sorted((root / "var/lib/dkms").glob("*/*/build/make.log"))
             raise build_failure(

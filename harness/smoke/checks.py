@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from builder.modules.check import modules_for
 from harness.imds.protocol import TOKEN_HEADER, TTL_HEADER
 
 IMDS = "http://169.254.169.254"
@@ -236,17 +237,6 @@ def command(name: str, run: str, expect: str) -> Check:
     return Check(name, run, evaluate)
 
 
-def for_release(modules: list[dict[str, Any]] | None, release: str) -> list[dict[str, Any]]:
-    """One record per module name: the copy built for `release` (add-modules adds one per
-    kernel it rebuilt for), else the first (whose check then fails naming what it was built
-    for)."""
-    chosen: dict[str, dict[str, Any]] = {}
-    for m in modules or ():
-        if m["Name"] not in chosen or m.get("KernelRelease") == release:
-            chosen[m["Name"]] = m
-    return list(chosen.values())
-
-
 def builtin_checks(
     release: str,
     kernel_id: str | None,
@@ -259,7 +249,10 @@ def builtin_checks(
     out = [kernel_release(release), modules_tree()]
     out += [modprobe(m) for m in recipe_checks.get("modules", ())]
     probes = recipe_checks.get("probes") or {}
-    out += [out_of_tree_module(m, probes.get(m["Name"])) for m in for_release(out_of_tree, release)]
+    out += [
+        out_of_tree_module(m, probes.get(m["Name"]))
+        for m in modules_for(out_of_tree or [], release)
+    ]
     if recipe_checks.get("metadata", True):
         out += [metadata_value("kernel-id", kernel_id), metadata_value("ramdisk-id", ramdisk_id)]
     for c in recipe_checks.get("commands", ()):

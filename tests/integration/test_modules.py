@@ -9,6 +9,7 @@ generic kernel, which v4l2loopback's dependency videodev is part of."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -224,3 +225,80 @@ def test_a_rebuilt_ami_loads_its_modules_from_updates_dkms(built, rebuilt) -> No
         assert v4l2["Passed"] and f"/{release}/updates/dkms/v4l2loopback.ko" in v4l2["Actual"], v4l2
         assert checks["out-of-tree-hello"]["Passed"], checks["out-of-tree-hello"]
         assert smoke.returncode == 0, json.dumps(report["Checks"], indent=1)
+
+
+# --- the matrix: static verdicts beside the boot's ------------------------------------------
+MATRIX_KERNELS = ("own", "debian-cloud-bullseye", "debian-cloud-trixie", "debian-cloud-sid")
+
+
+def test_matrix_static_and_boot_verdicts_agree(built, rebuilt, tmp_path: Path) -> None:
+    """One matrix run: the image × its own, bullseye's, trixie's and sid's kernels (before
+    add-modules), and each AMI add-modules made × the kernel it was rebuilt for (after): each
+    cell's module column has the static class and the boot's result, and they agree."""
+    home, ami, _ = built
+    after = [(json.loads(r.stdout)["ImageId"], name) for name, (r, _, _) in rebuilt.items()
+             if r.returncode == 0]  # fmt: skip
+    spec = {
+        "images": [ami["ImageId"]],
+        "kernels": list(MATRIX_KERNELS),
+        "include": [{"image": image, "kernel": kernel} for image, kernel in after],
+    }
+    path = tmp_path / "matrix.yaml"
+    path.write_text(json.dumps(spec))
+    out, html_file, junit = tmp_path / "m.json", tmp_path / "m.html", tmp_path / "m.xml"
+    result = run_amilab("matrix", str(path), "--jobs", "2", "--json-file", str(out),
+                        "--html", str(html_file), "--junit", str(junit),
+                        env={"AMILAB_HOME": str(home)}, timeout=3600)  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    cells = doc["Cells"]
+    assert len(cells) == len(MATRIX_KERNELS) + len(after)
+    for c in cells:
+        assert c["Status"] in ("PASS", "FAIL"), (c["Cell"], c["Class"], c["Evidence"])
+        mods = {m["Module"]: m for m in c["Modules"]}
+        assert set(mods) == {"v4l2loopback", "hello"}, c["Cell"]
+        for m in mods.values():
+            print(f"{c['Cell']}: {m['Module']}: static {m['Static']}, boot {m['Boot']}")
+            assert m["Boot"] and m["Agree"] is True, (c["Cell"], m)
+    own = next(c for c in cells if c["Kernel"] == "own")
+    assert all(m["Static"] == "loads" for m in own["Modules"])
+    for c in cells:
+        if c["Kernel"] != "own" and c["ImageId"] == ami["ImageId"]:
+            assert all(m["Static"] == "needs-rebuild" for m in c["Modules"]), c["Cell"]
+    assert doc["Disagreements"] == [] and doc["Summary"]["Disagreements"] == 0
+    page = html_file.read_text()
+    assert 'data-module="v4l2loopback"' in page and 'data-agree="true"' in page
+    assert 'name="module v4l2loopback"' in junit.read_text()
+
+
+def test_static_only_matrix_starts_no_qemu(built, tmp_path: Path) -> None:
+    """--static-only over every x86_64 kernel of the catalogue: the images × kernels × modules
+    table, with every qemu-system binary on PATH a tripwire that records being started."""
+    home, ami, _ = built
+    env = {"AMILAB_HOME": str(home)}
+    listed = json.loads(run_amilab("kernels", "--json", env=env, timeout=300).stdout)["Kernels"]
+    x86 = [k["Name"] for k in listed if k["Architecture"] == "x86_64"]
+    trap, tripped = tmp_path / "bin", tmp_path / "qemu-started"
+    trap.mkdir()
+    for name in ("qemu-system-x86_64", "qemu-system-i386", "qemu-system-aarch64"):
+        (trap / name).write_text(f'#!/bin/sh\necho "$0 $*" >> {tripped}\nexit 1\n')
+        (trap / name).chmod(0o755)
+    args = [a for k in x86 for a in ("--kernel", k)]
+    t0 = time.monotonic()
+    result = run_amilab("matrix", "--static-only", "--image", ami["ImageId"], *args, "--json",
+                        env={**env, "PATH": f"{trap}:{os.environ['PATH']}"},
+                        timeout=3600)  # fmt: skip
+    seconds = time.monotonic() - t0
+    assert result.returncode == 1, result.stderr[-3000:]  # other kernels' cells need a rebuild
+    assert not tripped.exists(), tripped.read_text()
+    doc = json.loads(result.stdout)
+    assert doc["Accelerator"] == "static-only"
+    cells = {c["Kernel"]: c for c in doc["Cells"]}
+    assert set(cells) == set(x86)
+    for name, c in cells.items():
+        classes = {m["Module"]: m["Static"] for m in c["Modules"]}
+        assert set(classes) == {"v4l2loopback", "hello"}, name
+        own = c["KernelRef"] == ami["KernelId"]
+        assert all((v == "loads") == own for v in classes.values()), (name, classes)
+        assert all(v in ("loads", "needs-rebuild") for v in classes.values()), (name, classes)
+    print(f"matrix --static-only: {len(cells)} kernels × 2 modules in {seconds:.1f} s (CLI)")
