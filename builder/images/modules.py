@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from builder import paths
 from builder.build import kernel as kernel_mod
 from builder.build.kernel_tree import Kernel
+from builder.build.own_kernel import OWN_KERNEL_KEY
 from builder.disk import e2fs
 from builder.disk.formats import FORMATS
 from builder.disk.inspection import mount_all, open_guestfs
@@ -36,6 +37,7 @@ from builder.images.image_files import image_file, work_dir
 from builder.images.kernel_refs import find_kernel
 from builder.images.records import ImageRecord, LaunchSettings, RamdiskSettings
 from builder.images.registry import Registry, check_name_free, store_artifact
+from builder.modules.own_headers import headers_of
 from builder.modules.rebuild import RECORD_KEY, Rebuilt, rebuild
 from builder.steps import Step, run_steps
 
@@ -134,8 +136,15 @@ class Rebuild(Step[AddModules]):
         if not modules or _import_mounts(s.source):
             return
         assert s.work is not None
+        own_tree = headers_of(s.aki)
+        if own_tree is None and OWN_KERNEL_KEY in s.aki.extra and not s.kernel.package:
+            raise BuildFailed(
+                f"module-build-failed: {', '.join(m['Name'] for m in modules)} for "
+                f"{s.kernel.release}: {s.aki.image_id} was registered without --headers (its "
+                "build tree), so there is nothing to build them against"
+            )
         s.rebuilt = rebuild(modules, image_file(s.source), _root_offset(s.source), s.kernel,
-                            s.work / "rebuild")  # fmt: skip
+                            s.work / "rebuild", own_tree)  # fmt: skip
         s.notes += s.rebuilt.notes
 
 

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from builder.build.kernel import kernel_for_record
+from builder.build.own_kernel import OWN_KERNEL_KEY
 from builder.errors import BadInput
 from builder.images.kernel_refs import find_kernel
 from builder.images.records import ImageRecord
 from builder.images.registry import Registry
 from builder.modules.elf import ModuleFacts, read_module
+from builder.modules.own_headers import headers_of
 from builder.modules.symvers import KernelIndex, cached_index, kernel_index
 from builder.modules.verdict import Verdict, check
 
@@ -46,9 +48,15 @@ class Cell:
 def index_of(aki: ImageRecord, log: Path | None = None) -> KernelIndex:
     """The kernel's export index: cached by the package and version its record names, else
     made from the unpacked kernel and its headers (once)."""
+    own = headers_of(aki)
+    if own is not None:
+        return kernel_index(kernel_for_record(aki, log), log, own)
     package, version = aki.kernel_settings.package or "", aki.package_version or ""
     if package and version and (found := cached_index(package, version)) is not None:
         return found
+    if OWN_KERNEL_KEY in aki.extra and not package:  # files, not a Debian package
+        raise BadInput(f"{aki.image_id} ({aki.name}) was registered without --headers: "
+                       "no Module.symvers to check against (see --headers)")  # fmt: skip
     return kernel_index(kernel_for_record(aki, log), log)
 
 

@@ -93,7 +93,9 @@ def resolve(kernel: Kernel, log: Path | None = None, download: bool = True) -> H
         todo = _dependencies(fields)
         while todo:
             name, constraint = todo.pop(0)
-            if name in seen:
+            if name in seen or name.startswith("linux-image-"):
+                # a backport's headers depend on their kernel's image package (source
+                # linux-signed-*): the kernel itself, which the image boots as an AKI
                 continue
             seen.add(name)
             dep = apt.show(name)

@@ -39,6 +39,7 @@ from builder.errors import BuildFailed
 from builder.ids import file_sha256
 from builder.modules import headers as headers_mod
 from builder.modules.elf import is_module_file, module_stem, read_module
+from builder.modules.own_headers import compiler_of
 
 RECORD_KEY = "out_of_tree_modules"  # builder.build.out_of_tree.RECORD_KEY
 COMPILER = re.compile(r"^(gcc|g\+\+|clang|llvm|lld)(-\d+)?(-[a-z0-9_-]+)?$")
@@ -149,30 +150,71 @@ def _source(root: Path, m: dict[str, Any], release: str, log: Path, work: Path) 
                        path, copy, digest, tree)  # fmt: skip
 
 
-def rebuild(
-    modules: list[dict[str, Any]], disk: Path, offset: int, kernel: Kernel, work: Path
-) -> Rebuilt:
-    """Build `modules` (an AMI record's out-of-tree list) for `kernel` in a copy of the tree
-    on `disk`; the result's base holds the kernel's tree with them, indexed by depmod."""
-    release, log = kernel.release, work / "rebuild.log"
-    done = Rebuilt(release)
-    work.mkdir(parents=True, exist_ok=True)
-    names = ", ".join(sorted({str(m["Name"]) for m in modules}))
-    headers = headers_mod.resolve(kernel, log)  # exit 3 naming the package if missing
-    root = work / "tree"
-    dump_tree(disk, offset, root)
+def own_build_tree(root: Path, tree: Path, release: str, names: str) -> None:
+    """An own kernel's build tree (register-kernel --headers) where its modules' builds
+    look: /usr/src/linux-headers-<release>, linked from /lib/modules/<release>/build; the gcc
+    its .config names must be the image's."""
+    gcc = compiler_of(tree)
+    if gcc and gcc not in installed_packages(root):
+        raise BuildFailed(
+            f"module-build-failed: {names} for {release}: compiler mismatch: its build tree "
+            f"was made with {gcc}, which the image lacks"
+        )
+    inside = f"usr/src/linux-headers-{release}"
+    shutil.copytree(tree, root / inside, symlinks=True)
+    build = root / "lib/modules" / release / "build"
+    build.parent.mkdir(parents=True, exist_ok=True)
+    build.unlink(missing_ok=True)
+    build.symlink_to(f"/{inside}")
+
+
+def _headers_in(
+    root: Path,
+    kernel: Kernel,
+    headers: headers_mod.HeaderPackages | Path,
+    names: str,
+    log: Path,
+    done: Rebuilt,
+) -> None:
+    """The kernel's headers into the tree: an own kernel's build tree (a Path), else its
+    header packages from its suite."""
+    if isinstance(headers, Path):
+        own_build_tree(root, headers, kernel.release, names)
+        return
     lacking = check_compiler(root, headers, names)
     if lacking:
         done.notes.append(f"{headers.package} installed without {', '.join(lacking)} "
                           "(not in the image; the compile does not use them)")  # fmt: skip
+    if not install_headers(root, headers, log, force_depends=bool(lacking)):
+        # the headers' DKMS hook builds at install time: its failure is the module's
+        failed = sorted((root / "var/lib/dkms").glob("*/*/build/make.log"))
+        raise build_failure(
+            failed[0].parts[-4] if failed else headers.package, kernel.release,
+            failed[0] if failed else None, log,
+        )  # fmt: skip
+
+
+def rebuild(
+    modules: list[dict[str, Any]],
+    disk: Path,
+    offset: int,
+    kernel: Kernel,
+    work: Path,
+    own_tree: Path | None = None,
+) -> Rebuilt:
+    """Build `modules` (an AMI record's out-of-tree list) for `kernel` in a copy of the tree
+    on `disk`; the result's base holds the kernel's tree with them, indexed by depmod.
+    `own_tree`: an own kernel's build tree (else its suite's header packages)."""
+    release, log = kernel.release, work / "rebuild.log"
+    done = Rebuilt(release)
+    work.mkdir(parents=True, exist_ok=True)
+    names = ", ".join(sorted({str(m["Name"]) for m in modules}))
+    root = work / "tree"
+    # a package the mirror lacks is exit 3 before anything is dumped
+    headers = None if own_tree else headers_mod.resolve(kernel, log)
+    dump_tree(disk, offset, root)
     with chroot.prepared(root):
-        if not install_headers(root, headers, log, force_depends=bool(lacking)):
-            # the headers' DKMS hook builds at install time: its failure is the module's
-            failed = sorted((root / "var/lib/dkms").glob("*/*/build/make.log"))
-            raise build_failure(
-                failed[0].parts[-4] if failed else headers.package, release,
-                failed[0] if failed else None, log,
-            )  # fmt: skip
+        _headers_in(root, kernel, headers or own_tree, names, log, done)
         for package in _dkms_packages(modules):
             done.modules += _dkms(root, package, release, log, work)
         for m in modules:
