@@ -234,16 +234,18 @@ def _failed(s: BuildState, name: str, build_log: Path | None) -> BuildFailed:
 
 
 def install_headers(
-    root: Path, headers: headers_mod.HeaderPackages, log: Path, force_depends: bool = False
+    root: Path, headers: headers_mod.HeaderPackages, log: Path, unpack_only: bool = False
 ) -> bool:
     """The kernel's header packages into the tree with dpkg (staged inside it first);
-    `force_depends` for a throw-away tree that lacks dependencies a compile does not use."""
+    `unpack_only` for a throw-away tree: the files unpacked, dependencies a compile does not
+    use ignored, no maintainer scripts (their hooks only start the DKMS builds, which the
+    caller runs itself)."""
     staged = root / HEADERS_IN_ROOT
     staged.mkdir(parents=True, exist_ok=True)
     for deb in headers.debs:
         shutil.copy2(deb, staged / deb.name)
-    force = ["--force-depends"] if force_depends else []
-    argv = ["dpkg", *force, "-i", *(f"/{HEADERS_IN_ROOT}/{d.name}" for d in headers.debs)]
+    how = ["--force-depends", "--unpack"] if unpack_only else ["-i"]
+    argv = ["dpkg", *how, *(f"/{HEADERS_IN_ROOT}/{d.name}" for d in headers.debs)]
     return in_root(root, log, argv).returncode == 0
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder import paths
 from builder.build import chroot
 from builder.build.kernel_tree import Kernel
 from builder.build.out_of_tree import (
@@ -120,7 +121,10 @@ def _dkms(root: Path, package: str, release: str, log: Path, work: Path) -> list
             res = in_root(root, log, ["dkms", "install", "-m", name, "-v", version, "-k", release])
             if res.returncode != 0 or not state.exists():
                 make_log = root / "var/lib/dkms" / name / version / "build/make.log"
-                raise build_failure(name, release, make_log, log)
+                if make_log.exists():  # the tree goes: its make.log goes into the kept log
+                    with open(log, "a") as f:
+                        f.write(make_log.read_text(errors="replace"))
+                raise build_failure(name, release, None, log)
         for ko in sorted(state.rglob("*")):
             if not is_module_file(ko):
                 continue
@@ -183,15 +187,10 @@ def _headers_in(
         return
     lacking = check_compiler(root, headers, names)
     if lacking:
-        done.notes.append(f"{headers.package} installed without {', '.join(lacking)} "
+        done.notes.append(f"{headers.package} unpacked without {', '.join(lacking)} "
                           "(not in the image; the compile does not use them)")  # fmt: skip
-    if not install_headers(root, headers, log, force_depends=bool(lacking)):
-        # the headers' DKMS hook builds at install time: its failure is the module's
-        failed = sorted((root / "var/lib/dkms").glob("*/*/build/make.log"))
-        raise build_failure(
-            failed[0].parts[-4] if failed else headers.package, kernel.release,
-            failed[0] if failed else None, log,
-        )  # fmt: skip
+    if not install_headers(root, headers, log, unpack_only=True):
+        raise build_failure(headers.package, kernel.release, None, log)
 
 
 def rebuild(
@@ -205,7 +204,12 @@ def rebuild(
     """Build `modules` (an AMI record's out-of-tree list) for `kernel` in a copy of the tree
     on `disk`; the result's base holds the kernel's tree with them, indexed by depmod.
     `own_tree`: an own kernel's build tree (else its suite's header packages)."""
-    release, log = kernel.release, work / "rebuild.log"
+    # kept after the work directory goes: a failure's message names it
+    release, log = (
+        kernel.release,
+        paths.logs_dir() / f"add-modules-{kernel.release}-{os.getpid()}.log",
+    )
+    log.parent.mkdir(parents=True, exist_ok=True)
     done = Rebuilt(release)
     work.mkdir(parents=True, exist_ok=True)
     names = ", ".join(sorted({str(m["Name"]) for m in modules}))
