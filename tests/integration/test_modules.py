@@ -21,6 +21,7 @@ import pytest
 from builder.ids import sparse_sha256
 from tests.conftest import run_amilab
 from tests.integration.builds import SMOKE_TIMEOUT, build, debugfs, images
+from tests.unit.builder.modules.test_verdict import DATA, _patched_crc
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +31,17 @@ images:
     elements: [ec2-base]
     kernel: debian-generic
     dkms: [{dkms}]
-    extra-modules: [hello]
+    extra-modules: [hello, {crc}.ko]
     disk: {{size: 2G, formats: [raw]}}
     checks:
       metadata: false
       probes: {{v4l2loopback: test -c /dev/video0, hello: grep -q '^hello ' /proc/modules}}
 """
+# The CRC fixture, booted: Debian's v4l2loopback.ko for this kernel (tests/data/modules) with
+# one CRC in its __versions changed (video_ioctl2) and renamed (.modinfo and this_module),
+# so it sits beside the DKMS copy as a prebuilt extra module.
+CRC = "v4l2crcpatch"  # as long as "v4l2loopback": the names are patched in place
+CRC_SYMBOL = "video_ioctl2"
 HELLO = """\
 #include <linux/module.h>
 #include <linux/init.h>
@@ -52,8 +58,10 @@ def _recipe(tmp: Path, dkms: str) -> Path:
     (tmp / "hello").mkdir(exist_ok=True)
     (tmp / "hello" / "hello.c").write_text(HELLO)
     (tmp / "hello" / "Kbuild").write_text("obj-m := hello.o\n")
+    data = _patched_crc((DATA / "v4l2loopback.ko").read_bytes(), CRC_SYMBOL)
+    (tmp / f"{CRC}.ko").write_bytes(data.replace(b"v4l2loopback\0", CRC.encode() + b"\0"))
     path = tmp / f"{dkms}.yaml"
-    path.write_text(RECIPE.format(dkms=dkms))
+    path.write_text(RECIPE.format(dkms=dkms, crc=CRC))
     return path
 
 
@@ -105,8 +113,11 @@ def test_static_check_own_kernel_loads_another_needs_rebuild(built) -> None:
     cells = json.loads(result.stdout)["Cells"]
     own = [c for c in cells if c["KernelId"] == ami["KernelId"]]
     other = [c for c in cells if c["KernelId"] != ami["KernelId"]]
-    assert {c["Module"] for c in own} == {"v4l2loopback", "hello"}
-    assert all(c["Class"] == "loads" for c in own), own
+    assert {c["Module"] for c in own} == {"v4l2loopback", "hello", CRC}
+    assert all(c["Class"] == "loads" for c in own if c["Module"] != CRC), own
+    [crc] = [c for c in own if c["Module"] == CRC]
+    assert crc["Class"] == f"refused: symbol {CRC_SYMBOL} disagrees", crc
+    assert f"disagrees about version of symbol {CRC_SYMBOL}" in crc["Evidence"][0]
     assert all(c["Class"] == "needs-rebuild" for c in other), other
     assert all(c["KernelRelease"] in c["Evidence"][0] for c in other)
     # warm: the kernels' indexes are cached, a cell takes milliseconds
@@ -181,13 +192,23 @@ def test_register_kernel_headers_gives_own_kernels_the_verdict_and_rebuild(
 
 
 def test_smoke_loads_v4l2loopback_from_updates_dkms(built) -> None:
+    """One boot: v4l2loopback from updates/dkms with /dev/video0, hello from extra; and the
+    CRC fixture refused by the kernel itself, dmesg naming the symbol the static verdict
+    names (the only check that fails)."""
     home, ami, _ = built
     result = run_amilab("smoke", ami["ImageId"], "--json", env={"AMILAB_HOME": str(home)},
                         timeout=600)  # fmt: skip
     report = json.loads(result.stdout)
     report = report[0] if isinstance(report, list) else report
     checks = {c["Name"]: c for c in report["Checks"]}
-    assert result.returncode == 0, json.dumps(report["Checks"], indent=1)
+    failed = [n for n, c in checks.items() if not c["Passed"]]
+    assert result.returncode == 1 and failed == [f"out-of-tree-{CRC}"], json.dumps(
+        report["Checks"], indent=1
+    )
+    crc = checks[f"out-of-tree-{CRC}"]
+    said = f"{crc['Actual']} {crc['Detail']}"
+    assert "modprobe failed" in crc["Actual"], crc
+    assert f"{CRC}: disagrees about version of symbol {CRC_SYMBOL}" in said, crc
     v4l2 = checks["out-of-tree-v4l2loopback"]
     assert v4l2["Passed"] and "/updates/dkms/v4l2loopback.ko" in v4l2["Actual"], v4l2
     assert "probe ok: test -c /dev/video0" in v4l2["Detail"] and "taint" in v4l2["Detail"]
@@ -356,15 +377,16 @@ def test_matrix_static_and_boot_verdicts_agree(built, rebuilt, rebuildable, tmp_
     for c in cells:
         assert c["Status"] in ("PASS", "FAIL"), (c["Cell"], c["Class"], c["Evidence"])
         mods = {m["Module"]: m for m in c["Modules"]}
-        want = (
-            {"v4l2loopback", "hello"} if c["ImageId"] == ami["ImageId"] else {"acpi_call", "hello"}
-        )
+        ours = c["ImageId"] == ami["ImageId"]
+        want = {"v4l2loopback", "hello", CRC} if ours else {"acpi_call", "hello"}
         assert set(mods) == want, c["Cell"]
         for m in mods.values():
             print(f"{c['Cell']}: {m['Module']}: static {m['Static']}, boot {m['Boot']}")
             assert m["Boot"] and m["Agree"] is True, (c["Cell"], m)
     own = next(c for c in cells if c["Kernel"] == "own")
-    assert all(m["Static"] == "loads" for m in own["Modules"])
+    assert {m["Module"]: m["Static"] for m in own["Modules"]} == {
+        "v4l2loopback": "loads", "hello": "loads", CRC: f"refused: symbol {CRC_SYMBOL} disagrees"
+    }  # fmt: skip
     for c in cells:
         if c["Kernel"] != "own" and c["ImageId"] == ami["ImageId"]:
             assert all(m["Static"] == "needs-rebuild" for m in c["Modules"]), c["Cell"]
@@ -402,8 +424,11 @@ def test_static_only_matrix_starts_no_qemu(built, tmp_path: Path) -> None:
     assert set(cells) == set(x86)
     for name, c in cells.items():
         classes = {m["Module"]: m["Static"] for m in c["Modules"]}
+        crc = classes.pop(CRC)
         assert set(classes) == {"v4l2loopback", "hello"}, name
-        own = c["KernelRef"] == ami["KernelId"]
-        assert all((v == "loads") == own for v in classes.values()), (name, classes)
-        assert all(v in ("loads", "needs-rebuild") for v in classes.values()), (name, classes)
-    print(f"matrix --static-only: {len(cells)} kernels × 2 modules in {seconds:.1f} s (CLI)")
+        if c["KernelRef"] == ami["KernelId"]:
+            assert set(classes.values()) == {"loads"}, (name, classes)
+            assert crc == f"refused: symbol {CRC_SYMBOL} disagrees", name
+        else:
+            assert set(classes.values()) | {crc} == {"needs-rebuild"}, (name, classes, crc)
+    print(f"matrix --static-only: {len(cells)} kernels × 3 modules in {seconds:.1f} s (CLI)")
