@@ -71,9 +71,7 @@ def run_logged(argv: list[str], log: Path | None, what: str, cwd: Path | None = 
 
 
 def unpack_debs(
-    debs: list[Path],
-    dest: Path,
-    log: Path | None = None,
+    debs: list[Path], dest: Path, log: Path | None = None,
     finish: Callable[[Path], None] = lambda tree: None,
 ) -> None:
     """dpkg-deb -x every package into a temporary sibling of `dest`, `finish(tree)` there

@@ -91,7 +91,9 @@ def stored_kernel(rec: ImageRecord, own: dict[str, Any]) -> Kernel:
         ramdisk_modules=tuple(own.get("ramdisk_modules") or ()),
         cmdline=rec.kernel_settings.cmdline or CMDLINE,
     )
-    return kernel_from(folder, defn, defn.package, str(own.get("version") or ""), suite="")
+    return kernel_from(
+        folder, defn, defn.package, str(own.get("version") or ""), suite=""
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,9 +279,8 @@ def store_files(
                 mods / release,
                 symlinks=True,
                 ignore=lambda d, names: [
-                    n
-                    for n in names
-                    if Path(d) == found and n in _SOURCE_LINKS and (found / n).is_symlink()
+                    n for n in names if Path(d) == found and n in _SOURCE_LINKS
+                    and (found / n).is_symlink()
                 ],
             )
         _depmod(tree, release, log)

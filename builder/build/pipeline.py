@@ -323,13 +323,9 @@ class Register(Step[BuildState]):
         kernel_path = self._store(s, Path(k.vmlinuz), k.digest, ".vmlinuz", copy=True)
         records = [
             factory.content_image(
-                k.digest,
-                f"{k.name}-{k.release}",
-                str(kernel_path),
+                k.digest, f"{k.name}-{k.release}", str(kernel_path),
                 KernelSettings(definition=k.name, package=k.package, cmdline=k.cmdline),
-                release=k.release,
-                version=k.version,
-                description=f"{k.package} {k.version}",
+                release=k.release, version=k.version, description=f"{k.package} {k.version}",
                 architecture=k.architecture,
             )  # fmt: skip
         ]

@@ -130,7 +130,9 @@ def classify(path: Path, source_format: str | None = None) -> str:
     """The container to open `path` as (vmdk, ova, ovf, qcow2 or raw) by the input policy;
     BadInput when its name or `source_format` promises what its content is not."""
     if source_format is not None and source_format not in SOURCE_FORMATS:
-        raise BadInput(f"--source-format: {source_format!r} (one of {', '.join(SOURCE_FORMATS)})")
+        raise BadInput(
+            f"--source-format: {source_format!r} (one of {', '.join(SOURCE_FORMATS)})"
+        )
     container = detect(path)
     if source_format == "raw":
         return "raw"  # asked for: the bytes are the disk, whatever they look like
@@ -233,13 +235,8 @@ class ConvertResult:
 
 
 def convert(
-    src: Path,
-    dst: Path,
-    fmt: str = "raw",
-    subformat: str | None = None,
-    workers: int | None = None,
-    *,
-    source_format: str | None = None,
+    src: Path, dst: Path, fmt: str = "raw", subformat: str | None = None,
+    workers: int | None = None, *, source_format: str | None = None,
 ) -> ConvertResult:
     """Convert `src` to `dst` in format `fmt` (a name from the format table; `vmdk` with
     `subformat` streamOptimized is vmdk-stream). `source_format` takes `src` as that format
@@ -270,13 +267,8 @@ def convert(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ConvertResult(
-        described,
-        str(dst),
-        out_fmt.qemu_format,
-        out_fmt.subformat,
-        time.monotonic() - start,
-        dst.stat().st_size,
-        data,
+        described, str(dst), out_fmt.qemu_format, out_fmt.subformat,
+        time.monotonic() - start, dst.stat().st_size, data,
     )
 
 
@@ -290,12 +282,8 @@ def _write(
         src, src_format = work / "source.raw", "raw"
         _to_raw(source, src, workers)
     return fmt.write(
-        src,
-        out,
-        src_format=src_format,
-        adapter_type=_adapter(source),
-        name=name.replace('"', "_"),
-        workers=workers,
+        src, out, src_format=src_format, adapter_type=_adapter(source),
+        name=name.replace('"', "_"), workers=workers,
     )
 
 

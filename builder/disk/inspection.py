@@ -110,15 +110,9 @@ def inspect_guest(g: Any) -> dict[str, Any]:
     mount_os(g, root, readonly=True)
     try:
         report["bootloader"]["config"] = [
-            p
-            for p in (
-                "/boot/grub/grub.cfg",
-                "/boot/grub2/grub.cfg",
-                "/boot/grub/menu.lst",
-                "/boot/extlinux/extlinux.conf",
-                "/boot/syslinux/syslinux.cfg",
-                "/boot/loader/loader.conf",
-            )
+            p for p in ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg", "/boot/grub/menu.lst",
+                        "/boot/extlinux/extlinux.conf", "/boot/syslinux/syslinux.cfg",
+                        "/boot/loader/loader.conf")
             if g.is_file(p)
         ]
         report["kernels"] = list_kernels(g)
@@ -194,12 +188,8 @@ def _efi_loaders(g: Any) -> list[str]:
         except RuntimeError:
             continue
         try:
-            for p in (
-                "/EFI/BOOT/BOOTX64.EFI",
-                "/EFI/debian/grubx64.efi",
-                "/EFI/ubuntu/grubx64.efi",
-                "/EFI/systemd/systemd-bootx64.efi",
-            ):
+            for p in ("/EFI/BOOT/BOOTX64.EFI", "/EFI/debian/grubx64.efi",
+                      "/EFI/ubuntu/grubx64.efi", "/EFI/systemd/systemd-bootx64.efi"):
                 if g.case_sensitive_path(p) and g.is_file(g.case_sensitive_path(p)):
                     found.append(f"{dev}:{p}")
         except RuntimeError:
@@ -246,7 +236,7 @@ def list_kernels(g: Any) -> list[dict[str, Any]]:
     for name in boot:
         for prefix in _KERNEL_PREFIXES:
             if name.startswith(prefix) and g.is_file(f"/boot/{name}"):
-                kernels[name[len(prefix) :]] = f"/boot/{name}"
+                kernels[name[len(prefix):]] = f"/boot/{name}"
     out = []
     for release in sorted(set(kernels) | releases):
         info: dict[str, Any] = {
@@ -254,11 +244,8 @@ def list_kernels(g: Any) -> list[dict[str, Any]]:
             "kernel": kernels.get(release),
             "modules": f"{modules_root}/{release}" if release in releases else None,
             "initrd": next(
-                (
-                    f"/boot/{n.format(r=release)}"
-                    for n in _INITRD_NAMES
-                    if n.format(r=release) in boot
-                ),
+                (f"/boot/{n.format(r=release)}" for n in _INITRD_NAMES
+                 if n.format(r=release) in boot),
                 None,
             ),
         }
@@ -285,14 +272,9 @@ def _builtin_drivers(g: Any, modules: str | None, release: str) -> set[str]:
             found.add(_module_name(line))
     config = f"/boot/config-{release}"
     if g.is_file(config):
-        options = {
-            "CONFIG_VIRTIO_BLK=y": "virtio_blk",
-            "CONFIG_VIRTIO_PCI=y": "virtio_pci",
-            "CONFIG_SCSI_VIRTIO=y": "virtio_scsi",
-            "CONFIG_SATA_AHCI=y": "ahci",
-            "CONFIG_BLK_DEV_SD=y": "sd_mod",
-            "CONFIG_ATA_PIIX=y": "ata_piix",
-        }
+        options = {"CONFIG_VIRTIO_BLK=y": "virtio_blk", "CONFIG_VIRTIO_PCI=y": "virtio_pci",
+                   "CONFIG_SCSI_VIRTIO=y": "virtio_scsi", "CONFIG_SATA_AHCI=y": "ahci",
+                   "CONFIG_BLK_DEV_SD=y": "sd_mod", "CONFIG_ATA_PIIX=y": "ata_piix"}
         for line in g.read_lines(config):
             if line in options:
                 found.add(options[line])
@@ -455,7 +437,8 @@ def _tool_chunks(data: bytes, argv: list[str]) -> Iterator[bytes]:
     with tempfile.TemporaryFile() as tmp:
         tmp.write(data)
         tmp.seek(0)
-        proc = subprocess.Popen(argv, stdin=tmp, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdin=tmp, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
         assert proc.stdout is not None
         try:
             while chunk := proc.stdout.read(1 << 20):

@@ -334,17 +334,11 @@ def open_ova(path: Path, directory: Path) -> Package:
 
 def _member_name(member: tarfile.TarInfo, where: str) -> str:
     kind = (
-        "a symlink"
-        if member.issym()
-        else "a hard link"
-        if member.islnk()
-        else "a directory"
-        if member.isdir()
-        else "a device or FIFO"
-        if not member.isreg()
-        else "a sparse member"
-        if member.issparse()
-        else None
+        "a symlink" if member.issym() else
+        "a hard link" if member.islnk() else
+        "a directory" if member.isdir() else
+        "a device or FIFO" if not member.isreg() else
+        "a sparse member" if member.issparse() else None
     )
     if kind:
         raise BadInput(f"{where}: member {member.name!r}: {kind} (only plain files allowed)")

@@ -259,7 +259,9 @@ def check_signature(
     certs: list[Path] | None,
     key: rsa.RSAPrivateKey | None = None,
 ) -> None:
-    publics: list[rsa.RSAPublicKey] = [rsa_public(load_certificate(c), str(c)) for c in certs or []]
+    publics: list[rsa.RSAPublicKey] = [
+        rsa_public(load_certificate(c), str(c)) for c in certs or []
+    ]
     if not publics and key is not None:
         publics.append(key.public_key())
     if not publics:

@@ -54,10 +54,8 @@ def import_disk(
             g.close()
         if report.get("os") is None:
             # EC2's image import fails such a disk too; nothing is stored or registered.
-            raise BadInput(
-                f"{src.name}: no operating system found (libguestfs inspection); "
-                "import takes a bootable disk"
-            )
+            raise BadInput(f"{src.name}: no operating system found (libguestfs inspection); "
+                           "import takes a bootable disk")
         digest = sparse_sha256(raw)
         source = converted.source
         name = name or _default_name(src, source)

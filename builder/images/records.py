@@ -177,13 +177,11 @@ def _partitions(spans: dict[str, dict[str, int]] | None) -> dict[str, Partition]
 
 # Keys of a pre-typed row's `extra` and the typed field each became, per image type.
 _LEGACY_KEYS: dict[str, dict[str, str]] = {
-    "machine": {f.name: f.name for f in fields(LaunchSettings) if f.name not in ("partitioning",)},
-    "kernel": {
-        "definition": "definition",
-        "package": "package",
-        "cmdline": "cmdline",
-        "pv_grub": "pv_grub",
-    },  # fmt: skip
+    "machine": {
+        f.name: f.name for f in fields(LaunchSettings) if f.name not in ("partitioning",)
+    },
+    "kernel": {"definition": "definition", "package": "package", "cmdline": "cmdline",
+               "pv_grub": "pv_grub"},  # fmt: skip
     "ramdisk": {"kind": "kind", "kernel_id": "built_for"},
 }
 _LEGACY_DIGEST = {"machine": "disk_digest", "kernel": "digest", "ramdisk": "digest"}

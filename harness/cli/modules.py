@@ -13,7 +13,9 @@ from harness.cli.output import add_json
 def _add_modules(args: argparse.Namespace) -> int:
     from builder.images.modules import add_modules
 
-    rec = add_modules(args.image, args.kernel, default_kernel=args.default_kernel, name=args.name)
+    rec = add_modules(
+        args.image, args.kernel, default_kernel=args.default_kernel, name=args.name
+    )
     return print_image(args, rec)
 
 

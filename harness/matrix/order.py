@@ -107,7 +107,9 @@ def longest_first(
     return sorted(cells, key=lambda c: length[c.key], reverse=True)
 
 
-def start_order(cells: list[Cell], length: dict[str, float], jobs: int, budget: int) -> list[Cell]:
+def start_order(
+    cells: list[Cell], length: dict[str, float], jobs: int, budget: int
+) -> list[Cell]:
     """The order to start `cells` in on one host with `jobs` VM slots and `budget` vCPUs.
 
     A Dask worker starts its tasks strictly by priority: when the first does not fit the

@@ -148,17 +148,7 @@ def parse_header(data: bytes, where: str, file_size: int) -> SparseHeader:
         # The four characters exist to catch a file that went through a text-mode transfer.
         raise BadInput(f"{where}: header.newline: damaged by a text-mode transfer")
     h = SparseHeader(
-        version,
-        flags,
-        capacity,
-        grain,
-        desc_off,
-        desc_size,
-        gtes,
-        rgd,
-        gd,
-        overhead,
-        algo,
+        version, flags, capacity, grain, desc_off, desc_size, gtes, rgd, gd, overhead, algo,
         unclean,
     )
     _check_ranges(h, where, file_size)
@@ -195,13 +185,8 @@ def _check_ranges(h: SparseHeader, where: str, file_size: int) -> None:
                 f"{where}: header.descriptorSize: {h.descriptor_sectors} sectors "
                 f"(1 to {MAX_DESCRIPTOR_SECTORS} expected)"
             )
-        check_span(
-            where,
-            "header.descriptorOffset",
-            h.descriptor_offset * SECTOR,
-            h.descriptor_sectors * SECTOR,
-            file_size,
-        )
+        check_span(where, "header.descriptorOffset", h.descriptor_offset * SECTOR,
+                   h.descriptor_sectors * SECTOR, file_size)
     if h.gd_offset == GD_AT_END:
         if not (h.compressed and h.markers):
             raise BadInput(f"{where}: header.gdOffset: at the end, but not a stream")

@@ -146,7 +146,9 @@ def _check_embedded(d: Descriptor, capacity: int, where: str) -> None:
     # name (VMware tools often leave the name the file was created under), so only the
     # sizes have to agree.
     if d.create_type not in ("monolithicSparse", "streamOptimized"):
-        raise BadInput(f"{where}: descriptor.createType: {d.create_type} in an embedded descriptor")
+        raise BadInput(
+            f"{where}: descriptor.createType: {d.create_type} in an embedded descriptor"
+        )
     if len(d.extents) != 1 or d.extents[0].type != "SPARSE":
         raise BadInput(f"{where}: descriptor: an embedded descriptor has one SPARSE extent")
     if d.extents[0].sectors != capacity:
@@ -166,7 +168,9 @@ def _open_descriptor_file(path: Path, d: Descriptor) -> VmdkImage:
         for line in d.extents:
             lw = f"{where}:{line.line}"
             if line.type not in allowed:
-                raise BadInput(f"{lw}: extent type: {line.type} in a {d.create_type} descriptor")
+                raise BadInput(
+                    f"{lw}: extent type: {line.type} in a {d.create_type} descriptor"
+                )
             extent = _open_extent(path.parent, line, lw)
             extents.append((start, extent))
             start += extent.size

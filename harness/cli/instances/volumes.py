@@ -124,3 +124,4 @@ def register_volumes(sub: argparse._SubParsersAction) -> None:
         for argument, kw in arguments.items():
             p.add_argument(argument, **kw)
         add_json(p)
+
