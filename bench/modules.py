@@ -31,11 +31,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.kernels import Timing  # noqa: E402
 
 CLOUD = ("debian-cloud-bullseye", "debian-cloud", "debian-cloud-trixie", "debian-cloud-sid")
 REBUILD = (*CLOUD[:1], *CLOUD[2:], "debian-generic-bookworm-backports")
@@ -67,14 +69,6 @@ _HEADERS = (
     "print(json.dumps({'release': k.release, 'debs': len(found.debs),\n"
     "                  's': time.monotonic() - t0}))\n"
 )
-
-
-@dataclass
-class Timing:
-    name: str
-    seconds: float
-    load: float  # 1-minute load average when it started
-    detail: str = ""
 
 
 def run(
@@ -179,7 +173,12 @@ def main() -> int:
         print(json.dumps([asdict(t) for t in timings], indent=2))
         return 0
     for t in timings:
-        value = f"{t.seconds:6.2f}" + ("  " if t.name.startswith("ratio") else " s")
+        if t.name.startswith("ratio"):
+            value = f"{t.seconds:6.2f}  "
+        elif t.seconds < 1:
+            value = f"{t.seconds * 1000:6.2f} ms"
+        else:
+            value = f"{t.seconds:6.2f} s "
         print(f"{t.name:58} {value}  load {t.load:4.1f}  {t.detail}")
     return 0
 
