@@ -155,7 +155,7 @@ def main() -> int:
                                      env=env, ok=(0, 1))  # fmt: skip
             if result.returncode == 0:
                 made[name] = s
-                detail = "rebuilt: " + json.loads(result.stdout)["ImageId"]
+                detail = "rebuilt: " + json.loads(result.stdout)["Images"][0]["ImageId"]
             else:
                 detail = result.stderr.strip().splitlines()[0][:160]
             timings.append(Timing(f"add-modules + DKMS rebuild, {name}", s, load, detail))

@@ -173,7 +173,7 @@ def test_register_kernel_headers_gives_own_kernels_the_verdict_and_rebuild(
                         "--headers", str(tree), "--name", "own-6.1", "--json", env=env,
                         timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    aki = json.loads(result.stdout)
+    aki = json.loads(result.stdout)["Images"][0]
     check = run_amilab("modules", "check", ami["ImageId"], "--kernel", aki["ImageId"], "--json",
                        env=env, timeout=300)  # fmt: skip
     cells = json.loads(check.stdout)["Cells"]
@@ -262,7 +262,7 @@ def test_add_modules_rebuilds_or_fails_with_the_compilers_lines(built, rebuilt, 
     result, release, seconds = rebuilt[name]
     print(f"add-modules --kernel {name} ({release}): exit {result.returncode} in {seconds:.1f} s")
     if result.returncode == 0:
-        new = json.loads(result.stdout)
+        new = json.loads(result.stdout)["Images"][0]
         mods = [m for m in new["amilab:OutOfTreeModules"] if m["KernelRelease"] == release]
         by_name = {m["Name"]: m for m in mods}
         assert set(by_name) == {"v4l2loopback", "hello"}, mods
@@ -323,7 +323,7 @@ def test_a_rebuilt_ami_loads_its_modules_from_updates_dkms(built, rebuildable) -
     if result.returncode != 0:  # a failure must still be module-build-failed with its lines
         assert result.returncode == 1 and "module-build-failed: " in result.stderr, result.stderr
         pytest.fail(f"the rebuild for {release} failed:\n{result.stderr}")
-    new = json.loads(result.stdout)
+    new = json.loads(result.stdout)["Images"][0]
     mods = {m["Name"]: m for m in new["amilab:OutOfTreeModules"] if m["KernelRelease"] == release}
     assert mods["acpi_call"]["Path"].startswith(f"/lib/modules/{release}/updates/dkms/"), mods
     assert mods["hello"]["Path"] == f"/lib/modules/{release}/extra/hello.ko"
@@ -358,7 +358,7 @@ def test_matrix_static_and_boot_verdicts_agree(built, rebuilt, rebuildable, tmp_
     made = [(r, name) for name, (r, _, _) in rebuilt.items() if r.returncode == 0]
     if rebuildable[1].returncode == 0:
         made.append((rebuildable[1], REBUILD_TO))
-    after = [(json.loads(r.stdout)["ImageId"], name) for r, name in made]
+    after = [(json.loads(r.stdout)["Images"][0]["ImageId"], name) for r, name in made]
     spec = {
         "images": [ami["ImageId"]],
         "kernels": list(MATRIX_KERNELS),
