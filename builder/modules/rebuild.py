@@ -212,7 +212,9 @@ def rebuild(
     log.parent.mkdir(parents=True, exist_ok=True)
     done = Rebuilt(release)
     work.mkdir(parents=True, exist_ok=True)
-    names = ", ".join(sorted({str(m["Name"]) for m in modules}))
+    # what a failure names: the modules that would be built (a prebuilt .ko is not)
+    names = ", ".join(sorted({str(m["Name"]) for m in modules if m.get("Source") == "dkms"
+                              or m.get("SourceTree")}))  # fmt: skip
     root = work / "tree"
     # a package the mirror lacks is exit 3 before anything is dumped
     headers = None if own_tree else headers_mod.resolve(kernel, log)
