@@ -215,6 +215,9 @@ def rebuild(
     # what a failure names: the modules that would be built (a prebuilt .ko is not)
     names = ", ".join(sorted({str(m["Name"]) for m in modules if m.get("Source") == "dkms"
                               or m.get("SourceTree")}))  # fmt: skip
+    if not names:  # prebuilt modules only: nothing to build, the kernel's tree as it is
+        done.notes.append(f"prebuilt modules only: none rebuilt for {release}")
+        return done
     root = work / "tree"
     # a package the mirror lacks is exit 3 before anything is dumped
     headers = None if own_tree else headers_mod.resolve(kernel, log)
