@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from builder import paths
 from builder.build import kernel as kernel_mod
+from builder.build.kernel_catalogue import DEFAULT_RELEASE
 from builder.build.kernel_tree import Kernel
 from builder.build.own_kernel import OWN_KERNEL_KEY
 from builder.disk import e2fs
@@ -143,8 +144,9 @@ class Rebuild(Step[AddModules]):
                 f"{s.kernel.release}: {s.aki.image_id} was registered without --headers (its "
                 "build tree), so there is nothing to build them against"
             )
+        suite = (s.source.extra.get("recipe") or {}).get("release") or DEFAULT_RELEASE
         s.rebuilt = rebuild(modules, image_file(s.source), _root_offset(s.source), s.kernel,
-                            s.work / "rebuild", own_tree)  # fmt: skip
+                            s.work / "rebuild", own_tree, suite)  # fmt: skip
         s.notes += s.rebuilt.notes
 
 

@@ -26,8 +26,11 @@ from typing import Any
 
 from builder import paths
 from builder.build import chroot
+from builder.build.apt_index import cached_deb, download_deb, prepared
+from builder.build.kernel_catalogue import DEFAULT_RELEASE
 from builder.build.kernel_tree import Kernel
 from builder.build.out_of_tree import (
+    HEADERS_IN_ROOT,
     BuiltModule,
     build_failure,
     dkms_modules,
@@ -81,8 +84,8 @@ def installed_packages(root: Path) -> set[str]:
 def check_compiler(root: Path, headers: headers_mod.HeaderPackages, names: str) -> list[str]:
     """The compiler the kernel's headers name (their linux-compiler-gcc-N package depends on
     it) must be the image's: module-build-failed saying so where the image lacks it. The
-    other dependencies the image lacks are returned: tools a module's compile does not run
-    (pahole without a vmlinux, linux-base's scripts, the kernel image package itself)."""
+    other dependencies the image lacks are returned (pahole for modules' BTF, linux-base):
+    what the instance's apt would install from its suite with the headers."""
     have = installed_packages(root)
     missing = [n for n in headers.needs if n not in have]
     compilers = [n for n in missing if COMPILER.match(n)]
@@ -172,6 +175,28 @@ def own_build_tree(root: Path, tree: Path, release: str, names: str) -> None:
     build.symlink_to(f"/{inside}")
 
 
+def support_debs(
+    suite: str, architecture: str, lacking: list[str], have: set[str], log: Path
+) -> list[Path]:
+    """The image's suite's packages for what the headers need and the image lacks, with
+    their own dependencies the image lacks (downloaded once into the package cache); a
+    name the suite does not have is left out (dpkg then says what is missing)."""
+    out, todo, seen = [], list(lacking), set(have)
+    with prepared(suite, architecture) as apt:
+        while todo:
+            name = todo.pop(0)
+            if name in seen:
+                continue
+            seen.add(name)
+            fields = apt.show(name)
+            if fields is None:
+                continue
+            version = fields["Version"]
+            out.append(cached_deb(name, version) or download_deb(apt, name, version, log))
+            todo += [n for n, _ in headers_mod.dependencies(fields)]
+    return out
+
+
 def _headers_in(
     root: Path,
     kernel: Kernel,
@@ -179,6 +204,7 @@ def _headers_in(
     names: str,
     log: Path,
     done: Rebuilt,
+    suite: str,
 ) -> None:
     """The kernel's headers into the tree: an own kernel's build tree (a Path), else its
     header packages from its suite."""
@@ -187,8 +213,15 @@ def _headers_in(
         return
     lacking = check_compiler(root, headers, names)
     if lacking:
-        done.notes.append(f"{headers.package} unpacked without {', '.join(lacking)} "
-                          "(not in the image; the compile does not use them)")  # fmt: skip
+        found = support_debs(suite, kernel.architecture, lacking, installed_packages(root), log)
+        staged = root / HEADERS_IN_ROOT
+        staged.mkdir(parents=True, exist_ok=True)
+        for deb in found:
+            shutil.copy2(deb, staged / deb.name)
+        argv = ["dpkg", "--force-depends", "-i", *(f"/{HEADERS_IN_ROOT}/{d.name}" for d in found)]
+        if found and in_root(root, log, argv).returncode != 0:
+            raise build_failure(", ".join(lacking), kernel.release, None, log)
+        done.notes.append(f"from {suite} for the build: " + ", ".join(d.name for d in found))
     if not install_headers(root, headers, log, unpack_only=True):
         raise build_failure(headers.package, kernel.release, None, log)
 
@@ -200,10 +233,12 @@ def rebuild(
     kernel: Kernel,
     work: Path,
     own_tree: Path | None = None,
+    suite: str = DEFAULT_RELEASE,
 ) -> Rebuilt:
     """Build `modules` (an AMI record's out-of-tree list) for `kernel` in a copy of the tree
     on `disk`; the result's base holds the kernel's tree with them, indexed by depmod.
-    `own_tree`: an own kernel's build tree (else its suite's header packages)."""
+    `own_tree`: an own kernel's build tree (else its suite's header packages); `suite`: the
+    image's, where what the headers need besides comes from."""
     # kept after the work directory goes: a failure's message names it
     release, log = (
         kernel.release,
@@ -223,7 +258,7 @@ def rebuild(
     headers = None if own_tree else headers_mod.resolve(kernel, log)
     dump_tree(disk, offset, root)
     with chroot.prepared(root):
-        _headers_in(root, kernel, headers or own_tree, names, log, done)
+        _headers_in(root, kernel, headers or own_tree, names, log, done, suite)
         for package in _dkms_packages(modules):
             done.modules += _dkms(root, package, release, log, work)
         for m in modules:
