@@ -377,7 +377,9 @@ def build(s: BuildState) -> list[BuiltModule]:
         try:
             if headers is not None:
                 s.stages.detail(f"{headers.package} from {kernel.suite}")
-                if not install_headers(s.root, headers, s.logs / "out-of-tree.log"):
+                # unpacked: the postinst only starts DKMS (run below), and a backport's
+                # needs a newer linux-base (linux-run-hooks) than its suite's base tree has
+                if not install_headers(s.root, headers, s.logs / "out-of-tree.log", True):
                     raise _failed(s, headers.package, None)
                 installed = headers.names
             if s.recipe.dkms:
