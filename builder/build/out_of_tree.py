@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 RECORD_KEY = "out_of_tree_modules"  # in an AMI record's extra
 HEADERS_IN_ROOT = "var/cache/amilab-headers"
-SOURCES_IN_ROOT = "usr/src/amilab-extra"
+SOURCES_IN_ROOT = "usr/src/amilab-extra"  # extra-modules' source trees, kept
+BUILD_IN_ROOT = "var/tmp/amilab-module-build"  # where they are built, removed after
 BUILD_TOOLS = ("dkms", "make")
 ERROR_LINES = 12  # of the compiler's output, in a failed build's message
 
@@ -57,9 +58,11 @@ class BuiltModule:
     path: str  # in the image
     copy: Path  # a copy outside the tree, stored as an artifact at registration
     digest: str
+    tree: str = ""  # a source module's tree in the image (what add-modules rebuilds)
 
     def record(self, artifact: Path) -> dict[str, Any]:
         return {
+            **({"SourceTree": self.tree} if self.tree else {}),
             "Name": self.name,
             "Version": self.version,
             "KernelRelease": self.release,
@@ -203,22 +206,47 @@ def packages_for(s: BuildState) -> list[str]:
     return wanted
 
 
-def _chroot(s: BuildState, argv: list[str], what: str) -> subprocess.CompletedProcess[bytes]:
-    log = s.logs / "out-of-tree.log"
+def in_root(root: Path, log: Path, argv: list[str]) -> subprocess.CompletedProcess[bytes]:
+    """argv in the tree's chroot, the command and its output appended to `log`."""
     with open(log, "a") as f:
         f.write(f"$ {' '.join(argv)}\n")
-    return chroot.run(s.root, argv, log=log)
+    return chroot.run(root, argv, log=log)
+
+
+def _chroot(s: BuildState, argv: list[str], what: str) -> subprocess.CompletedProcess[bytes]:
+    return in_root(s.root, s.logs / "out-of-tree.log", argv)
+
+
+def build_failure(name: str, release: str, build_log: Path | None, log: Path) -> BuildFailed:
+    """module-build-failed, with the compiler's error lines (from the module's own build log
+    where there is one, else the out-of-tree log)."""
+    source = build_log if build_log and build_log.exists() else log
+    lines = source.read_text(errors="replace").splitlines() if source.exists() else []
+    errors = [ln for ln in lines if re.search(r"\berror\b|Error \d", ln)] or lines[-ERROR_LINES:]
+    return BuildFailed(
+        f"module-build-failed: {name} for {release} (log: {source})\n"
+        + "\n".join(errors[:ERROR_LINES])
+    )
 
 
 def _failed(s: BuildState, name: str, build_log: Path | None) -> BuildFailed:
-    """module-build-failed, with the compiler's error lines."""
-    source = build_log if build_log and build_log.exists() else s.logs / "out-of-tree.log"
-    lines = source.read_text(errors="replace").splitlines()
-    errors = [ln for ln in lines if re.search(r"\berror\b|Error \d", ln)] or lines[-ERROR_LINES:]
-    return BuildFailed(
-        f"module-build-failed: {name} for {s.kernel.release} (log: {source})\n"
-        + "\n".join(errors[:ERROR_LINES])
-    )
+    return build_failure(name, s.kernel.release, build_log, s.logs / "out-of-tree.log")
+
+
+def install_headers(
+    root: Path, headers: headers_mod.HeaderPackages, log: Path, unpack_only: bool = False
+) -> bool:
+    """The kernel's header packages into the tree with dpkg (staged inside it first);
+    `unpack_only` for a throw-away tree: the files unpacked, dependencies a compile does not
+    use ignored, no maintainer scripts (their hooks only start the DKMS builds, which the
+    caller runs itself)."""
+    staged = root / HEADERS_IN_ROOT
+    staged.mkdir(parents=True, exist_ok=True)
+    for deb in headers.debs:
+        shutil.copy2(deb, staged / deb.name)
+    how = ["--force-depends", "--unpack"] if unpack_only else ["-i"]
+    argv = ["dpkg", *how, *(f"/{HEADERS_IN_ROOT}/{d.name}" for d in headers.debs)]
+    return in_root(root, log, argv).returncode == 0
 
 
 def dkms_modules(root: Path, package: str) -> list[tuple[str, str]]:
@@ -297,16 +325,13 @@ def build_extra(s: BuildState, kernel: Kernel) -> list[BuiltModule]:
     built = []
     for i, given in enumerate(s.recipe.extra_modules):
         path = extra_path(s.loaded, i, given)
+        tree = ""
         if path.is_dir():
-            inside = Path(SOURCES_IN_ROOT) / f"{i}-{path.name}"
-            shutil.copytree(path, s.root / inside, symlinks=True)
-            res = _chroot(s, ["make", "-C", f"/lib/modules/{release}/build", f"M=/{inside}",
-                              "modules"], f"make {given}")  # fmt: skip
-            if res.returncode != 0:
-                raise _failed(s, given, None)
-            found = sorted(p for p in (s.root / inside).rglob("*.ko"))
-            if not found:
-                raise BuildFailed(f"module-build-failed: {given}: the build made no .ko")
+            # the source stays in the image (as DKMS keeps /usr/src/<module>-<version>), so
+            # add-modules can build it again for another kernel
+            tree = f"/{SOURCES_IN_ROOT}/{i}-{path.name}"
+            shutil.copytree(path, s.root / tree.lstrip("/"), symlinks=True)
+            found = make_source(s.root, tree, release, s.logs / "out-of-tree.log", given)
             source = "source"
         else:
             found, source = [path], "prebuilt"
@@ -320,9 +345,26 @@ def build_extra(s: BuildState, kernel: Kernel) -> list[BuiltModule]:
             copy, digest = _keep_copy(s, dest, facts)
             inside_path = "/" + str(dest.relative_to(s.root))
             built.append(BuiltModule(name, facts.version, facts.release, source, given,
-                                     inside_path, copy, digest))  # fmt: skip
-        shutil.rmtree(s.root / SOURCES_IN_ROOT, ignore_errors=True)
+                                     inside_path, copy, digest, tree))  # fmt: skip
+        shutil.rmtree(s.root / BUILD_IN_ROOT, ignore_errors=True)
     return built
+
+
+def make_source(root: Path, tree: str, release: str, log: Path, shown: str) -> list[Path]:
+    """Kbuild on a copy of the source tree at `tree` (in the image) for `release`: the .ko
+    files it made (the source itself stays clean). module-build-failed if make fails."""
+    build_dir = root / BUILD_IN_ROOT / Path(tree).name
+    shutil.rmtree(build_dir, ignore_errors=True)
+    shutil.copytree(root / tree.lstrip("/"), build_dir, symlinks=True)
+    inside = "/" + str(build_dir.relative_to(root))
+    res = in_root(root, log, ["make", "-C", f"/lib/modules/{release}/build", f"M={inside}",
+                              "modules"])  # fmt: skip
+    if res.returncode != 0:
+        raise build_failure(shown, release, None, log)
+    found = sorted(build_dir.rglob("*.ko"))
+    if not found:
+        raise BuildFailed(f"module-build-failed: {shown}: the build made no .ko")
+    return found
 
 
 def build(s: BuildState) -> list[BuiltModule]:
@@ -334,14 +376,10 @@ def build(s: BuildState) -> list[BuiltModule]:
     with chroot.prepared(s.root):
         try:
             if headers is not None:
-                staged = s.root / HEADERS_IN_ROOT
-                staged.mkdir(parents=True, exist_ok=True)
-                for deb in headers.debs:
-                    shutil.copy2(deb, staged / deb.name)
                 s.stages.detail(f"{headers.package} from {kernel.suite}")
-                res = _chroot(s, ["dpkg", "-i", *(f"/{HEADERS_IN_ROOT}/{d.name}"
-                                                  for d in headers.debs)], "headers")  # fmt: skip
-                if res.returncode != 0:
+                # unpacked: the postinst only starts DKMS (run below), and a backport's
+                # needs a newer linux-base (linux-run-hooks) than its suite's base tree has
+                if not install_headers(s.root, headers, s.logs / "out-of-tree.log", True):
                     raise _failed(s, headers.package, None)
                 installed = headers.names
             if s.recipe.dkms:

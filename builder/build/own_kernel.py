@@ -348,10 +348,11 @@ def default_drivers() -> tuple[str, ...]:
     return FALLBACK_DRIVERS
 
 
-def register(stored: Stored, name: str | None = None, registry: Registry | None = None
-             ) -> ImageRecord:  # fmt: skip
+def register(stored: Stored, name: str | None = None, registry: Registry | None = None,
+             headers: Path | None = None) -> ImageRecord:  # fmt: skip
     """The AKI for stored files (registered once: an AKI's ID derives from its bytes, and a
-    kernel registered before, from the catalogue or from files, is returned as it is)."""
+    kernel registered before, from the catalogue or from files, is returned as it is);
+    `headers`: its build tree as stored (builder.modules.own_headers)."""
     registry = registry or Registry()
     what = f"{stored.package} {stored.version}" if stored.package else "files"
     own = {
@@ -359,6 +360,7 @@ def register(stored: Stored, name: str | None = None, registry: Registry | None 
         "package": stored.package,
         "version": stored.version,
         "ramdisk_modules": list(default_drivers()),
+        **({"headers": str(headers)} if headers else {}),
     }
     rec = factory.content_image(
         stored.digest,

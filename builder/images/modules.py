@@ -25,7 +25,9 @@ from typing import Any, Protocol
 
 from builder import paths
 from builder.build import kernel as kernel_mod
+from builder.build.kernel_catalogue import DEFAULT_RELEASE
 from builder.build.kernel_tree import Kernel
+from builder.build.own_kernel import OWN_KERNEL_KEY
 from builder.disk import e2fs
 from builder.disk.formats import FORMATS
 from builder.disk.inspection import mount_all, open_guestfs
@@ -36,6 +38,8 @@ from builder.images.image_files import image_file, work_dir
 from builder.images.kernel_refs import find_kernel
 from builder.images.records import ImageRecord, LaunchSettings, RamdiskSettings
 from builder.images.registry import Registry, check_name_free, store_artifact
+from builder.modules.own_headers import headers_of
+from builder.modules.rebuild import RECORD_KEY, Rebuilt, rebuild
 from builder.steps import Step, run_steps
 
 
@@ -57,6 +61,7 @@ class AddModules:
     stored: list[Path] = field(default_factory=list)  # artifacts this run put in the store
     handle: Any = None  # the libguestfs handle while it is open
     notes: list[str] = field(default_factory=list)
+    rebuilt: Rebuilt | None = None  # the image's out-of-tree modules built for the kernel
     result: ImageRecord | None = None
 
 
@@ -93,7 +98,8 @@ def add_modules(
     check_name_free(registry, name)
     kernel = kernel or kernel_for_aki(aki)
     state = AddModules(source, aki, kernel, name, default_kernel, registry)
-    run_steps([Workdir(), CopyDisk(), AddTree(), DefaultRamdisk(), Formats(), Register()], state)
+    steps = [Workdir(), Rebuild(), CopyDisk(), AddTree(), DefaultRamdisk(), Formats(), Register()]
+    run_steps(steps, state)
     assert state.result is not None
     return state.result
 
@@ -117,6 +123,31 @@ class Workdir(Step[AddModules]):
                 path.unlink(missing_ok=True)
         if s.work is not None:
             shutil.rmtree(s.work, ignore_errors=True)
+
+
+class Rebuild(Step[AddModules]):
+    """The image's out-of-tree modules (dkms, extra-modules) built for the kernel inside a
+    copy of the image's tree (builder.modules.rebuild), before the disk is copied: a failed
+    build ends the run with nothing copied or registered."""
+
+    name = "rebuild"
+
+    def run(self, s: AddModules) -> None:
+        modules = s.source.extra.get(RECORD_KEY) or []
+        if not modules or _import_mounts(s.source):
+            return
+        assert s.work is not None
+        own_tree = headers_of(s.aki)
+        if own_tree is None and OWN_KERNEL_KEY in s.aki.extra and not s.kernel.package:
+            raise BuildFailed(
+                f"module-build-failed: {', '.join(m['Name'] for m in modules)} for "
+                f"{s.kernel.release}: {s.aki.image_id} was registered without --headers (its "
+                "build tree), so there is nothing to build them against"
+            )
+        suite = (s.source.extra.get("recipe") or {}).get("release") or DEFAULT_RELEASE
+        s.rebuilt = rebuild(modules, image_file(s.source), _root_offset(s.source), s.kernel,
+                            s.work / "rebuild", own_tree, suite)  # fmt: skip
+        s.notes += s.rebuilt.notes
 
 
 class CopyDisk(Step[AddModules]):
@@ -146,7 +177,7 @@ class AddTree(Step[AddModules]):
     def run(self, s: AddModules) -> None:
         assert s.disk is not None and s.work is not None
         k = s.kernel
-        base = _indexed_tree(k, s.work)
+        base = s.rebuilt.base if s.rebuilt and s.rebuilt.base else _indexed_tree(k, s.work)
         boot = _boot_files(s)
         fs = None if _import_mounts(s.source) else e2fs.open_fs(s.disk, _root_offset(s.source))
         if fs is not None:
@@ -470,14 +501,20 @@ class Register(Step[AddModules]):
             (s.ari.image_id if s.ari else None) if pv_default else reg.ramdisk_id,
         )  # fmt: skip
         first = next(iter(src.locations), "raw")
+        extra = {**src.extra, "source_image_id": src.image_id,
+                 "added_modules": [*src.extra.get("added_modules", []), release],
+                 "added_modules_from": s.aki.image_id, "add_modules_notes": s.notes}  # fmt: skip
+        if s.rebuilt is not None:
+            extra[RECORD_KEY] = [
+                *src.extra.get(RECORD_KEY, []),
+                *(m.record(_store(s, m.copy, m.digest, ".ko")) for m in s.rebuilt.modules),
+            ]
         rec = factory.machine_image(
             reg, digest, launch, locations,
             description=src.description,
             image_location=locations.get(first, locations["raw"]),
             instance_store=src.root_device_type == "instance-store",
-            extra={**src.extra, "source_image_id": src.image_id,
-                   "added_modules": [*src.extra.get("added_modules", []), release],
-                   "added_modules_from": s.aki.image_id, "add_modules_notes": s.notes},
+            extra=extra,
             id_extra={"modules_added_from": s.aki.image_id, "source_image_id": src.image_id},
             fresh=True,
         )  # fmt: skip

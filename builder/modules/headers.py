@@ -48,7 +48,7 @@ def headers_package(release: str) -> str:
     return f"linux-headers-{release}"
 
 
-def _dependencies(fields: dict[str, str]) -> list[tuple[str, str]]:
+def dependencies(fields: dict[str, str]) -> list[tuple[str, str]]:
     """(name, version constraint) of each Depends, first alternative of each."""
     out = []
     for group in filter(None, (g.strip() for g in fields.get("Depends", "").split(","))):
@@ -90,16 +90,18 @@ def resolve(kernel: Kernel, log: Path | None = None, download: bool = True) -> H
                 f"out-of-tree modules for {kernel.release} need its headers"
             )
         wanted, needs, seen = [(main, kernel.version)], [], {main}
-        todo = _dependencies(fields)
+        todo = dependencies(fields)
         while todo:
             name, constraint = todo.pop(0)
-            if name in seen:
+            if name in seen or name.startswith("linux-image-"):
+                # a backport's headers depend on their kernel's image package (source
+                # linux-signed-*): the kernel itself, which the image boots as an AKI
                 continue
             seen.add(name)
             dep = apt.show(name)
             if dep is not None and _from_linux(dep, name):
                 wanted.append((name, dep["Version"]))
-                todo += _dependencies(dep)
+                todo += dependencies(dep)
             else:
                 needs.append(name)
         if not download:

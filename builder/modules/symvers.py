@@ -132,15 +132,20 @@ def _load(path: Path, mtime: float) -> KernelIndex:
         return pickle.load(f)  # noqa: S301 - amilab's own cache file
 
 
-def kernel_index(kernel: Kernel, log: Path | None = None) -> KernelIndex:
+def kernel_index(
+    kernel: Kernel, log: Path | None = None, headers_tree: Path | None = None
+) -> KernelIndex:
     """The index of `kernel`: from the cache, else built from its headers (downloaded and
-    unpacked once) and cached."""
-    path = index_path(kernel.package, kernel.version)
+    unpacked once; an own kernel's build tree, `headers_tree`, as given) and cached."""
+    if headers_tree is not None:  # stored by its Module.symvers' digest: that names it
+        path = index_path(f"own-{headers_tree.name}", kernel.digest[:16])
+    else:
+        path = index_path(kernel.package, kernel.version)
     if path.exists():
         return _load(path, path.stat().st_mtime)
     from builder.modules.headers import unpacked_headers
 
-    index = build_index(kernel, unpacked_headers(kernel, log))
+    index = build_index(kernel, headers_tree or unpacked_headers(kernel, log))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

@@ -12,11 +12,15 @@ from harness.cli.flags import add_image_json, print_image
 
 def _register_kernel(args: argparse.Namespace) -> int:
     from builder.build import own_kernel
+    from builder.modules import own_headers
 
     if args.deb and (args.vmlinuz or args.modules or args.config):
         raise BadInput("--deb takes the kernel, modules and config from the packages alone")
     if not args.deb and not args.vmlinuz:
         raise BadInput("register-kernel needs --vmlinuz FILE or --deb FILE")
+    headers = Path(args.headers) if args.headers else None
+    if headers is not None:  # checked before anything is stored
+        own_headers.check_tree(headers, None)
     if args.deb:
         stored = own_kernel.store_debs([Path(d) for d in args.deb])
     else:
@@ -25,7 +29,8 @@ def _register_kernel(args: argparse.Namespace) -> int:
             Path(args.modules) if args.modules else None,
             Path(args.config) if args.config else None,
         )
-    rec = own_kernel.register(stored, args.name)
+    kept = own_headers.store_tree(headers, stored.release) if headers else None
+    rec = own_kernel.register(stored, args.name, headers=kept)
     return print_image(args, rec)
 
 
@@ -52,5 +57,8 @@ def register_register_kernel(sub: argparse._SubParsersAction) -> None:
         help="a Debian kernel package (linux-image-<release>); repeat it for a split "
         "kernel's linux-image, linux-binary, linux-modules and linux-base packages",
     )
+    p.add_argument("--headers", metavar="DIR", help="its build tree (Module.symvers, .config, "
+                   "Makefile): out-of-tree modules' static verdict and add-modules' rebuild for "
+                   "it")  # fmt: skip
     p.add_argument("--name", help="the AKI's name (default: kernel-<release>)")
     add_image_json(p, "the AKI")

@@ -88,6 +88,7 @@ def _matrix(args: argparse.Namespace) -> int:
         tls=tls,
         artifacts=args.artifacts,
         endpoint_url=args.endpoint_url,
+        static_only=args.static_only,
     )
     return matrix(req)
 
@@ -202,6 +203,8 @@ def register_matrix(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--accel", choices=ACCELERATORS, default="auto")
     add_seconds(p, "--ssh-timeout", default=300.0)
     add_switch(p, "--keep", "keep the instance directories")
+    add_switch(p, "--static-only", "only the out-of-tree modules' static verdicts (images "
+               "× kernels × modules), no guest started, nothing recorded")  # fmt: skip
     add_json(p, "print the report as JSON (one object per cell)")
     p.add_argument("--json-file", type=Path, metavar="FILE", help="also write the JSON report")
     p.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML")

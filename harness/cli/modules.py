@@ -24,7 +24,8 @@ def register_add_modules(sub: argparse._SubParsersAction) -> None:
         sub,
         "add-modules",
         _add_modules,
-        "register a new AMI whose disk also holds a kernel's modules (depmod run for it)",
+        "register a new AMI whose disk also holds a kernel's modules (depmod run for it) "
+        "and the image's out-of-tree modules rebuilt for it",
     )
     p.add_argument("image", metavar="AMI")
     p.add_argument("--kernel", required=True, metavar="AKI", help="the kernel whose modules")

@@ -8,8 +8,9 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from harness.matrix.report import Run
+from harness.matrix.report import Run, disagreement_lines
 from harness.matrix.results import CellResult, Evidence
+from harness.matrix.static import ModuleCell
 
 PHASES = ("firmware", "kernel", "ramdisk", "init", "login")
 PHASE_COLOURS = {
@@ -27,7 +28,8 @@ table.grid{border-collapse:collapse;margin:1em 0}
 .grid th.row{text-align:left}
 td.PASS{background:#b7e4b7} td.FAIL{background:#f4a6a6} td.ERROR{background:#e0b3e6}
 td.SKIP{background:#e6e6e6;color:#666} td.FLAKY{background:#fbe7a1}
-.cls{font-size:.8em;display:block} .chg{font-weight:bold;font-size:.8em;display:block}
+.cls{font-size:.8em;display:block} .mod{font-size:.75em;display:block;color:#333}
+.disagree{color:#b00;font-weight:bold} .chg{font-weight:bold;font-size:.8em;display:block}
 .regression{color:#b00} .fix{color:#06c}
 section.cell{border-top:1px solid #ccc;padding:.5em 0}
 pre{background:#f6f6f6;padding:.5em;overflow-x:auto;font-size:.8em}
@@ -66,11 +68,30 @@ def _grid(run: Run, index: dict[str, int]) -> str:
                 f'<a href="#{_anchor(index[r.cell.key])}">{escape(label)}</a>'
                 + (f'<span class="cls">{escape(r.verdict.klass)}</span>' if r.verdict.klass else "")
                 + (f'<span class="chg {change}">{change}</span>' if change else "")
+                + "".join(_module_line(m) for m in r.modules)
                 + "</td>"
             )
         out.append("</tr>")
     out.append("</table>")
     return "".join(out)
+
+
+def _module_line(m: ModuleCell) -> str:
+    """The module column: static verdict / boot verdict, marked where they disagree."""
+    boot = {True: " / loaded", False: " / not loaded", None: ""}[m.boot]
+    agree = "" if m.agree is None else str(m.agree).lower()
+    css = "mod disagree" if m.agree is False else "mod"
+    return (f'<span class="{css}" data-module="{escape(m.module)}" '
+            f'data-static="{escape(m.static)}" data-agree="{agree}">'
+            f"{escape(m.module)}: {escape(m.static + boot)}</span>")  # fmt: skip
+
+
+def _disagreements(run: Run) -> str:
+    lines = disagreement_lines(run)
+    if not lines:
+        return ""
+    return ("<h2>static vs boot disagreements</h2><ul>"
+            + "".join(f"<li>{escape(x)}</li>" for x in lines) + "</ul>")  # fmt: skip
 
 
 def _phases(r: CellResult, scale: float) -> str:
@@ -166,6 +187,8 @@ def render(run: Run) -> str:
     summary = ", ".join(f"{s[k]} {k}" for k in ("PASS", "FAIL", "ERROR", "SKIP"))
     if s["Flaky"]:
         summary += f", {s['Flaky']} flaky"
+    if s["Disagreements"]:
+        summary += f", {s['Disagreements']} static/boot disagreements"
     if run.interrupted:
         summary += f"; interrupted: {s['NotRun']} cells not run"
     comp = ""
@@ -186,6 +209,7 @@ def render(run: Run) -> str:
             f"{run.seconds:.0f} s</p>",
             comp,
             _grid(run, index),
+            _disagreements(run),
             f'<p class="legend">boot phases: {legend}</p>',
             *(_cell_section(r, index[r.cell.key], scale, run.change(r)) for r in run.results),
             "</body></html>\n",

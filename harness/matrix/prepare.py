@@ -85,8 +85,14 @@ def skip_reason(cell: Cell, image: ImageRecord) -> str:
 
 
 def prepare(
-    cells: list[Cell], recipes: Path, say: Callable[[str], None], quiet: bool = False
+    cells: list[Cell],
+    recipes: Path,
+    say: Callable[[str], None],
+    quiet: bool = False,
+    plan: bool = True,
 ) -> list[Cell]:
+    """The cells with their images built or found and their kernels registered; with `plan`,
+    each launch planned (ramdisks generated): what a static-only run does without."""
     images = resolve_images(list(dict.fromkeys(c.image for c in cells)), recipes, say, quiet)
     registry = Registry()
     akis = {
@@ -101,7 +107,7 @@ def prepare(
                              architecture=image.architecture,
                              vcpus=order.vcpus(cell.option_dict, image.architecture))  # fmt: skip
         cell = cell.resolved(skip=skip_reason(cell, image))
-        if not cell.skip:
+        if not cell.skip and plan:
             opts = cell.option_dict
             try:
                 make_plan(

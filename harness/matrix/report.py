@@ -15,6 +15,7 @@ from rich.table import Table
 from builder.progress import show_table
 from harness.matrix.baseline import REGRESSION, Comparison
 from harness.matrix.results import ERROR, FAIL, PASS, SKIP, CellResult
+from harness.matrix.static import disagreements
 
 STYLE = {PASS: "green", FAIL: "red", ERROR: "magenta", SKIP: "dim", "FLAKY": "yellow"}
 SYMBOL = {PASS: "✓", FAIL: "✗", ERROR: "!", SKIP: "–", "FLAKY": "~"}
@@ -48,6 +49,7 @@ class Run:
         out["Flaky"] = sum(r.flaky for r in self.results)
         out["NotRun"] = sum(r.not_run for r in self.results)
         out["Known"] = sum(bool(r.verdict.known_issue) for r in self.results)
+        out["Disagreements"] = len(disagreements(self.results))
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -58,6 +60,8 @@ class Run:
             "Jobs": self.jobs,
             "Seconds": round(self.seconds, 2),
             "Interrupted": self.interrupted,
+            # static module verdicts the boot contradicted: findings of their own
+            "Disagreements": disagreements(self.results),
         }
         if self.started:
             doc["Started"] = _iso(self.started)
@@ -81,7 +85,19 @@ def mark(r: CellResult, change: str = "") -> str:
         text += f"\n[dim]{r.verdict.klass}[/]"
     if change:
         text += f"\n[bold {'red' if change == REGRESSION else 'cyan'}]{change}[/]"
+    for m in r.modules:  # the module column: static verdict / boot verdict
+        boot = {True: " / loaded", False: " / not loaded", None: ""}[m.boot]
+        flag = "[bold red] ≠[/]" if m.agree is False else ""
+        text += f"\n[dim]{m.module}: {m.static}{boot}[/]{flag}"
     return text
+
+
+def disagreement_lines(run: Run) -> list[str]:
+    return [
+        f"static vs boot: {d['Cell']}: {d['Module']} static {d['Static']!r}, boot {d['Boot']}"
+        + (f" ({d['BootDetail']})" if d["BootDetail"] else "")
+        for d in disagreements(run.results)
+    ]
 
 
 def print_table(run: Run, console: Console) -> None:
@@ -113,9 +129,12 @@ def print_table(run: Run, console: Console) -> None:
             console.print(f"    {where}: {e.text}", markup=False, highlight=False)
         if r.final and r.final.report.get("ConsoleLog"):
             console.print(f"    console log: {r.final.report['ConsoleLog']}", highlight=False)
+    for text in disagreement_lines(run):
+        console.print(f"[bold red]{text}[/]", highlight=False)
     s = run.summary()
     line = ", ".join(f"{s[k]} {k}" for k in (PASS, FAIL, ERROR, SKIP))
     line += f"; {s['Flaky']} flaky" if s["Flaky"] else ""
+    line += f"; {s['Disagreements']} static/boot disagreements" if s["Disagreements"] else ""
     line += f"; {s['NotRun']} not run (interrupted)" if s["NotRun"] else ""
     console.print(line, highlight=False)
     if run.comparison:
@@ -163,6 +182,14 @@ def write_junit(run: Run, path: Path, history: dict[str, str] | None = None) -> 
             ET.SubElement(case, "error", message=message).text = text
         elif r.status == SKIP:
             ET.SubElement(case, "skipped", message=v.klass)
+        for m in r.modules:  # one case per module: its static verdict, and the boot's
+            mc = ET.SubElement(suite, "testcase", classname=r.cell.key, name=f"module {m.module}")
+            ET.SubElement(ET.SubElement(mc, "properties"), "property", name="amilab.static",
+                          value=m.static)  # fmt: skip
+            if m.agree is False:
+                ET.SubElement(mc, "failure", message="static and boot verdicts disagree").text = (
+                    f"static: {m.static}\n" + "\n".join(m.evidence) + f"\nboot: {m.boot_detail}"
+                )
         for c in checks:
             cc = ET.SubElement(suite, "testcase", classname=r.cell.key, name=c["Name"])
             if not c["Passed"]:

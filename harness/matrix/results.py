@@ -51,6 +51,8 @@ class CellResult:
     not_run: bool = False
     started: float = 0.0  # seconds after the run started
     seconds: float = 0.0
+    # its out-of-tree modules' static and boot verdicts (harness.matrix.static.ModuleCell)
+    modules: list[Any] = field(default_factory=list)
 
     @property
     def final(self) -> Attempt | None:
@@ -99,6 +101,8 @@ class CellResult:
             "Seconds": round(self.seconds, 2),
             "StartedAt": round(self.started, 2),
             "ConsoleExcerpt": self.final.console_excerpt if self.final else "",
+            # only where the image has out-of-tree modules (results.record reads it so)
+            **({"Modules": [m.to_json() for m in self.modules]} if self.modules else {}),
             "Attempts": [
                 {
                     "Status": a.verdict.status,

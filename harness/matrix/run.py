@@ -22,7 +22,7 @@ from builder.signals import sigterm_as_interrupt
 from builder.steps import interrupts_held
 from harness.launch import accel
 from harness.launch.request import progress_printer
-from harness.matrix import baseline, html, known, order, recording
+from harness.matrix import baseline, html, known, order, recording, static
 from harness.matrix.cell_run import RunSettings
 from harness.matrix.cells import Cell
 from harness.matrix.connect import Tls
@@ -59,6 +59,7 @@ class MatrixRequest:
     record: bool = True  # write the run's cells to the results database
     results_db: str | None = None  # its URL (else AMILAB_RESULTS_DB, else AMILAB_HOME's)
     name: str = ""  # what the run is recorded under (the matrix file)
+    static_only: bool = False  # the modules' static verdicts alone: no QEMU (static.py)
 
 
 def _write_reports(req: MatrixRequest, run: Run, history: dict[str, str] | None = None) -> None:
@@ -85,7 +86,22 @@ def exit_code(run: Run, fail_on: str) -> int:
     return 1 if any(r.status in (FAIL, ERROR) for r in run.results) else 0
 
 
+def matrix_static(req: MatrixRequest) -> int:
+    """`matrix --static-only`: images × kernels × modules from the files, no guest, no
+    accelerator probe, nothing recorded (a static run is not a boot's history); exit 1 when
+    a module would not load on a cell's kernel."""
+    say = progress_printer()
+    t0, started = time.monotonic(), time.time()
+    cells = prepare(req.spec.cells(), req.spec.recipes, say, quiet=req.json, plan=False)
+    results = static.static_only(cells, say)
+    run = Run(results, static.STATIC_ONLY, 1, time.monotonic() - t0, started=started)
+    _write_reports(req, run)
+    return exit_code(run, "failure")
+
+
 def matrix(req: MatrixRequest, executor: Executor | None = None) -> int:
+    if req.static_only:
+        return matrix_static(req)
     say = progress_printer()
     # paramiko's transport threads log every early probe sshd drops (with a traceback);
     # the cells' verdicts say what matters, so their noise stays out of the display
@@ -143,6 +159,7 @@ def matrix(req: MatrixRequest, executor: Executor | None = None) -> int:
                     ran = getattr(executor, "results", [])
             by_key = {r.cell.key: r for r in ran}
             results = [by_key.get(c.key) or CellResult(c, not_run=not c.skip) for c in cells]
+            static.attach(results)  # each module's static verdict beside the boot's
         except KeyboardInterrupt:  # before or between the cells: none of them ran
             interrupted = True
             done = {r.cell.key for r in results}

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from builder.modules.check import modules_for
 from harness.imds.protocol import TOKEN_HEADER, TTL_HEADER
 
 IMDS = "http://169.254.169.254"
@@ -248,7 +249,10 @@ def builtin_checks(
     out = [kernel_release(release), modules_tree()]
     out += [modprobe(m) for m in recipe_checks.get("modules", ())]
     probes = recipe_checks.get("probes") or {}
-    out += [out_of_tree_module(m, probes.get(m["Name"])) for m in out_of_tree or ()]
+    out += [
+        out_of_tree_module(m, probes.get(m["Name"]))
+        for m in modules_for(out_of_tree or [], release)
+    ]
     if recipe_checks.get("metadata", True):
         out += [metadata_value("kernel-id", kernel_id), metadata_value("ramdisk-id", ramdisk_id)]
     for c in recipe_checks.get("commands", ()):

@@ -62,7 +62,7 @@ def test_json_has_one_object_per_cell() -> None:
     assert [a["Status"] for a in flaky["Attempts"]] == [ERROR, PASS]
     assert cells["hvm × sid"]["Status"] == "SKIP" and cells["omit × own"]["NotRun"] is True
     assert doc["Summary"] == {"PASS": 2, "FAIL": 1, "ERROR": 0, "SKIP": 2, "Flaky": 1,
-                              "NotRun": 1, "Known": 0}  # fmt: skip
+                              "NotRun": 1, "Known": 0, "Disagreements": 0}  # fmt: skip
     assert doc["Interrupted"] is True and doc["Comparison"]["Regressions"] == ["pv × sid"]
     json.dumps(doc)
 
