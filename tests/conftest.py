@@ -57,6 +57,7 @@ MODULE_TOTALS = 15  # how many modules the per-module summary lists
 # with a long module at the end while the other idles. Modules not listed keep their
 # place after these; the order changes no result, only when each module starts.
 LONGEST_FIRST = [
+    "test_modules.py",
     "test_instances.py",
     "test_architectures.py",
     "test_matrix_fleet.py",
@@ -67,6 +68,9 @@ LONGEST_FIRST = [
     "test_add_modules.py",
     "test_reproducible.py",
     "test_smoke.py",
+    "test_crash.py",
+    "test_space.py",
+    "test_concurrency.py",
 ]
 
 

@@ -3,8 +3,8 @@
 Full disk: a 2 GiB ext4 loop-mounted as AMILAB_HOME holds a built image and a running
 instance, then a filler file takes the rest. `build`, `import`, `create-image`,
 `create-snapshot` and `restore` each exit 3 with one line naming the mount point, nothing is
-registered, describe output is unchanged (and `amilab fsck --json` is clean once fsck is
-merged). A write the estimates let through (`convert` onto the full filesystem) exits 3 too.
+registered, describe output is unchanged and `amilab fsck --json` is clean.
+A write the estimates let through (`convert` onto the full filesystem) exits 3 too.
 
 df and prune (the filler gone): after a build, a copy, a snapshot of a volume that was
 written to, and a terminated instance, plus planted leftovers, `df` totals what `du`
@@ -61,10 +61,7 @@ def described(env: dict[str, str]) -> list[Any]:
 
 
 def fsck_clean(env: dict[str, str]) -> None:
-    """`amilab fsck --json` finds nothing (fsck29's command; skipped until it is merged)."""
-    if "fsck" not in amilab(env, "--help").stdout:
-        print("amilab fsck is not there yet: its check is skipped")
-        return
+    """`amilab fsck --json` finds nothing."""
     res = amilab(env, "fsck", "--json", ok=False)
     assert res.returncode == 0, res.stdout + res.stderr
     assert json.loads(res.stdout)["Findings"] == []
