@@ -24,6 +24,12 @@ BANNER_SLICE = 0.25  # how often pending connections and the console are checked
 BANNER_WAIT = 20.0  # how long one round of probes lasts before check-and-retry
 PROBE_INTERVAL = 1.0  # a new connection this often while none has answered
 MAX_PROBES = 8  # pending at once; the oldest gives way to a new one
+# ... and this often while the console reports systemd's units but not yet sshd's start:
+# every probe made before the guest's network is up stays in slirp, its SYN retransmitted,
+# and reaches sshd once it listens, closed or not by then. Each costs the guest a fork and
+# exec of sshd beside the harness's login (an arm64 guest's journal: 14 such connections in
+# the 20 s after sshd started, "beginning MaxStartups throttling" three times).
+REPORTED_PROBE_INTERVAL = 5.0
 POLL = 0.2
 
 
@@ -72,6 +78,7 @@ def _banner_ready(
     wait: float | None = None,
     host: str = "127.0.0.1",
     ready: Callable[[], bool] = lambda: False,
+    reported: Callable[[], bool] = lambda: False,
 ) -> socket.socket | None:
     """A connected socket whose peer has started talking (the SSH banner, peeked, not read),
     or None when nothing answered within `wait` (default BANNER_WAIT).
@@ -88,7 +95,9 @@ def _banner_ready(
     fresh one. Resets (nothing listens yet) are dropped at once. `check()` runs every
     BANNER_SLICE so console failures end the wait at once. When `ready()` first says sshd
     has started (the console's word), a fresh probe goes out at once instead of at the
-    next tick: half a PROBE_INTERVAL saved on average."""
+    next tick: half a PROBE_INTERVAL saved on average. While `reported()` says the console
+    will give that word (systemd reports units on it) and it has not yet, probes go out only
+    every REPORTED_PROBE_INTERVAL, as a fallback should the word be missed."""
     deadline = time.monotonic() + (BANNER_WAIT if wait is None else wait)
     pending: list[socket.socket] = []
     next_probe = 0.0
@@ -104,7 +113,8 @@ def _banner_ready(
                 sock = socket.create_connection((host, port), timeout=BANNER_SLICE)
                 sock.setblocking(False)
                 pending.append(sock)
-                next_probe = now + PROBE_INTERVAL
+                sparse = not hinted and reported()
+                next_probe = now + (REPORTED_PROBE_INTERVAL if sparse else PROBE_INTERVAL)
             readable, _, _ = select.select(pending, [], [], BANNER_SLICE)
             for sock in readable:
                 try:
@@ -142,6 +152,7 @@ def wait_for_ssh(
     user: str = "root",
     host: str = "127.0.0.1",
     ready: Callable[[], bool] = lambda: False,
+    reported: Callable[[], bool] = lambda: False,
 ) -> SshLogin:
     """Connect and authenticate; `check()` runs between attempts and raises to give up early
     (console failure, QEMU gone)."""
@@ -155,7 +166,7 @@ def wait_for_ssh(
             raise SshTimeout(f"no SSH login within {timeout:.0f} s (last: {last})")
         attempts += 1
         try:
-            sock = _banner_ready(port, check, host=host, ready=ready)
+            sock = _banner_ready(port, check, host=host, ready=ready, reported=reported)
         except OSError as e:
             sock, last = None, f"connect: {e}"
         if sock is None:

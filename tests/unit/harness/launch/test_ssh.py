@@ -149,3 +149,40 @@ def test_the_consoles_word_sends_a_fresh_probe_at_once(monkeypatch: pytest.Monke
     sock.close()
     assert took < 2.0
     assert len(held) == 2
+
+
+def test_probes_are_sparse_while_the_console_will_announce_sshd(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the console is expected to say when sshd starts, probes go out only every
+    REPORTED_PROBE_INTERVAL (each made before the guest's network is up would reach sshd
+    later as a connection it forks for); the word still sends one at once."""
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
+    monkeypatch.setattr(ssh, "REPORTED_PROBE_INTERVAL", 30.0)
+    srv, port = listener()
+    held: list[socket.socket] = []
+    up = time.monotonic() + 1.0  # the console's word, after ten PROBE_INTERVALs
+    sshd_answering(srv, held, lambda: time.monotonic() >= up)
+    sock = _banner_ready(port, wait=5, ready=lambda: time.monotonic() >= up, reported=lambda: True)
+    srv.close()
+    assert sock is not None and sock.recv(4) == b"SSH-"
+    sock.close()
+    assert len(held) == 2  # the first probe, then the one the word sent
+
+
+def test_probing_stays_frequent_when_the_console_will_not_announce_sshd(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
+    monkeypatch.setattr(ssh, "REPORTED_PROBE_INTERVAL", 30.0)
+    srv, port = listener()
+    held: list[socket.socket] = []
+    up = time.monotonic() + 1.0
+    sshd_answering(srv, held, lambda: time.monotonic() >= up)
+    sock = _banner_ready(port, wait=5, reported=lambda: False)
+    srv.close()
+    assert sock is not None and sock.recv(4) == b"SSH-"
+    sock.close()
+    assert len(held) > 3
