@@ -24,11 +24,13 @@ BANNER_SLICE = 0.25  # how often pending connections and the console are checked
 BANNER_WAIT = 20.0  # how long one round of probes lasts before check-and-retry
 PROBE_INTERVAL = 1.0  # a new connection this often while none has answered
 MAX_PROBES = 8  # pending at once; the oldest gives way to a new one
-# ... and this often while the console reports systemd's units but not yet sshd's start:
-# every probe made before the guest's network is up stays in slirp, its SYN retransmitted,
-# and reaches sshd once it listens, closed or not by then. Each costs the guest a fork and
-# exec of sshd beside the harness's login (an arm64 guest's journal: 14 such connections in
-# the 20 s after sshd started, "beginning MaxStartups throttling" three times).
+# ... and this often while the console is expected to say when sshd starts, and once it
+# has: every probe made before the guest's network is up stays in slirp, its SYN
+# retransmitted, and reaches sshd once it listens, closed or not by then; every probe made
+# after sshd listens is a fork and exec of sshd. On a slow guest (arm64 under TCG, a loaded
+# host) a probe a second outran sshd: an arm64 guest's journal showed 14 connections in the
+# 20 s after sshd started, "beginning MaxStartups throttling" three times, and a login
+# phase of 36-124 s against under a second for one login on the settled guest.
 REPORTED_PROBE_INTERVAL = 5.0
 POLL = 0.2
 
@@ -96,8 +98,8 @@ def _banner_ready(
     BANNER_SLICE so console failures end the wait at once. When `ready()` first says sshd
     has started (the console's word), a fresh probe goes out at once instead of at the
     next tick: half a PROBE_INTERVAL saved on average. While `reported()` says the console
-    will give that word (systemd reports units on it) and it has not yet, probes go out only
-    every REPORTED_PROBE_INTERVAL, as a fallback should the word be missed."""
+    will give that word, and after it has, probes go out only every REPORTED_PROBE_INTERVAL
+    (see there). A connection whose first bytes are not "SSH-" is dropped as a reset is."""
     deadline = time.monotonic() + (BANNER_WAIT if wait is None else wait)
     pending: list[socket.socket] = []
     next_probe = 0.0
@@ -113,7 +115,7 @@ def _banner_ready(
                 sock = socket.create_connection((host, port), timeout=BANNER_SLICE)
                 sock.setblocking(False)
                 pending.append(sock)
-                sparse = not hinted and reported()
+                sparse = hinted or reported()
                 next_probe = now + (REPORTED_PROBE_INTERVAL if sparse else PROBE_INTERVAL)
             readable, _, _ = select.select(pending, [], [], BANNER_SLICE)
             for sock in readable:
@@ -121,12 +123,16 @@ def _banner_ready(
                     data = sock.recv(4, socket.MSG_PEEK)
                 except OSError:
                     data = b""
-                if data:
+                if data and b"SSH-".startswith(data):
                     pending.remove(sock)
                     sock.setblocking(True)
                     return sock
-                pending.remove(sock)  # reset: nothing listens yet
+                # reset (nothing listens yet), or not a banner: sshd's "Exceeded
+                # MaxStartups" before it closes, which paramiko would take for one
+                pending.remove(sock)
                 sock.close()
+                if hinted:  # sshd is said to run: a reset cost the guest no fork, retry soon
+                    next_probe = min(next_probe, time.monotonic() + PROBE_INTERVAL)
             check()
         return None
     finally:

@@ -156,7 +156,8 @@ def test_probes_are_sparse_while_the_console_will_announce_sshd(
 ) -> None:
     """While the console is expected to say when sshd starts, probes go out only every
     REPORTED_PROBE_INTERVAL (each made before the guest's network is up would reach sshd
-    later as a connection it forks for); the word still sends one at once."""
+    later as a connection it forks for); the word still sends one at once, and no more go
+    out while that one waits for its banner (a slow guest's sshd is still starting it)."""
     monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
     monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
     monkeypatch.setattr(ssh, "REPORTED_PROBE_INTERVAL", 30.0)
@@ -169,6 +170,63 @@ def test_probes_are_sparse_while_the_console_will_announce_sshd(
     assert sock is not None and sock.recv(4) == b"SSH-"
     sock.close()
     assert len(held) == 2  # the first probe, then the one the word sent
+
+
+def test_no_probe_a_tick_while_a_slow_sshd_starts_the_one_the_word_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the console's word, a slow guest's sshd takes a while to send its banner (a
+    fork and exec under emulation): more probes meanwhile would each cost it one more."""
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
+    monkeypatch.setattr(ssh, "REPORTED_PROBE_INTERVAL", 30.0)
+    srv, port = listener()
+    held: list[socket.socket] = []
+
+    def slow_sshd() -> None:
+        srv.settimeout(0.1)
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)
+            threading.Timer(0.8, conn.sendall, (b"SSH-2.0-OpenSSH_9.2\r\n",)).start()
+
+    threading.Thread(target=slow_sshd, daemon=True).start()
+    sock = _banner_ready(port, wait=5, ready=lambda: True, reported=lambda: True)
+    srv.close()
+    assert sock is not None and sock.recv(4) == b"SSH-"
+    sock.close()
+    assert len(held) == 1
+
+
+def test_sshds_maxstartups_refusal_is_not_taken_for_a_banner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """sshd past MaxStartups writes "Exceeded MaxStartups" and closes: that connection is
+    dropped like a reset, and the next one, which gets a banner, is taken."""
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
+    srv, port = listener()
+    conns: list[socket.socket] = []
+
+    def throttled_once() -> None:
+        first, _ = srv.accept()
+        first.sendall(b"Exceeded MaxStartups\r\n")
+        time.sleep(0.3)  # closed only after the client could have peeked it
+        first.close()
+        second, _ = srv.accept()
+        second.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+        conns.append(second)
+
+    threading.Thread(target=throttled_once, daemon=True).start()
+    sock = _banner_ready(port, wait=5)
+    srv.close()
+    assert sock is not None and sock.recv(64).startswith(b"SSH-2.0-OpenSSH")
+    sock.close()
 
 
 def test_probing_stays_frequent_when_the_console_will_not_announce_sshd(
