@@ -45,11 +45,17 @@ def serve(behaviour: str) -> tuple[int, threading.Event]:
 
 
 def sshd_answering(
-    srv: socket.socket, held: list[socket.socket], answers: Callable[[], bool]
+    srv: socket.socket,
+    held: list[socket.socket],
+    answers: Callable[[], bool],
+    delay: float = 0.0,
+    refuse: int = 0,
 ) -> None:
     """Accept on `srv` (in a thread) until it is closed, keeping every connection in `held`:
     one accepted while `answers()` is false stays silent (made before sshd listened), one
-    accepted when it is true gets an SSH banner."""
+    accepted when it is true gets an SSH banner, `delay` seconds later (a slow guest's sshd
+    starting its child). The first `refuse` answered get sshd's MaxStartups refusal instead
+    and are closed."""
 
     def loop() -> None:
         srv.settimeout(0.1)
@@ -62,7 +68,10 @@ def sshd_answering(
                 return
             answer = answers()
             held.append(conn)  # before the banner: a client that has it may count at once
-            if answer:
-                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+            if answer and len(held) <= refuse:
+                conn.sendall(b"Exceeded MaxStartups\r\n")
+                conn.close()
+            elif answer:
+                threading.Timer(delay, conn.sendall, (b"SSH-2.0-OpenSSH_9.2\r\n",)).start()
 
     threading.Thread(target=loop, daemon=True).start()

@@ -182,20 +182,7 @@ def test_no_probe_a_tick_while_a_slow_sshd_starts_the_one_the_word_sent(
     monkeypatch.setattr(ssh, "REPORTED_PROBE_INTERVAL", 30.0)
     srv, port = listener()
     held: list[socket.socket] = []
-
-    def slow_sshd() -> None:
-        srv.settimeout(0.1)
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            held.append(conn)
-            threading.Timer(0.8, conn.sendall, (b"SSH-2.0-OpenSSH_9.2\r\n",)).start()
-
-    threading.Thread(target=slow_sshd, daemon=True).start()
+    sshd_answering(srv, held, lambda: True, delay=0.8)
     sock = _banner_ready(port, wait=5, ready=lambda: True, reported=lambda: True)
     srv.close()
     assert sock is not None and sock.recv(4) == b"SSH-"
@@ -211,18 +198,8 @@ def test_sshds_maxstartups_refusal_is_not_taken_for_a_banner(
     monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
     monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
     srv, port = listener()
-    conns: list[socket.socket] = []
-
-    def throttled_once() -> None:
-        first, _ = srv.accept()
-        first.sendall(b"Exceeded MaxStartups\r\n")
-        time.sleep(0.3)  # closed only after the client could have peeked it
-        first.close()
-        second, _ = srv.accept()
-        second.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
-        conns.append(second)
-
-    threading.Thread(target=throttled_once, daemon=True).start()
+    held: list[socket.socket] = []
+    sshd_answering(srv, held, lambda: True, refuse=1)
     sock = _banner_ready(port, wait=5)
     srv.close()
     assert sock is not None and sock.recv(64).startswith(b"SSH-2.0-OpenSSH")
