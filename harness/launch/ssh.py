@@ -99,7 +99,8 @@ def _banner_ready(
     has started (the console's word), a fresh probe goes out at once instead of at the
     next tick: half a PROBE_INTERVAL saved on average. While `reported()` says the console
     will give that word, and after it has, probes go out only every REPORTED_PROBE_INTERVAL
-    (see there). A connection whose first bytes are not "SSH-" is dropped as a reset is."""
+    (see there), but every PROBE_INTERVAL again after a reset, which costs the guest
+    nothing. A connection whose first bytes are not "SSH-" is dropped as a reset is."""
     deadline = time.monotonic() + (BANNER_WAIT if wait is None else wait)
     pending: list[socket.socket] = []
     next_probe = 0.0
@@ -131,8 +132,9 @@ def _banner_ready(
                 # MaxStartups" before it closes, which paramiko would take for one
                 pending.remove(sock)
                 sock.close()
-                if hinted:  # sshd is said to run: a reset cost the guest no fork, retry soon
-                    next_probe = min(next_probe, time.monotonic() + PROBE_INTERVAL)
+                # a reset costs the guest no fork (its network is up, sshd not listening
+                # yet): the next probe goes out at the usual tick, however sparse
+                next_probe = min(next_probe, time.monotonic() + PROBE_INTERVAL)
             check()
         return None
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 
@@ -16,9 +17,10 @@ def listener() -> tuple[socket.socket, int]:
     return srv, srv.getsockname()[1]
 
 
-def serve(behaviour: str) -> tuple[int, threading.Event]:
+def serve(behaviour: str, accepted: list[float] | None = None) -> tuple[int, threading.Event]:
     """A listener that resets ("reset"), stays silent ("silent"), or sends an SSH banner
-    (anything else) on each connection: its port, and the event that ends it."""
+    (anything else) on each connection: its port, and the event that ends it. The time of
+    each connection is added to `accepted`."""
     srv, port = listener()
     stop = threading.Event()
 
@@ -30,6 +32,8 @@ def serve(behaviour: str) -> tuple[int, threading.Event]:
                 conn, _ = srv.accept()
             except TimeoutError:
                 continue
+            if accepted is not None:
+                accepted.append(time.monotonic())
             if behaviour == "reset":
                 conn.close()
                 continue

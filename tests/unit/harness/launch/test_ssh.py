@@ -170,6 +170,8 @@ def test_probes_are_sparse_while_the_console_will_announce_sshd(
     assert sock is not None and sock.recv(4) == b"SSH-"
     sock.close()
     assert len(held) == 2  # the first probe, then the one the word sent
+    for conn in held:
+        conn.close()
 
 
 def test_no_probe_a_tick_while_a_slow_sshd_starts_the_one_the_word_sent(
@@ -188,6 +190,24 @@ def test_no_probe_a_tick_while_a_slow_sshd_starts_the_one_the_word_sent(
     assert sock is not None and sock.recv(4) == b"SSH-"
     sock.close()
     assert len(held) == 1
+    for conn in held:
+        conn.close()
+
+
+def test_after_a_reset_probes_go_out_at_the_usual_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reset means the guest's network is up and sshd not listening yet: probing on at
+    PROBE_INTERVAL costs the guest no fork, and finds sshd as soon as it listens, however
+    late the console's word."""
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
+    monkeypatch.setattr(ssh, "REPORTED_PROBE_INTERVAL", 30.0)
+    accepted: list[float] = []
+    port, stop = serve("reset", accepted)
+    try:
+        assert _banner_ready(port, wait=1.0, reported=lambda: True) is None
+    finally:
+        stop.set()
+    assert len(accepted) > 3
 
 
 def test_sshds_maxstartups_refusal_is_not_taken_for_a_banner(
@@ -204,6 +224,8 @@ def test_sshds_maxstartups_refusal_is_not_taken_for_a_banner(
     srv.close()
     assert sock is not None and sock.recv(64).startswith(b"SSH-2.0-OpenSSH")
     sock.close()
+    for conn in held:
+        conn.close()
 
 
 def test_probing_stays_frequent_when_the_console_will_not_announce_sshd(
