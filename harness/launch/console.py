@@ -75,8 +75,15 @@ KERNEL_STALL_SECONDS = 90.0
 KERNEL_CHATTY = 100
 
 # systemd's word that sshd is up (not a phase: the harness opens a fresh SSH probe at once
-# rather than at its next PROBE_INTERVAL tick)
-SSHD_STARTED = re.compile(r"Started .*(OpenBSD Secure Shell|ssh\.service)")
+# rather than at its next PROBE_INTERVAL tick): Debian's and Fedora's units, dropbear, and a
+# socket-activated sshd (Ubuntu's ssh.socket)
+SSHD_STARTED = re.compile(
+    r"Started .*(OpenBSD Secure Shell|OpenSSH server|sshd?\.service|[Dd]ropbear)"
+    r"|Listening on .*(sshd?\.socket|OpenBSD Secure Shell server socket)"
+)
+# systemd reports units on the console (its status lines, or its own log before journald
+# starts): it will say when sshd starts, so the harness need not probe for it often
+UNITS_REPORTED = re.compile(r"(systemd\[1\]: |\]\s)(Started|Starting|Reached target|Finished) ")
 
 # Milestones whose first appearance (host time) splits the boot into phases.
 MILESTONES: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -120,6 +127,17 @@ class ConsoleWatcher:
         self.cpu_milestones: dict[str, float] = {}  # name -> QEMU's CPU seconds by then
         self._last_output = time.monotonic()
         self._sshd_at: int | None = None  # where SSHD_STARTED matched
+        self._reports_units = False
+
+    def reports_units(self) -> bool:
+        """Whether the console is expected to say when sshd starts (read as of the last
+        poll): it shows the firmware or kernel booting and init has not shown itself yet, or
+        systemd reporting units. Not with an init that reports nothing there."""
+        if not self._reports_units:
+            self._reports_units = UNITS_REPORTED.search(self._text) is not None
+        if self._reports_units:
+            return True
+        return bool(self._text.strip()) and not INIT_REACHED.search(self._text)
 
     def sshd_started(self) -> bool:
         """Whether the console has said that sshd started (read as of the last poll)."""

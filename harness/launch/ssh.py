@@ -24,6 +24,14 @@ BANNER_SLICE = 0.25  # how often pending connections and the console are checked
 BANNER_WAIT = 20.0  # how long one round of probes lasts before check-and-retry
 PROBE_INTERVAL = 1.0  # a new connection this often while none has answered
 MAX_PROBES = 8  # pending at once; the oldest gives way to a new one
+# ... and this often while the console is expected to say when sshd starts, and once it
+# has: every probe made before the guest's network is up stays in slirp, its SYN
+# retransmitted, and reaches sshd once it listens, closed or not by then; every probe made
+# after sshd listens is a fork and exec of sshd. On a slow guest (arm64 under TCG, a loaded
+# host) a probe a second outran sshd: an arm64 guest's journal showed 14 connections in the
+# 20 s after sshd started, "beginning MaxStartups throttling" three times, and a login
+# phase of 36-124 s against under a second for one login on the settled guest.
+REPORTED_PROBE_INTERVAL = 5.0
 POLL = 0.2
 
 
@@ -72,6 +80,7 @@ def _banner_ready(
     wait: float | None = None,
     host: str = "127.0.0.1",
     ready: Callable[[], bool] = lambda: False,
+    reported: Callable[[], bool] = lambda: False,
 ) -> socket.socket | None:
     """A connected socket whose peer has started talking (the SSH banner, peeked, not read),
     or None when nothing answered within `wait` (default BANNER_WAIT).
@@ -88,7 +97,10 @@ def _banner_ready(
     fresh one. Resets (nothing listens yet) are dropped at once. `check()` runs every
     BANNER_SLICE so console failures end the wait at once. When `ready()` first says sshd
     has started (the console's word), a fresh probe goes out at once instead of at the
-    next tick: half a PROBE_INTERVAL saved on average."""
+    next tick: half a PROBE_INTERVAL saved on average. While `reported()` says the console
+    will give that word, and after it has, probes go out only every REPORTED_PROBE_INTERVAL
+    (see there), but every PROBE_INTERVAL again after a reset, which costs the guest
+    nothing. A connection whose first bytes are not "SSH-" is dropped as a reset is."""
     deadline = time.monotonic() + (BANNER_WAIT if wait is None else wait)
     pending: list[socket.socket] = []
     next_probe = 0.0
@@ -104,19 +116,25 @@ def _banner_ready(
                 sock = socket.create_connection((host, port), timeout=BANNER_SLICE)
                 sock.setblocking(False)
                 pending.append(sock)
-                next_probe = now + PROBE_INTERVAL
+                sparse = hinted or reported()
+                next_probe = now + (REPORTED_PROBE_INTERVAL if sparse else PROBE_INTERVAL)
             readable, _, _ = select.select(pending, [], [], BANNER_SLICE)
             for sock in readable:
                 try:
                     data = sock.recv(4, socket.MSG_PEEK)
                 except OSError:
                     data = b""
-                if data:
+                if data and b"SSH-".startswith(data):
                     pending.remove(sock)
                     sock.setblocking(True)
                     return sock
-                pending.remove(sock)  # reset: nothing listens yet
+                # reset (nothing listens yet), or not a banner: sshd's "Exceeded
+                # MaxStartups" before it closes, which paramiko would take for one
+                pending.remove(sock)
                 sock.close()
+                # a reset costs the guest no fork (its network is up, sshd not listening
+                # yet): the next probe goes out at the usual tick, however sparse
+                next_probe = min(next_probe, time.monotonic() + PROBE_INTERVAL)
             check()
         return None
     finally:
@@ -142,6 +160,7 @@ def wait_for_ssh(
     user: str = "root",
     host: str = "127.0.0.1",
     ready: Callable[[], bool] = lambda: False,
+    reported: Callable[[], bool] = lambda: False,
 ) -> SshLogin:
     """Connect and authenticate; `check()` runs between attempts and raises to give up early
     (console failure, QEMU gone)."""
@@ -155,7 +174,7 @@ def wait_for_ssh(
             raise SshTimeout(f"no SSH login within {timeout:.0f} s (last: {last})")
         attempts += 1
         try:
-            sock = _banner_ready(port, check, host=host, ready=ready)
+            sock = _banner_ready(port, check, host=host, ready=ready, reported=reported)
         except OSError as e:
             sock, last = None, f"connect: {e}"
         if sock is None:

@@ -405,7 +405,7 @@ class WaitForSsh(Step[Instance]):
         pkey = keys.load_private_key(s.key_path)
         s.login = wait_for_ssh(
             s.spec.ssh_port, pkey, s.options.ssh_timeout, check, host=s.spec.ssh_address,
-            ready=watcher.sshd_started,
+            ready=watcher.sshd_started, reported=watcher.reports_units,
         )  # fmt: skip
         assert s.qemu_started_at is not None
         now = time.monotonic()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 
@@ -16,9 +17,10 @@ def listener() -> tuple[socket.socket, int]:
     return srv, srv.getsockname()[1]
 
 
-def serve(behaviour: str) -> tuple[int, threading.Event]:
+def serve(behaviour: str, accepted: list[float] | None = None) -> tuple[int, threading.Event]:
     """A listener that resets ("reset"), stays silent ("silent"), or sends an SSH banner
-    (anything else) on each connection: its port, and the event that ends it."""
+    (anything else) on each connection: its port, and the event that ends it. The time of
+    each connection is added to `accepted`."""
     srv, port = listener()
     stop = threading.Event()
 
@@ -30,6 +32,8 @@ def serve(behaviour: str) -> tuple[int, threading.Event]:
                 conn, _ = srv.accept()
             except TimeoutError:
                 continue
+            if accepted is not None:
+                accepted.append(time.monotonic())
             if behaviour == "reset":
                 conn.close()
                 continue
@@ -45,11 +49,17 @@ def serve(behaviour: str) -> tuple[int, threading.Event]:
 
 
 def sshd_answering(
-    srv: socket.socket, held: list[socket.socket], answers: Callable[[], bool]
+    srv: socket.socket,
+    held: list[socket.socket],
+    answers: Callable[[], bool],
+    delay: float = 0.0,
+    refuse: int = 0,
 ) -> None:
     """Accept on `srv` (in a thread) until it is closed, keeping every connection in `held`:
     one accepted while `answers()` is false stays silent (made before sshd listened), one
-    accepted when it is true gets an SSH banner."""
+    accepted when it is true gets an SSH banner, `delay` seconds later (a slow guest's sshd
+    starting its child). The first `refuse` answered get sshd's MaxStartups refusal instead
+    and are closed."""
 
     def loop() -> None:
         srv.settimeout(0.1)
@@ -62,7 +72,10 @@ def sshd_answering(
                 return
             answer = answers()
             held.append(conn)  # before the banner: a client that has it may count at once
-            if answer:
-                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+            if answer and len(held) <= refuse:
+                conn.sendall(b"Exceeded MaxStartups\r\n")
+                conn.close()
+            elif answer:
+                threading.Timer(delay, conn.sendall, (b"SSH-2.0-OpenSSH_9.2\r\n",)).start()
 
     threading.Thread(target=loop, daemon=True).start()

@@ -177,3 +177,45 @@ def test_sshd_started_is_read_from_systemds_status_line(tmp_path: Path) -> None:
                 "Shell server.\r\n")  # fmt: skip
     watcher.poll()
     assert watcher.sshd_started()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "[  OK  ] Started sshd.service - OpenSSH server daemon.\n",
+        "[  OK  ] Listening on ssh.socket - OpenBSD Secure Shell server socket.\n",
+        "[  OK  ] Started dropbear.service - Lightweight SSH server.\n",
+    ],
+)
+def test_sshd_started_from_other_distributions_units(tmp_path: Path, line: str) -> None:
+    w = _watch(tmp_path, "[  OK  ] Started sshd-keygen.service - host keys.\n")
+    assert not w.sshd_started()
+    w = _watch(tmp_path, line)
+    assert w.sshd_started()
+
+
+def test_whether_the_console_will_announce_sshd(tmp_path: Path) -> None:
+    """Expected while firmware and kernel print and init has not shown itself, and once
+    systemd reports units; not for an init that reports nothing on the console."""
+    log = tmp_path / "console.log"
+    w = ConsoleWatcher(log)
+    w.poll()
+    assert not w.reports_units()  # nothing printed yet (a quiet boot looks the same)
+    boot = [
+        ("UEFI firmware (version  built at 13:10:49 on Nov  5 2024)\r\n", True),
+        ("[    0.000000] Linux version 6.1.0-57-cloud-arm64 (gcc-12)\r\n", True),
+        ("[    2.900000] Run /init as init process\r\n", False),  # what will this init say?
+        ("[    9.028278] systemd[1]: Reached target swap.target - Swaps.\r\n", True),
+        ("Debian GNU/Linux 12 debian ttyS0\r\n", True),
+    ]
+    for text, expected in boot:
+        with log.open("a") as f:
+            f.write(text)
+        w.poll()
+        assert w.reports_units() == expected, text
+    other = tmp_path / "other.log"
+    other.write_text("[    0.0] Linux version 6.1\n[    3.0] Run /sbin/init as init process\n"
+                     "INIT: version 3.06 booting\n")  # fmt: skip
+    sysv = ConsoleWatcher(other)
+    sysv.poll()
+    assert not sysv.reports_units()

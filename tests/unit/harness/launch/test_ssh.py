@@ -149,3 +149,97 @@ def test_the_consoles_word_sends_a_fresh_probe_at_once(monkeypatch: pytest.Monke
     sock.close()
     assert took < 2.0
     assert len(held) == 2
+
+
+def test_probes_are_sparse_while_the_console_will_announce_sshd(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the console is expected to say when sshd starts, probes go out only every
+    REPORTED_PROBE_INTERVAL (each made before the guest's network is up would reach sshd
+    later as a connection it forks for); the word still sends one at once, and no more go
+    out while that one waits for its banner (a slow guest's sshd is still starting it)."""
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
+    monkeypatch.setattr(ssh, "REPORTED_PROBE_INTERVAL", 30.0)
+    srv, port = listener()
+    held: list[socket.socket] = []
+    up = time.monotonic() + 1.0  # the console's word, after ten PROBE_INTERVALs
+    sshd_answering(srv, held, lambda: time.monotonic() >= up)
+    sock = _banner_ready(port, wait=5, ready=lambda: time.monotonic() >= up, reported=lambda: True)
+    srv.close()
+    assert sock is not None and sock.recv(4) == b"SSH-"
+    sock.close()
+    assert len(held) == 2  # the first probe, then the one the word sent
+    for conn in held:
+        conn.close()
+
+
+def test_no_probe_a_tick_while_a_slow_sshd_starts_the_one_the_word_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the console's word, a slow guest's sshd takes a while to send its banner (a
+    fork and exec under emulation): more probes meanwhile would each cost it one more."""
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
+    monkeypatch.setattr(ssh, "REPORTED_PROBE_INTERVAL", 30.0)
+    srv, port = listener()
+    held: list[socket.socket] = []
+    sshd_answering(srv, held, lambda: True, delay=0.8)
+    sock = _banner_ready(port, wait=5, ready=lambda: True, reported=lambda: True)
+    srv.close()
+    assert sock is not None and sock.recv(4) == b"SSH-"
+    sock.close()
+    assert len(held) == 1
+    for conn in held:
+        conn.close()
+
+
+def test_after_a_reset_probes_go_out_at_the_usual_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reset means the guest's network is up and sshd not listening yet: probing on at
+    PROBE_INTERVAL costs the guest no fork, and finds sshd as soon as it listens, however
+    late the console's word."""
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
+    monkeypatch.setattr(ssh, "REPORTED_PROBE_INTERVAL", 30.0)
+    accepted: list[float] = []
+    port, stop = serve("reset", accepted)
+    try:
+        assert _banner_ready(port, wait=1.0, reported=lambda: True) is None
+    finally:
+        stop.set()
+    assert len(accepted) > 3
+
+
+def test_sshds_maxstartups_refusal_is_not_taken_for_a_banner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """sshd past MaxStartups writes "Exceeded MaxStartups" and closes: that connection is
+    dropped like a reset, and the next one, which gets a banner, is taken."""
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
+    srv, port = listener()
+    held: list[socket.socket] = []
+    sshd_answering(srv, held, lambda: True, refuse=1)
+    sock = _banner_ready(port, wait=5)
+    srv.close()
+    assert sock is not None and sock.recv(64).startswith(b"SSH-2.0-OpenSSH")
+    sock.close()
+    for conn in held:
+        conn.close()
+
+
+def test_probing_stays_frequent_when_the_console_will_not_announce_sshd(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ssh, "BANNER_SLICE", 0.05)
+    monkeypatch.setattr(ssh, "PROBE_INTERVAL", 0.1)
+    monkeypatch.setattr(ssh, "REPORTED_PROBE_INTERVAL", 30.0)
+    srv, port = listener()
+    held: list[socket.socket] = []
+    up = time.monotonic() + 1.0
+    sshd_answering(srv, held, lambda: time.monotonic() >= up)
+    sock = _banner_ready(port, wait=5, reported=lambda: False)
+    srv.close()
+    assert sock is not None and sock.recv(4) == b"SSH-"
+    sock.close()
+    assert len(held) > 3
