@@ -19,8 +19,9 @@ from pathlib import Path
 from builder.errors import DiskFull
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-# what tools print for those errnos (strerror), e.g. qemu-img's "error while writing"
-FULL_MESSAGES = tuple(os.strerror(n) for n in FULL_ERRNOS)
+# what tools print for those errnos (strerror), e.g. qemu-img's "error while writing", and
+# SQLite's SQLITE_FULL (a registry write on a full disk: sqlite3.OperationalError)
+FULL_MESSAGES = (*(os.strerror(n) for n in FULL_ERRNOS), "database or disk is full")
 RESERVE = 64 << 20  # left free after an estimate: logs, the registry's WAL, metadata
 
 

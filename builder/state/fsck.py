@@ -23,8 +23,7 @@ from typing import Any
 from builder import paths
 from builder.images.registry import Registry
 from builder.images.tables import JsonTable
-from builder.pids import pid_alive
-from builder.state import pending, refs, workarea
+from builder.state import pending, references, workarea
 from builder.state.verified import DigestCache
 
 ARTIFACT_NAME = re.compile(r"^([0-9a-f]{64})(\..+)$")
@@ -61,7 +60,7 @@ class Report:
 
 def check() -> Report:
     report = Report()
-    named = refs.referenced()
+    named = references.referenced()
     _pending(report)
     _work(report)
     _orphans(report, named)
@@ -93,35 +92,8 @@ def _work(report: Report) -> None:
         report.findings.append(Finding("WorkLeftover", item.path.name, str(item.path), item.why))
 
 
-def _candidates() -> list[Path]:
-    """Files in the artifact store and the volumes directory that a record should name."""
-    found = []
-    store = paths.artifacts_dir()
-    if store.is_dir():
-        for sub in sorted(store.iterdir()):
-            if sub.is_dir():
-                found += [p for p in sorted(sub.iterdir()) if not p.name.endswith(".lock")]
-    volumes = paths.amilab_home() / "volumes"
-    if volumes.is_dir():
-        found += sorted(volumes.glob("*.qcow2"))
-    return found
-
-
-def _orphans(report: Report, named: dict[Path, str]) -> None:
-    since = workarea.live_since()
-    for path in _candidates():
-        if path in named:
-            continue
-        tmp = workarea.TMP_SUFFIX.search(path.name)
-        if tmp and pid_alive(int(tmp.group(1))):
-            continue  # a live process is copying it into place
-        try:
-            changed = path.lstat().st_ctime
-        except FileNotFoundError:
-            continue
-        if since is not None and changed >= since:
-            continue  # placed by a live process whose record is not committed yet
-        why = "a temporary file of a process that ended" if tmp else "no record names it"
+def _orphans(report: Report, named: references.References) -> None:
+    for path, why in references.unreferenced(named):
         report.findings.append(Finding("OrphanArtifact", path.name, str(path), why))
 
 
@@ -164,12 +136,14 @@ def _records(report: Report) -> None:
                     f"{m.get('DeviceName')} uses {vol_id}, which does not exist"))  # fmt: skip
 
 
-def _digests(report: Report, named: dict[Path, str]) -> None:
+def _digests(report: Report, named: references.References) -> None:
     cache = DigestCache()
-    store = str(paths.artifacts_dir()) + "/"
-    for path, resource in sorted(named.items()):
+    store = paths.artifacts_dir()
+    subs = sorted(store.iterdir()) if store.is_dir() else []
+    for path in sorted(f for d in subs if d.is_dir() for f in d.iterdir()):
         m = ARTIFACT_NAME.match(path.name)
-        if not m or not str(path).startswith(store) or not path.is_file():
+        resource = named.owner(path)
+        if not m or resource is None or not path.is_file():
             continue
         got = cache.digest(path, m.group(2))
         if got is not None and got != m.group(1):
@@ -193,7 +167,7 @@ def _fix(f: Finding) -> bool:
         return workarea.remove(Path(f.path))
     if f.kind == "OrphanArtifact":
         path = Path(f.path)
-        if path in refs.referenced():  # named a moment ago: never move what a record needs
+        if references.referenced().covers(path):  # named a moment ago: never move it
             return False
         dest = quarantine_dir() / path.relative_to(paths.amilab_home())
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """`amilab prune`: reclaim what nothing needs, as `docker system prune` does, showing first
 what it would remove and removing only with `yes`:
-- artifacts no record references (builder.state.references), volume files without a record
-  and instance folders whose instance has ended and whose owner is gone;
-- work-area entries whose process is gone;
+- artifacts and volume files no record references, as fsck finds its orphans
+  (builder.state.references.unreferenced: nothing a live process may be placing), and
+  instance folders whose instance has ended and whose owner is gone;
+- work-area entries whose process is gone (builder.state.workarea.leftovers, as fsck);
 - the logs of ended instances older than `logs_older_than` days;
 - old base trees (all but the most recently used per release) and, with `keep_cache`, the
   least recently used cache entries until the cache fits in that many bytes.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
 import time
 from dataclasses import dataclass, field
@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from builder import paths
-from builder.pids import pid_alive
+from builder.state import workarea
 from builder.state.blocks import BlockCounter
-from builder.state.references import References, referenced
+from builder.state.references import References, referenced, unreferenced
 
 DAY = 86400.0
 LOGS_OLDER_THAN_DAYS = 7.0
-GRACE_S = 3600.0  # a volume file or work entry without a PID is spared this long after a write
-_PID = re.compile(r"(?:-|\.|tmp|partial)(\d{2,7})(?:-|\.|$)")
+GRACE_S = 3600.0  # an instance folder without a record is spared this long (a launch)
 # the cache's folders by the df kind their space counts under
 CACHE_KINDS = {"rootfs": "Base trees", "apt": "Package caches", "debs": "Package caches",
                 "archpkg": "Package caches", "kernels": "Kernels", "headers": "Kernels",
@@ -76,24 +75,15 @@ def plan(
     cache = cache or paths.cache_dir()
     p = Plan(refs=referenced(home))
     now = time.time()
-    # an artifact is placed first and its record committed after: while a command works, a
-    # file placed lately may be one whose record is a moment away
-    placed_before = now - GRACE_S if _work_in_progress(home / "work", now) else now
-    for f in _files(home / "artifacts"):
-        if not _busy(f.name) and _changed(f) < placed_before:
-            p.add("Unreferenced", f, "no record references it")
-    for f in _entries(home / "volumes"):
-        if now - _last_use(f) > GRACE_S:
-            p.add("Volumes", f, "no volume record names it")
+    for f, why in unreferenced(p.refs, home):
+        p.add("Volumes" if f.parent.name == "volumes" else "Unreferenced", f, why)
     for d in _entries(home / "instances"):
         # a folder made for a launch a moment before its record: spared for a while
         fresh = d.name not in p.refs.instances and now - _mtime(d) < GRACE_S
         if d.name.startswith("i-") and not fresh and not p.refs.instance_live(d.name, d):
             p.add("Instances", d, "its instance has ended", named_ok=True)
-    for e in _entries(home / "work"):
-        pid = _pid_in(e.name)
-        if (pid is not None and not pid_alive(pid)) or (pid is None and now - _last_use(e) > DAY):
-            p.add("Work area", e, "left by a process that is gone")
+    for left in workarea.leftovers(now):
+        p.add("Work area", left.path, left.why)
     for f in _entries(home / "logs" / "instances"):
         iid = f.name.split(".", 1)[0]
         ended = p.refs.instances.get(iid, "terminated") == "terminated"
@@ -110,14 +100,8 @@ def remove(p: Plan) -> int:
     """Remove what `p` lists; the bytes reclaimed."""
     done = 0
     for item in p.items:
-        try:
-            if item.path.is_dir() and not item.path.is_symlink():
-                shutil.rmtree(item.path)
-            else:
-                item.path.unlink()
-        except FileNotFoundError:
-            continue
-        done += item.size
+        if os.path.lexists(item.path) and workarea.remove(item.path):
+            done += item.size
     return done
 
 
@@ -131,8 +115,7 @@ def _old_base_trees(p: Plan, rootfs: Path) -> None:
         else:
             newest[release] = tar
     for partial in rootfs.glob("*.partial*"):
-        pid = _pid_in(partial.name)
-        if pid is None or not pid_alive(pid):
+        if workarea.owner_gone(partial.name) is not False:
             p.add("Base trees", partial, "left by a process that is gone")
 
 
@@ -160,50 +143,11 @@ def _entries(d: Path) -> list[Path]:
         return []
 
 
-def _files(root: Path) -> list[Path]:
-    out = []
-    for d in _entries(root):
-        out += [f for f in _entries(d)] if d.is_dir() else [d]
-    return [f for f in out if f.is_file() or f.is_symlink()]
-
-
-def _work_in_progress(work: Path, now: float) -> bool:
-    """Whether some command is working now: a work entry whose process lives, or one whose
-    name names none and that was touched within the day."""
-    for e in _entries(work):
-        pid = _pid_in(e.name)
-        if (pid is not None and pid_alive(pid)) or (pid is None and now - _last_use(e) < DAY):
-            return True
-    return False
-
-
-def _changed(path: Path) -> float:
-    """When `path` was last written or renamed (its ctime; a rename into place sets it)."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return 0.0
-    return max(st.st_mtime, st.st_ctime)
-
-
 def _mtime(path: Path) -> float:
     try:
         return os.lstat(path).st_mtime
     except OSError:
         return 0.0
-
-
-def _busy(name: str) -> bool:
-    """A `.tmpPID` file of a process still writing it."""
-    if ".tmp" not in name:
-        return False
-    pid = _pid_in(name)
-    return pid is None or pid_alive(pid)
-
-
-def _pid_in(name: str) -> int | None:
-    m = _PID.search(name)
-    return int(m.group(1)) if m else None
 
 
 def _last_use(path: Path) -> float:

@@ -29,6 +29,7 @@ _LEGACY = (
     re.compile(r"-(\d+)-[0-9a-f]{8}$"),  # image_files.work_dir before: WHAT-PID-HEX
     re.compile(r"^import-ami-[0-9a-f]+\.(\d+)\."),  # the API's import tasks
     re.compile(r"^fetch-[0-9a-f]{64}-(\d+)"),  # matrix artifacts being fetched
+    re.compile(r"\.tar\.partial(\d+)$"),  # a base tree being cached (build.rootfs)
 )
 # an entry whose owner its name does not tell is left alone this long (an older amilab's)
 UNOWNED_GRACE_S = 24 * 3600

@@ -20,12 +20,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from builder import paths
 from builder.errors import AmilabError
 from builder.images.shapes import acting_as
+from builder.state import diskfull
 from harness.api import auth, protocol
 from harness.api.accounts import Account
 from harness.api.actions import ACTIONS, STS_ACTIONS, Context
-from harness.api.errors import ApiError, from_library
+from harness.api.errors import ApiError, from_library, no_space
 
 DRY_RUN = "Request would have succeeded, but DryRun flag is set."
 MAX_BODY = 1 << 20  # EC2's own limit on a request is far below; a bigger one is refused
@@ -139,6 +141,10 @@ class Handler(BaseHTTPRequestHandler):
                 log.error("%s %s: %s", request_id, self.path, e)
             self._send_error(service, e, request_id)
         except Exception as e:  # noqa: BLE001 - a fault of ours: 500, traceback to the log
+            if full := diskfull.from_exception(e, paths.amilab_home(), "the request's files"):
+                log.error("%s %s: %s", request_id, self.path, full)  # a full disk, not a bug
+                self._send_error(service, no_space(full), request_id)
+                return
             print(f"amilab api: {request_id}: {type(e).__name__}: {e}", file=sys.stderr)
             traceback.print_exc(file=sys.stderr)
             self._send_error(service, ApiError(

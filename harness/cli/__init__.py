@@ -101,7 +101,9 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        if args.command != "fsck":  # fsck reports what a dead process left; others mend it
+        # fsck reports what a dead process left, df shows it and prune removes it only with
+        # --yes (without, it removes nothing): the other commands mend it on their way in
+        if args.command not in ("fsck", "df", "prune"):
             from builder.state.pending import recover_at_start
 
             recover_at_start()

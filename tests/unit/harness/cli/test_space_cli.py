@@ -5,12 +5,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from builder.state import space
 from harness.cli import main
+from tests.conftest import run_amilab
 
 
 @pytest.fixture
@@ -45,6 +47,22 @@ def test_prune_shows_then_removes(home: Path, capsys: pytest.CaptureFixture) -> 
     assert main(["prune", "--yes"]) == 0
     assert "Total reclaimed space" in capsys.readouterr().out
     assert not orphan.exists()
+
+
+def test_df_and_prune_without_yes_leave_a_dead_processs_work(home: Path) -> None:
+    """Each in a process of its own: every other command sweeps dead processes' work on its
+    way in; these two only show it (and prune --yes removes it, as fsck --repair does)."""
+    child = subprocess.Popen(["sleep", "60"])
+    child.kill()
+    child.wait()
+    work = home / "work" / f"build-{child.pid}-0badf00d"
+    work.mkdir(parents=True)
+    env = {"XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}
+    assert run_amilab("df", env=env, check=True).returncode == 0
+    shown = json.loads(run_amilab("prune", "--json", env=env, check=True).stdout)
+    assert [i["Path"] for i in shown["Items"]] == [str(work)] and work.is_dir()
+    run_amilab("prune", "--yes", env=env, check=True)
+    assert not work.exists()
 
 
 def test_bad_sizes_and_days_are_bad_input(home: Path, capsys: pytest.CaptureFixture) -> None:
