@@ -191,7 +191,9 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
 
 
 def _check_after_kill(h: Home, case: Case, point: str, target: str | None,
-                      before: dict[str, tuple[Any, str]], args: list[str]) -> None:  # fmt: skip
+                      before: dict[str, tuple[Any, str]], args: list[str],
+                      rerun: Callable[[], tuple[bool, str]] | None = None) -> None:  # fmt: skip
+    """`rerun`: the same call made again, (succeeded, what it said); default the CLI's."""
     found = fsck.check().findings
     h.found.update(f.kind for f in found)
     unfixable = [f for f in found if f.kind not in fsck.REPAIRABLE]
@@ -207,11 +209,9 @@ def _check_after_kill(h: Home, case: Case, point: str, target: str | None,
             assert f.path and not Path(f.path).exists(), f"{case.name} {point}: {f} stayed"
     assert fsck.check().findings == [], f"{case.name} {point}: fsck after repair"
     now = _state()
-    again = _run(h.path, args)
-    finished_first = case.refusal is not None and case.refusal in again.stderr
-    assert again.returncode == 0 or finished_first, (
-        f"{case.name} {point}: re-run exited {again.returncode}: {again.stderr.strip()}"
-    )
+    ok, said = rerun() if rerun else _rerun_cli(h.path, args)
+    finished_first = case.refusal is not None and case.refusal in said
+    assert ok or finished_first, f"{case.name} {point}: re-run failed: {said.strip()}"
     final = _state()
     for rid, was in before.items():
         got = now.get(rid)
@@ -221,6 +221,11 @@ def _check_after_kill(h: Home, case: Case, point: str, target: str | None,
             assert got in (was, final.get(rid)), f"{case.name} {point}: {rid} changed"
         else:
             assert got == was, f"{case.name} {point}: {rid} changed: {was} -> {got}"
+
+
+def _rerun_cli(home: Path, args: list[str]) -> tuple[bool, str]:
+    again = _run(home, args)
+    return again.returncode == 0, f"exit {again.returncode}: {again.stderr}"
 
 
 def _timed(h: Home, args: list[str]) -> float:

@@ -78,15 +78,19 @@ def _volumes_of(iid: str) -> set[str]:
     return {m["Ebs"]["VolumeId"] for m in rec.get("BlockDeviceMappings") or [] if "Ebs" in m}
 
 
-def _terminate_all_but(k: Kit) -> None:
+def terminate_all(h: Home, keep: str = "") -> None:
     """Ends every instance the points launched (killed launches included: terminating
-    one whose launcher died finds it so and releases its volumes), except the shared one."""
-    rows = _cli_json(k.home, "describe-instances")
+    one whose launcher died finds it so and releases its volumes), except `keep`."""
+    rows = _cli_json(h, "describe-instances")
     ids = [i["InstanceId"] for r in rows.get("Reservations", []) for i in r["Instances"]
-           if i["InstanceId"] != k.instance and i["State"]["Name"] != "terminated"]  # fmt: skip
+           if i["InstanceId"] != keep and i["State"]["Name"] != "terminated"]  # fmt: skip
     if ids:
-        res = _run(k.home.path, ["terminate-instances", *ids, "--wait"])
+        res = _run(h.path, ["terminate-instances", *ids, "--wait"])
         assert res.returncode == 0, res.stderr
+
+
+def _terminate_all_but(k: Kit) -> None:
+    terminate_all(k.home, k.instance)
 
 
 @pytest.fixture(scope="module")
