@@ -24,6 +24,7 @@ import pytest
 
 from builder.images.bundle_keys import make_key_pair
 from builder.images.tables import JsonTable
+from tests.integration import instances_helpers as live
 from tests.integration.test_crash import (  # noqa: F401 - home is a fixture
     POINTS,
     Case,
@@ -118,6 +119,7 @@ def kit(home: Home, s3_server: str, tmp_path_factory: pytest.TempPathFactory) ->
         kit = Kit(home, fs_ami, cert, key, Path(bundled["ManifestPath"]), "", aki, *host,
                   s3_server, bucket)  # fmt: skip
         kit.instance = _launch(home, fs_ami)
+        live.wait_state({"env": {"AMILAB_HOME": str(home.path)}}, kit.instance, "running")
         try:
             yield kit
         finally:
