@@ -5,8 +5,9 @@ Checks: every available record's files exist, and every artifact a record names 
 digest its name carries (hashes cached by inode, size and mtime: `verified`); no artifact or
 volume file exists that no record names (outside the work area); every snapshot an AMI names
 and every volume an instance uses exist; no record is pending without its process; nothing a
-dead process left stays in the work area. `repair` fixes what can be fixed without losing
-anything: it fails stale pending records, removes dead processes' work, and moves orphaned
+dead process left stays in the work area; no volume is in use by an instance that does not
+exist. `repair` fixes what can be fixed without losing anything: it fails stale pending
+records, removes dead processes' work, makes such a volume available, and moves orphaned
 files to `quarantine/<timestamp>/` (never deleting them); a missing file or a wrong digest
 it reports, since only a person can say which copy is right.
 """
