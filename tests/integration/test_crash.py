@@ -54,7 +54,9 @@ class Home:
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "AMILAB_HOME": str(home), **extra}
+    # the test's instances boot nothing that answers an ACPI shutdown: stopping one waits
+    # this long before its QEMU is ended
+    return {**os.environ, "AMILAB_HOME": str(home), "AMILAB_STOP_TIMEOUT": "2", **extra}
 
 
 def _run(home: Path, args: list[str], **extra: str) -> subprocess.CompletedProcess[str]:
