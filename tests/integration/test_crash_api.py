@@ -177,12 +177,12 @@ def test_killed_server_leaves_consistent_state(
     took = _timed(server, *case.prepare(h)[:2])
     for i in range(POINTS):
         delay = took * (i + 0.5) / POINTS
-        action, params, target = case.prepare(h)
-        before = _state()
-        for _ in range(4):  # a call the server outran is tried again, earlier
+        for _ in range(6):  # a call the server outran is tried again, earlier, on a fresh target
+            action, params, target = case.prepare(h)
+            before = _state()
             if killed := _kill_during(server, action, params, delay, case.refusal):
                 break
-            delay *= 0.7
+            delay *= 0.6
         tried.append(f"t={delay * 1000:.0f}ms" + ("" if killed else " (ended first)"))
         if killed:
             assert server.proc is not None and server.proc.poll() == -signal.SIGKILL
