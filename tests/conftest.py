@@ -69,6 +69,7 @@ LONGEST_FIRST = [
     "test_reproducible.py",
     "test_smoke.py",
     "test_crash.py",
+    "test_crash_commands.py",
     "test_space.py",
     "test_concurrency.py",
 ]

@@ -138,8 +138,9 @@ class Registry:
         """Register an image under a name no other machine image of this registry has
         (EC2's rule for register-image, copy-image and restore); BadInput if it is taken."""
         with self._connect(write=True) as conn:  # the name check and the insert are one step
-            taken = conn.execute(
-                "SELECT image_id FROM images WHERE name = ? AND image_type = ?",
+            taken = conn.execute(  # a failed image keeps no name (EC2 drops failed AMIs)
+                "SELECT image_id FROM images WHERE name = ? AND image_type = ? "
+                "AND json_extract(record, '$.state') IS NOT 'failed'",
                 (rec.name, rec.image_type),
             ).fetchone()
             if taken:
@@ -152,7 +153,7 @@ class Registry:
 def check_name_free(registry: Registry, name: str, image_type: str = "machine") -> None:
     """Early refusal of a taken name, before any long work (register_new checks again)."""
     for rec in registry.list(image_type):
-        if rec.name == name:
+        if rec.name == name and rec.state != "failed":
             raise BadInput(f"name {name!r} is already in use by {rec.image_id}")
 
 

@@ -5,8 +5,9 @@ Checks: every available record's files exist, and every artifact a record names 
 digest its name carries (hashes cached by inode, size and mtime: `verified`); no artifact or
 volume file exists that no record names (outside the work area); every snapshot an AMI names
 and every volume an instance uses exist; no record is pending without its process; nothing a
-dead process left stays in the work area. `repair` fixes what can be fixed without losing
-anything: it fails stale pending records, removes dead processes' work, and moves orphaned
+dead process left stays in the work area; no volume is in use by an instance that does not
+exist. `repair` fixes what can be fixed without losing anything: it fails stale pending
+records, removes dead processes' work, makes such a volume available, and moves orphaned
 files to `quarantine/<timestamp>/` (never deleting them); a missing file or a wrong digest
 it reports, since only a person can say which copy is right.
 """
@@ -28,7 +29,12 @@ from builder.state.verified import DigestCache
 
 ARTIFACT_NAME = re.compile(r"^([0-9a-f]{64})(\..+)$")
 # kinds `repair` fixes, and the others it only reports
-REPAIRABLE = ("PendingWithoutProcess", "WorkLeftover", "OrphanArtifact")
+REPAIRABLE = (
+    "PendingWithoutProcess",
+    "WorkLeftover",
+    "OrphanArtifact",
+    "AttachedToMissingInstance",
+)
 
 
 @dataclass
@@ -125,7 +131,9 @@ def _records(report: Report) -> None:
     for vol in volumes.values():
         if vol["State"] in ("available", "in-use"):
             _exists(report, vol["VolumeId"], vol["Amilab"].get("Path", ""), "its disk")
-    for inst in JsonTable("instances", "instance").list():
+    instances = JsonTable("instances", "instance").list()
+    _attachments(report, volumes.values(), {i["InstanceId"] for i in instances})
+    for inst in instances:
         if (inst.get("State") or {}).get("Name") == "terminated":
             continue
         for m in inst.get("BlockDeviceMappings") or []:
@@ -134,6 +142,17 @@ def _records(report: Report) -> None:
                 report.findings.append(Finding(
                     "MissingVolume", inst["InstanceId"], "",
                     f"{m.get('DeviceName')} uses {vol_id}, which does not exist"))  # fmt: skip
+
+
+def _attachments(report: Report, volumes: Any, instances: set[str]) -> None:
+    """A volume in use by an instance no record has (a launch records its instance before
+    it attaches a volume, so only a launch's undo killed half-way leaves this)."""
+    for vol in volumes:
+        for a in vol.get("Attachments") or []:
+            if vol["State"] == "in-use" and a.get("InstanceId") not in instances:
+                report.findings.append(Finding(
+                    "AttachedToMissingInstance", vol["VolumeId"], "",
+                    f"in use by {a.get('InstanceId')}, which does not exist"))  # fmt: skip
 
 
 def _digests(report: Report, named: references.References) -> None:
@@ -163,6 +182,8 @@ def quarantine_dir() -> Path:
 def _fix(f: Finding) -> bool:
     if f.kind == "PendingWithoutProcess":
         return any(pending.fail(s) for s in pending.stale() if s.key == f.resource)
+    if f.kind == "AttachedToMissingInstance":
+        return _detach(f.resource)
     if f.kind == "WorkLeftover":
         return workarea.remove(Path(f.path))
     if f.kind == "OrphanArtifact":
@@ -175,3 +196,22 @@ def _fix(f: Finding) -> bool:
         workarea.fsync_dir(path.parent)
         return True
     return False
+
+
+def _detach(volume_id: str) -> bool:
+    """The volume back to available, if the instance it names is still missing (a launch
+    records its instance before attaching, so a missing one is not coming)."""
+    vol = JsonTable("volumes", "volume").get(volume_id) or {}
+    ids = {a.get("InstanceId") for a in vol.get("Attachments") or []}
+    instances = JsonTable("instances", "instance")
+    if not ids or any(instances.get(i) for i in ids if i):
+        return False
+    changed = False
+
+    def change(v: dict[str, Any]) -> None:
+        nonlocal changed
+        if v["State"] == "in-use" and {a.get("InstanceId") for a in v["Attachments"]} == ids:
+            v["State"], v["Attachments"], changed = "available", [], True
+
+    JsonTable("volumes", "volume").update(volume_id, change)
+    return changed

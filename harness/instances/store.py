@@ -55,7 +55,11 @@ def state(name: str) -> dict[str, Any]:
 
 def set_state(record: Row, name: str, reason: tuple[str, str] | None = None) -> None:
     """Change a record's state (in a `JsonTable.update` callback); `reason` is EC2's
-    StateReason (code, message), kept until the next change without one."""
+    StateReason (code, message), kept until the next change without one. Terminated is
+    final, as on EC2: a supervisor that learns of it late (its launch's process died before
+    recording it, and `reconcile` ended the instance) cannot bring it back."""
+    if record.get("State", {}).get("Name") == "terminated" and name != "terminated":
+        return
     record["State"] = state(name)
     if reason is not None:
         record["StateReason"] = {"Code": reason[0], "Message": reason[1]}

@@ -19,7 +19,8 @@ from harness.instances import hibernation, hotplug, store
 
 
 def supervisor_alive(rec: Row) -> bool:
-    sup = rec["Amilab"].get("Supervisor") or {}
+    """Its supervisor, or while it is being launched the launching process, is alive."""
+    sup = rec["Amilab"].get("Supervisor") or rec["Amilab"].get("Launcher") or {}
     return store.same_process(sup.get("Pid"), sup.get("Start"))
 
 
@@ -61,12 +62,15 @@ def reconcile_locked(iid: str) -> Row:
         _kill_leftovers(r)
         hibernation.drop_partial(r)  # a save its supervisor did not finish
         pid = (r["Amilab"].get("Supervisor") or {}).get("Pid")
-        end = "terminated" if r["State"]["Name"] == "shutting-down" else "stopped"
-        store.set_state(r, end, (
-            "Server.InternalError",
-            f"Server.InternalError: the instance's supervisor (pid {pid}) ended without "
-            "stopping it; its QEMU died with it",
-        ))  # fmt: skip
+        launcher = r["Amilab"].pop("Launcher", None)
+        end = "terminated" if r["State"]["Name"] == "shutting-down" or launcher else "stopped"
+        why = (
+            f"the process launching it (pid {launcher.get('Pid')}) ended before it started"
+            if launcher
+            else f"the instance's supervisor (pid {pid}) ended without stopping it; "
+            "its QEMU died with it"
+        )
+        store.set_state(r, end, ("Server.InternalError", f"Server.InternalError: {why}"))
         r["Amilab"].update(Supervisor=None, QemuPid=None, NetworkPid=None, Desired=None)
         settled.extend(hotplug.settle(r))  # no guest holds a device any more
 

@@ -3,6 +3,7 @@ bundle-vol (its root filesystem as an instance-store bundle)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from builder.images import factory, volumes
 from builder.images.records import ImageRecord
 from builder.images.registry import Registry
 from builder.images.tables import Row
+from builder.state import pending
 from builder.state.diskfull import require_space
 from harness.instances import launch_images, store
 from harness.instances.operations.common import (
@@ -45,7 +47,56 @@ def create_image(
         for m in rec["BlockDeviceMappings"]
     )
     require_space(paths.work_root(), need, f"the snapshots of {instance_id}")
-    restart = state == "running" and not no_reboot
+    reg = factory.Registration(
+        name, source.virtualization_type, source.root_device_name, source.architecture,
+        rec.get("KernelId") if source.virtualization_type == "paravirtual" else None,
+        rec.get("RamdiskId") if source.virtualization_type == "paravirtual" else None,
+    )  # fmt: skip
+    image = _pending_image(registry, reg, source, instance_id, description)
+    try:
+        return _snapshot_into(registry, image, rec, source, reg, no_reboot)
+    except BaseException as e:
+        _failed(registry, image.image_id, str(e))
+        raise
+
+
+def _pending_image(
+    registry: Registry, reg: Any, source: ImageRecord, instance_id: str, description: str
+) -> ImageRecord:
+    """The new AMI, registered `pending` (owned by this process) before any snapshot is
+    made, as EC2 shows CreateImage's AMI pending at once: killed half-way it is found and
+    failed (builder/state/pending.py), never left half-made."""
+    image = factory.machine_image(
+        reg, source.digest or "", source.launch, {"raw": ""},
+        description=description or f"created from {instance_id}",
+        extra={"created_from": instance_id, "source_image_id": source.image_id,
+               "owner": pending.owner()},
+        id_extra={"instance": instance_id}, fresh=True,
+    )  # fmt: skip
+    image.locations, image.image_location, image.block_device_mappings = {}, "", []
+    image.state = "pending"
+    return registry.register_new(image)
+
+
+def _failed(registry: Registry, image_id: str, why: str) -> None:
+    def change(r: ImageRecord) -> None:
+        if r.state == "pending":
+            r.state = "failed"
+            r.extra["state_reason"] = {"Code": "Client.InternalError", "Message": why}
+            r.extra.pop("owner", None)
+
+    with contextlib.suppress(Exception):  # else its owner's death fails it at next start
+        registry.update(image_id, change)
+
+
+def _snapshot_into(
+    registry: Registry, image: ImageRecord, rec: Row, source: ImageRecord, reg: Any,
+    no_reboot: bool,
+) -> ImageRecord:  # fmt: skip
+    """Every EBS volume of the instance snapshotted, then the pending AMI made available
+    naming them."""
+    instance_id, name = rec["InstanceId"], image.name
+    restart = rec["State"]["Name"] == "running" and not no_reboot
     if restart:
         stop_instances([instance_id], wait=True, timeout=180)
     try:
@@ -59,31 +110,22 @@ def create_image(
         if restart:
             start_instances([instance_id])
     root_m, root_snap = next((m, s) for m, s in snaps if m["DeviceName"] == rec["RootDeviceName"])
-    digest = root_snap["Amilab"]["Digest"]
-    reg = factory.Registration(
-        name, source.virtualization_type, source.root_device_name, source.architecture,
-        rec.get("KernelId") if source.virtualization_type == "paravirtual" else None,
-        rec.get("RamdiskId") if source.virtualization_type == "paravirtual" else None,
+    made = factory.machine_image(
+        reg, root_snap["Amilab"]["Digest"], source.launch, {"raw": root_snap["Amilab"]["Path"]},
     )  # fmt: skip
-    launch = source.launch
-    image = factory.machine_image(
-        reg, digest, launch, {"raw": root_snap["Amilab"]["Path"]},
-        description=description or f"created from {instance_id}",
-        extra={"created_from": instance_id, "source_image_id": source.image_id},
-        id_extra={"instance": instance_id}, fresh=True,
-    )  # fmt: skip
-    image.block_device_mappings = [
+    mappings = [
         {"DeviceName": m["DeviceName"], "Ebs": {
             "SnapshotId": s["SnapshotId"], "VolumeSize": s["VolumeSize"],
             "VolumeType": "standard", "DeleteOnTermination": m["Ebs"]["DeleteOnTermination"],
             "Encrypted": False}}
         for m, s in snaps
     ]  # fmt: skip
-    image.state = "pending"
-    registry.register_new(image)
 
     def available(r: ImageRecord) -> None:
+        r.digest, r.locations, r.image_location = made.digest, made.locations, made.image_location
+        r.block_device_mappings = mappings
         r.state = "available"
+        r.extra.pop("owner", None)
 
     return registry.update(image.image_id, available)
 

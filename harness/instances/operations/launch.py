@@ -80,6 +80,7 @@ def _spawn(iid: str) -> None:
 
     def change(r: Row) -> None:
         r["Amilab"]["Supervisor"] = {"Pid": proc.pid, "Start": start}
+        r["Amilab"].pop("Launcher", None)  # launched: the supervisor owns it now
 
     store.instances().update(iid, change)
 
@@ -249,34 +250,7 @@ def _launch_one(
             public_key = key["PublicKey"]
         else:  # no key pair named: one of the instance's own, for `amilab ssh`
             _, public_key = keys.make_key_pair(directory, f"amilab-{iid}")
-        bdm: list[dict[str, Any]] = []
         now = now_iso()
-        for m in mappings:
-            if "Ebs" not in m or "NoDevice" in m:
-                continue
-            ebs = m["Ebs"]
-            is_root = m["DeviceName"] == image.root_device_name
-            if is_root:
-                snap = volumes.image_snapshot(image)
-                size = max(int(ebs.get("VolumeSize") or 0), _root_size(image))
-                vol = volumes.create_volume(size, snap["SnapshotId"], req.placement)
-            else:
-                vol = volumes.create_volume(
-                    ebs.get("VolumeSize"), ebs.get("SnapshotId") or None, req.placement
-                )
-            made_volumes.append(vol["VolumeId"])
-            delete = bool(ebs.get("DeleteOnTermination", True))
-            volumes.attach(vol["VolumeId"], iid, m["DeviceName"], delete)
-            bdm.append({"DeviceName": m["DeviceName"], "Ebs": {
-                "VolumeId": vol["VolumeId"], "Status": "attached", "AttachTime": now,
-                "DeleteOnTermination": delete}})  # fmt: skip
-        store_paths = []
-        for i in range(len(stores)):
-            path = directory / f"ephemeral{i}.qcow2"
-            from builder.disk import qemu_img
-
-            qemu_img.create(path, "qcow2", size=itype.instance_store_gib[i] * volumes.GIB)
-            store_paths.append(str(path))
         spot = None
         if req.spot_interruption_after is not None:
             at = time.time() + req.spot_interruption_after
@@ -300,7 +274,7 @@ def _launch_one(
                 "KeyName": req.key_name,
                 "RootDeviceName": image.root_device_name,
                 "RootDeviceType": "ebs",
-                "BlockDeviceMappings": bdm,
+                "BlockDeviceMappings": [],
                 "PublicIpAddress": address,
                 "PrivateIpAddress": address,
                 "PublicDnsName": addresses.dns_name(address),
@@ -323,8 +297,12 @@ def _launch_one(
                     "Launch": _launch_settings(req, bus),
                     # its images as they are now: it still starts when they are deregistered
                     launch_images.KEY: launch_images.kept(image, plan.kernel, plan.ramdisk),
-                    "InstanceStore": store_paths,
+                    "InstanceStore": [],
                     "InstanceStoreDevices": [m["DeviceName"] for m in stores],
+                    # recorded (pending) before its volumes are attached, owned by this
+                    # process until its supervisor runs: a launch killed half-way leaves an
+                    # instance that `reconcile` ends as terminated, releasing its volumes
+                    "Launcher": {"Pid": os.getpid(), "Start": store.process_start(os.getpid())},
                     "Spot": spot,
                     # each instance its own events (their IDs are the instance's)
                     "Events": [
@@ -340,15 +318,48 @@ def _launch_one(
             }
             if rec["InstanceLifecycle"] is None:
                 del rec["InstanceLifecycle"]
-            with store.locked(iid):  # a describe meanwhile waits for the supervisor's PID
-                store.instances().insert(iid, rec)
-                _spawn(iid)
+            store.instances().insert(iid, rec)
+        for m in mappings:
+            if "Ebs" not in m or "NoDevice" in m:
+                continue
+            ebs = m["Ebs"]
+            is_root = m["DeviceName"] == image.root_device_name
+            if is_root:
+                snap = volumes.image_snapshot(image)
+                size = max(int(ebs.get("VolumeSize") or 0), _root_size(image))
+                vol = volumes.create_volume(size, snap["SnapshotId"], req.placement)
+            else:
+                vol = volumes.create_volume(
+                    ebs.get("VolumeSize"), ebs.get("SnapshotId") or None, req.placement
+                )
+            made_volumes.append(vol["VolumeId"])
+            delete = bool(ebs.get("DeleteOnTermination", True))
+            mapping = {"DeviceName": m["DeviceName"], "Ebs": {
+                "VolumeId": vol["VolumeId"], "Status": "attached", "AttachTime": now,
+                "DeleteOnTermination": delete}}  # fmt: skip
+            # the instance names the volume before the volume names the instance
+            store.instances().update(iid, lambda r, m=mapping: r["BlockDeviceMappings"].append(m))
+            volumes.attach(vol["VolumeId"], iid, m["DeviceName"], delete)
+        store_paths = []
+        for i in range(len(stores)):
+            path = directory / f"ephemeral{i}.qcow2"
+            from builder.disk import qemu_img
+
+            qemu_img.create(path, "qcow2", size=itype.instance_store_gib[i] * volumes.GIB)
+            store_paths.append(str(path))
+        with store.locked(iid):  # a describe meanwhile waits for the supervisor's PID
+
+            def launched(r: Row) -> None:
+                r["Amilab"]["InstanceStore"] = store_paths
+
+            rec = store.instances().update(iid, launched)
+            _spawn(iid)
         return rec
     except BaseException:
-        if rec is not None:
-            store.instances().delete(iid)
         for vid in made_volumes:
             _drop_volume(vid)
+        if rec is not None:
+            store.instances().delete(iid)
         shutil.rmtree(directory, ignore_errors=True)
         raise
 

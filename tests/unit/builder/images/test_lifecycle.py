@@ -101,6 +101,25 @@ def test_copy_image_is_a_new_id_without_tags_or_permissions_unless_asked(fake) -
         lifecycle.copy_image(src.image_id, "copy-1")
 
 
+def test_a_failed_image_keeps_no_name(fake) -> None:
+    """A pending image holds its name; once failed (its process died: pending recovery),
+    the name is free again, so the killed command can be run again under it."""
+    from builder.state import pending
+
+    src = fake["ami"]
+    copy = lifecycle.copy_image(src.image_id, "again")
+
+    def as_pending(r) -> None:
+        r.state, r.extra["owner"] = "pending", {"Pid": 1, "Start": 1}  # not init's start
+
+    Registry().update(copy.image_id, as_pending)
+    with pytest.raises(BadInput, match="already in use"):
+        lifecycle.copy_image(src.image_id, "again")
+    assert [s.key for s in pending.recover()] == [copy.image_id]
+    assert Registry().get(copy.image_id).state == "failed"
+    assert lifecycle.copy_image(src.image_id, "again").image_id != copy.image_id
+
+
 def test_tags_are_added_changed_and_removed(fake) -> None:
     ami = fake["ami"].image_id
     lifecycle.tag([ami], lifecycle.parse_tags(["Env=prod", "Team=core", "Empty"]))

@@ -152,6 +152,29 @@ def test_missing_files_snapshots_and_volumes_are_reported(amilab_home: Path) -> 
     ]
 
 
+def test_a_volume_in_use_by_a_missing_instance_is_detached_by_repair(amilab_home: Path) -> None:
+    """What a launch killed while undoing itself leaves: the instance's record gone, its
+    volume still in use; repair makes it available, and a volume whose instance exists
+    stays attached."""
+    from builder.images import volumes
+
+    lost, kept = volumes.create_volume(1), volumes.create_volume(1)
+    inst = {"InstanceId": "i-0000000000000cafe", "State": {"Name": "running"},
+            "BlockDeviceMappings": [{"DeviceName": "/dev/xvdb",
+                                     "Ebs": {"VolumeId": kept["VolumeId"]}}]}  # fmt: skip
+    JsonTable("instances", "instance").insert(inst["InstanceId"], inst)
+    volumes.attach(lost["VolumeId"], "i-00000000000000bad", "/dev/xvda", True)
+    volumes.attach(kept["VolumeId"], inst["InstanceId"], "/dev/xvdb", True)
+    assert _kinds(fsck.check()) == [("AttachedToMissingInstance", lost["VolumeId"])]
+    repaired = fsck.repair()
+    assert [(f.kind, f.resource) for f in repaired.repaired] == [
+        ("AttachedToMissingInstance", lost["VolumeId"])
+    ]
+    assert repaired.findings == []
+    assert volumes.volumes().find(lost["VolumeId"], "x")["State"] == "available"
+    assert volumes.volumes().find(kept["VolumeId"], "x")["State"] == "in-use"
+
+
 def test_the_cli_exits_1_on_findings_and_0_once_repaired(amilab_home: Path) -> None:
     assert run_amilab("fsck", "--json", check=True).returncode == 0
     leftover = paths.work_root() / f"import@{_dead_owner()['Pid']}.1.abcdefgh"
