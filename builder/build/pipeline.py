@@ -36,7 +36,6 @@ from builder.images.registry import ImageRecord, Registry, store_artifact
 from builder.progress import Stages
 from builder.signals import sigterm_as_interrupt
 from builder.state import workarea
-from builder.state.blocks import walk
 from builder.state.diskfull import allocated, require_space
 from builder.steps import Step, run_steps
 
@@ -269,10 +268,6 @@ class Disk(Step[BuildState]):
     def run(self, s: BuildState) -> None:
         d = s.recipe.disk
         s.raw = s.workdir / "disk.raw"
-        # the tree's size is known now: each format holds about as much
-        tree = sum(st.st_blocks * 512 for _, st in walk(s.root, one_filesystem=True))
-        need = min(tree, d.size) * len(d.formats)
-        require_space(s.workdir, need, f"the disk of {s.recipe.name}")
         s.stages.detail(f"mkfs.ext4 -d ({s.recipe.partitioning}, {d.size >> 20} MiB)")
         s.layout = disk_mod.make_disk(
             s.root,
