@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import AmilabError
+from builder.state.workarea import fsync_file
 
 INCOMING = ["-incoming", "defer"]
 PARTIAL = ".partial"  # a save being written; renamed into place only once complete
@@ -127,14 +128,6 @@ def _wait(mon: Any, timeout: float, what: str) -> dict[str, Any]:
         time.sleep(POLL)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(mon: Any, dest: Path, timeout: float = 300.0) -> tuple[str, int]:
     """Pause the guest and write its RAM and device state to `dest` (complete or absent:
     written beside it, synced, then renamed). Returns (the QEMU version that wrote it, its
@@ -150,9 +143,9 @@ def save(mon: Any, dest: Path, timeout: float = 300.0) -> tuple[str, int]:
         mon.cmd("migrate-set-parameters", **{"max-bandwidth": MAX_BANDWIDTH})
         mon.cmd("migrate", uri="exec:cat > " + shlex.quote(str(partial)))
         _wait(mon, timeout, "saving the guest's state")
-        _fsync(partial)
+        fsync_file(partial)
         os.replace(partial, dest)
-        _fsync(dest.parent)
+        fsync_file(dest.parent)
         return version, dest.stat().st_size
     except BaseException as e:
         partial.unlink(missing_ok=True)
