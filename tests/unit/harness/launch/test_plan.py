@@ -59,7 +59,8 @@ def test_paravirtual_defaults(registry: Registry) -> None:
     assert plan.ramdisk_id == "ari-0000000000000000a"
     assert plan.expected_release == "6.1.0-a"
     assert plan.cmdline == (
-        "root=LABEL=cloudimg-rootfs console=ttyS0 quiet panic=-1 tsc=reliable no_timer_check"
+        "root=LABEL=cloudimg-rootfs console=ttyS0 quiet panic=-1 tsc=reliable"
+        " cryptomgr.notests rcupdate.rcu_expedited=1 no_timer_check"
     )
     assert plan.disk.format == "raw"  # raw preferred over the qcow2 listed first
 
