@@ -154,6 +154,7 @@ def test_hibernate_and_resume(env: dict) -> None:
     boot_seconds = time.monotonic() - boot_started
     print(f"booted and logged in after {boot_seconds:.1f} s (test started {t0:.0f})")
     pid = live.sh(client, "setsid sleep 9999 > /dev/null 2>&1 < /dev/null & echo $!")
+    boot_id = live.sh(client, "cat /proc/sys/kernel/random/boot_id")
     token = os.urandom(8).hex()
     live.sh(client, f"echo {token} > /dev/shm/hibernated.txt")
     # a settled system, as one hibernates in use: sshd answers before the rest of the boot
@@ -180,6 +181,7 @@ def test_hibernate_and_resume(env: dict) -> None:
     assert "resuming from hibernation" in outputs[0], outputs
     assert live.sh(client, f"cat /proc/{pid}/cmdline | tr '\\0' ' '").strip() == "sleep 9999"
     assert live.sh(client, "cat /dev/shm/hibernated.txt") == token
+    assert live.sh(client, "cat /proc/sys/kernel/random/boot_id") == boot_id  # the same boot
     after = uptime(client)
     assert after >= before, (before, after)  # went on from where it was, not from zero
     client.close()
@@ -222,7 +224,9 @@ def test_hibernate_and_resume(env: dict) -> None:
     assert got["StateTransitionReason"].startswith("amilab: cold boot: "), got
     assert state_files(env) == []  # discarded: the disk moves on without it
     client = login(env, iid)
-    assert run(client, f"test -e /proc/{pid}").status != 0  # a new boot: the process is gone
+    # a new boot (its PIDs are numbered afresh: the old one's may belong to another process)
+    assert live.sh(client, "cat /proc/sys/kernel/random/boot_id") != boot_id
+    assert run(client, "pgrep -x -f 'sleep 9999'").status != 0  # the process is gone
     assert run(client, "test -e /dev/shm/hibernated.txt").status != 0
     client.close()
 
