@@ -57,21 +57,21 @@ MODULE_TOTALS = 15  # how many modules the per-module summary lists
 # with a long module at the end while the other idles. Modules not listed keep their
 # place after these; the order changes no result, only when each module starts.
 LONGEST_FIRST = [
-    "test_modules.py",
-    "test_instances.py",
     "test_architectures.py",
+    "test_instances.py",
+    "test_modules.py",
     "test_matrix_fleet.py",
-    "test_import.py",
+    "test_crash_commands.py",
     "test_matrix.py",
     "test_api.py",
-    "test_hvm_build.py",
-    "test_add_modules.py",
+    "test_import.py",
     "test_reproducible.py",
-    "test_smoke.py",
-    "test_crash.py",
-    "test_crash_commands.py",
-    "test_space.py",
+    "test_hvm_build.py",
     "test_concurrency.py",
+    "test_crash.py",
+    "test_instances_nitro.py",
+    "test_smoke.py",
+    "test_add_modules.py",
 ]
 
 
