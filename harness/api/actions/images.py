@@ -15,7 +15,15 @@ from builder.images import lifecycle, store, store_tasks, targets
 from builder.images.records import ImageRecord
 from builder.images.registry import Registry
 from builder.images.shapes import owner_of
-from harness.api.actions.common import Context, Params, Result, action, require, tag_specs
+from harness.api.actions.common import (
+    Context,
+    Params,
+    Result,
+    action,
+    after_reply,
+    require,
+    tag_specs,
+)
 from harness.api.actions.filters import field, filters_of, match_filters
 from harness.api.actions.lookup import (
     check_image_id,
@@ -97,7 +105,9 @@ def copy_image(p: Params, ctx: Context) -> Result:
     rec = lifecycle.copy_image(
         src.image_id, name, description=p.get("Description"),
         copy_tags=bool(p.get("CopyImageTags")) and owner_of(src) == ctx.account_id,
+        wait=False,
     )  # fmt: skip
+    after_reply(f"copy-{rec.image_id}", ctx.account_id, lambda: lifecycle.finish_copy(rec.image_id))
     return {"ImageId": rec.image_id}
 
 
@@ -107,7 +117,7 @@ def create_image(p: Params, ctx: Context) -> Result:
     name = require(p, "Name")
     _check_name(name)
     try:
-        image = instance_images.create_image(
+        creation = instance_images.begin_create_image(
             rec["InstanceId"], name, no_reboot=bool(p.get("NoReboot")),
             description=p.get("Description") or "",
         )  # fmt: skip
@@ -116,10 +126,12 @@ def create_image(p: Params, ctx: Context) -> Result:
         if "already in use" in str(e):
             err = ApiError("InvalidAMIName.Duplicate", str(e))
         raise err from None
+    image_id = creation.image.image_id
     tags = tag_specs(p, "image")
     if tags:
-        lifecycle.tag([image.image_id], tags)
-    return {"ImageId": image.image_id}
+        lifecycle.tag([image_id], tags)
+    after_reply(f"create-image-{image_id}", ctx.account_id, creation.finish)
+    return {"ImageId": image_id}
 
 
 def _check_name(name: str) -> None:
