@@ -292,8 +292,8 @@ def finish_copy(image_id: str) -> ImageRecord:
     """A pending copy's disk checked, then the copy available, or failed with the reason."""
     try:
         verify_disk(Registry().find(image_id, "machine"))
-    except AmilabError as e:
-        pending.image_failed(image_id, str(e))
+    except Exception as e:  # an unreadable disk too: the copy ends, never stays pending
+        pending.image_failed(image_id, str(e) or type(e).__name__)
         raise
     return pending.image_done(image_id)
 
