@@ -15,6 +15,7 @@ from builder.images import lifecycle, store, store_tasks, targets
 from builder.images.records import ImageRecord
 from builder.images.registry import Registry
 from builder.images.shapes import owner_of
+from builder.state import pending
 from harness.api.actions.common import (
     Context,
     Params,
@@ -116,6 +117,7 @@ def create_image(p: Params, ctx: Context) -> Result:
     rec = find_instance(require(p, "InstanceId"), ctx)
     name = require(p, "Name")
     _check_name(name)
+    tags = tag_specs(p, "image")  # refused before the AMI is registered
     try:
         creation = instance_images.begin_create_image(
             rec["InstanceId"], name, no_reboot=bool(p.get("NoReboot")),
@@ -127,9 +129,12 @@ def create_image(p: Params, ctx: Context) -> Result:
             err = ApiError("InvalidAMIName.Duplicate", str(e))
         raise err from None
     image_id = creation.image.image_id
-    tags = tag_specs(p, "image")
     if tags:
-        lifecycle.tag([image_id], tags)
+        try:
+            lifecycle.tag([image_id], tags)
+        except BaseException as e:  # not left pending for the server's lifetime
+            pending.image_failed(image_id, str(e))
+            raise
     after_reply(f"create-image-{image_id}", ctx.account_id, creation.finish)
     return {"ImageId": image_id}
 
