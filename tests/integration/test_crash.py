@@ -83,11 +83,13 @@ def _kill_after(home: Path, args: list[str], delay: float) -> bool:
     proc, _ = _start(home, args)
     try:
         proc.wait(timeout=delay)
-        return False
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         return True
+    # an unkilled run must succeed: a quick failure would pass for a point outrun
+    assert proc.returncode == 0, f"{args[0]} failed unkilled: {proc.stderr.read().decode()}"  # type: ignore[union-attr]
+    return False
 
 
 def _state() -> dict[str, tuple[Any, str]]:
