@@ -29,6 +29,7 @@ from builder.images import volumes
 from builder.images.shapes import local_account_id
 from builder.state import fsck
 from builder.state.pending import REASON
+from harness.instances import store as istore
 from tests.conftest import AMILAB, ROOT
 from tests.integration import instances_helpers as live
 from tests.integration.test_crash import (  # noqa: F401 - home is a fixture
@@ -85,13 +86,27 @@ class Server:
         """(succeeded, what it said): the error's code and message, or the response."""
         try:
             out = getattr(self.client, action)(**params)
+            # EC2 answers these with the AMI pending: the call's work ends when it is made
+            made = self._made(out["ImageId"]) if action in _PENDING else None
         except ClientError as e:
             err = e.response.get("Error", {})
             return False, f"{err.get('Code')}: {err.get('Message')}"
         except BotoCoreError as e:  # the server died under the call
             return False, f"{type(e).__name__}: {e}"
         out.pop("ResponseMetadata", None)
+        if made is not None and made["State"] != "available":
+            return False, f"{out['ImageId']} {made['State']}: {made.get('StateReason')}"
         return True, json.dumps(out, default=str)
+
+    def _made(self, image_id: str) -> dict[str, Any]:
+        while True:
+            (image,) = self.client.describe_images(ImageIds=[image_id])["Images"]
+            if image["State"] != "pending":
+                return dict(image)
+            time.sleep(0.01)
+
+
+_PENDING = ("copy_image", "create_image")
 
 
 @dataclass
@@ -242,8 +257,25 @@ def test_create_image_answers_pending_and_a_killed_server_fails_it(
         _settled(h, iid)  # stopped, or still running if the kill came before the stop
         again = c.create_image(InstanceId=iid, Name="api-lost")["ImageId"]  # the name is free
         c.get_waiter("image_available").wait(ImageIds=[again], WaiterConfig=wait)
+        _stop_recorded_but_not_signalled(h, c, iid)
     finally:
         terminate_all(h)
+
+
+def _stop_recorded_but_not_signalled(h: Home, c: Any, iid: str) -> None:
+    """A StopInstances killed between committing `stopping` and signalling the supervisor
+    (the server above may die there): the supervisor finds it in the record and stops."""
+    env = {"env": {"AMILAB_HOME": str(h.path)}}
+    if live.describe(env, iid)["State"]["Name"] == "stopped":
+        c.start_instances(InstanceIds=[iid])
+        live.wait_state(env, iid, "running")
+
+    def change(r: dict[str, Any]) -> None:
+        istore.set_state(r, "stopping", istore.USER_SHUTDOWN)
+        r["Amilab"]["Desired"] = "stop"
+
+    istore.instances().update(iid, change)
+    live.wait_state(env, iid, "stopped", timeout=120)
 
 
 def _settled(h: Home, iid: str) -> None:
