@@ -8,14 +8,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from builder.children import ending_with_us
+from builder.pids import same_process
 from tests.conftest import ROOT
 
 PARENT = """
 import subprocess, sys, time
 from builder.children import ending_with_us
+from builder.pids import same_process
 child = subprocess.Popen(ending_with_us(["sleep", "300"]))
 print(child.pid, flush=True)
 time.sleep(300)
@@ -23,11 +24,7 @@ time.sleep(300)
 
 
 def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    return same_process(pid, None)  # a zombie (killed, not yet reaped) is not running
 
 
 def test_the_helper_dies_with_a_killed_parent() -> None:
