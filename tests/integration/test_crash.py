@@ -257,14 +257,15 @@ def _time_points(h: Home, case: Case) -> list[float]:
     return [took * (i + 0.5) / POINTS for i in range(POINTS)]
 
 
-def _kill_point(h: Home, args: list[str], delay: float,
+def _kill_point(h: Home, attempt: Callable[[], list[str]], delay: float,
                 reset: Callable[[], None] | None = None) -> tuple[str, bool]:  # fmt: skip
     """Killed `delay` after its start, or earlier when it ended first: the measured run may
     have been a cold one (add-modules' measured run took ~4 s here, its later runs under
-    1.5 s). `reset` undoes a finished run before the next try (a build that ended first
-    registered its AMI, which the next try found unchanged in 0.1 s)."""
+    1.5 s). `attempt` gives each try's arguments (a fresh name: a try that ended first
+    registered its own); `reset` undoes a finished run before the next try (a build that
+    ended first registered its AMI, which the next try found unchanged in 0.1 s)."""
     for _ in range(6):
-        if _kill_after(h.path, args, delay):
+        if _kill_after(h.path, attempt(), delay):
             return f"t={delay:.2f}s", True
         if reset:
             reset()
@@ -289,9 +290,15 @@ def run_case(home: Home, case: Case, capsys: pytest.CaptureFixture[str],
     for delay in _time_points(home, case):
         if after:
             after()
-        args, target = case.prepare(home)
-        before = _state()
-        point, _killed = _kill_point(home, args, delay)
+        tries: list[tuple[list[str], str | None, dict[str, tuple[Any, str]]]] = []
+
+        def attempt(tries: list[Any] = tries) -> list[str]:
+            args, target = case.prepare(home)
+            tries.append((args, target, _state()))
+            return args
+
+        point, _killed = _kill_point(home, attempt, delay)
+        args, target, before = tries[-1]
         tried.append(point)
         _check_after_kill(home, case, point, target, before, args)
     if after:
@@ -378,7 +385,8 @@ def test_killed_build_at_step_boundaries_and_times(
             killed = _run(home.path, BUILD_ARGS, **env).returncode == -signal.SIGKILL
             label += "" if killed else " (ended first)"
         else:  # a rebuild is faster than the first, cold one: outrun points go earlier
-            label, killed = _kill_point(home, BUILD_ARGS, delay, lambda: _drop_ami(home.path))
+            label, killed = _kill_point(home, lambda: BUILD_ARGS, delay,
+                                        lambda: _drop_ami(home.path))  # fmt: skip
         tried.append(label)
         _check_after_kill(home, case, label, None, before, BUILD_ARGS)
         _drop_ami(home.path)
@@ -403,7 +411,7 @@ def test_killed_import(
     for delay in delays:
         args, _ = case.prepare(home)
         before = _state()
-        point, _killed = _kill_point(home, args, delay)
+        point, _killed = _kill_point(home, lambda args=args: args, delay)
         tried.append(point)
         _check_after_kill(home, case, point, None, before, args)
     _report("import", home, tried, capsys)
