@@ -20,6 +20,7 @@ from pathlib import Path
 from builder.build import reproducible
 from builder.build.arch import of as arch_of
 from builder.build.layout import DiskLayout
+from builder.children import ending_with_us
 from builder.errors import BuildFailed, EnvironmentProblem
 
 _COMMON = [
@@ -184,7 +185,8 @@ def _checked(argv: list[str], log: Path, what: str, env: dict[str, str] | None =
     with open(log, "ab") as f:
         f.write(("# " + " ".join(argv) + "\n").encode())
         result = subprocess.run(
-            argv, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            ending_with_us(argv), stdout=f, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
             check=False,
         )  # fmt: skip
     if result.returncode != 0:

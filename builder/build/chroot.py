@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from builder.children import ending_with_us
 from builder.errors import EnvironmentProblem
 
 _MOUNT_SCRIPT = r"""
@@ -51,20 +52,24 @@ def _unshare() -> str:
 
 
 def chroot_argv(root: Path, argv: list[str]) -> list[str]:
-    return [
-        _unshare(),
-        "--mount",
-        "--propagation",
-        "private",
-        "--pid",
-        "--fork",
-        "--kill-child",
-        "sh",
-        "-c",
-        _MOUNT_SCRIPT,
-        "amilab-chroot",
-        *argv,
-    ]
+    """unshare ended with amilab (builder/children.py) and, by --kill-child, the namespace
+    with it."""
+    return ending_with_us(
+        [
+            _unshare(),
+            "--mount",
+            "--propagation",
+            "private",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "sh",
+            "-c",
+            _MOUNT_SCRIPT,
+            "amilab-chroot",
+            *argv,
+        ]
+    )
 
 
 def run(

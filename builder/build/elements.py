@@ -19,6 +19,7 @@ import yaml
 from builder.build import chroot
 from builder.build.arch import of as arch_of
 from builder.build.schema import Located
+from builder.children import ending_with_us
 from builder.errors import BadInput, BuildFailed
 
 PHASES: tuple[tuple[str, bool], ...] = (
@@ -251,7 +252,7 @@ class PhaseRunner:
             }
             with open(log, "ab") as out:
                 result = subprocess.run(
-                    ["bash", "-c", _WRAPPER, str(hook.path)],
+                    ending_with_us(["bash", "-c", _WRAPPER, str(hook.path)]),
                     env=env,
                     stdout=out,
                     stderr=subprocess.STDOUT,

@@ -20,6 +20,7 @@ from pathlib import Path
 from builder import ids, paths
 from builder.build.apt_index import debs_dir
 from builder.build.kernel_catalogue import KernelDefinition
+from builder.children import ending_with_us
 from builder.errors import BuildFailed, EnvironmentProblem
 
 
@@ -60,8 +61,9 @@ def run_logged(argv: list[str], log: Path | None, what: str, cwd: Path | None = 
     if not shutil.which(argv[0]):
         raise EnvironmentProblem(f"{argv[0]} is missing (install apt / dpkg)")
     res = subprocess.run(
-        argv, capture_output=True, text=True, check=False, cwd=cwd, stdin=subprocess.DEVNULL
-    )
+        ending_with_us(argv), capture_output=True, text=True, check=False, cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
     if log:
         with open(log, "a") as f:
             f.write(f"$ {' '.join(argv)}\n{res.stdout}{res.stderr}")

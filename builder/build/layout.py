@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.build import reproducible
+from builder.children import ending_with_us
 from builder.errors import BuildFailed
 
 _GPT_TAIL = 33 * 512  # backup GPT header and entries at the end of the disk
@@ -70,7 +71,7 @@ def _run(argv: list[str], log: Path, stdin: str | None = None, env: dict | None 
     with open(log, "ab") as out:
         out.write(("# " + " ".join(argv) + "\n").encode())
     result = subprocess.run(
-        argv,
+        ending_with_us(argv),
         input=stdin.encode() if stdin is not None else None,
         capture_output=True,
         env={**os.environ, **(env or {})},

@@ -27,6 +27,7 @@ from builder.build.arch import of as arch_of
 from builder.build.engines import RootEngine, engine_for
 from builder.build.kernel_catalogue import load_catalogue
 from builder.build.recipe import LoadedRecipe, load_recipes, select
+from builder.children import ending_with_us
 from builder.disk.formats import FORMATS
 from builder.errors import BadInput, BuildFailed
 from builder.ids import file_sha256, sparse_sha256
@@ -181,7 +182,9 @@ class Modules(Step[BuildState]):
             return
         s.stages.detail(f"/lib/modules/{release}")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["cp", "-a", str(s.kernel.modules_dir), str(dest)], check=True)
+        subprocess.run(
+            ending_with_us(["cp", "-a", str(s.kernel.modules_dir), str(dest)]), check=True
+        )
         boot = s.root / "boot"
         boot.mkdir(exist_ok=True)
         shutil.copy2(s.kernel.config, boot / f"config-{release}")

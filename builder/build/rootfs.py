@@ -19,6 +19,7 @@ from builder.build.apt_index import private_apt
 from builder.build.arch import ensure_foreign
 from builder.build.arch import of as arch_of
 from builder.build.mirror import host_mirror
+from builder.children import ending_with_us
 from builder.errors import BuildFailed, EnvironmentProblem
 
 # What every image needs whatever its elements: an init, sshd reachable by the harness,
@@ -103,7 +104,8 @@ def base_tarball(
         # there is room (28 s instead of 39 s for the default recipe, measured cold)
         scratch = paths.scratch_dir()
         env = {**os.environ, **({"TMPDIR": str(scratch)} if scratch else {})}
-        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
+        result = subprocess.run(ending_with_us(argv), stdout=out, stderr=subprocess.STDOUT,
+                                env=env, check=False)  # fmt: skip
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         tail = log.read_text(errors="replace").splitlines()[-15:]
@@ -117,15 +119,17 @@ def base_tarball(
 def unpack(tar: Path, root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [
-            "tar",
-            "--numeric-owner",
-            "--xattrs",
-            "--xattrs-include=*",
-            "-xpf",
-            str(tar),
-            "-C",
-            str(root),
-        ],
+        ending_with_us(
+            [
+                "tar",
+                "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=*",
+                "-xpf",
+                str(tar),
+                "-C",
+                str(root),
+            ]
+        ),
         check=True,
     )

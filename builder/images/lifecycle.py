@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.errors import BadInput
+from builder.errors import AmilabError, BadInput
 from builder.ids import file_sha256, sparse_sha256
 from builder.images import bundle as bundle_mod
 from builder.images import factory, volumes
@@ -36,6 +36,7 @@ from builder.images.registry import (
     store_artifact,
 )
 from builder.images.shapes import owner_of
+from builder.state import pending
 
 _ACCOUNT_LEN = 12
 
@@ -255,12 +256,22 @@ def _check_launch_refs(registry: Registry, kernel_id: str | None, ramdisk_id: st
 
 
 def copy_image(
-    ref: str, name: str, *, description: str | None = None, copy_tags: bool = False
+    ref: str,
+    name: str,
+    *,
+    description: str | None = None,
+    copy_tags: bool = False,
+    wait: bool = True,
 ) -> ImageRecord:
     """copy-image: the same bytes under a new ID and name; tags only when asked, launch
-    permissions never (a copy starts private, owned by whoever copied it)."""
+    permissions never (a copy starts private, owned by whoever copied it). The source's disk
+    is checked against its digest first, as a copy reads it (`verify_disk`). `wait` commits
+    the copy whole and available; without it the copy is registered pending at once (EC2's
+    CopyImage answers so) and `finish_copy` ends it."""
     registry = Registry()
     src = registry.find(ref, "machine")
+    if src.state != "available":
+        raise BadInput(f"InvalidAMIID.Unavailable: {src.image_id} is {src.state}")
     rec = factory.reregistered(
         src,
         name,
@@ -270,7 +281,36 @@ def copy_image(
         tags=src.tags if copy_tags else {},
         extra={"source_image_id": src.image_id},
     )
+    if not wait:
+        return registry.register_new(pending.hold(rec))
+    check_name_free(registry, name)  # before the disk is read
+    verify_disk(rec)
     return registry.register_new(rec)
+
+
+def finish_copy(image_id: str) -> ImageRecord:
+    """A pending copy's disk checked, then the copy available, or failed with the reason."""
+    try:
+        verify_disk(Registry().find(image_id, "machine"))
+    except Exception as e:  # an unreadable disk too: the copy ends, never stays pending
+        pending.image_failed(image_id, str(e) or type(e).__name__)
+        raise
+    return pending.image_done(image_id)
+
+
+def verify_disk(rec: ImageRecord) -> None:
+    """Every file of the image's disk is there, and its raw disk (when it has one) still has
+    the digest the image was registered with (fsck's digest cache spares a second hash)."""
+    from builder.state.verified import DigestCache
+
+    for fmt, loc in rec.locations.items():
+        if not Path(loc).is_file():
+            raise AmilabError(f"{rec.image_id}: its {fmt} disk {loc} is missing (see amilab fsck)")
+    raw = rec.locations.get("raw")
+    if raw and rec.digest and DigestCache().digest(Path(raw), ".raw") != rec.digest:
+        raise AmilabError(
+            f"{rec.image_id}: its disk {raw} does not match its digest (see amilab fsck)"
+        )
 
 
 # ----------------------------------------------------------------------- deregister
@@ -307,6 +347,7 @@ def deregister(ref: str, *, force: bool = False) -> ImageRecord:
 
 
 _TAG_KEY_MAX, _TAG_VALUE_MAX = 128, 256
+TAG_LIMIT = 50  # EC2's tags per resource
 
 
 def parse_tags(items: list[str]) -> dict[str, str]:
@@ -322,11 +363,26 @@ def parse_tags(items: list[str]) -> dict[str, str]:
     return tags
 
 
+def add_tags(have: dict[str, str], tags: dict[str, str], resource: str) -> None:
+    """`tags` added to a resource's `have` (a key it has takes the new value), or EC2's
+    TagLimitExceeded, adding none, when it would then carry more than TAG_LIMIT."""
+    total = len(have.keys() | tags.keys())
+    if total > TAG_LIMIT:
+        raise BadInput(
+            f"TagLimitExceeded: The maximum number of tags for a resource has been reached: "
+            f"{resource} would have {total} (it has {len(have)}; at most {TAG_LIMIT})"
+        )
+    have.update(tags)
+
+
 def tag(image_ids: list[str], tags: dict[str, str]) -> list[ImageRecord]:
+    """Tags added to every image or (TagLimitExceeded for one of them) to none."""
     registry = Registry()
     if not tags:
         raise BadInput("no tags given: use KEY=VALUE")
-    return [registry.update(i, lambda r: r.tags.update(tags)) for i in _ids(registry, image_ids)]
+    with registry.transaction():
+        return [registry.update(i, lambda r: add_tags(r.tags, tags, r.image_id))
+                for i in _ids(registry, image_ids)]  # fmt: skip
 
 
 def untag(image_ids: list[str], items: list[str] | None) -> list[ImageRecord]:

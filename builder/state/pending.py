@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from builder import paths, statedb
-from builder.images.records import now_iso
+from builder.errors import AmilabError
+from builder.images.records import ImageRecord, now_iso
 from builder.images.registry import Registry
 from builder.images.tables import JsonTable, Row
 from builder.pids import pid_alive, process_start, same_process
@@ -36,6 +37,49 @@ def owner() -> dict[str, int]:
     """This process, as a pending record names its owner."""
     pid = os.getpid()
     return {"Pid": pid, "Start": process_start(pid) or 0}
+
+
+def hold(rec: ImageRecord) -> ImageRecord:
+    """`rec` made a pending image owned by this process, to be registered so (EC2 shows a
+    CreateImage's or CopyImage's AMI pending at once) and then ended by `image_done` or
+    `image_failed`; if this process dies first, the next start fails it."""
+    rec.state = "pending"
+    rec.extra["owner"] = owner()
+    return rec
+
+
+def image_done(image_id: str, change: Callable[[ImageRecord], None] | None = None) -> ImageRecord:
+    """The pending image made available (after `change`, in the same transaction)."""
+
+    def done(r: ImageRecord) -> None:
+        if r.state != "pending":
+            raise AmilabError(f"{image_id} is {r.state}, no longer pending")
+        if change:
+            change(r)
+        r.state = "available"
+        r.extra.pop("owner", None)
+
+    return Registry().update(image_id, done)
+
+
+def image_failed(image_id: str, why: str, code: str = "Server.InternalError") -> bool:
+    """The pending image ended failed with EC2's StateReason; False if it was not pending
+    (deregistered meanwhile, or ended already)."""
+    changed = False
+
+    def change(r: ImageRecord) -> None:
+        nonlocal changed
+        if r.state == "pending":
+            changed = True
+            r.state = "failed"
+            r.extra["state_reason"] = {"Code": code, "Message": why}
+            r.extra.pop("owner", None)
+
+    try:
+        Registry().update(image_id, change)
+    except (AmilabError, sqlite3.Error):
+        return False  # else its owner's death fails it at the next start
+    return changed
 
 
 def owner_alive(who: dict[str, Any] | None) -> bool:
@@ -139,14 +183,7 @@ def fail(item: Stale) -> bool:
 
         JsonTable(item.table, item.kind).update(item.key, change)
     elif item.kind == "image":
-
-        def change_image(rec: Any) -> None:
-            if still(rec.state):
-                rec.state = "failed"
-                rec.extra["state_reason"] = {"Code": "Server.InternalError", "Message": REASON}
-                rec.extra.pop("owner", None)
-
-        Registry().update(item.key, change_image)
+        changed = image_failed(item.key, REASON)
     else:
         _fail_task(item.key, still)
     return changed

@@ -54,6 +54,9 @@ from harness.launch.steps import (
 from harness.launch.types import instance_type
 
 POLL = 0.2
+# how often the record is read for a stop or termination whose signal never came: the command
+# that recorded it was killed between its commit and its signal
+RECHECK = 2.0
 # seconds a guest gets to shut down on the ACPI power button before QEMU is ended (EC2 waits
 # minutes; a guest with nothing handling the button, e.g. no systemd-logind, waits it out)
 STOP_GRACE = float(os.environ.get("AMILAB_STOP_TIMEOUT", "20"))
@@ -388,6 +391,7 @@ def _run(
     reboots: list[float] = []
     announced = bool(spot) and "spot" in (inst.options.metadata.get("extra") or {})
     scheduled = list(store.find(iid)["Amilab"].get("Events") or [])
+    recheck = time.monotonic() + RECHECK
     while True:
         if not probe.reported and probe.answered():
             probe.reported = True
@@ -404,6 +408,11 @@ def _run(
             return "stopped", events.SCHEDULED_STOP
         if devices.busy():
             _unplugs(iid, devices)
+        if not _requests and time.monotonic() >= recheck:
+            recheck = time.monotonic() + RECHECK
+            if store.find(iid)["State"]["Name"] in ("stopping", "shutting-down"):
+                _log("a stop is recorded but was not signalled (its caller died): carried out")
+                _requests.append("stop")
         if _requests:
             what = _requests.pop(0)
             if what == "events":

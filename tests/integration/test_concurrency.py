@@ -321,6 +321,8 @@ def test_deregister_racing_launch(api: dict) -> None:
     for n in range(RACES):
         ami = c.copy_image(SourceImageId=api["ami"], SourceRegion="us-east-1",
                            Name=f"race-{n}")["ImageId"]  # fmt: skip
+        # EC2's copy is pending until it is made: launched only once available
+        c.get_waiter("image_available").wait(ImageIds=[ami], WaiterConfig={"Delay": 1})
         got = race(api, ami, *DELAYS[n % len(DELAYS)])
         if isinstance(got, str):
             assert got == "InvalidAMIID.NotFound", got

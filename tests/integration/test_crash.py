@@ -83,11 +83,13 @@ def _kill_after(home: Path, args: list[str], delay: float) -> bool:
     proc, _ = _start(home, args)
     try:
         proc.wait(timeout=delay)
-        return False
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         return True
+    # an unkilled run must succeed: a quick failure would pass for a point outrun
+    assert proc.returncode == 0, f"{args[0]} failed unkilled: {proc.stderr.read().decode()}"  # type: ignore[union-attr]
+    return False
 
 
 def _state() -> dict[str, tuple[Any, str]]:
@@ -203,7 +205,12 @@ def _check_after_kill(h: Home, case: Case, point: str, target: str | None,
     repaired = fsck.repair()
     assert repaired.findings == [], f"{case.name} {point}: left after repair {repaired.findings}"
     fixed = {(f.kind, f.resource) for f in repaired.repaired}
-    assert fixed <= {(f.kind, f.resource) for f in found}, f"{case.name} {point}: {fixed}"
+    # the scratch area (/dev/shm) is shared by every home on the machine: another session's
+    # killed build may leave an entry there between the check and the repair, which the
+    # repair rightly removes (its process is gone)
+    shared = {(f.kind, f.resource) for f in repaired.repaired
+              if f.kind == "WorkLeftover" and not Path(f.path).is_relative_to(h.path)}  # fmt: skip
+    assert fixed - shared <= {(f.kind, f.resource) for f in found}, f"{case.name} {point}: {fixed}"
     # a finding not repaired went by itself (a build's root tree on the shared /dev/shm
     # that something else swept): nothing of it may be left
     for f in found:
@@ -243,16 +250,25 @@ def _time_points(h: Home, case: Case) -> list[float]:
     the registry; the machine's load moves them, so a point the command outran is tried
     again earlier (`_kill_point`)."""
     took = _timed(h, case.prepare(h)[0])
+    if POINTS >= 10:  # the bench-sized run: spread over a warm run (the first may be cold:
+        # add-modules' first took 4.4 s here, later ones ended before 0.11 s, so half of
+        # its points ended first even after their retries)
+        took = min(took, _timed(h, case.prepare(h)[0]))
     return [took * (i + 0.5) / POINTS for i in range(POINTS)]
 
 
-def _kill_point(h: Home, args: list[str], delay: float) -> tuple[str, bool]:
+def _kill_point(h: Home, attempt: Callable[[], list[str]], delay: float,
+                reset: Callable[[], None] | None = None) -> tuple[str, bool]:  # fmt: skip
     """Killed `delay` after its start, or earlier when it ended first: the measured run may
     have been a cold one (add-modules' measured run took ~4 s here, its later runs under
-    1.5 s)."""
+    1.5 s). `attempt` gives each try's arguments (a fresh name: a try that ended first
+    registered its own); `reset` undoes a finished run before the next try (a build that
+    ended first registered its AMI, which the next try found unchanged in 0.1 s)."""
     for _ in range(6):
-        if _kill_after(h.path, args, delay):
+        if _kill_after(h.path, attempt(), delay):
             return f"t={delay:.2f}s", True
+        if reset:
+            reset()
         delay *= 0.6
     return f"t={delay:.2f}s (ended first)", False
 
@@ -274,9 +290,15 @@ def run_case(home: Home, case: Case, capsys: pytest.CaptureFixture[str],
     for delay in _time_points(home, case):
         if after:
             after()
-        args, target = case.prepare(home)
-        before = _state()
-        point, _killed = _kill_point(home, args, delay)
+        tries: list[tuple[list[str], str | None, dict[str, tuple[Any, str]]]] = []
+
+        def attempt(tries: list[Any] = tries) -> list[str]:
+            args, target = case.prepare(home)
+            tries.append((args, target, _state()))
+            return args
+
+        point, _killed = _kill_point(home, attempt, delay)
+        args, target, before = tries[-1]
         tried.append(point)
         _check_after_kill(home, case, point, target, before, args)
     if after:
@@ -363,7 +385,8 @@ def test_killed_build_at_step_boundaries_and_times(
             killed = _run(home.path, BUILD_ARGS, **env).returncode == -signal.SIGKILL
             label += "" if killed else " (ended first)"
         else:  # a rebuild is faster than the first, cold one: outrun points go earlier
-            label, killed = _kill_point(home, BUILD_ARGS, delay)
+            label, killed = _kill_point(home, lambda: BUILD_ARGS, delay,
+                                        lambda: _drop_ami(home.path))  # fmt: skip
         tried.append(label)
         _check_after_kill(home, case, label, None, before, BUILD_ARGS)
         _drop_ami(home.path)
@@ -388,7 +411,7 @@ def test_killed_import(
     for delay in delays:
         args, _ = case.prepare(home)
         before = _state()
-        point, _killed = _kill_point(home, args, delay)
+        point, _killed = _kill_point(home, lambda args=args: args, delay)
         tried.append(point)
         _check_after_kill(home, case, point, None, before, args)
     _report("import", home, tried, capsys)

@@ -23,10 +23,13 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
 from builder.images import volumes
 from builder.images.shapes import local_account_id
+from builder.state import fsck
+from builder.state.pending import REASON
+from harness.instances import store as istore
 from tests.conftest import AMILAB, ROOT
 from tests.integration import instances_helpers as live
 from tests.integration.test_crash import (  # noqa: F401 - home is a fixture
@@ -83,13 +86,27 @@ class Server:
         """(succeeded, what it said): the error's code and message, or the response."""
         try:
             out = getattr(self.client, action)(**params)
+            # EC2 answers these with the AMI pending: the call's work ends when it is made
+            made = self._made(out["ImageId"]) if action in _PENDING else None
         except ClientError as e:
             err = e.response.get("Error", {})
             return False, f"{err.get('Code')}: {err.get('Message')}"
         except BotoCoreError as e:  # the server died under the call
             return False, f"{type(e).__name__}: {e}"
         out.pop("ResponseMetadata", None)
+        if made is not None and made["State"] != "available":
+            return False, f"{out['ImageId']} {made['State']}: {made.get('StateReason')}"
         return True, json.dumps(out, default=str)
+
+    def _made(self, image_id: str) -> dict[str, Any]:
+        while True:
+            (image,) = self.client.describe_images(ImageIds=[image_id])["Images"]
+            if image["State"] != "pending":
+                return dict(image)
+            time.sleep(0.01)
+
+
+_PENDING = ("copy_image", "create_image")
 
 
 @dataclass
@@ -196,3 +213,74 @@ def test_killed_server_leaves_consistent_state(
         if case.name == "RunInstances":
             terminate_all(h)
     _report(name, h, tried, capsys)
+
+
+def test_create_image_answers_pending_and_a_killed_server_fails_it(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CreateImage answers with the AMI's ID while the AMI is pending (the server stops the
+    instance and snapshots it after the reply), boto3's image_available waiter returns once
+    it is made; killed while it is pending, the restarted server fails it with a
+    StateReason, fsck --repair leaves nothing, and the name can be used again."""
+    h = server.home
+    monkeypatch.setenv("AMILAB_HOME", str(h.path))
+    server.start()
+    c = server.client
+    iid = c.run_instances(ImageId=h.ami, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    live.wait_state({"env": {"AMILAB_HOME": str(h.path)}}, iid, "running")
+    wait = {"Delay": 1, "MaxAttempts": 180}
+    try:
+        # a running instance is stopped first, and its guest answers no ACPI shutdown (it is
+        # ended after AMILAB_STOP_TIMEOUT, 2 s): the AMI is pending at least that long
+        made = c.create_image(InstanceId=iid, Name="api-made")["ImageId"]
+        assert c.describe_images(ImageIds=[made])["Images"][0]["State"] == "pending"
+        c.get_waiter("image_available").wait(ImageIds=[made], WaiterConfig=wait)
+        (image,) = c.describe_images(ImageIds=[made])["Images"]
+        snap = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+        assert c.describe_snapshots(SnapshotIds=[snap])["Snapshots"][0]["State"] == "completed"
+        live.wait_state({"env": {"AMILAB_HOME": str(h.path)}}, iid, "running")  # restarted
+
+        lost = c.create_image(InstanceId=iid, Name="api-lost")["ImageId"]
+        assert c.describe_images(ImageIds=[lost])["Images"][0]["State"] == "pending"
+        server.kill()
+        found = fsck.check().findings
+        assert ("PendingWithoutProcess", lost) in {(f.kind, f.resource) for f in found}
+        assert [f for f in found if f.kind not in fsck.REPAIRABLE] == []
+        server.start()  # its start-up recovery fails what the killed server left pending
+        c = server.client
+        (image,) = c.describe_images(ImageIds=[lost])["Images"]
+        assert image["State"] == "failed", image
+        assert image["StateReason"] == {"Code": "Server.InternalError", "Message": REASON}
+        with pytest.raises(WaiterError, match="failure state"):
+            c.get_waiter("image_available").wait(ImageIds=[lost], WaiterConfig=wait)
+        assert fsck.repair().findings == [] and fsck.check().findings == []
+        _settled(h, iid)  # stopped, or still running if the kill came before the stop
+        again = c.create_image(InstanceId=iid, Name="api-lost")["ImageId"]  # the name is free
+        c.get_waiter("image_available").wait(ImageIds=[again], WaiterConfig=wait)
+        _stop_recorded_but_not_signalled(h, c, iid)
+    finally:
+        terminate_all(h)
+
+
+def _stop_recorded_but_not_signalled(h: Home, c: Any, iid: str) -> None:
+    """A StopInstances killed between committing `stopping` and signalling the supervisor
+    (the server above may die there): the supervisor finds it in the record and stops."""
+    env = {"env": {"AMILAB_HOME": str(h.path)}}
+    if live.describe(env, iid)["State"]["Name"] == "stopped":
+        c.start_instances(InstanceIds=[iid])
+        live.wait_state(env, iid, "running")
+
+    def change(r: dict[str, Any]) -> None:
+        istore.set_state(r, "stopping", istore.USER_SHUTDOWN)
+        r["Amilab"]["Desired"] = "stop"
+
+    istore.instances().update(iid, change)
+    live.wait_state(env, iid, "stopped", timeout=120)
+
+
+def _settled(h: Home, iid: str) -> None:
+    env = {"env": {"AMILAB_HOME": str(h.path)}}
+    deadline = time.monotonic() + 120
+    while live.describe(env, iid)["State"]["Name"] not in ("running", "stopped"):
+        assert time.monotonic() < deadline, live.describe(env, iid)["State"]
+        time.sleep(0.5)

@@ -3,11 +3,16 @@ checks, tags (EC2's generic filters are in `filters`, the caller's resources in 
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from builder.errors import AmilabError
+from builder.images.lifecycle import TAG_LIMIT
+from builder.images.shapes import acting_as
 from harness.api.accounts import Account
 from harness.api.errors import ApiError
 
@@ -80,9 +85,29 @@ def tags_of(obj: Any) -> dict[str, str]:
 
 def tag_specs(params: Params, resource_type: str) -> dict[str, str]:
     """The tags a create request's TagSpecifications give a resource of this type (a spec
-    without ResourceType applies to it too)."""
+    without ResourceType applies to it too); more than EC2's limit are refused before the
+    resource is made."""
     out: dict[str, str] = {}
     for spec in params.get("TagSpecifications") or []:
         if spec.get("ResourceType") in (resource_type, None):
             out.update(tags_of(spec.get("Tags")))
+    if len(out) > TAG_LIMIT:
+        raise ApiError(
+            "TagLimitExceeded",
+            f"The maximum number of tags for a resource has been reached: {len(out)} given "
+            f"for the {resource_type}, at most {TAG_LIMIT}",
+        )
     return out
+
+
+def after_reply(name: str, account: str, work: Callable[[], object]) -> None:
+    """Long work the reply does not wait for (EC2 answers CreateImage and CopyImage with the
+    pending AMI's ID), run in the server acting as the caller. The work records its own
+    outcome (available, or failed with a reason); a server killed meanwhile leaves it
+    pending with a dead owner, which the next start fails (builder/state/pending.py)."""
+
+    def run() -> None:
+        with acting_as(account), contextlib.suppress(AmilabError):
+            work()
+
+    threading.Thread(target=run, name=name, daemon=True).start()

@@ -15,7 +15,16 @@ from builder.images import lifecycle, store, store_tasks, targets
 from builder.images.records import ImageRecord
 from builder.images.registry import Registry
 from builder.images.shapes import owner_of
-from harness.api.actions.common import Context, Params, Result, action, require, tag_specs
+from builder.state import pending
+from harness.api.actions.common import (
+    Context,
+    Params,
+    Result,
+    action,
+    after_reply,
+    require,
+    tag_specs,
+)
 from harness.api.actions.filters import field, filters_of, match_filters
 from harness.api.actions.lookup import (
     check_image_id,
@@ -97,7 +106,9 @@ def copy_image(p: Params, ctx: Context) -> Result:
     rec = lifecycle.copy_image(
         src.image_id, name, description=p.get("Description"),
         copy_tags=bool(p.get("CopyImageTags")) and owner_of(src) == ctx.account_id,
+        wait=False,
     )  # fmt: skip
+    after_reply(f"copy-{rec.image_id}", ctx.account_id, lambda: lifecycle.finish_copy(rec.image_id))
     return {"ImageId": rec.image_id}
 
 
@@ -106,8 +117,9 @@ def create_image(p: Params, ctx: Context) -> Result:
     rec = find_instance(require(p, "InstanceId"), ctx)
     name = require(p, "Name")
     _check_name(name)
+    tags = tag_specs(p, "image")  # refused before the AMI is registered
     try:
-        image = instance_images.create_image(
+        creation = instance_images.begin_create_image(
             rec["InstanceId"], name, no_reboot=bool(p.get("NoReboot")),
             description=p.get("Description") or "",
         )  # fmt: skip
@@ -116,10 +128,15 @@ def create_image(p: Params, ctx: Context) -> Result:
         if "already in use" in str(e):
             err = ApiError("InvalidAMIName.Duplicate", str(e))
         raise err from None
-    tags = tag_specs(p, "image")
+    image_id = creation.image.image_id
     if tags:
-        lifecycle.tag([image.image_id], tags)
-    return {"ImageId": image.image_id}
+        try:
+            lifecycle.tag([image_id], tags)
+        except BaseException as e:  # not left pending for the server's lifetime
+            pending.image_failed(image_id, str(e))
+            raise
+    after_reply(f"create-image-{image_id}", ctx.account_id, creation.finish)
+    return {"ImageId": image_id}
 
 
 def _check_name(name: str) -> None:

@@ -44,13 +44,13 @@ def _row_table(resource: str, ctx: Context) -> tuple[JsonTable, str]:
     raise ApiError("InvalidID", f'The ID "{resource}" is not valid')
 
 
-Change = Callable[[dict[str, str]], None]
+Change = Callable[[dict[str, str], str], None]  # a resource's tags, and its ID
 
 
 def _check(resources: list[str], ctx: Context) -> tuple[list[str], list[Callable[[Change], None]]]:
     """The images among the resources, and for each other resource a function applying a
-    change to its tags; all are looked up before any is changed, so an unknown ID changes
-    nothing."""
+    change to its tags (given the tags and the resource's ID); all are looked up before any
+    is changed, so an unknown ID changes nothing."""
     images: list[str] = []
     rows: list[Callable[[Change], None]] = []
     for r in resources:
@@ -59,10 +59,10 @@ def _check(resources: list[str], ctx: Context) -> tuple[list[str], list[Callable
             continue
         table, key = _row_table(r, ctx)
 
-        def on_row(change: Change, table: JsonTable = table, key: str = key) -> None:
+        def on_row(change: Change, table: JsonTable = table, key: str = key, r: str = r) -> None:
             def apply(row: Row) -> None:
                 tags = tags_of(row.get("Tags"))
-                change(tags)
+                change(tags, r)
                 row["Tags"] = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
 
             table.update(key, apply)
@@ -77,10 +77,11 @@ def create_tags(p: Params, ctx: Context) -> Result:
     items = [f"{k}={v}" for k, v in tags_of(require(p, "Tags")).items()]
     tags = lifecycle.parse_tags(items)  # EC2's limits, as `amilab tag` applies them
     images, rows = _check(resources, ctx)
-    if images:
-        lifecycle.tag(images, tags)
-    for apply in rows:
-        apply(lambda have: have.update(tags))
+    with Registry().transaction():  # every resource's new tags, or (TagLimitExceeded) none
+        if images:
+            lifecycle.tag(images, tags)
+        for apply in rows:
+            apply(lambda have, r: lifecycle.add_tags(have, tags, r))
     return {}
 
 
@@ -99,7 +100,7 @@ def delete_tags(p: Params, ctx: Context) -> Result:
     if images:
         lifecycle.untag(images, items)
 
-    def change(have: dict[str, str]) -> None:
+    def change(have: dict[str, str], _resource: str) -> None:
         if given is None:
             have.clear()
         for t in given or []:

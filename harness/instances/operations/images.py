@@ -3,7 +3,7 @@ bundle-vol (its root filesystem as an instance-store bundle)."""
 
 from __future__ import annotations
 
-import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,40 @@ from harness.instances.operations.launch import start_instances
 from harness.instances.operations.stop import stop_instances
 
 
+@dataclass
+class ImageCreation:
+    """A CreateImage whose AMI is registered pending: `finish` snapshots the instance's
+    volumes and makes it available, or failed with a reason (the CLI waits for it, the
+    API server runs it after its reply, as EC2 answers CreateImage at once)."""
+
+    image: ImageRecord
+    instance: Row
+    source: ImageRecord
+    registration: factory.Registration
+    no_reboot: bool
+
+    def finish(self) -> ImageRecord:
+        try:
+            return _snapshot_into(self)
+        except BaseException as e:
+            pending.image_failed(self.image.image_id, str(e), "Client.InternalError")
+            raise
+
+
 def create_image(
     instance_id: str, name: str, no_reboot: bool = False, description: str = ""
 ) -> ImageRecord:
-    """CreateImage: unless `no_reboot`, a running instance is stopped first so its disks are
-    consistent, and started again afterwards, as EC2 does. Every EBS volume is snapshotted;
-    the new AMI (pending while that happens, then available) refers to those snapshots,
-    with the instance's kernel and ramdisk for a paravirtual image."""
+    """CreateImage, waited for: see `begin_create_image`."""
+    return begin_create_image(instance_id, name, no_reboot, description).finish()
+
+
+def begin_create_image(
+    instance_id: str, name: str, no_reboot: bool = False, description: str = ""
+) -> ImageCreation:
+    """CreateImage's checks and its pending AMI. Unless `no_reboot`, `finish` stops a
+    running instance first so its disks are consistent, and starts it again afterwards, as
+    EC2 does. Every EBS volume is snapshotted; the new AMI refers to those snapshots, with
+    the instance's kernel and ramdisk for a paravirtual image."""
     from builder.images.registry import check_name_free
 
     registry = Registry()
@@ -53,11 +80,7 @@ def create_image(
         rec.get("RamdiskId") if source.virtualization_type == "paravirtual" else None,
     )  # fmt: skip
     image = _pending_image(registry, reg, source, instance_id, description)
-    try:
-        return _snapshot_into(registry, image, rec, source, reg, no_reboot)
-    except BaseException as e:
-        _failed(registry, image.image_id, str(e))
-        raise
+    return ImageCreation(image, rec, source, reg, no_reboot)
 
 
 def _pending_image(
@@ -69,34 +92,18 @@ def _pending_image(
     image = factory.machine_image(
         reg, source.digest or "", source.launch, {"raw": ""},
         description=description or f"created from {instance_id}",
-        extra={"created_from": instance_id, "source_image_id": source.image_id,
-               "owner": pending.owner()},
+        extra={"created_from": instance_id, "source_image_id": source.image_id},
         id_extra={"instance": instance_id}, fresh=True,
     )  # fmt: skip
     image.locations, image.image_location, image.block_device_mappings = {}, "", []
-    image.state = "pending"
-    return registry.register_new(image)
+    return registry.register_new(pending.hold(image))
 
 
-def _failed(registry: Registry, image_id: str, why: str) -> None:
-    def change(r: ImageRecord) -> None:
-        if r.state == "pending":
-            r.state = "failed"
-            r.extra["state_reason"] = {"Code": "Client.InternalError", "Message": why}
-            r.extra.pop("owner", None)
-
-    with contextlib.suppress(Exception):  # else its owner's death fails it at next start
-        registry.update(image_id, change)
-
-
-def _snapshot_into(
-    registry: Registry, image: ImageRecord, rec: Row, source: ImageRecord, reg: Any,
-    no_reboot: bool,
-) -> ImageRecord:  # fmt: skip
+def _snapshot_into(c: ImageCreation) -> ImageRecord:
     """Every EBS volume of the instance snapshotted, then the pending AMI made available
     naming them."""
-    instance_id, name = rec["InstanceId"], image.name
-    restart = rec["State"]["Name"] == "running" and not no_reboot
+    rec, instance_id, name = c.instance, c.instance["InstanceId"], c.image.name
+    restart = rec["State"]["Name"] == "running" and not c.no_reboot
     if restart:
         stop_instances([instance_id], wait=True, timeout=180)
     try:
@@ -109,9 +116,10 @@ def _snapshot_into(
     finally:
         if restart:
             start_instances([instance_id])
-    root_m, root_snap = next((m, s) for m, s in snaps if m["DeviceName"] == rec["RootDeviceName"])
+    root_snap = next(s for m, s in snaps if m["DeviceName"] == rec["RootDeviceName"])
     made = factory.machine_image(
-        reg, root_snap["Amilab"]["Digest"], source.launch, {"raw": root_snap["Amilab"]["Path"]},
+        c.registration, root_snap["Amilab"]["Digest"], c.source.launch,
+        {"raw": root_snap["Amilab"]["Path"]},
     )  # fmt: skip
     mappings = [
         {"DeviceName": m["DeviceName"], "Ebs": {
@@ -124,10 +132,8 @@ def _snapshot_into(
     def available(r: ImageRecord) -> None:
         r.digest, r.locations, r.image_location = made.digest, made.locations, made.image_location
         r.block_device_mappings = mappings
-        r.state = "available"
-        r.extra.pop("owner", None)
 
-    return registry.update(image.image_id, available)
+    return pending.image_done(c.image.image_id, available)
 
 
 # ------------------------------------------------------------------ bundle-vol
