@@ -5,7 +5,8 @@ writing into the command's work-area entry (tar unpacking a base tree, an elemen
 in the chroot): the next run, or `fsck --repair`, then finds a leftover whose owner is gone
 but cannot remove it while files keep appearing in it. Run under setpriv's parent-death
 signal, such a child is SIGKILLed when the thread that started it dies (kept across the exec;
-the DIB engine's namespace does the same)."""
+the DIB engine's namespace does the same). A command killed in the instant between a
+helper's start and setpriv arming the signal still leaves that helper running."""
 
 from __future__ import annotations
 

@@ -27,12 +27,26 @@ def _running(pid: int) -> bool:
     return same_process(pid, None)  # a zombie (killed, not yet reaped) is not running
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def test_the_helper_dies_with_a_killed_parent() -> None:
     parent = subprocess.Popen([sys.executable, "-c", PARENT], cwd=ROOT, stdout=subprocess.PIPE,
                               text=True)  # fmt: skip
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
     try:
+        # setpriv sets the parent-death signal and then execs sleep: killing the parent
+        # before that would test nothing (the signal is never armed), so wait for the exec
+        deadline = time.monotonic() + 30
+        while _comm(child) != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _comm(child) == "sleep"
         assert _running(child)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
